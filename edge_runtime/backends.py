@@ -1,0 +1,209 @@
+"""Inference backends behind one small interface: load from a manifest entry, predict(batch) -> probs.
+
+An artifacts manifest (written by ``python -m export``) holds::
+
+    "artifacts": {"tflite-int8": {"file": "model_int8.tflite", "format": "tflite", "precision": "int8",
+                                  "sha256": "...", "size": 123, "status": "usable",
+                                  "input": {"shape": [1, 48, 48, 1], "dtype": "int8",
+                                            "scale": 0.0039, "zero_point": -128},
+                                  "output": {"shape": [1, 7], "dtype": "int8", "scale": 0.0039,
+                                             "zero_point": -128}, ...}, ...}
+
+Quantization parameters come from the manifest and are checked against the model file's own.
+Probabilities are always returned in the canonical label order (``edge_runtime.labels.LABELS``),
+remapped when the manifest's ``labels`` list another order (e.g. a peer model).
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from .labels import LABELS, remap_indices
+from .manifest import ManifestError, verify_file
+
+log = logging.getLogger(__name__)
+
+STATUS_USABLE = "usable"
+# `auto` tries these in order: int8 TFLite is the smallest and fastest form on ARM CPUs.
+AUTO_ORDER = ("tflite-int8", "onnx-int8", "tflite-fp32", "onnx-fp32")
+
+
+class BackendError(Exception):
+    """The requested backend cannot run here (runtime missing, no usable artifact)."""
+
+
+def _tflite_interpreter_class():
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+        return Interpreter, "ai_edge_litert"
+    except ImportError:
+        pass
+    try:
+        from tflite_runtime.interpreter import Interpreter
+        return Interpreter, "tflite_runtime"
+    except ImportError as e:
+        raise BackendError("no TFLite runtime: pip install ai-edge-litert (or tflite-runtime)") from e
+
+
+def available_runtimes() -> dict[str, bool]:
+    out = {}
+    try:
+        _tflite_interpreter_class()
+        out["tflite"] = True
+    except BackendError:
+        out["tflite"] = False
+    try:
+        import onnxruntime  # noqa: F401
+        out["onnx"] = True
+    except ImportError:
+        out["onnx"] = False
+    return out
+
+
+class Backend:
+    """Common part: label remapping and the artifact's identity."""
+    format = "?"
+
+    def __init__(self, name: str, entry: dict, labels: list[str]):
+        self.name = name
+        self.entry = entry
+        self.precision = entry.get("precision", "fp32")
+        self.sha256 = entry.get("sha256", "")
+        # position i of the model output -> canonical class index
+        self._order = np.argsort(remap_indices(labels)) if list(labels) != list(LABELS) else None
+        self.runtime = ""
+
+    def _to_canonical(self, probs: np.ndarray) -> np.ndarray:
+        return probs if self._order is None else probs[:, self._order]
+
+    def predict(self, batch: np.ndarray) -> np.ndarray:  # pragma: no cover - interface
+        raise NotImplementedError
+
+
+def _quantize(x: np.ndarray, scale: float, zero_point: int, dtype) -> np.ndarray:
+    info = np.iinfo(dtype)
+    return np.clip(np.round(x / scale) + zero_point, info.min, info.max).astype(dtype)
+
+
+class TFLiteBackend(Backend):
+    format = "tflite"
+
+    def __init__(self, path: Path, name: str, entry: dict, labels: list[str], threads: int = 1):
+        super().__init__(name, entry, labels)
+        Interpreter, self.runtime = _tflite_interpreter_class()
+        self.interp = Interpreter(model_path=str(path), num_threads=max(1, threads))
+        self.interp.allocate_tensors()
+        self.inp = self.interp.get_input_details()[0]
+        self.out = self.interp.get_output_details()[0]
+        self.in_q = self._check_quant("input", self.inp)
+        self.out_q = self._check_quant("output", self.out)
+        self.input_shape = tuple(int(d) for d in self.inp["shape"])
+
+    def _check_quant(self, which: str, detail: dict):
+        dtype = np.dtype(detail["dtype"])
+        spec = self.entry.get(which, {})
+        if spec.get("dtype") and np.dtype(spec["dtype"]) != dtype:
+            raise ManifestError(f"{self.name}: {which} dtype is {dtype}, manifest says {spec['dtype']}")
+        if dtype.kind not in "iu":
+            return None
+        scale, zp = detail["quantization"]
+        if "scale" not in spec or "zero_point" not in spec:
+            raise ManifestError(f"{self.name}: manifest lacks the {which} scale/zero-point of an int8 tensor")
+        if not np.isclose(spec["scale"], scale, rtol=1e-6) or int(spec["zero_point"]) != int(zp):
+            raise ManifestError(f"{self.name}: {which} quantization ({scale}, {zp}) differs from the "
+                                f"manifest's ({spec['scale']}, {spec['zero_point']})")
+        return float(spec["scale"]), int(spec["zero_point"]), dtype
+
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        batch = np.asarray(batch, np.float32)
+        n = len(batch)
+        out = np.empty((n, int(self.out["shape"][-1])), np.float32)
+        per_call = self.input_shape[0]  # converted with a fixed batch (1)
+        for i in range(0, n, per_call):
+            chunk = batch[i:i + per_call]
+            if len(chunk) < per_call:
+                chunk = np.concatenate([chunk, np.zeros((per_call - len(chunk),) + chunk.shape[1:], np.float32)])
+            if self.in_q:
+                chunk = _quantize(chunk, *self.in_q)
+            self.interp.set_tensor(self.inp["index"], chunk)
+            self.interp.invoke()
+            y = self.interp.get_tensor(self.out["index"])
+            if self.out_q:
+                scale, zp, _ = self.out_q
+                y = (y.astype(np.float32) - zp) * scale
+            out[i:i + per_call] = y[: min(per_call, n - i)]
+        return self._to_canonical(out)
+
+
+class OnnxBackend(Backend):
+    format = "onnx"
+    GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
+
+    def __init__(self, path: Path, name: str, entry: dict, labels: list[str], threads: int = 1,
+                 providers: list[str] | None = None):
+        super().__init__(name, entry, labels)
+        try:
+            import onnxruntime as ort
+        except ImportError as e:
+            raise BackendError("onnxruntime is not installed: pip install onnxruntime") from e
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = max(1, threads)
+        opts.inter_op_num_threads = 1
+        opts.log_severity_level = 3
+        have = ort.get_available_providers()
+        wanted = providers or [p for p in (*self.GPU_PROVIDERS, "CPUExecutionProvider") if p in have]
+        missing = [p for p in wanted if p not in have]
+        if missing:
+            log.warning("onnxruntime providers %s are not available here; using %s", missing, have)
+            wanted = [p for p in wanted if p in have] or ["CPUExecutionProvider"]
+        self.sess = ort.InferenceSession(str(path), opts, providers=wanted)
+        self.runtime = f"onnxruntime {ort.__version__} ({self.sess.get_providers()[0]})"
+        log.info("%s runs on %s", name, self.sess.get_providers()[0])
+        self.input_name = self.sess.get_inputs()[0].name
+        self.input_shape = tuple(self.sess.get_inputs()[0].shape)
+
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        batch = np.asarray(batch, np.float32)
+        if len(batch) == 0:
+            return np.zeros((0, len(LABELS)), np.float32)
+        return self._to_canonical(self.sess.run(None, {self.input_name: batch})[0].astype(np.float32))
+
+
+def select_artifact(manifest: dict, backend: str = "auto", precision: str | None = None) -> str:
+    """Pick an artifact name: `auto` prefers int8 TFLite where a TFLite runtime exists, else ONNX."""
+    arts = manifest.get("artifacts") or {}
+    usable = {n: e for n, e in arts.items() if e.get("status") == STATUS_USABLE and e.get("format") != "keras"}
+    if backend in arts:  # an exact artifact name
+        return backend
+    have = available_runtimes()
+    order = [n for n in AUTO_ORDER if n in usable] + [n for n in usable if n not in AUTO_ORDER]
+    if backend != "auto":
+        order = [n for n in order if usable[n]["format"] == backend]
+    if precision:
+        order = [n for n in order if usable[n].get("precision") == precision]
+    for n in order:
+        if have.get(usable[n]["format"]):
+            return n
+    want = backend if backend != "auto" else "tflite or onnx"
+    raise BackendError(f"no usable {want}{' ' + precision if precision else ''} artifact with an installed "
+                       f"runtime (artifacts: {sorted(arts) or 'none'}; runtimes: {have})")
+
+
+def load_backend(manifest: dict, name: str, threads: int = 1, providers: list[str] | None = None,
+                 verify: bool = True) -> Backend:
+    """Verify the artifact's sha256 against the manifest, then load it."""
+    arts = manifest.get("artifacts") or {}
+    if name not in arts:
+        raise BackendError(f"manifest has no artifact {name!r} (has {sorted(arts)})")
+    entry = arts[name]
+    path = Path(manifest["_dir"]) / entry["file"]
+    if verify:
+        verify_file(path, entry["sha256"], entry.get("size"))
+    labels = manifest["labels"]
+    if entry["format"] == "tflite":
+        return TFLiteBackend(path, name, entry, labels, threads)
+    if entry["format"] == "onnx":
+        return OnnxBackend(path, name, entry, labels, threads, providers)
+    raise BackendError(f"{name}: format {entry['format']!r} has no edge backend")

@@ -1,0 +1,79 @@
+import csv
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from edge_runtime.manifest import read_manifest, sha256_file
+from edge_runtime.preprocess import PreprocessSpec, scale_pixels
+from train.data import load_dataset
+from train.fit import class_weights
+
+from .conftest import REPO
+
+RUN_FILES = ["model.keras", "manifest.json", "history.csv", "data_report.json", "classification_report.txt",
+             "classification_report.json", "class_distribution.png", "samples.png", "curves.png",
+             "confusion_matrix.png", "per_class_error.png", "saliency.png"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model", ["thesis", "cbilstm"])
+def test_one_epoch_writes_a_complete_run_folder_that_reloads(tmp_path, shared_root, model):
+    out = tmp_path / "run"
+    r = subprocess.run([sys.executable, "-m", "train", "--data", str(shared_root), "--model", model,
+                        "--epochs", "1", "--fraction", "0.03", "--out", str(out), "--quiet"],
+                       capture_output=True, text=True, cwd=REPO, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    for f in RUN_FILES:
+        assert (out / f).is_file() and (out / f).stat().st_size > 0, f
+    m = read_manifest(out)
+    assert m["model"] == model and m["kind"] == "run"
+    assert m["model_sha256"] == sha256_file(out / "model.keras")
+    assert m["data"]["sizes"]["val"] > 0 and m["data"]["files_hash"]["test"]
+    assert 0.0 <= m["metrics"]["test"]["accuracy"] <= 1.0
+    rows = list(csv.DictReader(open(out / "history.csv")))
+    assert len(rows) == 1 and {"loss", "val_accuracy", "lr", "val_top_class_share"} <= set(rows[0])
+    report = json.loads((out / "classification_report.json").read_text())
+    assert {"angry", "disgust", "macro avg", "weighted avg"} <= set(report)
+    assert abs(report["accuracy"] - m["metrics"]["test"]["accuracy"]) < 1e-9
+
+    # reload and predict the same probabilities as the run's own evaluation
+    import keras
+    spec = PreprocessSpec.from_dict(m["preprocessing"])
+    data = load_dataset(shared_root, spec, fraction=0.03, progress=False)
+    x = scale_pixels(data.test.images[:32], spec)
+    a = keras.models.load_model(out / "model.keras").predict(x, verbose=0)
+    b = keras.models.load_model(out / "model.keras").predict(x, verbose=0)
+    assert a.shape == (32, 7) and np.allclose(a.sum(1), 1, atol=1e-4)
+    assert np.array_equal(a, b)
+    acc = float(np.mean(keras.models.load_model(out / "model.keras").predict(
+        scale_pixels(data.test.images, spec), verbose=0).argmax(1) == data.test.labels))
+    assert acc == pytest.approx(m["metrics"]["test"]["accuracy"], abs=1e-9)
+
+
+def test_class_weights():
+    y = np.array([0] * 90 + [1] * 10)
+    assert np.allclose(class_weights(y, "none"), 1)
+    w = class_weights(y, "balanced")
+    assert w[1] / w[0] == pytest.approx(9.0) and w[y].mean() == pytest.approx(1.0)
+    s = class_weights(y, "sqrt")
+    assert s[1] / s[0] == pytest.approx(3.0)
+    with pytest.raises(ValueError):
+        class_weights(y, "bogus")
+
+
+def test_thesis_architecture_is_the_thesis():
+    from train.models import build
+    m = build("thesis")
+    kinds = [type(layer).__name__ for layer in m.layers]
+    assert kinds == ["InputLayer", "Reshape", "Bidirectional", "LSTM", "LSTM", "LSTM", "LSTM", "LSTM",
+                     "Dense", "Dense", "Dense"]
+    assert m.input_shape == (None, 32, 32, 1) and m.output_shape == (None, 7)
+    assert m.get_layer("bilstm").forward_layer.units == 32 and m.get_layer("lstm_col").units == 64
+    x = np.random.default_rng(0).random((2, 32, 32, 1), np.float32)
+    # unroll=True (the export form) computes the same function with the same weights
+    u = build("thesis", unroll=True)
+    u.set_weights(m.get_weights())
+    assert np.allclose(m.predict(x, verbose=0), u.predict(x, verbose=0), atol=1e-5)

@@ -1,0 +1,1 @@
+"""Training: data layer, model registry, fitting, grid search and reports."""

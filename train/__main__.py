@@ -1,0 +1,113 @@
+"""python -m train: train a registered model and write a run folder."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from .data import DataError
+
+
+def _kv(text: str) -> tuple[str, object]:
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    k, v = text.split("=", 1)
+    try:
+        return k.strip(), json.loads(v)
+    except json.JSONDecodeError:
+        return k.strip(), v
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .models import DEFAULT_MODEL, REGISTRY  # no TensorFlow import until parsing is done
+    models = "\n".join(f"  {n:8s} {e.description}" for n, e in REGISTRY.items())
+    p = argparse.ArgumentParser(
+        prog="python -m train",
+        description="Train a facial-emotion model on FER2013 and write a run folder "
+                    "(model.keras, manifest.json, history.csv, reports and plots).",
+        epilog=f"models:\n{models}\n\nexample:\n  python -m train --model thesis --epochs 30 --out runs/thesis\n"
+               "  python -m train --params runs/grid/best_params.json --out runs/grid-best",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", help="data root: train/+test/, train/+validation/ or fer2013.csv "
+                                  "(default: $FER_DATA, else ../shared/data/fer2013)")
+    p.add_argument("--model", default=None, choices=sorted(REGISTRY),
+                   help=f"registered model to train (default: {DEFAULT_MODEL})")
+    p.add_argument("--out", help="run folder to write (default: runs/<model>)")
+    p.add_argument("--epochs", type=int, help="maximum epochs (default: the model's recipe)")
+    p.add_argument("--batch-size", type=int, help="batch size (default: the model's recipe)")
+    p.add_argument("--lr", type=float, help="peak learning rate (default: the model's recipe)")
+    p.add_argument("--patience", type=int, help="early-stopping patience in epochs on validation accuracy")
+    p.add_argument("--no-augment", action="store_true", help="train without augmentation")
+    p.add_argument("--param", action="append", type=_kv, default=[], metavar="KEY=VALUE",
+                   help="architecture override, e.g. --param row_hidden=64 (JSON values; repeatable)")
+    p.add_argument("--set", action="append", type=_kv, default=[], metavar="KEY=VALUE", dest="recipe_set",
+                   help="training-recipe override, e.g. --set schedule=cosine --set label_smoothing=0.1")
+    p.add_argument("--params", type=Path, help="JSON file of overrides, e.g. best_params.json from "
+                                               "python -m train.grid (model, architecture and recipe keys)")
+    p.add_argument("--val-fraction", type=float, default=0.1,
+                   help="share of train/ carved out (stratified) for validation (default 0.1)")
+    p.add_argument("--fraction", type=float, default=1.0,
+                   help="use this stratified share of train and test, for quick runs (default 1.0)")
+    p.add_argument("--seed", type=int, default=1337, help="seed for the split, init and augmentation")
+    p.add_argument("--threads", type=int, help="TensorFlow CPU threads (default: all cores)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    return p
+
+
+def config_from_args(args):
+    from .fit import TrainConfig
+    from .models import DEFAULT_MODEL, REGISTRY, Recipe
+
+    overrides = {}
+    if args.params:
+        try:
+            overrides = json.loads(args.params.read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise DataError(f"cannot read --params {args.params}: {e}") from e
+    model = args.model or overrides.pop("model", None) or DEFAULT_MODEL
+    overrides.pop("model", None)
+    if model not in REGISTRY:
+        raise DataError(f"unknown model {model!r} in --params")
+    recipe_keys = set(Recipe.__dataclass_fields__)
+    recipe = {k: v for k, v in overrides.items() if k in recipe_keys}
+    params = {k: v for k, v in overrides.items() if k not in recipe_keys}
+    params.update(dict(args.param))
+    recipe.update(dict(args.recipe_set))
+    for flag, key in (("epochs", "epochs"), ("batch_size", "batch_size"), ("lr", "lr"), ("patience", "patience")):
+        if getattr(args, flag) is not None:
+            recipe[key] = getattr(args, flag)
+    if args.no_augment:
+        recipe["augment"] = {}
+    unknown = set(params) - set(REGISTRY[model].params)
+    if unknown:
+        raise DataError(f"model {model!r} has no parameter(s) {sorted(unknown)}; "
+                        f"it takes {sorted(REGISTRY[model].params)}")
+    return TrainConfig(model=model, params=params, recipe=recipe, seed=args.seed,
+                       val_fraction=args.val_fraction, fraction=args.fraction, progress=not args.quiet)
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    try:
+        cfg = config_from_args(args)
+        cfg.resolved()  # validate overrides before TensorFlow starts
+        from .fit import tf_threads, train_run
+        tf_threads(args.threads)
+        out = Path(args.out or f"runs/{cfg.model}")
+        m = train_run(cfg, args.data, out)
+    except (DataError, ValueError, TypeError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    t = m["metrics"]["test"]
+    print(f"\n{m['model']}: test accuracy {t['accuracy']:.2%}, macro-F1 {t['macro_f1']:.3f}, "
+          f"best val accuracy {m['metrics']['val_accuracy']:.2%} (epoch {m['metrics']['best_epoch']}), "
+          f"trained in {m['train_seconds'] / 60:.1f} min")
+    print(f"run folder: {out.resolve()}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,261 @@
+"""Fit a registered model on a Dataset and write a complete run folder.
+
+Run folder: model.keras, manifest.json, history.csv, data_report.json, classification_report.*,
+class_distribution.png, samples.png, curves.png, confusion_matrix.png, per_class_error.png,
+saliency.png.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import platform
+import sys
+import time
+from dataclasses import asdict, dataclass, field, replace
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from edge_runtime.labels import LABELS, NUM_CLASSES
+from edge_runtime.manifest import SCHEMA_VERSION, atomic_write_json, atomic_write_text, sha256_file
+from edge_runtime.preprocess import PreprocessSpec, scale_pixels
+
+from . import reports
+from .data import Dataset, load_dataset
+from .models import Recipe, build, get_entry
+
+
+@dataclass
+class TrainConfig:
+    model: str
+    params: dict = field(default_factory=dict)  # architecture overrides
+    recipe: dict = field(default_factory=dict)  # Recipe overrides
+    seed: int = 1337
+    val_fraction: float = 0.1
+    fraction: float = 1.0
+    progress: bool = True
+    saliency_per_class: int = 2  # correct and wrong examples per class in saliency.png
+
+    def resolved(self) -> tuple[dict, Recipe, PreprocessSpec]:
+        entry = get_entry(self.model)
+        params = {**entry.params, **self.params}
+        unknown = set(self.recipe) - set(Recipe.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"unknown training settings {sorted(unknown)}")
+        recipe = replace(entry.recipe, **self.recipe)
+        spec = replace(entry.preprocessing, size=int(params.get("size", entry.preprocessing.size)))
+        return params, recipe, spec
+
+
+def package_versions() -> dict:
+    import cv2
+    import keras
+    import tensorflow as tf
+    return {"python": platform.python_version(), "tensorflow": tf.__version__, "keras": keras.__version__,
+            "numpy": np.__version__, "opencv": cv2.__version__, "platform": platform.platform()}
+
+
+def class_weights(labels: np.ndarray, mode: str) -> np.ndarray:
+    """Per-class loss weights, mean 1 over the training samples. 'sqrt' halves the imbalance in log scale."""
+    counts = np.bincount(labels, minlength=NUM_CLASSES).astype(np.float64)
+    if mode == "none":
+        return np.ones(NUM_CLASSES)
+    base = counts.sum() / (NUM_CLASSES * np.maximum(counts, 1))
+    w = {"balanced": base, "sqrt": np.sqrt(base)}.get(mode)
+    if w is None:
+        raise ValueError(f"class_weight must be none, sqrt or balanced, not {mode!r}")
+    return w / (w[labels].mean())
+
+
+def _datasets(data: Dataset, spec: PreprocessSpec, recipe: Recipe, seed: int):
+    import tensorflow as tf
+    from .augment import augment_batch, check_config
+
+    aug = check_config(dict(recipe.augment))
+    x_train = scale_pixels(data.train.images, spec)  # the runtime's own transform, bit for bit
+    y_train = np.eye(NUM_CLASSES, dtype=np.float32)[data.train.labels]
+    w_train = class_weights(data.train.labels, recipe.class_weight).astype(np.float32)[data.train.labels]
+    ds = tf.data.Dataset.from_tensor_slices((x_train, y_train, w_train))
+    ds = ds.shuffle(len(x_train), seed=seed, reshuffle_each_iteration=True).repeat()
+    ds = ds.batch(recipe.batch_size, drop_remainder=True)
+    if aug:
+        seeds = tf.data.Dataset.random(seed=seed)
+        ds = tf.data.Dataset.zip((ds, seeds)).map(
+            lambda b, s: (augment_batch(b[0], s, aug), b[1], b[2]), num_parallel_calls=tf.data.AUTOTUNE,
+            deterministic=True)
+    ds = ds.prefetch(tf.data.AUTOTUNE)
+    x_val = scale_pixels(data.val.images, spec)
+    y_val = np.eye(NUM_CLASSES, dtype=np.float32)[data.val.labels]
+    val = tf.data.Dataset.from_tensor_slices((x_val, y_val)).batch(256)
+    steps = max(1, len(x_train) // recipe.batch_size)
+    return ds, val, x_val, steps
+
+
+def _optimizer(recipe: Recipe, steps_per_epoch: int):
+    import keras
+    lr = recipe.lr
+    if recipe.schedule == "cosine":
+        warm = min(2 * steps_per_epoch, recipe.epochs * steps_per_epoch // 5)
+        total = max(1, recipe.epochs * steps_per_epoch - warm)
+        lr = keras.optimizers.schedules.CosineDecay(recipe.lr / 10, total, alpha=0.01,
+                                                   warmup_target=recipe.lr, warmup_steps=warm)
+    elif recipe.schedule != "plateau":
+        raise ValueError(f"schedule must be plateau or cosine, not {recipe.schedule!r}")
+    if recipe.weight_decay:
+        return keras.optimizers.AdamW(lr, weight_decay=recipe.weight_decay)
+    return keras.optimizers.Adam(lr)
+
+
+def _epoch_log(out_dir: Path, x_val):
+    """Keras callback: per-epoch lr, time and prediction spread; history.csv rewritten atomically."""
+    import keras
+
+    class EpochLog(keras.callbacks.Callback):
+        def __init__(self):
+            super().__init__()
+            self.rows: list[dict] = []
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self.t0 = time.perf_counter()
+
+        def on_epoch_end(self, epoch, logs=None):
+            opt = self.model.optimizer
+            lr = opt.learning_rate
+            lr = float(lr(opt.iterations)) if callable(lr) else float(np.asarray(lr))
+            # Share of validation predictions falling in the single most-predicted class:
+            # 1.0 means the model collapsed onto one class (the thesis model's plateau).
+            pred = self.model.predict(x_val, batch_size=256, verbose=0).argmax(1)
+            top_share = float(np.bincount(pred, minlength=NUM_CLASSES).max() / len(pred))
+            row = {"epoch": epoch + 1, **{k: float(v) for k, v in (logs or {}).items()},
+                   "lr": lr, "val_top_class_share": top_share,
+                   "seconds": time.perf_counter() - self.t0}
+            row.pop("learning_rate", None)
+            self.rows.append(row)
+            buf = io.StringIO()
+            w = csv.DictWriter(buf, fieldnames=list(row))
+            w.writeheader()
+            w.writerows(self.rows)
+            atomic_write_text(out_dir / "history.csv", buf.getvalue())
+
+    return EpochLog()
+
+
+def saliency(model, x: np.ndarray, classes: np.ndarray) -> np.ndarray:
+    """|d p(class) / d pixel| per image, normalised to [0, 1]."""
+    import tensorflow as tf
+    xt = tf.convert_to_tensor(x)
+    with tf.GradientTape() as tape:
+        tape.watch(xt)
+        probs = model(xt, training=False)
+        score = tf.reduce_sum(probs * tf.one_hot(classes, NUM_CLASSES), axis=1)
+    g = np.abs(tape.gradient(score, xt).numpy())[..., 0]
+    g /= np.maximum(g.reshape(len(g), -1).max(axis=1), 1e-12)[:, None, None]
+    return g
+
+
+def _pick_saliency(y_true, y_pred, per_class: int, seed: int) -> list[int]:
+    rng = np.random.default_rng(seed)
+    picks = []
+    for k in range(NUM_CLASSES):
+        for ok in (True, False):
+            idx = np.flatnonzero((y_true == k) & ((y_pred == k) == ok))
+            picks += rng.choice(idx, size=min(per_class, len(idx)), replace=False).tolist()
+    return picks
+
+
+def train_run(cfg: TrainConfig, data_root, out_dir) -> dict:
+    """Train, evaluate on the test split once, write the run folder; returns the manifest."""
+    import keras
+    import tensorflow as tf
+
+    params, recipe, spec = cfg.resolved()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    keras.utils.set_random_seed(cfg.seed)
+
+    data = load_dataset(data_root, spec, cfg.val_fraction, cfg.seed, cfg.fraction, cfg.progress)
+    summary = data.summary()
+    atomic_write_json(out_dir / "data_report.json", summary)
+    n_skipped = sum(len(v) for v in summary["skipped"].values())
+    if n_skipped:
+        print(f"skipped {n_skipped} unreadable image(s); listed in {out_dir / 'data_report.json'}")
+    reports.class_distribution(summary["class_counts"], out_dir / "class_distribution.png")
+    reports.sample_grid(data.train.images, data.train.labels, out_dir / "samples.png", seed=cfg.seed)
+
+    model = build(cfg.model, params)
+    train_ds, val_ds, x_val, steps = _datasets(data, spec, recipe, cfg.seed)
+    model.compile(optimizer=_optimizer(recipe, steps),
+                  loss=keras.losses.CategoricalCrossentropy(label_smoothing=recipe.label_smoothing),
+                  metrics=["accuracy"])
+    best_path = out_dir / ".best.keras"
+    callbacks = [
+        keras.callbacks.ModelCheckpoint(best_path, monitor="val_accuracy", mode="max", save_best_only=True),
+        keras.callbacks.EarlyStopping(monitor="val_accuracy", mode="max", patience=recipe.patience,
+                                      restore_best_weights=True),
+        _epoch_log(out_dir, x_val),
+    ]
+    if recipe.schedule == "plateau":
+        callbacks.append(keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5, patience=3,
+                                                           min_lr=1e-5, verbose=1))
+    print(f"training {cfg.model} ({model.count_params():,} parameters) on {len(data.train):,} images, "
+          f"validating on {len(data.val):,}; {recipe.epochs} epochs x {steps} steps")
+    t0 = time.perf_counter()
+    hist = model.fit(train_ds, validation_data=val_ds, epochs=recipe.epochs, steps_per_epoch=steps,
+                     callbacks=callbacks, verbose=(1 if sys.stdout.isatty() and cfg.progress else 2))
+    train_seconds = time.perf_counter() - t0
+    best_path.replace(out_dir / "model.keras")
+    model = keras.models.load_model(out_dir / "model.keras")  # evaluate exactly what was saved
+
+    x_test = scale_pixels(data.test.images, spec)
+    probs = model.predict(x_test, batch_size=256, verbose=0)
+    y_pred = probs.argmax(1)
+    y_true = data.test.labels
+    test_metrics = reports.metrics(y_true, y_pred)
+    report = reports.write_classification_report(y_true, y_pred, out_dir)
+    history = {k: [float(v) for v in vals] for k, vals in hist.history.items()}
+    reports.learning_curves(history, out_dir / "curves.png")
+    cm = reports.confusion_heatmap(y_true, y_pred, out_dir / "confusion_matrix.png",
+                                   f"{cfg.model}: test accuracy {test_metrics['accuracy']:.1%} (row-normalised)")
+    reports.per_class_error(cm, out_dir / "per_class_error.png")
+    picks = _pick_saliency(y_true, y_pred, cfg.saliency_per_class, cfg.seed)
+    if picks:
+        sal = saliency(model, x_test[picks], y_pred[picks])
+        reports.saliency_grid(data.test.images[picks], sal, y_true[picks], y_pred[picks],
+                              out_dir / "saliency.png", "Saliency |d p(predicted) / d pixel|, green = correct")
+
+    val_acc = history.get("val_accuracy", [0.0])
+    best_epoch = int(np.argmax(val_acc)) + 1
+    manifest = {
+        "schema": SCHEMA_VERSION,
+        "kind": "run",
+        "model": cfg.model,
+        "params": params,
+        "recipe": asdict(recipe),
+        "seed": cfg.seed,
+        "labels": list(LABELS),
+        "preprocessing": spec.to_dict(),
+        "model_file": "model.keras",
+        "model_sha256": sha256_file(out_dir / "model.keras"),
+        "parameters": int(model.count_params()),
+        "data": {k: summary[k] for k in ("root", "layout", "test_split", "val_fraction", "sizes", "files_hash")}
+        | {"fraction": cfg.fraction, "skipped": n_skipped},
+        "metrics": {"val_accuracy": float(max(val_acc)), "best_epoch": best_epoch,
+                    "epochs_run": len(val_acc), "test": test_metrics,
+                    "test_weighted_f1": float(report["weighted avg"]["f1-score"])},
+        "train_seconds": round(train_seconds, 1),
+        "versions": package_versions(),
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "command": " ".join(sys.argv),
+    }
+    atomic_write_json(out_dir / "manifest.json", manifest)
+    return manifest
+
+
+def tf_threads(n: int | None) -> None:
+    if n:
+        import tensorflow as tf
+        tf.config.threading.set_intra_op_parallelism_threads(n)
+        tf.config.threading.set_inter_op_parallelism_threads(n)
+
+

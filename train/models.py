@@ -1,0 +1,123 @@
+"""Model registry: the thesis's stacked Bi-LSTM and stronger members of the same family.
+
+Every builder takes ``unroll``: training uses Keras 3's looped LSTM; export rebuilds the same
+graph with ``unroll=True`` because unrolled LSTMs convert to TFLite exactly and to full int8
+(the fused TFLite LSTM kernel was measured numerically wrong, see README).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import keras
+from keras import layers
+
+from edge_runtime.labels import NUM_CLASSES
+from edge_runtime.preprocess import PreprocessSpec
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How a model is trained by default; every field can be overridden from the CLI."""
+    epochs: int = 30
+    batch_size: int = 64
+    lr: float = 1e-3
+    schedule: str = "plateau"  # plateau (ReduceLROnPlateau) | cosine (warm-up + cosine decay)
+    label_smoothing: float = 0.0
+    class_weight: str = "none"  # none | sqrt | balanced
+    weight_decay: float = 0.0
+    patience: int = 10  # early stopping on validation accuracy
+    augment: dict = field(default_factory=lambda: {"flip": True, "shear_deg": 0.2, "zoom": 0.2})
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    name: str
+    build: Callable[..., keras.Model]
+    params: dict
+    preprocessing: PreprocessSpec
+    recipe: Recipe
+    description: str
+
+
+def build_thesis(size: int = 32, row_hidden: int = 32, col_hidden: int = 64, unroll: bool = False) -> keras.Model:
+    """Rows as time steps -> BiLSTM -> 4 x LSTM -> LSTM -> Dense 64 -> Dense 64 -> softmax (thesis)."""
+    inp = keras.Input((size, size, 1), name="image")
+    x = layers.Reshape((size, size), name="rows")(inp)
+    x = layers.Bidirectional(layers.LSTM(row_hidden, return_sequences=True, unroll=unroll), name="bilstm")(x)
+    for i in range(4):
+        x = layers.LSTM(row_hidden, return_sequences=True, unroll=unroll, name=f"lstm_{i + 1}")(x)
+    x = layers.LSTM(col_hidden, unroll=unroll, name="lstm_col")(x)
+    x = layers.Dense(64, activation="relu", name="dense_1")(x)
+    x = layers.Dense(64, activation="relu", name="dense_2")(x)
+    out = layers.Dense(NUM_CLASSES, activation="softmax", name="probs")(x)
+    return keras.Model(inp, out, name="thesis")
+
+
+def _conv_bn(x, filters: int, name: str):
+    x = layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"{name}_conv")(x)
+    x = layers.BatchNormalization(name=f"{name}_bn")(x)
+    return layers.ReLU(name=f"{name}_relu")(x)
+
+
+def build_cbilstm(size: int = 48, widths: tuple = (32, 64, 128), row_features: int = 128,
+                  lstm_units: int = 64, lstm_layers: int = 2, dropout: float = 0.3,
+                  unroll: bool = False) -> keras.Model:
+    """Conv stem turns the face into a sequence of feature rows; stacked BiLSTMs read the rows.
+
+    Two 3x3 convs per stage, max-pool after the first two stages: 48x48 -> 12 rows of
+    12 x widths[-1] features, projected to ``row_features`` per row, then ``lstm_layers``
+    bidirectional LSTMs (the last returns its final state) -> dropout -> softmax.
+    """
+    inp = keras.Input((size, size, 1), name="image")
+    x = inp
+    for i, w in enumerate(widths):
+        x = _conv_bn(x, w, f"s{i + 1}a")
+        x = _conv_bn(x, w, f"s{i + 1}b")
+        if i < len(widths) - 1:
+            x = layers.MaxPooling2D(2, name=f"s{i + 1}_pool")(x)
+            x = layers.Dropout(0.1 * (i + 1), name=f"s{i + 1}_drop")(x)
+    rows, cols, ch = x.shape[1], x.shape[2], x.shape[3]
+    x = layers.Reshape((rows, cols * ch), name="rows")(x)
+    x = layers.Dense(row_features, activation="relu", name="row_proj")(x)
+    x = layers.Dropout(dropout / 2, name="row_drop")(x)
+    for i in range(lstm_layers):
+        last = i == lstm_layers - 1
+        x = layers.Bidirectional(layers.LSTM(lstm_units, return_sequences=not last, unroll=unroll),
+                                 name=f"bilstm_{i + 1}")(x)
+    x = layers.Dropout(dropout, name="head_drop")(x)
+    out = layers.Dense(NUM_CLASSES, activation="softmax", name="probs")(x)
+    return keras.Model(inp, out, name="cbilstm")
+
+
+REGISTRY: dict[str, ModelEntry] = {
+    "thesis": ModelEntry(
+        "thesis", build_thesis, {"size": 32, "row_hidden": 32, "col_hidden": 64},
+        PreprocessSpec(size=32), Recipe(),
+        "The 2023 thesis's stacked Bi-LSTM on 32x32 rows (42.1 % on FER2013)."),
+    "cbilstm": ModelEntry(
+        "cbilstm", build_cbilstm,
+        {"size": 48, "widths": [32, 64, 128], "row_features": 128, "lstm_units": 64, "lstm_layers": 2,
+         "dropout": 0.3},
+        PreprocessSpec(size=48),
+        Recipe(epochs=30, batch_size=64, lr=2e-3, schedule="cosine", label_smoothing=0.1,
+               class_weight="sqrt", weight_decay=1e-4, patience=15,
+               augment={"flip": True, "rotation_deg": 10.0, "shift": 0.1, "zoom": 0.1, "erasing": 0.5}),
+        "Conv stem (32/64/128) -> 12 feature rows -> 2 x BiLSTM(64): the project's default."),
+}
+DEFAULT_MODEL = "cbilstm"
+
+
+def get_entry(name: str) -> ModelEntry:
+    try:
+        return REGISTRY[name]
+    except KeyError:
+        raise KeyError(f"unknown model '{name}' (choose from {', '.join(REGISTRY)})") from None
+
+
+def build(name: str, params: dict | None = None, unroll: bool = False) -> keras.Model:
+    entry = get_entry(name)
+    kw = {**entry.params, **(params or {})}
+    if "widths" in kw:
+        kw["widths"] = tuple(kw["widths"])
+    return entry.build(**kw, unroll=unroll)
