@@ -1,12 +1,13 @@
 # make demo : venv + install + the main job on the shipped default
 # make test : venv + install .[dev] + the test suite (what CI runs)
+# make aarch64-check : the edge runtime in an arm64 Bookworm rootfs under qemu vs. x86 (root, slow; not in make test)
 PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-dev
 DATA ?= ../shared/data/fer2013
 
-.PHONY: demo test venv clean
+.PHONY: demo test venv clean aarch64-check
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -27,3 +28,6 @@ demo: $(STAMP)
 
 clean:
 	rm -rf runs artifacts .cache .pytest_cache
+
+aarch64-check: $(STAMP)
+	PYTHON=$(abspath $(BIN))/python nice -n 10 devices/emulate-aarch64.sh check --data $(DATA)

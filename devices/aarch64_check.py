@@ -1,0 +1,374 @@
+"""Same answers on aarch64 as on x86: the edge runtime under qemu-user emulation vs. natively.
+
+Run by ``devices/emulate-aarch64.sh check`` (``make aarch64-check``) after it has built the arm64
+Bookworm rootfs. Steps, each printed as it runs:
+
+1. pick an exported artifacts folder (``--artifacts``, else the newest ``artifacts/*/manifest.json``
+   with a usable ``tflite-int8`` and an ONNX artifact);
+2. write the synthetic test video (``edge_runtime.synthetic.make_video``: FER test faces
+   composited at known places) and a batch of test-split faces into ``.cache/aarch64-check/``;
+3. backend probe: the same faces through ``edge_runtime.preprocess`` + ``edge_runtime.backends``
+   on x86 (the project's venv) and on aarch64 (the rootfs venv); probabilities compared and the
+   per-face latency timed;
+4. daemon: ``python -m edge_runtime --backend tflite`` then ``--backend onnx`` on the video, on both
+   sides; events compared frame by frame: same boxes, same labels, probabilities within tolerance;
+5. a report (``.cache/aarch64-check/report.json``) with the timings -- labelled EMULATED -- and the
+   aarch64 package versions; exit 1 if anything differs beyond tolerance.
+
+Tolerances (absolute, on probabilities in [0, 1]):
+- int8 artifacts: two steps of the output quantization scale from the manifest (2/256 = 0.0078 for
+  the usual 1/256 softmax output) -- int8 kernels differ between ARM and x86 (ruy/XNNPACK/MLAS pick
+  different code paths), so a one-step difference on a rounding boundary is expected;
+- fp32 artifacts: 1e-4 -- float kernels differ only in summation order and FMA use.
+Boxes and labels must be identical (the detector sees bit-identical decoded frames).
+
+``python devices/aarch64_check.py probe ...`` is the step-3 worker; it imports only numpy, OpenCV and
+``edge_runtime`` so it runs inside the rootfs.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+WORK = REPO / ".cache" / "aarch64-check"
+VENV_IN = "/opt/fer-edge"
+FP32_TOL = 1e-4
+INT8_STEPS = 2
+
+
+def say(msg: str) -> None:
+    print(f"[aarch64-check] {msg}", flush=True)
+
+
+# ----------------------------------------------------------------------------- probe (both arches)
+def probe(args) -> int:
+    """Preprocess + predict the saved faces with every usable edge artifact; write probs + timings."""
+    from edge_runtime.backends import BackendError, available_runtimes, load_backend
+    from edge_runtime.manifest import preprocess_spec, read_manifest
+    from edge_runtime.preprocess import preprocess_batch
+
+    manifest = read_manifest(args.artifacts)
+    faces = np.load(args.faces)
+    batch = preprocess_batch(faces, preprocess_spec(manifest))
+    out = {"machine": platform.machine(), "python": platform.python_version(),
+           "runtimes": available_runtimes(), "batch_sha": _sha(batch), "artifacts": {}}
+    for name in args.names.split(","):
+        try:
+            be = load_backend(manifest, name, threads=1)
+        except BackendError as e:
+            out["artifacts"][name] = {"error": str(e)}
+            continue
+        probs = be.predict(batch)
+        one = batch[:1]
+        be.predict(one)  # warm-up
+        times = []
+        for _ in range(args.repeat):
+            t = time.perf_counter()
+            be.predict(one)
+            times.append((time.perf_counter() - t) * 1e3)
+        out["artifacts"][name] = {"runtime": be.runtime, "probs": probs.tolist(),
+                                  "ms_per_face_median": float(np.median(times)),
+                                  "ms_per_face_min": float(np.min(times)), "repeat": args.repeat}
+    Path(args.out).write_text(json.dumps(out))
+    return 0
+
+
+def _sha(a: np.ndarray) -> str:
+    import hashlib
+    return hashlib.sha256(np.ascontiguousarray(a).tobytes()).hexdigest()[:16]
+
+
+# ----------------------------------------------------------------------------- helpers
+def find_artifacts(explicit: str | None) -> Path:
+    cands = [Path(explicit)] if explicit else sorted(
+        (p.parent for p in (REPO / "artifacts").glob("*/manifest.json")), key=lambda p: p.stat().st_mtime,
+        reverse=True)
+    for d in cands:
+        try:
+            m = json.loads((d / "manifest.json").read_text())
+        except (OSError, ValueError):
+            continue
+        arts = {n for n, e in (m.get("artifacts") or {}).items() if e.get("status") == "usable"}
+        if "tflite-int8" in arts and arts & {"onnx-fp32", "onnx-int8"}:
+            return d.resolve()
+        say(f"skipping {d}: usable artifacts {sorted(arts)} lack tflite-int8 or ONNX")
+    raise SystemExit("[aarch64-check] no artifacts folder with tflite-int8 + ONNX: run `python -m export "
+                     "--int8 ...` first or pass --artifacts DIR")
+
+
+def inside_repo(path: Path) -> bool:
+    try:
+        path.resolve().relative_to(REPO)
+        return True
+    except ValueError:
+        return False
+
+
+def run(cmd: list[str], log: Path, env: dict | None = None) -> tuple[int, float]:
+    say(f"$ {shlex.join(cmd)}")
+    t = time.perf_counter()
+    with open(log, "w") as f:
+        rc = subprocess.call(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=REPO, env=env)
+    dt = time.perf_counter() - t
+    if rc != 0:
+        tail = log.read_text().splitlines()[-15:]
+        say(f"exit {rc} after {dt:.1f} s; last lines of {log}:\n  " + "\n  ".join(tail))
+    return rc, dt
+
+
+def tolerance(manifest: dict, name: str) -> float:
+    e = manifest["artifacts"][name]
+    if e.get("precision") == "int8":
+        scale = (e.get("output") or {}).get("scale")
+        return INT8_STEPS * float(scale) if scale else INT8_STEPS / 256.0
+    return FP32_TOL
+
+
+# ----------------------------------------------------------------------------- events
+def read_events(path: Path) -> list[dict]:
+    out = []
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if line.startswith("{"):
+            out.append(json.loads(line))
+    return out
+
+
+def _get(e: dict, *keys, default=None):
+    for k in keys:
+        if k in e:
+            return e[k]
+    return default
+
+
+def face_events(events: list[dict]) -> dict[int, list[dict]]:
+    """frame index -> the per-face events of that frame (new/update), sorted by box."""
+    frames: dict[int, list[dict]] = {}
+    for e in events:
+        if _get(e, "type", "event", default="update") not in ("new", "update"):
+            continue
+        box = _get(e, "box", "bbox")
+        if box is None:
+            continue
+        frames.setdefault(int(_get(e, "frame", "frame_index")), []).append(e)
+    for v in frames.values():
+        v.sort(key=lambda e: tuple(_get(e, "box", "bbox")))
+    return frames
+
+
+def compare_events(x86: list[dict], arm: list[dict], tol: float) -> dict:
+    fx, fa = face_events(x86), face_events(arm)
+    common = sorted(set(fx) & set(fa))
+    res = {"frames_x86": len(fx), "frames_aarch64": len(fa), "frames_compared": len(common),
+           "faces_compared": 0, "boxes_equal": True, "labels_equal": True, "max_abs_diff_raw": 0.0,
+           "max_abs_diff_smoothed": 0.0, "tolerance": tol, "mismatches": []}
+    for f in common:
+        a, b = fx[f], fa[f]
+        if [list(_get(e, "box", "bbox")) for e in a] != [list(_get(e, "box", "bbox")) for e in b]:
+            res["boxes_equal"] = False
+            res["mismatches"].append({"frame": f, "x86": [_get(e, "box", "bbox") for e in a],
+                                      "aarch64": [_get(e, "box", "bbox") for e in b]})
+            continue
+        for ea, eb in zip(a, b):
+            res["faces_compared"] += 1
+            if ea.get("label") != eb.get("label"):
+                res["labels_equal"] = False
+                res["mismatches"].append({"frame": f, "box": ea.get("box"), "x86": ea.get("label"),
+                                          "aarch64": eb.get("label")})
+            for key, field in (("max_abs_diff_raw", ("raw", "probs_raw", "raw_probs")),
+                               ("max_abs_diff_smoothed", ("probs", "smoothed", "probs_smoothed"))):
+                pa, pb = _get(ea, *field), _get(eb, *field)
+                if pa is None or pb is None:
+                    continue
+                if isinstance(pa, dict):
+                    pa, pb = [pa[k] for k in sorted(pa)], [pb[k] for k in sorted(pa)]
+                res[key] = max(res[key], float(np.max(np.abs(np.asarray(pa, float) - np.asarray(pb, float)))))
+    res["ok"] = bool(common) and res["boxes_equal"] and res["labels_equal"] and \
+        res["max_abs_diff_raw"] <= tol and res["max_abs_diff_smoothed"] <= tol
+    return res
+
+
+def latency_stats(events: list[dict], wall_s: float) -> dict:
+    """Per-stage latency (ms) from the events, per-face classify time, and frames per second."""
+    frames = face_events(events)
+    detect, classify, per_face = [], [], []
+    for evs in frames.values():
+        lat = _get(evs[0], "latency_ms", "latency", default={}) or {}
+        if "detect" in lat:
+            detect.append(float(lat["detect"]))
+        if "classify" in lat:
+            classify.append(float(lat["classify"]))
+            per_face.append(float(lat["classify"]) / len(evs))
+    ts = sorted(float(_get(e, "ts", "timestamp", "time")) for evs in frames.values() for e in evs
+                if _get(e, "ts", "timestamp", "time") is not None)
+    n = len(frames)
+    med = (lambda v: round(float(np.median(v)), 2) if v else None)
+    return {"frames_with_faces": n, "detect_ms_median": med(detect), "classify_ms_median": med(classify),
+            "classify_ms_per_face_median": med(per_face),
+            "fps_steady": round((n - 1) / (ts[-1] - ts[0]), 2) if n > 1 and ts[-1] > ts[0] else None,
+            "wall_s_incl_startup": round(wall_s, 1)}
+
+
+# ----------------------------------------------------------------------------- main check
+def check(args) -> int:
+    t_start = time.perf_counter()
+    work = Path(args.work).resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    if not inside_repo(work):
+        raise SystemExit(f"--work must be inside {REPO} (the rootfs sees the repo at the same path)")
+    emu = [str(Path(args.emulator).resolve()), "run"]
+    arm_py = f"{VENV_IN}/bin/python"
+    x86_py = sys.executable
+
+    art = find_artifacts(args.artifacts)
+    if not inside_repo(art):
+        import shutil
+        dst = work / "artifacts"
+        say(f"copying {art} to {dst} (the rootfs sees only the repo)")
+        shutil.rmtree(dst, ignore_errors=True)
+        shutil.copytree(art, dst)
+        art = dst
+    manifest = json.loads((art / "manifest.json").read_text())
+    say(f"artifacts: {art} ({manifest.get('model', '?')}, usable: "
+        f"{sorted(n for n, e in manifest['artifacts'].items() if e.get('status') == 'usable')})")
+
+    from edge_runtime import synthetic
+    from edge_runtime.labels import LABELS
+    video = work / "video.avi"
+    truth = synthetic.make_video(video, args.data, n_faces=args.faces, frames=args.frames, seed=args.seed)
+    say(f"video: {video} ({args.frames} frames 640x480, {args.faces} faces: "
+        f"{[f['label'] for f in truth['faces']]})")
+
+    # ---- step 3: backend probe on the same test faces
+    import cv2
+    faces = [cv2.imread(str(p), cv2.IMREAD_GRAYSCALE)
+             for p, _ in synthetic.pick_faces(args.data, args.probe_faces, seed=args.seed + 1)]
+    np.save(work / "faces.npy", np.stack(faces))
+    names = [n for n in ("tflite-int8", "tflite-fp32", "onnx-fp32", "onnx-int8")
+             if manifest["artifacts"].get(n, {}).get("status") == "usable"]
+    report: dict = {"emulated": True, "note": "aarch64 numbers are EMULATED (qemu-user on x86_64), not a Pi figure",
+                    "host": {"machine": platform.machine(), "cpus": os.cpu_count(),
+                             "loadavg_at_start": os.getloadavg()},
+                    "artifacts": str(art.relative_to(REPO)), "model": manifest.get("model"),
+                    "video": {"frames": args.frames, "faces": args.faces, "size": [640, 480]},
+                    "probe": {}, "daemon": {}}
+    probe_out = {}
+    for side, cmd in (("x86_64", [x86_py]), ("aarch64", emu + [arm_py])):
+        out = work / f"probe-{side}.json"
+        rc, dt = run(cmd + [str(REPO / "devices" / "aarch64_check.py"), "probe", "--artifacts", str(art),
+                            "--faces", str(work / "faces.npy"), "--names", ",".join(names),
+                            "--repeat", str(args.repeat), "--out", str(out)], work / f"probe-{side}.log")
+        if rc != 0:
+            raise SystemExit(f"[aarch64-check] probe failed on {side}")
+        probe_out[side] = json.loads(out.read_text())
+        say(f"probe {side}: machine={probe_out[side]['machine']} python={probe_out[side]['python']} "
+            f"in {dt:.1f} s")
+    ok = probe_out["x86_64"]["batch_sha"] == probe_out["aarch64"]["batch_sha"]
+    say(f"preprocessed batch identical on both: {ok} ({probe_out['x86_64']['batch_sha']})")
+    report["probe"]["preprocess_identical"] = ok
+    all_ok = ok
+    for n in names:
+        a, b = probe_out["x86_64"]["artifacts"][n], probe_out["aarch64"]["artifacts"][n]
+        if "error" in a or "error" in b:
+            say(f"probe {n}: x86 {a.get('error', 'ok')} / aarch64 {b.get('error', 'ok')}")
+            report["probe"][n] = {"x86_64": a.get("error"), "aarch64": b.get("error")}
+            all_ok = False
+            continue
+        pa, pb = np.asarray(a["probs"]), np.asarray(b["probs"])
+        tol = tolerance(manifest, n)
+        d = float(np.max(np.abs(pa - pb)))
+        same_top = int(np.sum(pa.argmax(1) == pb.argmax(1)))
+        row = {"faces": len(pa), "max_abs_diff": d, "tolerance": tol, "same_label": f"{same_top}/{len(pa)}",
+               "ok": d <= tol and same_top == len(pa),
+               "ms_per_face_x86_64": round(a["ms_per_face_median"], 3),
+               "ms_per_face_aarch64_EMULATED": round(b["ms_per_face_median"], 3),
+               "runtime_x86_64": a["runtime"], "runtime_aarch64": b["runtime"]}
+        report["probe"][n] = row
+        all_ok &= row["ok"]
+        say(f"probe {n}: {len(pa)} faces, max |dp| = {d:.2e} (tol {tol:.1e}), same label {same_top}/{len(pa)}, "
+            f"{b['ms_per_face_median']:.2f} ms/face EMULATED vs {a['ms_per_face_median']:.2f} ms x86 "
+            f"-> {'OK' if row['ok'] else 'DIFFERENT'}")
+
+    # ---- step 4: the daemon on the video, both backends, both sides
+    for backend in args.backends.split(","):
+        events = {}
+        for side, py, pre in (("x86_64", x86_py, []), ("aarch64", arm_py, emu)):
+            ev = work / f"events-{backend}-{side}.jsonl"
+            ev.unlink(missing_ok=True)
+            cmd = pre + [py, "-m", "edge_runtime", "--artifacts", str(art), "--backend", backend,
+                         "--threads", "1", "--source", str(video), "--events", str(ev),
+                         "--max-frames", str(args.frames)] + shlex.split(args.daemon_args)
+            rc, dt = run(cmd, work / f"daemon-{backend}-{side}.log")
+            if rc != 0 or not ev.exists():
+                raise SystemExit(f"[aarch64-check] daemon failed on {side} with {backend} (exit {rc})")
+            events[side] = (read_events(ev), dt)
+            say(f"daemon {backend} {side}: {len(events[side][0])} events in {dt:.1f} s")
+        chosen = sorted({_get(e, "artifact", "backend", default="?") for e in events["x86_64"][0]
+                         if isinstance(_get(e, "artifact", "backend", default="?"), str)})
+        name = next((c for c in chosen if c in manifest["artifacts"]),
+                    "tflite-int8" if backend == "tflite" else next(n for n in names if n.startswith("onnx")))
+        tol = tolerance(manifest, name)
+        cmp = compare_events(events["x86_64"][0], events["aarch64"][0], tol)
+        labels_seen = sorted({e.get("label") for evs in face_events(events["aarch64"][0]).values() for e in evs})
+        cmp.update({"artifact": name, "labels_seen": labels_seen,
+                    "truth_labels": [f["label"] for f in truth["faces"]],
+                    "x86_64": latency_stats(*events["x86_64"]),
+                    "aarch64_EMULATED": latency_stats(*events["aarch64"])})
+        report["daemon"][backend] = cmp
+        all_ok &= cmp["ok"]
+        say(f"daemon {backend} ({name}): {cmp['frames_compared']} frames / {cmp['faces_compared']} faces compared; "
+            f"boxes equal {cmp['boxes_equal']}, labels equal {cmp['labels_equal']}, max |dp| raw "
+            f"{cmp['max_abs_diff_raw']:.2e} smoothed {cmp['max_abs_diff_smoothed']:.2e} (tol {tol:.1e}) "
+            f"-> {'OK' if cmp['ok'] else 'DIFFERENT'}")
+        say(f"  latency x86_64: {cmp['x86_64']}")
+        say(f"  latency aarch64 (EMULATED): {cmp['aarch64_EMULATED']}")
+
+    versions = Path(args.rootfs) / VENV_IN.lstrip("/") / "aarch64-versions.txt"
+    if versions.exists():
+        report["aarch64_versions"] = [l for l in versions.read_text().splitlines() if l and not l.startswith("#")]
+    report["check_seconds"] = round(time.perf_counter() - t_start, 1)
+    report["ok"] = bool(all_ok)
+    report["labels"] = list(LABELS)
+    (work / "report.json").write_text(json.dumps(report, indent=1))
+    say(f"report: {work / 'report.json'}; check took {report['check_seconds']} s; "
+        f"{'SAME ANSWERS on aarch64 and x86_64' if all_ok else 'DIFFERENCES FOUND'}")
+    return 0 if all_ok else 1
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="cmd")
+    pr = sub.add_parser("probe", help="worker: predict saved faces with each artifact (runs on either arch)")
+    pr.add_argument("--artifacts", required=True)
+    pr.add_argument("--faces", required=True)
+    pr.add_argument("--names", required=True)
+    pr.add_argument("--repeat", type=int, default=20)
+    pr.add_argument("--out", required=True)
+    p.add_argument("--emulator", default=str(REPO / "devices" / "emulate-aarch64.sh"))
+    p.add_argument("--rootfs", default=os.environ.get("ROOTFS", str(REPO / ".cache" / "aarch64-rootfs")))
+    p.add_argument("--artifacts", help="exported artifacts folder (default: newest artifacts/*/)")
+    p.add_argument("--data", default=os.environ.get("FER_DATA", str(REPO.parent / "shared" / "data" / "fer2013")))
+    p.add_argument("--frames", type=int, default=20)
+    p.add_argument("--faces", type=int, default=3)
+    p.add_argument("--probe-faces", type=int, default=64)
+    p.add_argument("--repeat", type=int, default=20, help="timed single-face predictions in the probe")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--backends", default="tflite,onnx")
+    p.add_argument("--daemon-args", default="", help="extra flags for python -m edge_runtime (both sides)")
+    p.add_argument("--work", default=str(WORK))
+    args = p.parse_args(argv)
+    return probe(args) if args.cmd == "probe" else check(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
