@@ -1,0 +1,91 @@
+"""python -m edge_runtime: the facial-emotion camera daemon (see --help)."""
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+
+from .backends import BackendError
+from .config import DEFAULTS, ConfigError, build
+from .detectors import DetectorError
+from .manifest import ManifestError
+
+EXAMPLES = """\
+examples:
+  python -m edge_runtime --artifacts artifacts/cbilstm --source 0
+  python -m edge_runtime --artifacts artifacts/cbilstm --source clip.mp4 --events events.jsonl
+  python -m edge_runtime --profile devices/raspberry-pi-5.toml --config /etc/fer-edge/edge.toml \\
+      --http 127.0.0.1:8080 --mqtt broker.local:1883
+
+Settings are layered: built-in defaults < --profile < --config < flags. Unknown keys are errors.
+Exit codes: 0 done (end of file, --max-frames, SIGTERM/SIGINT); 2 bad configuration or model
+(sha256 mismatch, truncated file, missing runtime) — reported before any camera is opened.
+Events are JSON Lines (new/update/end per face track); HTTP serves /healthz /metrics /latest /stream.mjpg.
+"""
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m edge_runtime", description=__doc__.split(":", 1)[1].strip(),
+                                epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    a = p.add_argument
+    a("--artifacts", metavar="DIR", help="exported model folder with manifest.json (python -m export)")
+    a("--backend", metavar="B", help="auto (int8 TFLite if LiteRT is installed, else ONNX) | tflite | onnx | "
+                                     "an artifact name such as onnx-fp32")
+    a("--precision", choices=["int8", "fp32"], help="restrict --backend to one precision")
+    a("--threads", type=int, metavar="N", help="inference and OpenCV threads (default 1)")
+    a("--source", metavar="SRC", help="camera index (0), /dev/videoN, video file, rtsp://... or image folder")
+    a("--loop", action="store_true", default=None, help="restart a file/folder at its end instead of exiting")
+    a("--detector", choices=["haar", "blazeface"], help="face detector (default haar: no model download)")
+    a("--config", metavar="TOML", help="config file (e.g. /etc/fer-edge/edge.toml)")
+    a("--profile", metavar="TOML", help="device profile, e.g. devices/raspberry-pi-5.toml")
+    a("--events", metavar="FILE|-", help="JSON Lines events file, '-' for stdout (default)")
+    a("--http", metavar="HOST:PORT", help="serve HTTP, e.g. 127.0.0.1:8080 (other hosts need --token)")
+    a("--token", metavar="T", help="bearer token required by HTTP when bound beyond loopback")
+    a("--mqtt", metavar="HOST:PORT", help="publish events/stats/availability to this MQTT broker")
+    a("--mqtt-prefix", metavar="P", help=f"MQTT topic prefix (default {DEFAULTS['mqtt']['prefix']})")
+    a("--max-frames", type=int, metavar="N", help="stop after N processed frames")
+    a("--log-level", choices=["debug", "info", "warning", "error"])
+    return p.parse_args(argv)
+
+
+def flags_to_layer(ns: argparse.Namespace) -> dict:
+    """Only the flags actually given, shaped like a config file."""
+    table = {"artifacts": ("model", "artifacts"), "backend": ("model", "backend"),
+             "precision": ("model", "precision"), "threads": ("model", "threads"),
+             "source": ("source", "uri"), "loop": ("source", "loop"), "detector": ("detector", "type"),
+             "events": ("events", "path"), "http": ("http", "bind"), "token": ("http", "token"),
+             "mqtt_prefix": ("mqtt", "prefix"), "max_frames": ("run", "max_frames"),
+             "log_level": ("run", "log_level")}
+    layer: dict[str, dict] = {}
+    for attr, (section, key) in table.items():
+        v = getattr(ns, attr)
+        if v is not None:
+            layer.setdefault(section, {})[key] = v
+    if ns.mqtt:
+        host, _, port = ns.mqtt.rpartition(":")
+        if not host or not port.isdigit():
+            raise ConfigError(f"--mqtt {ns.mqtt!r} should be HOST:PORT")
+        layer.setdefault("mqtt", {}).update(host=host, port=int(port))
+    return layer
+
+
+def main(argv=None) -> int:
+    ns = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        cfg = build(ns.profile, ns.config, flags_to_layer(ns))
+        logging.getLogger().setLevel(cfg["run"]["log_level"].upper())
+        from .daemon import Daemon  # after config: a bad flag answers fast
+        daemon = Daemon(cfg)
+    except (ConfigError, ManifestError, BackendError, DetectorError, OSError) as e:
+        print(f"edge_runtime: error: {e}", file=sys.stderr)
+        return 2
+    signal.signal(signal.SIGTERM, daemon.stop)
+    signal.signal(signal.SIGINT, daemon.stop)
+    return daemon.run()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,142 @@
+"""Configuration: built-in defaults <- device profile <- config file <- command-line flags.
+
+Profiles (``devices/*.toml``) and config files share one TOML schema, validated strictly:
+an unknown section or key, or a value of the wrong type, is one clear ``ConfigError`` line.
+"""
+from __future__ import annotations
+
+import copy
+import ipaddress
+import tomllib
+from pathlib import Path
+
+# Every key the daemon knows, with its default; the default's type is the key's type.
+DEFAULTS: dict[str, dict] = {
+    "model": {
+        "artifacts": "",          # folder holding manifest.json + model files
+        "backend": "auto",        # auto | tflite | onnx | an artifact name (e.g. "onnx-fp32")
+        "precision": "",          # "" = any, else int8 | fp32
+        "threads": 1,
+        "providers": [],          # onnxruntime providers in preference order; [] = best available
+    },
+    "source": {
+        "uri": "0",               # camera index, /dev/videoN, file, rtsp://..., or an image folder
+        "loop": False,            # restart a file/folder at its end instead of exiting
+        "realtime": "auto",       # auto: cameras/streams drop stale frames, files are read in full
+        "width": 0, "height": 0, "fps": 0.0,  # camera capture request; 0 = driver default
+        "reconnect_max_s": 30.0,  # backoff cap when the source is lost
+    },
+    "detector": {
+        "type": "haar",           # haar | blazeface
+        "scale": 0.5,             # detect on a frame downscaled by this factor
+        "min_size": 40,           # smallest face, full-frame pixels
+        "max_faces": 32,
+        "margin": 0.1,            # crop margin around a face box, fraction of its size
+        "model": "",              # blazeface .tflite path
+        "score": 0.5,             # blazeface score threshold
+    },
+    "tracker": {
+        "iou": 0.3,               # a detection continues a track when IoU >= this
+        "smoothing": 0.6,         # weight of the past in the probability EMA (0 = no smoothing)
+        "max_missed": 5,          # frames a track may go unseen before its `end` event
+    },
+    "events": {"path": "-", "every": 1},  # JSON Lines file or "-" (stdout); `update` every N frames
+    "http": {"bind": "", "token": "", "stream": True},
+    "mqtt": {"host": "", "port": 1883, "prefix": "fer-edge", "client_id": "", "stats_interval_s": 10.0},
+    "run": {"max_frames": 0, "log_level": "info"},
+}
+
+
+class ConfigError(Exception):
+    """A user-facing configuration problem (one line, exit code 2)."""
+
+
+def _type_ok(default, value) -> bool:
+    if isinstance(default, bool):
+        return isinstance(value, bool)
+    if isinstance(default, float):
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if isinstance(default, int):
+        return isinstance(value, int) and not isinstance(value, bool)
+    if isinstance(default, list):
+        return isinstance(value, list) and all(isinstance(v, str) for v in value)
+    return isinstance(value, str) or (default == "0" and isinstance(value, int))
+
+
+def merge(base: dict, layer: dict, origin: str) -> dict:
+    """Validate ``layer`` against the schema and apply it over ``base`` (returns a new dict)."""
+    out = copy.deepcopy(base)
+    for section, values in layer.items():
+        if section not in DEFAULTS:
+            raise ConfigError(f"{origin}: unknown section [{section}] (known: {', '.join(DEFAULTS)})")
+        if not isinstance(values, dict):
+            raise ConfigError(f"{origin}: [{section}] must be a table")
+        for key, value in values.items():
+            if key not in DEFAULTS[section]:
+                raise ConfigError(f"{origin}: unknown key {section}.{key} "
+                                  f"(known: {', '.join(DEFAULTS[section])})")
+            default = DEFAULTS[section][key]
+            if not _type_ok(default, value):
+                raise ConfigError(f"{origin}: {section}.{key} = {value!r} should be {type(default).__name__}")
+            out[section][key] = float(value) if isinstance(default, float) else value
+    return out
+
+
+def load_toml(path: str | Path) -> dict:
+    path = Path(path)
+    try:
+        return tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} not found") from None
+    except (OSError, tomllib.TOMLDecodeError) as e:
+        raise ConfigError(f"{path}: {e}") from None
+
+
+def check(cfg: dict) -> dict:
+    """Cross-field rules a single key's type cannot express."""
+    if not cfg["model"]["artifacts"]:
+        raise ConfigError("no model: pass --artifacts DIR (or set model.artifacts)")
+    if cfg["model"]["threads"] < 1:
+        raise ConfigError("model.threads must be >= 1")
+    if cfg["model"]["precision"] not in ("", "int8", "fp32"):
+        raise ConfigError("model.precision must be int8, fp32 or empty")
+    if cfg["source"]["realtime"] not in ("auto", "true", "false"):
+        raise ConfigError("source.realtime must be auto, true or false")
+    if not 0.05 <= cfg["detector"]["scale"] <= 1.0:
+        raise ConfigError("detector.scale must be in [0.05, 1]")
+    if not 0.0 <= cfg["tracker"]["smoothing"] < 1.0:
+        raise ConfigError("tracker.smoothing must be in [0, 1)")
+    if cfg["events"]["every"] < 1:
+        raise ConfigError("events.every must be >= 1")
+    bind = cfg["http"]["bind"]
+    if bind:
+        host, _, port = bind.rpartition(":")
+        if not host or not port.isdigit():
+            raise ConfigError(f"http.bind {bind!r} should be HOST:PORT")
+        if not _is_loopback(host) and not cfg["http"]["token"]:
+            raise ConfigError(f"http.bind {bind} is not loopback: set --token (clients send Authorization: Bearer)")
+    mq = cfg["mqtt"]
+    if mq["host"] and not 0 < mq["port"] < 65536:
+        raise ConfigError(f"mqtt.port {mq['port']} is out of range")
+    return cfg
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def build(profile: str | None = None, config: str | None = None, flags: dict | None = None) -> dict:
+    """defaults <- profile <- config file <- flags (a layer dict like a TOML file's)."""
+    cfg = copy.deepcopy(DEFAULTS)
+    if profile:
+        cfg = merge(cfg, load_toml(profile), f"profile {profile}")
+    if config:
+        cfg = merge(cfg, load_toml(config), f"config {config}")
+    if flags:
+        cfg = merge(cfg, flags, "command line")
+    return check(cfg)

@@ -1,0 +1,188 @@
+"""The camera daemon: source -> detect -> crop -> preprocess -> one batched predict -> track -> sinks.
+
+Construction loads and verifies everything that can fail on user input (manifest, sha256, backend,
+detector, sinks) *before* the source is opened, so a bad model never touches the camera.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+import cv2
+import numpy as np
+
+from .backends import load_backend, select_artifact
+from .config import ConfigError
+from .detectors import make_detector
+from .labels import LABELS
+from .manifest import preprocess_spec, read_manifest
+from .preprocess import preprocess_batch, to_gray
+from .sinks import JsonlSink, MqttSink
+from .sources import Capture, source_kind
+from .stats import Stats
+from .tracker import Tracker
+
+log = logging.getLogger("edge_runtime")
+SHUTDOWN_JOIN_S = 0.5  # capture thread join bound; it is a daemon thread, so a stuck driver cannot hang exit
+
+
+def expand_boxes(boxes: np.ndarray, margin: float, shape) -> np.ndarray:
+    """Grow x,y,w,h boxes by ``margin`` of their size on each side, clipped to the frame."""
+    if len(boxes) == 0:
+        return boxes.reshape(0, 4)
+    h, w = shape[:2]
+    b = boxes.astype(np.float64)
+    dx, dy = b[:, 2] * margin, b[:, 3] * margin
+    x1, y1 = np.clip(b[:, 0] - dx, 0, w), np.clip(b[:, 1] - dy, 0, h)
+    x2, y2 = np.clip(b[:, 0] + b[:, 2] + dx, 0, w), np.clip(b[:, 1] + b[:, 3] + dy, 0, h)
+    return np.stack([x1, y1, x2 - x1, y2 - y1], 1).round().astype(np.int32)
+
+
+def _probs(p: np.ndarray) -> dict[str, float]:
+    return {lab: round(float(v), 6) for lab, v in zip(LABELS, p)}
+
+
+class Daemon:
+    def __init__(self, cfg: dict):
+        self.cfg = cfg
+        self.stats = Stats()
+        self.stop_event = threading.Event()
+        m, src = cfg["model"], cfg["source"]
+        if source_kind(str(src["uri"])) == "file" and not _exists(src["uri"]):
+            raise ConfigError(f"source {src['uri']} does not exist")
+        manifest = read_manifest(m["artifacts"])
+        name = select_artifact(manifest, m["backend"], m["precision"] or None)
+        self.backend = load_backend(manifest, name, m["threads"], m["providers"] or None)
+        self.spec = preprocess_spec(manifest)
+        cv2.setNumThreads(m["threads"])
+        d = cfg["detector"]
+        self.detector = make_detector(d["type"], d["scale"], d["min_size"], d["max_faces"], d["model"],
+                                      m["threads"], d["score"])
+        t = cfg["tracker"]
+        self.tracker = Tracker(t["iou"], t["smoothing"], t["max_missed"])
+        self.stats.info = {"artifact": name, "backend": self.backend.format, "precision": self.backend.precision,
+                           "runtime": self.backend.runtime, "sha256": self.backend.sha256,
+                           "detector": self.detector.name, "source": str(src["uri"])}
+        log.info("model %s (%s, sha256 %s…) on %s, %d thread(s); detector %s", name, self.backend.precision,
+                 self.backend.sha256[:12], self.backend.runtime, m["threads"], self.detector.name)
+        self.sinks = [JsonlSink(cfg["events"]["path"])]
+        self._last_view = None  # (frame index, gray, tracks) for /stream.mjpg, encoded on demand
+        self._jpeg_cache = (None, None)
+        self.http = None
+        if cfg["mqtt"]["host"]:
+            q = cfg["mqtt"]
+            self.sinks.append(MqttSink(q["host"], q["port"], q["prefix"], self.stats, q["client_id"],
+                                       q["stats_interval_s"]))
+        if cfg["http"]["bind"]:
+            from .http import HttpServer
+            h = cfg["http"]
+            self.http = HttpServer(h["bind"], self.stats, h["token"], self.jpeg if h["stream"] else None)
+        self.capture = Capture(str(src["uri"]), self.stats, src["loop"], src["realtime"], src["width"],
+                               src["height"], src["fps"], src["reconnect_max_s"])
+
+    # --- the loop ------------------------------------------------------------------------------
+    def stop(self, *_):
+        """Signal-safe: ask the loop to finish the frame in flight and shut down."""
+        self.stop_event.set()
+
+    def run(self) -> int:
+        self.capture.start()
+        max_frames = self.cfg["run"]["max_frames"]
+        done = 0
+        try:
+            while not self.stop_event.is_set():
+                frame = self.capture.get(0.1)
+                if frame is None and self.capture.ended.is_set():
+                    frame = self.capture.get(0)  # the last frame may land just before `ended`
+                    if frame is None:
+                        log.info("end of source after %d frames", done)
+                        break
+                if frame is None:
+                    continue
+                self.process(frame)
+                done += 1
+                if max_frames and done >= max_frames:
+                    break
+        finally:
+            self.shutdown()
+        return 0
+
+    def process(self, frame) -> list[dict]:
+        t0 = time.monotonic()
+        gray = to_gray(frame.image)
+        boxes = self.detector.detect(gray)
+        t1 = time.monotonic()
+        crops = expand_boxes(boxes, self.cfg["detector"]["margin"], gray.shape)
+        batch = preprocess_batch([gray[y:y + h, x:x + w] for x, y, w, h in crops], self.spec)
+        probs = self.backend.predict(batch) if len(batch) else np.zeros((0, len(LABELS)), np.float32)
+        t2 = time.monotonic()
+        latency = {"capture_age": (t0 - frame.t_capture) * 1000, "detect": (t1 - t0) * 1000,
+                   "classify": (t2 - t1) * 1000}
+        changes = self.tracker.update(frame.index, boxes, crops, probs)
+        events = self._emit(changes, frame.index, latency)
+        latency["total"] = (time.monotonic() - frame.t_capture) * 1000
+        self.stats.observe(latency)
+        self.stats.inc("frames_processed")
+        self.stats.inc("faces", len(boxes))
+        self.stats.tracks_active = len(self.tracker.tracks)
+        self._last_view = (frame.index, gray, list(self.tracker.tracks.values()))
+        return events
+
+    def _emit(self, changes, index: int, latency: dict) -> list[dict]:
+        every = self.cfg["events"]["every"]
+        events = []
+        for kind, t in changes:
+            ev = {"type": kind, "ts": round(time.time(), 3), "frame": index, "track": t.id,
+                  "box": [int(v) for v in t.box], "crop": [int(v) for v in t.crop],
+                  "label": LABELS[int(np.argmax(t.smooth))], "score": round(float(np.max(t.smooth)), 6),
+                  "raw_label": LABELS[int(np.argmax(t.raw))], "probs": _probs(t.smooth), "raw": _probs(t.raw),
+                  "first_frame": t.first_frame, "last_frame": t.last_frame,
+                  "latency_ms": {k: round(v, 3) for k, v in latency.items()}}
+            self.stats.record_event(ev)
+            if kind != "update" or index % every == 0:
+                for s in self.sinks:
+                    s.emit(ev)
+            events.append(ev)
+        return events
+
+    def shutdown(self):
+        """Stop capture, close tracks (end events), flush sinks, publish offline, stop HTTP."""
+        self.stats.set_health("stopping", "shutting down")
+        self.capture.stop()
+        self.capture.join(SHUTDOWN_JOIN_S)
+        self._emit(self.tracker.end_all(), self._last_view[0] if self._last_view else -1, {})
+        for s in self.sinks:
+            try:
+                s.close()
+            except Exception as e:  # one failing sink must not keep the others from flushing
+                log.warning("closing %s failed: %s", type(s).__name__, e)
+        if self.http:
+            self.http.close()
+        snap = self.stats.snapshot()
+        log.info("stopped: %d frames read, %d processed, %d dropped, %.1f fps; mean ms capture_age %.1f "
+                 "detect %.1f classify %.1f", snap["frames_read"], snap["frames_processed"],
+                 snap["frames_dropped"], snap["fps"], *(snap["latency_ms_mean"][s]
+                                                        for s in ("capture_age", "detect", "classify")))
+
+    # --- /stream.mjpg ----------------------------------------------------------------------------
+    def jpeg(self) -> bytes | None:
+        view = self._last_view
+        if view is None:
+            return None
+        if self._jpeg_cache[0] == view[0]:
+            return self._jpeg_cache[1]
+        img = cv2.cvtColor(view[1], cv2.COLOR_GRAY2BGR)
+        for t in view[2]:
+            x, y, w, h = (int(v) for v in t.box)
+            cv2.rectangle(img, (x, y), (x + w, y + h), (0, 255, 0), 2)
+            cv2.putText(img, f"{t.id} {LABELS[int(np.argmax(t.smooth))]}", (x, max(12, y - 4)),
+                        cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 255, 0), 1)
+        jpg = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, 80])[1].tobytes()
+        self._jpeg_cache = (view[0], jpg)
+        return jpg
+
+
+def _exists(uri) -> bool:
+    from pathlib import Path
+    return Path(str(uri)).exists()

@@ -1,0 +1,85 @@
+"""HTTP (standard library): /healthz, /metrics (Prometheus), /latest, /stream.mjpg.
+
+Binds loopback unless told otherwise; a non-loopback bind needs a token (checked at config time)
+and every request must then carry ``Authorization: Bearer <token>``.
+"""
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+log = logging.getLogger(__name__)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server_version = "fer-edge"
+    app: "HttpServer"  # set on the subclass
+
+    def log_message(self, fmt, *args):  # route access logs to logging at debug level
+        log.debug("%s " + fmt, self.client_address[0], *args)
+
+    def _send(self, code: int, body: bytes, ctype: str):
+        self.send_response(code)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_GET(self):  # noqa: N802 - http.server API
+        app = self.app
+        if app.token:
+            got = self.headers.get("Authorization", "")
+            if not hmac.compare_digest(got.encode(), f"Bearer {app.token}".encode()):
+                return self._send(401, b"unauthorized\n", "text/plain")
+        path = self.path.split("?")[0]
+        if path == "/healthz":
+            snap = app.stats.snapshot()
+            body = {"status": snap["status"], "reason": snap["reason"], "uptime_s": snap["uptime_s"]}
+            return self._send(200 if snap["status"] == "ok" else 503, json.dumps(body).encode(), "application/json")
+        if path == "/metrics":
+            return self._send(200, app.stats.prometheus().encode(), "text/plain; version=0.0.4")
+        if path == "/latest":
+            return self._send(200, json.dumps(app.stats.latest_events()).encode(), "application/json")
+        if path == "/stream.mjpg" and app.jpeg is not None:
+            return self._stream()
+        self._send(404, b"not found\n", "text/plain")
+
+    def _stream(self):
+        self.send_response(200)
+        self.send_header("Content-Type", "multipart/x-mixed-replace; boundary=frame")
+        self.end_headers()
+        last = None
+        try:
+            while not self.app.stopping.is_set():
+                jpg = self.app.jpeg()
+                if jpg is not None and jpg is not last:
+                    last = jpg
+                    self.wfile.write(b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: "
+                                     + str(len(jpg)).encode() + b"\r\n\r\n" + jpg + b"\r\n")
+                time.sleep(0.05)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+
+
+class HttpServer:
+    def __init__(self, bind: str, stats, token: str = "", jpeg=None):
+        host, _, port = bind.rpartition(":")
+        self.stats, self.token, self.jpeg = stats, token, jpeg
+        self.stopping = threading.Event()
+        handler = type("Handler", (_Handler,), {"app": self})
+        self.httpd = ThreadingHTTPServer((host.strip("[]"), int(port)), handler)
+        self.httpd.daemon_threads = True
+        self.address = "%s:%d" % self.httpd.server_address[:2]
+        self._thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.1},
+                                        name="http", daemon=True)
+        self._thread.start()
+        log.info("HTTP on http://%s (/healthz /metrics /latest%s)", self.address, " /stream.mjpg" if jpeg else "")
+
+    def close(self):
+        self.stopping.set()
+        self.httpd.shutdown()
+        self.httpd.server_close()

@@ -1,0 +1,183 @@
+"""Frame sources and the capture thread that keeps only the newest frame.
+
+A source is a camera (index or /dev/videoN), a stream URL, a video file or a folder of images.
+Live sources (cameras, streams) overwrite an unconsumed frame and count it as dropped, so the
+pipeline always works on the newest picture; files and folders are read in full (back-pressure)
+unless ``realtime`` is forced, which paces them at their FPS and drops like a camera.
+Lost or unopenable sources put health to ``degraded`` and reconnect with capped exponential backoff.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+log = logging.getLogger(__name__)
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".pgm", ".ppm", ".tif", ".tiff", ".webp"}
+BACKOFF_START_S = 0.5
+
+
+@dataclass
+class Frame:
+    image: np.ndarray
+    index: int
+    t_capture: float  # time.monotonic() when read
+
+
+def source_kind(uri: str) -> str:
+    if uri.isdigit() or uri.startswith("/dev/video"):
+        return "camera"
+    if "://" in uri:
+        return "stream"
+    return "dir" if Path(uri).is_dir() else "file"
+
+
+class ImageFolder:
+    """cv2.VideoCapture look-alike over a folder of images (any size, gray, BGR or BGRA)."""
+
+    def __init__(self, path: str):
+        self.files = sorted(p for p in Path(path).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        self.i = 0
+
+    def isOpened(self) -> bool:  # noqa: N802 - mirrors cv2.VideoCapture
+        return bool(self.files)
+
+    def read(self):
+        while self.i < len(self.files):
+            img = cv2.imread(str(self.files[self.i]), cv2.IMREAD_UNCHANGED)
+            self.i += 1
+            if img is not None:
+                return True, img
+            log.warning("skipping unreadable image %s", self.files[self.i - 1])
+        return False, None
+
+    def get(self, prop):
+        return 0.0
+
+    def release(self):
+        pass
+
+
+def open_source(uri: str, width: int = 0, height: int = 0, fps: float = 0.0):
+    """An opened capture object (may report not isOpened()); never raises for a missing device."""
+    kind = source_kind(uri)
+    if kind == "dir":
+        return ImageFolder(uri)
+    cap = cv2.VideoCapture(int(uri) if uri.isdigit() else uri)
+    if kind == "camera" and cap.isOpened():
+        for prop, v in ((cv2.CAP_PROP_FRAME_WIDTH, width), (cv2.CAP_PROP_FRAME_HEIGHT, height),
+                        (cv2.CAP_PROP_FPS, fps)):
+            if v:
+                cap.set(prop, v)
+    return cap
+
+
+def backoff_delay(attempt: int, cap_s: float) -> float:
+    return min(cap_s, BACKOFF_START_S * (2 ** attempt))
+
+
+class Capture(threading.Thread):
+    """Reads frames into a one-slot mailbox; ``get()`` hands the newest one to the pipeline."""
+
+    def __init__(self, uri: str, stats, loop: bool = False, realtime: str = "auto", width: int = 0,
+                 height: int = 0, fps: float = 0.0, reconnect_max_s: float = 30.0, opener=open_source):
+        super().__init__(name="capture", daemon=True)
+        self.uri, self.stats, self.loop = uri, stats, loop
+        self.kind = source_kind(uri)
+        self.realtime = self.kind in ("camera", "stream") if realtime == "auto" else realtime == "true"
+        self.size_fps = (width, height, fps)
+        self.reconnect_max_s = reconnect_max_s
+        self.opener = opener
+        self.stop_event = threading.Event()
+        self.ended = threading.Event()  # the file/folder ran out and we do not loop
+        self._cond = threading.Condition()
+        self._slot: Frame | None = None
+        self._index = 0
+        self.delays: list[float] = []  # backoff waits taken (inspected by tests and logs)
+
+    # --- consumer side -------------------------------------------------------------------
+    def get(self, timeout: float = 0.1) -> Frame | None:
+        with self._cond:
+            if self._slot is None:
+                self._cond.wait(timeout)
+            frame, self._slot = self._slot, None
+            self._cond.notify_all()
+            return frame
+
+    def stop(self):
+        self.stop_event.set()
+        with self._cond:
+            self._cond.notify_all()
+
+    # --- producer side -------------------------------------------------------------------
+    def _put(self, image: np.ndarray):
+        index, self._index = self._index, self._index + 1
+        self.stats.inc("frames_read")
+        with self._cond:
+            if self.realtime:
+                if self._slot is not None:
+                    self.stats.inc("frames_dropped")
+            else:
+                while self._slot is not None and not self.stop_event.is_set():
+                    self._cond.wait(0.1)
+            # stamped once it is offered: for files, back-pressure waiting is not capture latency
+            self._slot = Frame(image, index, time.monotonic())
+            self._cond.notify_all()
+
+    def _lost(self, reason: str, attempt: int) -> None:
+        delay = backoff_delay(attempt, self.reconnect_max_s)
+        self.delays.append(delay)
+        self.stats.set_health("degraded", f"source lost: {reason}")
+        self.stats.inc("reconnects")
+        log.warning("source %s lost (%s); retrying in %.1f s", self.uri, reason, delay)
+        self.stop_event.wait(delay)
+
+    def run(self):
+        attempt = 0
+        while not self.stop_event.is_set():
+            cap = self.opener(self.uri, *self.size_fps)
+            if not cap.isOpened():
+                cap.release()
+                self._lost(f"cannot open {self.uri}", attempt)
+                attempt += 1
+                continue
+            n = self._read_all(cap)
+            cap.release()
+            if self.stop_event.is_set():
+                break
+            if self.kind in ("file", "dir") and n > 0:
+                self.stats.set_health("ok")
+                if not self.loop:
+                    self.ended.set()
+                    break
+                attempt = 0
+                continue  # loop: reopen from the start
+            if n > 0:
+                attempt = 0
+            self.stats.inc("source_errors")
+            self._lost("no frames" if n == 0 else "read failed", attempt)
+            attempt += 1
+        with self._cond:
+            self._cond.notify_all()
+
+    def _read_all(self, cap) -> int:
+        """Read until the source fails or we are stopped; return the number of frames read."""
+        n = 0
+        fps = cap.get(cv2.CAP_PROP_FPS) if self.realtime and self.kind == "file" else 0.0
+        t0 = time.monotonic()
+        while not self.stop_event.is_set():
+            ok, img = cap.read()
+            if not ok or img is None:
+                return n
+            if n == 0:
+                self.stats.set_health("ok")
+            n += 1
+            if fps and fps > 0:  # pace a file like the camera it stands in for
+                self.stop_event.wait(max(0.0, t0 + n / fps - time.monotonic()))
+            self._put(img)
+        return n

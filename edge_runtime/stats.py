@@ -1,0 +1,111 @@
+"""The one stats object: counters, latency histograms and health, read by HTTP and MQTT."""
+from __future__ import annotations
+
+import os
+import threading
+import time
+
+# Latency buckets in milliseconds (Prometheus exports them as seconds).
+BUCKETS_MS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000)
+STAGES = ("capture_age", "detect", "classify", "total")
+COUNTERS = ("frames_read", "frames_processed", "frames_dropped", "faces", "events", "reconnects",
+            "source_errors")
+
+
+def rss_bytes() -> int:
+    """Resident memory from /proc (no psutil needed on the device); 0 where unavailable."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+class Histogram:
+    def __init__(self):
+        self.counts = [0] * (len(BUCKETS_MS) + 1)
+        self.sum = 0.0
+        self.n = 0
+
+    def observe(self, ms: float):
+        i = next((k for k, b in enumerate(BUCKETS_MS) if ms <= b), len(BUCKETS_MS))
+        self.counts[i] += 1
+        self.sum += ms
+        self.n += 1
+
+    def mean(self) -> float:
+        return self.sum / self.n if self.n else 0.0
+
+
+class Stats:
+    def __init__(self):
+        self._lock = threading.Lock()
+        self.started = time.time()
+        self.counters = dict.fromkeys(COUNTERS, 0)
+        self.latency = {s: Histogram() for s in STAGES}
+        self.status, self.reason = "starting", ""
+        self.info: dict[str, str] = {}  # backend, artifact, sha256, runtime, detector, source
+        self.latest: dict[int, dict] = {}  # track id -> its last event
+        self.tracks_active = 0
+
+    def inc(self, name: str, n: int = 1):
+        with self._lock:
+            self.counters[name] += n
+
+    def observe(self, latencies_ms: dict[str, float]):
+        with self._lock:
+            for stage, ms in latencies_ms.items():
+                self.latency[stage].observe(ms)
+
+    def set_health(self, status: str, reason: str = ""):
+        with self._lock:
+            self.status, self.reason = status, reason
+
+    def record_event(self, event: dict):
+        with self._lock:
+            self.counters["events"] += 1
+            if event["type"] == "end":
+                self.latest.pop(event["track"], None)
+            else:
+                self.latest[event["track"]] = event
+
+    def snapshot(self) -> dict:
+        """A JSON-ready copy (MQTT stats, /healthz)."""
+        with self._lock:
+            up = time.time() - self.started
+            return {
+                "status": self.status, "reason": self.reason, "uptime_s": round(up, 1),
+                **self.counters, "tracks_active": self.tracks_active,
+                "fps": round(self.counters["frames_processed"] / up, 2) if up > 0 else 0.0,
+                "latency_ms_mean": {s: round(h.mean(), 3) for s, h in self.latency.items()},
+                "rss_bytes": rss_bytes(), **self.info,
+            }
+
+    def latest_events(self) -> list[dict]:
+        with self._lock:
+            return list(self.latest.values())
+
+    def prometheus(self) -> str:
+        lines = []
+        with self._lock:
+            for name, v in self.counters.items():
+                lines += [f"# TYPE edge_{name}_total counter", f"edge_{name}_total {v}"]
+            lines += ["# TYPE edge_tracks_active gauge", f"edge_tracks_active {self.tracks_active}",
+                      "# TYPE edge_healthy gauge", f"edge_healthy {int(self.status == 'ok')}",
+                      "# TYPE edge_stage_latency_seconds histogram"]
+            for stage, h in self.latency.items():
+                cum = 0
+                for b, c in zip(BUCKETS_MS, h.counts):
+                    cum += c
+                    lines.append(f'edge_stage_latency_seconds_bucket{{stage="{stage}",le="{b / 1000:g}"}} {cum}')
+                lines.append(f'edge_stage_latency_seconds_bucket{{stage="{stage}",le="+Inf"}} {h.n}')
+                lines.append(f'edge_stage_latency_seconds_sum{{stage="{stage}"}} {h.sum / 1000:.6f}')
+                lines.append(f'edge_stage_latency_seconds_count{{stage="{stage}"}} {h.n}')
+            labels = ",".join(f'{k}="{_esc(v)}"' for k, v in sorted(self.info.items()))
+            lines += ["# TYPE edge_info gauge", f"edge_info{{{labels}}} 1"]
+        lines += ["# TYPE process_resident_memory_bytes gauge", f"process_resident_memory_bytes {rss_bytes()}"]
+        return "\n".join(lines) + "\n"
+
+
+def _esc(v) -> str:
+    return str(v).replace("\\", "\\\\").replace('"', '\\"').replace("\n", " ")
