@@ -1,0 +1,507 @@
+"""python -m train.grid: the thesis's GridSearchCV, resumable, on one machine or a Dask cluster.
+
+Every cell of the grid is a scikit-learn ``GridSearchCV`` candidate: a scikeras ``KerasClassifier``
+over ``train.models.build`` fitted with the thesis's plain recipe (Adam, categorical
+cross-entropy, no augmentation, no early stopping) and scored by accuracy on the held-out fold
+of a stratified k-fold split of the *train* split (the test split is never read).
+
+Cells are evaluated in small batches (``GridSearchCV._run_search``, scikit-learn's extension
+point) so each finished cell is written to ``cv_results.csv`` at once and ``--resume`` skips it.
+Fits go through joblib: in-process by default, ``--jobs N`` local processes, or a Dask cluster
+(``--dask ADDRESS`` / ``--dask local``). Every fit is seeded the same way and runs with TF op
+determinism, so a cell's scores do not depend on where it ran (at equal ``--threads``).
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import itertools
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from edge_runtime.labels import NUM_CLASSES
+from edge_runtime.manifest import atomic_write_json, atomic_write_text
+
+from .data import DataError
+
+THESIS_GRID = {"row_hidden": [32, 64, 128], "col_hidden": [16, 32, 64]}
+THESIS_BEST = "thesis (2023): best 0.264 at col_hidden=64, row_hidden=32 (3-fold CV, full train split)"
+# user-facing grid key -> scikeras parameter; any other key is an architecture parameter
+ROUTES = {"model": "model__model_name", "lr": "optimizer__learning_rate",
+          "batch_size": "batch_size", "epochs": "epochs"}
+SETTINGS_FILE = "search.json"
+
+
+# ---------------------------------------------------------------- the estimator
+
+def _limit_tf_threads(n: int | None) -> None:
+    """Cap TF's CPU threads if this process has not started TensorFlow yet (fresh workers)."""
+    if not n:
+        return
+    import tensorflow as tf
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(n)
+        tf.config.threading.set_inter_op_parallelism_threads(n)
+    except RuntimeError:  # TF already initialised in this process: keep its pools
+        pass
+
+
+def _keras_model(model_name: str = "thesis", **kwargs):
+    """scikeras build function: a registered, uncompiled model (scikeras compiles it)."""
+    from .models import build
+    for k in ("meta", "compile_kwargs", "params"):  # scikeras passes these to **kwargs builders
+        kwargs.pop(k, None)
+    return build(model_name, kwargs)
+
+
+def make_estimator(seed: int = 1337, threads: int | None = None, **params):
+    """A scikeras KerasClassifier for the grid; ``params`` are routed scikeras parameters.
+
+    scikeras 0.13 works with Keras 3.15 / scikit-learn 1.9 (checked: clone, set_params,
+    GridSearchCV), so it is used as is; the subclass only adds what a search needs.
+    """
+    import keras
+    from scikeras.utils.transformers import ClassifierLabelEncoder
+    from scikeras.wrappers import KerasClassifier
+
+    class FerClassifier(KerasClassifier):
+        """KerasClassifier with the 7 canonical classes pinned (a fold of a small subset can miss
+        'disgust', which would shrink scikeras' one-hot encoding below the model's 7 outputs),
+        Keras' own RNGs seeded per fit, and TF threads capped in fresh worker processes."""
+
+        def __init__(self, model=_keras_model, threads=None, **kwargs):
+            super().__init__(model=model, **kwargs)
+            self.threads = threads
+
+        @property
+        def target_encoder(self):
+            return ClassifierLabelEncoder(loss=self.loss, categories=[np.arange(NUM_CLASSES)])
+
+        def fit(self, X, y, **kwargs):
+            _limit_tf_threads(self.threads)
+            import tensorflow as tf
+            tf.config.experimental.enable_op_determinism()
+            keras.utils.set_random_seed(self.random_state)  # initialisers, shuffling, dropout
+            t0 = time.perf_counter()
+            out = super().fit(X, y, **kwargs)
+            shown = {k: v for k, v in self.get_params().items()
+                     if k.startswith("model__") or k in ROUTES.values()}
+            print(f"  fit done in {time.perf_counter() - t0:5.1f} s on {len(X)} images: "
+                  f"{_short(shown)}", flush=True)
+            return out
+
+    defaults = dict(model__model_name="thesis", optimizer=keras.optimizers.Adam,
+                    optimizer__learning_rate=1e-3, loss="categorical_crossentropy",
+                    metrics=["accuracy"], batch_size=64, epochs=30, verbose=0, random_state=seed)
+    return FerClassifier(threads=threads, **{**defaults, **params})
+
+
+def _short(routed: dict) -> str:
+    back = {v: k for k, v in ROUTES.items()}
+    return ", ".join(f"{back.get(k, k.removeprefix('model__'))}={v}" for k, v in sorted(routed.items()))
+
+
+def route(cell: dict) -> dict:
+    return {ROUTES.get(k, f"model__{k}"): v for k, v in cell.items()}
+
+
+# ---------------------------------------------------------------- grids
+
+def parse_grid_flag(text: str) -> tuple[str, list]:
+    """'row_hidden=32,64,128' -> ('row_hidden', [32, 64, 128]); values are JSON where they parse."""
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"expected KEY=V1,V2,..., got {text!r}")
+    key, vals = text.split("=", 1)
+    out = []
+    for v in vals.split(","):
+        try:
+            out.append(json.loads(v))
+        except json.JSONDecodeError:
+            out.append(v.strip())
+    return key.strip(), out
+
+
+def read_grid_file(path: Path) -> list[dict]:
+    """A JSON or TOML grid: {key: [values]} or a list of such grids (JSON) / [[grid]] tables (TOML)."""
+    try:
+        if path.suffix.lower() == ".toml":
+            import tomllib
+            raw = tomllib.loads(path.read_text())
+            raw = raw.get("grid", raw)
+        else:
+            raw = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise DataError(f"cannot read grid file {path}: {e}") from e
+    grids = raw if isinstance(raw, list) else [raw]
+    for g in grids:
+        if not isinstance(g, dict) or not all(isinstance(v, list) and v for v in g.values()):
+            raise DataError(f"{path}: a grid maps each key to a non-empty list of values")
+    return grids
+
+
+def expand(grids: list[dict]) -> list[dict]:
+    """All cells of the grids, in a stable order, duplicates removed."""
+    cells, seen = [], set()
+    for g in grids:
+        keys = sorted(g)
+        for combo in itertools.product(*(g[k] for k in keys)):
+            cell = dict(zip(keys, combo))
+            if cell_key(cell) not in seen:
+                seen.add(cell_key(cell))
+                cells.append(cell)
+    return cells
+
+
+def cell_key(cell: dict) -> str:
+    return json.dumps(cell, sort_keys=True)
+
+
+def check_cells(cells: list[dict], base_model: str):
+    """-> the PreprocessSpec all cells share; one clear error for unknown models or parameters."""
+    from dataclasses import replace
+
+    from .models import REGISTRY
+    specs = set()
+    for cell in cells:
+        name = cell.get("model", base_model)
+        if name not in REGISTRY:
+            raise DataError(f"unknown model {name!r} in the grid (choose from {', '.join(REGISTRY)})")
+        entry = REGISTRY[name]
+        arch = {k: v for k, v in cell.items() if k not in ROUTES}
+        unknown = set(arch) - set(entry.params)
+        if unknown:
+            raise DataError(f"model {name!r} has no parameter(s) {sorted(unknown)}; grid keys are "
+                            f"{sorted(ROUTES)} or one of {sorted(entry.params)}")
+        size = int(arch.get("size", entry.params.get("size", entry.preprocessing.size)))
+        specs.add(replace(entry.preprocessing, size=size))
+    if len(specs) != 1:
+        raise DataError("the grid mixes input sizes/preprocessing; run one search per input size")
+    return specs.pop()
+
+
+# ---------------------------------------------------------------- data
+
+def load_train_split(root, spec, fraction: float, seed: int, progress: bool = True):
+    """The train split only (stratified ``fraction`` as in train.data.load_dataset) -> X, y."""
+    from edge_runtime.preprocess import scale_pixels
+
+    from .data import find_layout, load_csv, load_folder_split, resolve_root, stratified_indices
+    if not 0.0 < fraction <= 1.0:
+        raise DataError("--fraction must be in (0, 1]")
+    root = resolve_root(root)
+    layout, train_src, _, _ = find_layout(root)
+    train = load_csv(train_src, spec, progress)["Training"] if layout == "csv" else \
+        load_folder_split(train_src, spec, progress)
+    if fraction < 1.0:
+        train = train.take(stratified_indices(train.labels, fraction, seed)[0])
+    return root, scale_pixels(train.images, spec), train.labels
+
+
+# ---------------------------------------------------------------- results
+
+def _row(cell: dict, res: dict, i: int, n_splits: int) -> dict:
+    row = {"params": cell_key(cell), **{f"param_{k}": v for k, v in sorted(cell.items())}}
+    row["mean_test_score"] = float(res["mean_test_accuracy"][i])  # accuracy, the thesis's score
+    row["std_test_score"] = float(res["std_test_accuracy"][i])
+    for s in range(n_splits):
+        row[f"split{s}_test_score"] = float(res[f"split{s}_test_accuracy"][i])
+    # held-out log loss: tells cells apart when every model predicts the majority class
+    row["mean_test_log_loss"] = -float(res["mean_test_neg_log_loss"][i])
+    row["std_test_log_loss"] = float(res["std_test_neg_log_loss"][i])
+    for name in ("mean_fit_time", "std_fit_time", "mean_score_time", "std_score_time"):
+        row[name] = float(res[name][i])
+    return row
+
+
+def read_results(out: Path) -> list[dict]:
+    path = out / "cv_results.csv"
+    if not path.is_file():
+        return []
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def write_outputs(out: Path, rows: list[dict], model: str, axes: tuple[str, str] | None) -> dict | None:
+    """cv_results.csv (ranked), results.txt (thesis style), heatmap.png, best_params.json."""
+    if not rows:
+        return None
+    scores = [float(r["mean_test_score"]) for r in rows]
+    order = np.argsort(-np.asarray(scores), kind="stable")
+    ranks = np.empty(len(rows), int)
+    ranks[order] = np.arange(1, len(rows) + 1)
+    fields = list(dict.fromkeys(k for r in rows for k in r if k != "rank_test_score")) + ["rank_test_score"]
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=fields, restval="")
+    w.writeheader()
+    for r, rank in zip(rows, ranks):
+        w.writerow({**r, "rank_test_score": int(rank)})
+    atomic_write_text(out / "cv_results.csv", buf.getvalue())
+
+    best = rows[int(order[0])]
+    best_cell = json.loads(best["params"])
+    lines = [f"Best: {float(best['mean_test_score']):f} using {best_cell}"]
+    lines += [f"{float(r['mean_test_score']):f} ({float(r['std_test_score']):f}) with: {json.loads(r['params'])}"
+              for r in rows]
+    atomic_write_text(out / "results.txt", "\n".join(lines) + "\n")
+    atomic_write_json(out / "best_params.json", {"model": model, **best_cell})
+    if axes:
+        heatmap(rows, axes, out / "heatmap.png")
+    return {"cell": best_cell, "mean": float(best["mean_test_score"]), "std": float(best["std_test_score"])}
+
+
+def heatmap(rows: list[dict], axes: tuple[str, str], path: Path) -> None:
+    """Mean CV accuracy over two grid keys (best over any other searched keys)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ky, kx = axes
+    cells = [(json.loads(r["params"]), float(r["mean_test_score"])) for r in rows]
+    ys = sorted({c.get(ky) for c, _ in cells}, key=str) if ky else [None]
+    xs = sorted({c.get(kx) for c, _ in cells}, key=str) if kx else [None]
+    ys, xs = sorted(ys, key=_num), sorted(xs, key=_num)
+    m = np.full((len(ys), len(xs)), np.nan)
+    for c, s in cells:
+        i, j = ys.index(c.get(ky)), xs.index(c.get(kx))
+        m[i, j] = s if np.isnan(m[i, j]) else max(m[i, j], s)
+    fig, ax = plt.subplots(figsize=(1.6 + 1.3 * len(xs), 1.4 + 1.0 * len(ys)))
+    im = ax.imshow(m, cmap="viridis", aspect="auto")
+    for i in range(len(ys)):
+        for j in range(len(xs)):
+            if not np.isnan(m[i, j]):
+                ax.text(j, i, f"{m[i, j]:.3f}", ha="center", va="center",
+                        color="white" if m[i, j] < np.nanmean(m) else "black")
+    ax.set_xticks(range(len(xs)), [str(x) for x in xs])
+    ax.set_yticks(range(len(ys)), [str(y) for y in ys])
+    ax.set_xlabel(kx or "")
+    ax.set_ylabel(ky or "")
+    ax.set_title("mean CV accuracy")
+    fig.colorbar(im, ax=ax)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _num(v):
+    return (0, v) if isinstance(v, (int, float)) else (1, str(v))
+
+
+def heatmap_axes(grids: list[dict]) -> tuple[str, str] | None:
+    keys = list(dict.fromkeys(k for g in grids for k in g if len(g[k]) > 1)) or \
+        list(dict.fromkeys(k for g in grids for k in g))
+    if "row_hidden" in keys and "col_hidden" in keys:
+        return "row_hidden", "col_hidden"
+    if not keys:
+        return None
+    return (keys[0], keys[1]) if len(keys) > 1 else (None, keys[0])
+
+
+# ---------------------------------------------------------------- the search
+
+def run_search(X, y, cells: list[dict], fixed: dict, cv: int, seed: int, threads: int | None,
+               batch_cells: int, on_cell, backend: str | None = None, n_jobs: int = 1) -> None:
+    """GridSearchCV over ``cells``; ``on_cell(cell, row)`` is called as each cell finishes."""
+    import joblib
+    from sklearn.model_selection import GridSearchCV, StratifiedKFold
+
+    total = len(cells)
+
+    class ResumableGridSearchCV(GridSearchCV):
+        def _run_search(self, evaluate_candidates):
+            done = 0
+            for start in range(0, total, batch_cells):
+                batch = cells[start:start + batch_cells]
+                t0 = time.perf_counter()
+                res = evaluate_candidates([route(c) for c in batch])
+                n = len(res["params"])
+                for k, cell in enumerate(batch):
+                    done += 1
+                    row = _row(cell, res, n - len(batch) + k, cv)
+                    on_cell(cell, row, done, total, time.perf_counter() - t0)
+
+    from sklearn.metrics import log_loss, make_scorer
+    scoring = {"accuracy": "accuracy",
+               "neg_log_loss": make_scorer(log_loss, greater_is_better=False, response_method="predict_proba",
+                                           labels=list(range(NUM_CLASSES)))}
+    est = make_estimator(seed=seed, threads=threads, **route(fixed))
+    folds = StratifiedKFold(n_splits=cv, shuffle=True, random_state=seed)
+    search = ResumableGridSearchCV(est, {}, scoring=scoring, cv=folds, refit=False, error_score="raise", verbose=0,
+                                   n_jobs=n_jobs)
+    if backend:
+        with joblib.parallel_config(backend=backend):
+            search.fit(X, y)
+    else:
+        search.fit(X, y)
+
+
+def start_dask(address: str, workers: int, threads: int | None):
+    """-> (client, cluster or None). 'local' starts a LocalCluster on loopback."""
+    from dask.distributed import Client, LocalCluster
+    if address == "local":
+        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                               host="127.0.0.1", dashboard_address=None)
+        return Client(cluster), cluster
+    return Client(address, timeout="30s"), None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .models import REGISTRY
+    p = argparse.ArgumentParser(
+        prog="python -m train.grid",
+        description="Grid search with k-fold cross-validation (scikit-learn GridSearchCV over a "
+                    "scikeras Keras classifier) on the train split of FER2013. By default: the "
+                    "2023 thesis's search, model 'thesis', row_hidden {32,64,128} x col_hidden "
+                    "{16,32,64}, 3-fold CV. Each finished cell is written at once; --resume "
+                    "continues an interrupted search.",
+        epilog="outputs in --out: cv_results.csv (per cell: mean/std test score, per-fold scores, fit time, "
+               "rank), results.txt ('mean (std) with: {params}' + best line), heatmap.png, best_params.json, "
+               "search.json (settings)\n\n"
+               "examples:\n"
+               "  python -m train.grid --fraction 0.2 --epochs 5                 # the thesis grid, quick\n"
+               "  python -m train.grid --grid lr=1e-3,3e-4 --grid batch_size=32,64\n"
+               "  python -m train.grid --grid-file train/grids/thesis.json --cv 5\n"
+               "  python -m train.grid --out runs/grid --resume                 # continue after Ctrl-C\n"
+               "  python -m train.grid --dask local --workers 2 --threads 1     # a LocalCluster\n"
+               "  python -m train.grid --dask tcp://scheduler:8786              # an existing Dask cluster\n"
+               "  python -m train --params runs/grid-thesis/best_params.json    # train the winner\n\n"
+               f"grid keys: model, lr, batch_size, epochs, or a model parameter ({', '.join(REGISTRY)}: "
+               + "; ".join(f"{n}: {', '.join(e.params)}" for n, e in REGISTRY.items()) + ")",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", help="data root (default: $FER_DATA, else ../shared/data/fer2013); only its "
+                                  "train split is used")
+    p.add_argument("--model", default="thesis", choices=sorted(REGISTRY),
+                   help="model searched unless the grid has a 'model' key (default: thesis)")
+    p.add_argument("--grid", action="append", type=parse_grid_flag, default=[], metavar="KEY=V1,V2,...",
+                   help="a searched key and its values, e.g. --grid row_hidden=32,64 (repeatable; replaces "
+                        "the default grid, overrides the same key of --grid-file)")
+    p.add_argument("--grid-file", type=Path, help="JSON or TOML grid: {\"key\": [values], ...} "
+                                                  "(JSON may be a list of such grids)")
+    p.add_argument("--cv", type=int, default=3, help="folds of stratified cross-validation (default 3)")
+    p.add_argument("--fraction", type=float, default=1.0,
+                   help="stratified share of the train split to search on (default 1.0)")
+    p.add_argument("--epochs", type=int, help="epochs per fit unless searched (default: the model's recipe, 30)")
+    p.add_argument("--batch-size", type=int, help="batch size unless searched (default: the recipe's, 64)")
+    p.add_argument("--lr", type=float, help="Adam learning rate unless searched (default: the recipe's, 1e-3)")
+    p.add_argument("--seed", type=int, default=1337, help="seed for the subset, the folds and every fit")
+    p.add_argument("--out", type=Path, help="output folder (default: runs/grid-<model>)")
+    p.add_argument("--resume", action="store_true", help="keep the finished cells in --out, run the rest")
+    p.add_argument("--jobs", type=int, default=1, help="parallel fits on this machine (joblib processes; default 1)")
+    p.add_argument("--dask", metavar="ADDRESS", help="run the fits on a Dask cluster: a scheduler address "
+                                                     "(tcp://host:8786) or 'local' for a LocalCluster")
+    p.add_argument("--workers", type=int, default=2, help="workers of --dask local (default 2)")
+    p.add_argument("--threads", type=int, help="TensorFlow CPU threads per fit process (default: all; "
+                                               "--dask local: cores / workers)")
+    p.add_argument("--batch-cells", type=int, help="cells dispatched together (default: enough to keep all "
+                                                   "parallel slots busy; results are written per batch)")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    try:
+        return _main(args)
+    except (DataError, ValueError, TypeError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+def _main(args) -> int:
+    from .models import get_entry
+    if args.cv < 2:
+        raise DataError("--cv must be at least 2")
+    grids = read_grid_file(args.grid_file) if args.grid_file else [dict(THESIS_GRID)]
+    if args.grid:
+        flags = dict(args.grid)
+        grids = [{**g, **flags} for g in grids] if args.grid_file else [flags]
+    cells = expand(grids)
+    spec = check_cells(cells, args.model)
+    recipe = get_entry(args.model).recipe
+    fixed = {"model": args.model, "lr": args.lr or recipe.lr, "batch_size": args.batch_size or recipe.batch_size,
+             "epochs": args.epochs or recipe.epochs}
+    out = args.out or Path(f"runs/grid-{args.model}")
+    settings = {"model": args.model, "fixed": fixed, "cv": args.cv, "fraction": args.fraction, "seed": args.seed,
+                "data": None, "preprocessing": spec.to_dict()}
+    root, X, y = load_train_split(args.data, spec, args.fraction, args.seed, not args.quiet)
+    settings["data"] = str(root)
+    settings["n_images"] = int(len(y))
+
+    rows = []
+    if (out / "cv_results.csv").exists() or (out / SETTINGS_FILE).exists():
+        if not args.resume:
+            raise DataError(f"{out} already holds a search; pass --resume to continue it or choose another --out")
+        old = json.loads((out / SETTINGS_FILE).read_text())
+        diff = [k for k in settings if k != "grids" and old.get(k) != settings[k]]
+        if diff:
+            raise DataError(f"--resume: settings differ from the search in {out}: {', '.join(diff)}")
+        rows = read_results(out)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / SETTINGS_FILE, {**settings, "grids": grids})
+    done = {r["params"] for r in rows}
+    todo = [c for c in cells if cell_key(c) not in done]
+    axes = heatmap_axes(grids)
+    write_outputs(out, rows, args.model, axes)
+
+    client = cluster = None
+    backend = None
+    threads = args.threads
+    slots = args.jobs
+    if args.dask:
+        client, cluster = start_dask(args.dask, args.workers, threads)
+        if args.dask == "local" and threads is None:
+            threads = max(1, (os.cpu_count() or 1) // args.workers)
+        slots = max(1, sum(client.nthreads().values()))
+        backend = "dask"
+    elif args.jobs != 1:
+        backend = "loky"
+        slots = os.cpu_count() if args.jobs < 0 else args.jobs
+    if not backend:
+        _limit_tf_threads(threads)
+    batch_cells = args.batch_cells or max(1, math.ceil(slots / args.cv))
+    where = f"Dask cluster {client.scheduler_info()['address']} ({slots} threads)" if client else \
+        f"{slots} local process(es)"
+    print(f"grid search: {len(cells)} cells ({len(cells) - len(todo)} already done) x {args.cv} folds on "
+          f"{len(y):,} train images ({args.fraction:g} of train), {fixed['epochs']} epochs per fit, "
+          f"on {where}; writing {out}", flush=True)
+
+    t0 = time.perf_counter()
+
+    def on_cell(cell, row, k, n, secs):
+        rows.append(row)
+        write_outputs(out, rows, args.model, axes)
+        if not args.quiet:
+            print(f"[cell {k}/{n}] {float(row['mean_test_score']):.4f} ({float(row['std_test_score']):.4f}) "
+                  f"with: {cell}   mean fit {float(row['mean_fit_time']):.1f} s, "
+                  f"elapsed {(time.perf_counter() - t0) / 60:.1f} min", flush=True)
+
+    try:
+        if todo:
+            run_search(X, y, todo, fixed, args.cv, args.seed, threads, batch_cells, on_cell, backend,
+                       n_jobs=-1 if args.dask else args.jobs)
+    finally:
+        if client is not None:
+            client.close()
+        if cluster is not None:
+            cluster.close()
+    wall = time.perf_counter() - t0
+    best = write_outputs(out, rows, args.model, axes)
+    meta = json.loads((out / SETTINGS_FILE).read_text())
+    meta["wall_seconds"] = round(meta.get("wall_seconds", 0) + wall, 1)
+    atomic_write_json(out / SETTINGS_FILE, meta)
+    print("\n" + (out / "results.txt").read_text(), end="")
+    print(f"\n{THESIS_BEST}")
+    print(f"searched in {wall / 60:.1f} min; outputs: {out.resolve()}")
+    print(f"train the winner: python -m train --params {out / 'best_params.json'}")
+    return 0 if best else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
