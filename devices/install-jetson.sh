@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Jetson (JetPack 6, Ubuntu 22.04, Python 3.10): the daemon with onnxruntime-gpu from NVIDIA's index.
+# usage: sudo devices/install-jetson.sh [ARTIFACTS_DIR]
+# JP6 wheels: https://pypi.jetson-ai-lab.dev/jp6/cu126 (override with ORT_INDEX=...).
+set -euo pipefail
+ARTIFACTS=${1:-artifacts/cbilstm}
+ORT_INDEX=${ORT_INDEX:-https://pypi.jetson-ai-lab.dev/jp6/cu126}
+SRC=$(cd "$(dirname "$0")/.." && pwd)
+[ -f "$ARTIFACTS/manifest.json" ] || { echo "no manifest.json in $ARTIFACTS (run python -m export first)" >&2; exit 2; }
+
+apt-get update -qq
+apt-get install -y -qq python3-venv python3-pip >/dev/null
+id fer-edge >/dev/null 2>&1 || useradd --system --no-create-home --shell /usr/sbin/nologin -G video fer-edge
+
+install -d /opt/fer-edge /etc/fer-edge /var/lib/fer-edge
+python3 -m venv /opt/fer-edge/venv
+/opt/fer-edge/venv/bin/pip install -q --upgrade pip
+/opt/fer-edge/venv/bin/pip install -q "$SRC[edge]"
+# CUDA/TensorRT providers; without this wheel the daemon logs the fallback and runs on CPU
+/opt/fer-edge/venv/bin/pip install -q --extra-index-url "$ORT_INDEX" onnxruntime-gpu \
+  || echo "warning: onnxruntime-gpu not installed; ONNX will run on CPU" >&2
+cp -r "$SRC/devices" /opt/fer-edge/
+install -d /opt/fer-edge/artifacts && cp -r "$ARTIFACTS" /opt/fer-edge/artifacts/cbilstm
+[ -f /etc/fer-edge/edge.toml ] || install -m 0644 "$SRC/devices/edge.example.toml" /etc/fer-edge/edge.toml
+echo "PROFILE=jetson-orin-nano" > /etc/default/fer-edge
+chown -R fer-edge: /var/lib/fer-edge
+install -m 0644 "$SRC/devices/edge-runtime.service" /etc/systemd/system/fer-edge.service
+systemctl daemon-reload
+systemctl enable --now fer-edge.service
+echo "installed: journalctl -u fer-edge | grep 'runs on'  # which ONNX provider actually ran"

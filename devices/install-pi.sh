@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Raspberry Pi OS Bookworm 64-bit (Python 3.11): install the daemon as a systemd service.
+# usage: sudo devices/install-pi.sh [raspberry-pi-4|raspberry-pi-5] [ARTIFACTS_DIR]
+set -euo pipefail
+PROFILE=${1:-raspberry-pi-5}
+ARTIFACTS=${2:-artifacts/cbilstm}
+SRC=$(cd "$(dirname "$0")/.." && pwd)
+[ -f "$SRC/devices/$PROFILE.toml" ] || { echo "no profile devices/$PROFILE.toml" >&2; exit 2; }
+[ -f "$ARTIFACTS/manifest.json" ] || { echo "no manifest.json in $ARTIFACTS (run python -m export first)" >&2; exit 2; }
+
+apt-get update -qq
+apt-get install -y -qq python3-venv python3-pip libgl1 >/dev/null
+id fer-edge >/dev/null 2>&1 || useradd --system --no-create-home --shell /usr/sbin/nologin -G video fer-edge
+
+install -d /opt/fer-edge /etc/fer-edge /var/lib/fer-edge
+python3 -m venv /opt/fer-edge/venv
+/opt/fer-edge/venv/bin/pip install -q --upgrade pip
+# ai-edge-litert has aarch64 wheels; tflite-runtime is the fallback the backend also accepts
+/opt/fer-edge/venv/bin/pip install -q "$SRC[edge]" || /opt/fer-edge/venv/bin/pip install -q "$SRC" tflite-runtime paho-mqtt
+cp -r "$SRC/devices" /opt/fer-edge/
+install -d /opt/fer-edge/artifacts && cp -r "$ARTIFACTS" /opt/fer-edge/artifacts/cbilstm
+[ -f /etc/fer-edge/edge.toml ] || install -m 0644 "$SRC/devices/edge.example.toml" /etc/fer-edge/edge.toml
+echo "PROFILE=$PROFILE" > /etc/default/fer-edge
+chown -R fer-edge: /var/lib/fer-edge
+install -m 0644 "$SRC/devices/edge-runtime.service" /etc/systemd/system/fer-edge.service
+systemctl daemon-reload
+systemctl enable --now fer-edge.service
+echo "installed: systemctl status fer-edge ; curl -s 127.0.0.1:8080/healthz"
