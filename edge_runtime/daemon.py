@@ -88,6 +88,7 @@ class Daemon:
 
     def run(self) -> int:
         self.capture.start()
+        self._t_start = time.monotonic()
         max_frames = self.cfg["run"]["max_frames"]
         done = 0
         try:
@@ -160,10 +161,12 @@ class Daemon:
         if self.http:
             self.http.close()
         snap = self.stats.snapshot()
-        log.info("stopped: %d frames read, %d processed, %d dropped, %.1f fps; mean ms capture_age %.1f "
-                 "detect %.1f classify %.1f", snap["frames_read"], snap["frames_processed"],
-                 snap["frames_dropped"], snap["fps"], *(snap["latency_ms_mean"][s]
-                                                        for s in ("capture_age", "detect", "classify")))
+        secs = time.monotonic() - getattr(self, "_t_start", time.monotonic())
+        fps = snap["frames_processed"] / secs if secs > 0 else 0.0
+        log.info("stopped: %d frames read, %d processed, %d dropped in %.1f s = %.1f fps; mean ms: capture_age "
+                 "%.2f detect %.2f classify %.2f total %.2f", snap["frames_read"], snap["frames_processed"],
+                 snap["frames_dropped"], secs, fps,
+                 *(snap["latency_ms_mean"][s] for s in ("capture_age", "detect", "classify", "total")))
 
     # --- /stream.mjpg ----------------------------------------------------------------------------
     def jpeg(self) -> bytes | None:

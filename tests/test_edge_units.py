@@ -1,0 +1,204 @@
+"""Config layering and validation, the tracker, capture backoff/recovery, awkward frames."""
+from __future__ import annotations
+
+import json
+import threading
+
+import cv2
+import numpy as np
+import pytest
+
+from edge_runtime import sources
+from edge_runtime.__main__ import main
+from edge_runtime.config import ConfigError, build
+from edge_runtime.daemon import Daemon
+from edge_runtime.sources import Capture, Frame
+from edge_runtime.stats import Stats
+from edge_runtime.synthetic import compose, iou, pick_faces
+from edge_runtime.tracker import Tracker
+from tests.conftest import REPO, SHARED
+from tests.edge_support import edge_artifacts, read_events, wait_for  # noqa: F401
+
+
+def write(path, text):
+    path.write_text(text)
+    return path
+
+
+def test_flags_override_config_override_profile(tmp_path):
+    prof = write(tmp_path / "p.toml", '[model]\nthreads = 3\nbackend = "tflite"\n[detector]\nscale = 0.25\n')
+    conf = write(tmp_path / "c.toml", '[model]\nthreads = 2\nartifacts = "x"\n')
+    cfg = build(str(prof), str(conf), {"model": {"threads": 1}})
+    assert cfg["model"]["threads"] == 1 and cfg["model"]["backend"] == "tflite"
+    assert cfg["detector"]["scale"] == 0.25 and cfg["model"]["artifacts"] == "x"
+
+
+@pytest.mark.parametrize("text, words", [
+    ('[model]\nartifacts = "x"\nthread = 2\n', "unknown key model.thread"),
+    ('[modle]\nartifacts = "x"\n', "unknown section [modle]"),
+    ('[model]\nartifacts = "x"\nthreads = "two"\n', "model.threads = 'two' should be int"),
+    ('[model]\nartifacts = "x"\n[http]\nbind = "0.0.0.0:8080"\n', "set --token"),
+    ('[model\n', "c.toml"),
+])
+def test_bad_config_is_one_line_and_exit_2(tmp_path, capsys, text, words):
+    conf = write(tmp_path / "c.toml", text)
+    assert main(["--config", str(conf)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and words in err[0], err
+
+
+def test_non_loopback_http_with_token_is_accepted():
+    cfg = build(flags={"model": {"artifacts": "x"}, "http": {"bind": "0.0.0.0:8080", "token": "s3cret"}})
+    assert cfg["http"]["token"] == "s3cret"
+    with pytest.raises(ConfigError):
+        build(flags={"model": {"artifacts": "x"}, "http": {"bind": "[::1]"}})
+
+
+def test_help_names_every_flag(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    for flag in ("--artifacts", "--backend", "--threads", "--source", "--config", "--profile", "--events",
+                 "--http", "--mqtt", "--max-frames", "--loop", "--token", "Exit codes"):
+        assert flag in out
+
+
+def test_tracker_smooths_and_ends_tracks():
+    t = Tracker(iou=0.3, smoothing=0.5, max_missed=1)
+    a, b = np.eye(7)[3], np.eye(7)[5]
+    box = np.array([[10, 10, 50, 50]])
+    assert [k for k, _ in t.update(0, box, box, a[None])] == ["new"]
+    ch = t.update(1, box + 2, box, b[None])
+    assert [k for k, _ in ch] == ["update"] and ch[0][1].id == 1
+    np.testing.assert_allclose(ch[0][1].smooth, 0.5 * a + 0.5 * b)
+    far = np.array([[200, 200, 50, 50]])
+    kinds = [(k, tr.id) for k, tr in t.update(2, far, far, a[None])]
+    assert kinds == [("new", 2)]  # track 1 missed once: still open
+    kinds = [(k, tr.id) for k, tr in t.update(3, far, far, a[None])]
+    assert ("end", 1) in kinds and ("update", 2) in kinds
+    assert [(k, tr.id) for k, tr in t.end_all()] == [("end", 2)]
+
+
+class FlakyCamera:
+    """Fails to open `fails` times, then yields `frames` frames, then fails to read."""
+
+    def __init__(self, fails, frames):
+        self.fails, self.frames, self.opened = fails, frames, 0
+
+    def __call__(self, uri, *size):
+        self.opened += 1
+        ok = self.opened > self.fails
+        n = self.frames if ok else 0
+
+        class Cap:
+            left = n
+
+            def isOpened(self):  # noqa: N802
+                return ok
+
+            def read(self):
+                if self.left <= 0:
+                    return False, None
+                self.left -= 1
+                return True, np.zeros((48, 64, 3), np.uint8)
+
+            def get(self, prop):
+                return 0.0
+
+            def release(self):
+                pass
+        return Cap()
+
+
+def test_capture_backs_off_exponentially_capped_then_recovers(monkeypatch):
+    monkeypatch.setattr(sources, "BACKOFF_START_S", 0.01)
+    stats = Stats()
+    cam = FlakyCamera(fails=4, frames=3)
+    cap = Capture("0", stats, reconnect_max_s=0.04, opener=cam)
+    assert cap.realtime  # a camera keeps only the newest frame
+    cap.start()
+    got = []
+    while len(got) < 1:
+        f = cap.get(1.0)
+        if f is not None:
+            got.append(f)
+    assert cam.opened == 5 and cap.delays[:4] == [0.01, 0.02, 0.04, 0.04]  # doubled, then capped
+    # after its 3 frames the camera stops delivering: degraded again, with the reason
+    wait_for(lambda: stats.counters["reconnects"] >= 5, 5)
+    assert stats.status == "degraded" and stats.reason.startswith("source lost")
+    cap.stop()
+    cap.join(2)
+    assert not cap.is_alive()
+
+
+def test_live_source_drops_stale_frames():
+    stats = Stats()
+    cap = Capture("0", stats, opener=FlakyCamera(fails=0, frames=50), reconnect_max_s=5)
+    cap.start()
+    threading.Event().wait(0.3)  # nobody consumes: only the newest frame is kept
+    f = cap.get(1.0)
+    cap.stop()
+    cap.join(2)
+    assert isinstance(f, Frame) and f.index == 49
+    assert stats.counters["frames_dropped"] == 49 and stats.counters["frames_read"] == 50
+
+
+@pytest.fixture
+def awkward_frames(tmp_path):
+    """An image folder: odd sizes, gray, BGRA, 16-bit, tiny, no faces, 20 faces."""
+    d = tmp_path / "frames"
+    d.mkdir()
+    one, truth1 = compose((641, 479), pick_faces(SHARED, 1, seed=5), 150, seed=5)
+    twenty, truth20 = compose((1280, 960), pick_faces(SHARED, 20, seed=7), 150, seed=7)
+    cv2.imwrite(str(d / "01_odd_bgr.png"), one)
+    cv2.imwrite(str(d / "02_gray.png"), cv2.cvtColor(one, cv2.COLOR_BGR2GRAY))
+    cv2.imwrite(str(d / "03_bgra.png"), cv2.cvtColor(one, cv2.COLOR_BGR2BGRA))
+    cv2.imwrite(str(d / "04_gray16.png"), cv2.cvtColor(one, cv2.COLOR_BGR2GRAY).astype(np.uint16) * 257)
+    cv2.imwrite(str(d / "05_tiny.png"), np.full((3, 5, 3), 128, np.uint8))
+    cv2.imwrite(str(d / "06_no_faces.png"), np.full((240, 320, 3), 90, np.uint8))
+    cv2.imwrite(str(d / "07_twenty.png"), twenty)
+    (d / "08_corrupt.png").write_bytes(b"not a png")
+    return d, truth1, truth20
+
+
+def test_awkward_frames_are_handled(edge_artifacts, awkward_frames, tmp_path):
+    d, truth1, truth20 = awkward_frames
+    cfg = build(flags={"model": {"artifacts": str(edge_artifacts)}, "source": {"uri": str(d)},
+                       "events": {"path": str(tmp_path / "ev.jsonl")}, "tracker": {"max_missed": 0}})
+    daemon = Daemon(cfg)
+    assert daemon.run() == 0
+    snap = daemon.stats.snapshot()
+    assert snap["frames_processed"] == 7  # the corrupt file is skipped with a warning
+    events = read_events(tmp_path / "ev.jsonl")
+    by_frame = {}
+    for e in events:
+        if e["type"] != "end":
+            by_frame.setdefault(e["frame"], []).append(e)
+    for i in range(4):  # the same face in four pixel layouts is found in each
+        assert any(iou(truth1[0]["box"], e["box"]) >= 0.4 for e in by_frame.get(i, [])), i
+    assert 4 not in by_frame and 5 not in by_frame  # tiny and empty frames: no faces, no crash
+    hits = [f for f in truth20 if any(iou(f["box"], e["box"]) >= 0.4 for e in by_frame.get(6, []))]
+    assert len(hits) >= 12, len(hits)
+    assert len(by_frame[6]) <= 20
+    assert all(len(e["probs"]) == 7 and abs(sum(e["raw"].values()) - 1) < 0.05 for e in events)
+
+
+def test_every_profile_runs_the_daemon(edge_artifacts, tmp_path, caplog):
+    """Each devices/*.toml loads and runs on a video; hardware-only providers fall back with a reason."""
+    from edge_runtime.synthetic import make_video
+    video = tmp_path / "v.avi"
+    make_video(video, SHARED, n_faces=1, frames=4, seed=1)
+    profiles = sorted((REPO / "devices").glob("*.toml"))
+    assert {p.stem for p in profiles} >= {"raspberry-pi-4", "raspberry-pi-5", "jetson-orin-nano", "generic-x86"}
+    for prof in profiles:
+        ev = tmp_path / f"{prof.stem}.jsonl"
+        rc = main(["--profile", str(prof), "--artifacts", str(edge_artifacts), "--source", str(video),
+                   "--events", str(ev), "--http", ""])
+        assert rc == 0, prof
+        events = read_events(ev)
+        assert any(e["type"] == "new" for e in events), prof
+        assert all(json.dumps(e) for e in events)
+    # no GPU here: the Jetson profile's TensorRT/CUDA providers fall back to CPU, and say so
+    assert "providers ['TensorrtExecutionProvider', 'CUDAExecutionProvider'] are not available" in caplog.text
+    assert "runs on CPUExecutionProvider" in caplog.text
