@@ -135,7 +135,7 @@ class BlazeFaceDetector(Detector):
         return _finish(boxes, gray.shape, self.max_faces)
 
 
-def make_detector(kind: str = "haar", scale: float = 0.5, min_size: int = 24, max_faces: int = 32,
+def make_detector(kind: str = "haar", scale: float = 0.5, min_size: int = 40, max_faces: int = 32,
                   model: str = "", threads: int = 1, score: float = 0.5) -> Detector:
     if kind == "haar":
         return HaarDetector(scale=scale, min_size=min_size, max_faces=max_faces)
