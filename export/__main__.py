@@ -1,0 +1,79 @@
+"""python -m export: turn a trained run folder into gated TFLite/ONNX artifacts + manifest.json."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .formats import FORMATS
+    table = "\n".join(f"  {f.name:15s} {f.notes}{'  [--int8]' if f.int8 and not f.extra else ''}"
+                      f"{'  [extra: --extras or --formats]' if f.extra else ''}" for f in FORMATS)
+    p = argparse.ArgumentParser(
+        prog="python -m export",
+        description="Convert a trained model (a run folder from python -m train) to TFLite and ONNX, "
+                    "score every artifact on the whole test split against the Keras model, reject any "
+                    "whose accuracy moves by more than --max-drop percentage points, and write the "
+                    "artifacts, manifest.json (what the edge runtime reads) and export_report.md/json.",
+        epilog=f"artifacts:\n  keras           the source model, the reference every drop is measured against\n"
+               f"{table}\n\n"
+               "exit codes: 0 all written and within the limit; 1 an artifact was rejected by the gate or\n"
+               "failed to convert (it is named; rejected files are kept for inspection); 2 missing model or\n"
+               "data, or a test split lacking a class.\n\n"
+               "examples:\n"
+               "  python -m export --int8                          # models/cbilstm -> artifacts/cbilstm/\n"
+               "  python -m export --int8 --model runs/thesis      # a run folder -> artifacts/thesis/\n"
+               "  python -m export --int8 --max-drop 0.5 --calibration 1000\n"
+               "  python -m export --formats tflite-int8,tflite-int16x8 --out /tmp/try",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", metavar="RUN_DIR_OR_MODEL",
+                   help="run folder holding model.keras + manifest.json, or a shipped model's name "
+                        "(models/<name>/); default: models/cbilstm")
+    p.add_argument("--data", metavar="DIR",
+                   help="FER2013 root (train/+test/, train/+validation/ or fer2013.csv); "
+                        "default: $FER_DATA, else ../shared/data/fer2013")
+    p.add_argument("--out", metavar="DIR", help="output folder (default: artifacts/<run folder name>)")
+    p.add_argument("--int8", action="store_true", help="also write the int8 artifacts (tflite-int8, onnx-int8)")
+    p.add_argument("--max-drop", type=float, default=1.0, metavar="PP",
+                   help="largest accuracy change vs Keras, in percentage points, for an artifact to be "
+                        "usable (default 1.0; two-sided: gains count too)")
+    p.add_argument("--calibration", type=int, default=500, metavar="N",
+                   help="train images (stratified, never test) that calibrate int8 ranges (default 500)")
+    p.add_argument("--formats", metavar="A,B", help="write exactly these artifacts (comma-separated names)")
+    p.add_argument("--extras", action="store_true", help="also write tflite-dr and tflite-int16x8")
+    p.add_argument("--allow-partial", action="store_true",
+                   help="exit 0 even if a format fails to convert (the gate still applies)")
+    p.add_argument("--fraction", type=float, default=1.0,
+                   help="score on this stratified share of the test split, for quick checks (default 1.0)")
+    p.add_argument("--threads", type=int, default=1, help="runtime threads for scoring and ms/face (default 1)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars while loading data")
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    from .pipeline import ExportConfig, ExportError, Interrupted, run_export
+    try:
+        if args.calibration < 1:
+            raise ValueError("--calibration must be at least 1")
+        if not 0.0 < args.fraction <= 1.0:
+            raise ValueError("--fraction must be in (0, 1]")
+        cfg = ExportConfig(model=args.model, data=args.data, out=args.out, int8=args.int8,
+                           max_drop=args.max_drop, calibration=args.calibration,
+                           formats=[s.strip() for s in args.formats.split(",")] if args.formats else None,
+                           extras=args.extras, allow_partial=args.allow_partial, fraction=args.fraction,
+                           threads=args.threads, progress=not args.quiet)
+        _, code = run_export(cfg)
+        return code
+    except (ExportError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except Interrupted as e:
+        print(f"export {e}; previous artifacts and manifest left as they were", file=sys.stderr)
+        return 128 + e.signum
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,429 @@
+"""Orchestrate one export: source -> data -> conversions (worker) -> scoring -> gate -> atomic commit.
+
+The orchestrator never imports TensorFlow: conversions and the Keras reference run in
+``export.worker``; every artifact is scored through ``edge_runtime.backends.load_backend``,
+the very code the device runs.
+
+Atomicity: everything is built in ``OUT/.staging-<pid>/``. File names carry the first 8 hex digits
+of their sha256 (``cbilstm_int8.1a2b3c4d.tflite``), so new files never overwrite files the
+current manifest points to; ``manifest.json`` is replaced last, in one rename, and only then are
+files no manifest refers to removed. An export killed at any moment leaves either the old or the
+new manifest, each with all its files.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from edge_runtime.labels import LABELS
+from edge_runtime.manifest import (SCHEMA_VERSION, ManifestError, atomic_write_json, atomic_write_text,
+                                   read_manifest, sha256_file)
+from edge_runtime.preprocess import PreprocessSpec, scale_pixels
+
+from . import formats as F
+from . import gate as G
+
+REPO = Path(__file__).resolve().parents[1]
+MODELS_DIR = REPO / "models"
+DEFAULT_MODEL = "cbilstm"
+GENERATED = re.compile(r"^.+\.[0-9a-f]{8}\.(tflite|onnx|keras)$")
+
+
+class ExportError(Exception):
+    """A user-fixable problem (missing model or data): one line, exit code 2."""
+
+
+class Interrupted(BaseException):
+    def __init__(self, signum: int):
+        super().__init__(f"interrupted by {signal.Signals(signum).name}")
+        self.signum = signum
+
+
+@dataclass
+class ExportConfig:
+    model: str | None = None
+    data: str | None = None
+    out: str | None = None
+    int8: bool = False
+    max_drop: float = 1.0
+    calibration: int = 500
+    formats: list[str] | None = None
+    extras: bool = False
+    allow_partial: bool = False
+    fraction: float = 1.0
+    threads: int = 1
+    timing_runs: int = 100
+    seed: int = 1337
+    progress: bool = True
+    log: object = field(default=None, repr=False)
+
+    def __post_init__(self):
+        if self.log is None:
+            self.log = say
+
+
+def say(msg: str = "", err: bool = False) -> None:
+    print(msg, file=sys.stderr if err else sys.stdout, flush=True)
+
+
+# ---------------------------------------------------------------- source and data
+def resolve_source(arg: str | None) -> tuple[Path, dict]:
+    """A run folder, a model.keras inside one, or a shipped model's name (models/<name>/)."""
+    if arg is None:
+        run_dir = MODELS_DIR / DEFAULT_MODEL
+    else:
+        p = Path(arg).expanduser()
+        if p.is_file() and p.suffix == ".keras":
+            p = p.parent
+        run_dir = p if (p.exists() or "/" in arg or arg.endswith(".keras")) else MODELS_DIR / arg
+    model_file = run_dir / "model.keras"
+    if not model_file.is_file():
+        hint = (f"train one (python -m train --out {run_dir}) or pass --model RUN_DIR"
+                if arg is None else "pass a run folder written by python -m train")
+        raise ExportError(f"no trained model at {model_file}; {hint}")
+    try:
+        run = read_manifest(run_dir)
+    except ManifestError as e:
+        raise ExportError(str(e)) from e
+    if not run.get("model") or "params" not in run:
+        raise ExportError(f"{run_dir}/manifest.json is not a training run's manifest (no model/params)")
+    return run_dir.resolve(), run
+
+
+def load_data(cfg: ExportConfig, spec: PreprocessSpec):
+    from train.data import DataError, load_dataset, stratified_indices
+    try:
+        data = load_dataset(cfg.data, spec, seed=cfg.seed, fraction=cfg.fraction, progress=cfg.progress)
+    except DataError as e:
+        raise ExportError(str(e)) from e
+    missing = [lab for lab, n in data.test.counts().items() if n == 0]
+    if missing:
+        raise ExportError(f"test split {data.test_name} of {data.root} has no images of class(es) "
+                          f"{', '.join(missing)}")
+    n = max(len(LABELS), min(cfg.calibration, len(data.train)))
+    calib = data.train.take(stratified_indices(data.train.labels, n / len(data.train), cfg.seed)[0])
+    return data, calib
+
+
+# ---------------------------------------------------------------- artifacts
+def describe_io(path: Path, fmt: str) -> tuple[dict, dict]:
+    if fmt == "tflite":
+        from edge_runtime.backends import _tflite_interpreter_class
+        Interpreter, _ = _tflite_interpreter_class()
+        it = Interpreter(model_path=str(path))
+
+        def d(x):
+            dt = np.dtype(x["dtype"])
+            out = {"shape": [int(v) for v in x["shape"]], "dtype": dt.name}
+            if dt.kind in "iu":
+                out["scale"], out["zero_point"] = float(x["quantization"][0]), int(x["quantization"][1])
+            return out
+        return d(it.get_input_details()[0]), d(it.get_output_details()[0])
+    import onnxruntime as ort
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+    def d(x):
+        return {"shape": [v if isinstance(v, int) else -1 for v in x.shape],
+                "dtype": {"tensor(float)": "float32"}.get(x.type, x.type)}
+    return d(sess.get_inputs()[0]), d(sess.get_outputs()[0])
+
+
+def ms_per_face(backend, x: np.ndarray, runs: int) -> float:
+    one = x[:1]
+    for _ in range(5):
+        backend.predict(one)
+    t = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        backend.predict(one)
+        t.append(time.perf_counter() - t0)
+    return round(1000 * float(np.median(t)), 4)
+
+
+def versions() -> dict:
+    import platform
+    from importlib import metadata
+    out = {"python": platform.python_version()}
+    for pkg in ("tensorflow", "keras", "tf2onnx", "onnx", "onnxruntime", "ai-edge-litert", "numpy",
+                "opencv-python-headless"):
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            pass
+    out["platform"] = platform.platform()
+    return out
+
+
+# ---------------------------------------------------------------- the worker
+class Worker:
+    """Runs ``python -m export.worker`` and yields its events; restarts after a crash."""
+
+    def __init__(self, staging: Path):
+        self.staging = staging
+        self.proc: subprocess.Popen | None = None
+        self.log_path = staging / "worker.log"
+
+    def events(self, names: list[str]):
+        env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": str(REPO) + os.pathsep
+               + os.environ.get("PYTHONPATH", "")}
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen([sys.executable, "-m", "export.worker", str(self.staging), *names],
+                                         stdout=subprocess.PIPE, stderr=log, cwd=REPO, env=env, text=True)
+        for line in self.proc.stdout:
+            if line.startswith("{"):
+                yield json.loads(line)
+        self.proc.wait()
+        yield {"event": "exit", "returncode": self.proc.returncode}
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+
+def _exit_reason(code: int) -> str:
+    if code < 0:
+        try:
+            return f"converter process died ({signal.Signals(-code).name})"
+        except ValueError:
+            return f"converter process died (signal {-code})"
+    return f"converter process exited with code {code}"
+
+
+# ---------------------------------------------------------------- the export
+def _clean_stale_staging(out: Path) -> None:
+    for d in out.glob(".staging-*"):
+        try:
+            pid = int(d.name.split("-", 1)[1])
+            os.kill(pid, 0)
+            continue  # still running
+        except (ValueError, ProcessLookupError):
+            shutil.rmtree(d, ignore_errors=True)
+        except PermissionError:
+            continue
+
+
+def run_export(cfg: ExportConfig) -> tuple[dict, int]:
+    """-> (manifest, exit code). Raises ExportError for user errors."""
+    log = cfg.log
+    t_start = time.perf_counter()
+    fmts = F.select(cfg.int8, cfg.formats, cfg.extras)
+    run_dir, run = resolve_source(cfg.model)
+    spec = PreprocessSpec.from_dict(run["preprocessing"])
+    stem = run["model"]
+    out = Path(cfg.out) if cfg.out else Path("artifacts") / run_dir.name
+    log(f"export: {run_dir} ({run['model']}, input {spec.size}x{spec.size}) -> {out}/ "
+        f"[{', '.join(f.name for f in fmts)}]")
+    data, calib = load_data(cfg, spec)
+    log(f"data: {data.root} ({data.layout}), test split '{data.test_name}' {len(data.test):,} images, "
+        f"calibration {len(calib)} train images (stratified)")
+
+    out.mkdir(parents=True, exist_ok=True)
+    _clean_stale_staging(out)
+    staging = out / f".staging-{os.getpid()}"
+    staging.mkdir()
+    worker = Worker(staging)
+
+    def on_signal(signum, frame):
+        raise Interrupted(signum)
+    old = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        np.save(staging / "test.npy", data.test.images)
+        np.save(staging / "calibration.npy", calib.images)
+        model_sha = sha256_file(run_dir / "model.keras")
+        job = {"model_file": str(run_dir / "model.keras"), "model_name": run["model"], "params": run["params"],
+               "preprocessing": spec.to_dict(), "test_file": "test.npy", "calibration_file": "calibration.npy"}
+        atomic_write_json(staging / "job.json", job)
+        x_test = scale_pixels(data.test.images, spec)
+        y_test = data.test.labels
+        eval_manifest = {"_dir": str(staging), "labels": run["labels"], "artifacts": {}}
+        artifacts: dict[str, dict] = {}
+        ref: dict = {}
+
+        # the Keras reference row: a copy of the source model, scored by Keras itself
+        keras_name = f"{stem}_keras.{model_sha[:8]}.keras"
+        shutil.copyfile(run_dir / "model.keras", staging / keras_name)
+        artifacts[F.REFERENCE] = {"file": keras_name, "format": "keras", "precision": "fp32",
+                                  "sha256": model_sha, "size": (staging / keras_name).stat().st_size,
+                                  "status": G.USABLE, "notes": "the source model; the reference every drop "
+                                                               "is measured against (no edge backend)"}
+        pending = [F.REFERENCE] + [f.name for f in fmts]
+        current = None
+        while pending:
+            for ev in worker.events(pending):
+                kind = ev["event"]
+                if kind == "start":
+                    current = ev["name"]
+                    if current != F.REFERENCE:
+                        log(f"  converting {current} ...")
+                elif kind == "reference":
+                    ref["probs"] = np.load(staging / ev["file"])
+                    s = G.score(ref["probs"], y_test)
+                    ref.update(s)
+                    artifacts[F.REFERENCE].update(
+                        {"input": {"shape": [-1, *ev["input_shape"]], "dtype": "float32"},
+                         "output": {"shape": [-1, len(LABELS)], "dtype": "float32"},
+                         "accuracy": s["accuracy"], "macro_f1": s["macro_f1"], "agreement": 1.0,
+                         "drop_pp": 0.0, "parameters": ev["parameters"]})
+                    log(f"{'keras':15s} reference  {_size(artifacts[F.REFERENCE]['size'])}  "
+                        f"{ev['seconds']:5.1f} s  acc {100 * s['accuracy']:.2f} %  F1 {s['macro_f1']:.3f}")
+                    pending.remove(F.REFERENCE)
+                    current = None
+                elif kind == "done":
+                    entry = _evaluate(F.BY_NAME[ev["name"]], staging / ev["file"], ev["seconds"], stem,
+                                      eval_manifest, x_test, y_test, ref, cfg)
+                    artifacts[ev["name"]] = entry
+                    pending.remove(ev["name"])
+                    current = None
+                    log(_line(ev["name"], entry))
+                elif kind == "failed":
+                    artifacts[ev["name"]] = _failed(F.BY_NAME[ev["name"]], ev["reason"], ev["seconds"])
+                    pending.remove(ev["name"])
+                    current = None
+                    log(_line(ev["name"], artifacts[ev["name"]]))
+                elif kind == "exit" and current is not None:
+                    # the worker died inside a converter: that format failed, the rest go on
+                    reason = _exit_reason(ev["returncode"])
+                    if current == F.REFERENCE:
+                        raise ExportError(f"cannot run the Keras model {run_dir / 'model.keras'}: {reason} "
+                                          f"(see {worker.log_path})")
+                    artifacts[current] = _failed(F.BY_NAME[current], reason, None)
+                    pending.remove(current)
+                    log(_line(current, artifacts[current]))
+                    current = None
+                elif kind == "exit" and pending:
+                    raise ExportError(f"conversion worker stopped early ({_exit_reason(ev['returncode'])})")
+
+        order = [F.REFERENCE] + [f.name for f in fmts]
+        manifest = {
+            "schema": SCHEMA_VERSION,
+            "kind": "artifacts",
+            "model": run["model"],
+            "labels": list(run["labels"]),
+            "preprocessing": spec.to_dict(),
+            "source": {"run_dir": str(run_dir), "model_file": "model.keras", "sha256": model_sha,
+                       "params": run["params"], "run_test_metrics": run.get("metrics", {}).get("test")},
+            "data": {"root": str(data.root), "layout": data.layout, "test_split": data.test_name,
+                     "test_size": len(data.test), "test_files_hash": data.test.files_hash(),
+                     "test_class_counts": data.test.counts(), "fraction": cfg.fraction,
+                     "calibration": {"size": len(calib), "split": "train", "stratified": True,
+                                     "files_hash": calib.files_hash()}},
+            "gate": {"max_drop_pp": cfg.max_drop, "rule": "|reference accuracy - artifact accuracy| <= max_drop_pp",
+                     "timing_note": f"{cfg.threads} thread(s), load average {os.getloadavg()[0]:.1f}"},
+            "reference": {"accuracy": ref["accuracy"], "macro_f1": ref["macro_f1"]},
+            "artifacts": {n: artifacts[n] for n in order if n in artifacts},
+            "versions": versions(),
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "command": " ".join(["python -m export", *sys.argv[1:]]),
+            "export_seconds": None,
+        }
+        manifest["export_seconds"] = round(time.perf_counter() - t_start, 1)
+        _commit(staging, out, manifest)
+    finally:
+        worker.stop()
+        shutil.rmtree(staging, ignore_errors=True)
+        for s, h in old.items():
+            signal.signal(s, h)
+
+    log("")
+    log(G.text_table(manifest))
+    rejected = [n for n, a in manifest["artifacts"].items() if a["status"] == G.REJECTED]
+    failed = [n for n, a in manifest["artifacts"].items() if a["status"] == G.FAILED]
+    log(f"\n{len(manifest['artifacts']) - len(rejected) - len(failed)} usable, {len(rejected)} rejected, "
+        f"{len(failed)} failed in {manifest['export_seconds']:.0f} s -> {out}/manifest.json, export_report.md")
+    code = 0
+    for n in rejected:
+        a = manifest["artifacts"][n]
+        log(f"error: gate failed for {n}: {a['reason']} (accuracy {100 * a['accuracy']:.2f} % vs Keras "
+            f"{100 * ref['accuracy']:.2f} %); kept as rejected: {out / a['file']}", err=True)
+        code = 1
+    for n in failed:
+        a = manifest["artifacts"][n]
+        if cfg.allow_partial:
+            log(f"warning: {n} failed ({a['reason']}); continuing (--allow-partial)")
+        else:
+            log(f"error: {n} failed: {a['reason']} (use --allow-partial to accept a partial export)", err=True)
+            code = 1
+    return manifest, code
+
+
+def _evaluate(fmt: F.Format, staged: Path, seconds: float, stem: str, eval_manifest: dict,
+              x_test: np.ndarray, y_test: np.ndarray, ref: dict, cfg: ExportConfig) -> dict:
+    from edge_runtime.backends import load_backend
+    sha = sha256_file(staged)
+    final = staged.with_name(f"{stem}_{fmt.tag}.{sha[:8]}{fmt.suffix}")
+    os.replace(staged, final)
+    inp, outp = describe_io(final, fmt.format)
+    entry = {"file": final.name, "format": fmt.format, "precision": fmt.precision, "sha256": sha,
+             "size": final.stat().st_size, "status": None, "input": inp, "output": outp,
+             "convert_seconds": round(seconds, 2), "notes": fmt.notes}
+    eval_manifest["artifacts"][fmt.name] = entry
+    try:
+        backend = load_backend(eval_manifest, fmt.name, threads=cfg.threads)
+        probs = np.concatenate([backend.predict(x_test[i:i + 512]) for i in range(0, len(x_test), 512)])
+        entry.update(G.score(probs, y_test, ref["probs"], ref["accuracy"]))
+        entry["ms_per_face"] = ms_per_face(backend, x_test, cfg.timing_runs)
+        entry["status"], entry["reason"] = G.gate(entry["drop_pp"], cfg.max_drop)
+    except Exception as e:  # converted but does not run: keep the file for inspection
+        entry["status"], entry["reason"] = G.FAILED, f"does not run: {type(e).__name__}: {e}"[:240]
+    if not entry["reason"]:
+        entry.pop("reason")
+    return entry
+
+
+def _failed(fmt: F.Format, reason: str, seconds) -> dict:
+    return {"file": None, "format": fmt.format, "precision": fmt.precision, "status": G.FAILED,
+            "reason": reason, "convert_seconds": None if seconds is None else round(seconds, 2),
+            "notes": fmt.notes}
+
+
+def _size(n) -> str:
+    return f"{n / 1e6:6.2f} MB" if n >= 1e6 else f"{n / 1e3:6.0f} KB"
+
+
+def _line(name: str, a: dict) -> str:
+    if a["status"] == G.FAILED and a.get("accuracy") is None:
+        return f"{name:15s} FAILED     {a['reason']}"
+    return (f"{name:15s} {a['precision']:9s}  {_size(a['size'])}  {a['convert_seconds']:5.1f} s  "
+            f"acc {100 * a['accuracy']:.2f} %  drop {a['drop_pp']:+.2f} pp  agree {100 * a['agreement']:.1f} %  "
+            f"{a['ms_per_face']:.2f} ms/face  {a['status']}" + (f" ({a['reason']})" if a.get("reason") else ""))
+
+
+def report(manifest: dict) -> dict:
+    keys = ("file", "format", "precision", "size", "status", "reason", "accuracy", "macro_f1", "agreement",
+            "drop_pp", "max_abs_prob_diff", "convert_seconds", "ms_per_face")
+    arts = {n: {k: a.get(k) for k in keys if k in a} for n, a in manifest["artifacts"].items()}
+    return {"model": manifest["model"], "source": manifest["source"], "data": manifest["data"],
+            "gate": manifest["gate"], "reference": manifest["reference"], "artifacts": arts,
+            "rejected": [n for n, a in arts.items() if a["status"] == G.REJECTED],
+            "failed": [n for n, a in arts.items() if a["status"] == G.FAILED],
+            "created": manifest["created"], "export_seconds": manifest["export_seconds"]}
+
+
+def _commit(staging: Path, out: Path, manifest: dict) -> None:
+    """Move files in (new names never clash with live ones), then swap the manifest, then prune."""
+    keep = {a["file"] for a in manifest["artifacts"].values() if a.get("file")}
+    for f in keep:
+        os.replace(staging / f, out / f)
+    atomic_write_json(out / "manifest.json", manifest)  # the commit point
+    atomic_write_json(out / "export_report.json", report(manifest))
+    atomic_write_text(out / "export_report.md", G.markdown_report(manifest))
+    if (staging / "worker.log").is_file():
+        atomic_write_text(out / "export_worker.log", (staging / "worker.log").read_text(errors="replace"))
+    for p in out.iterdir():
+        if p.is_file() and GENERATED.match(p.name) and p.name not in keep:
+            p.unlink(missing_ok=True)

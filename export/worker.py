@@ -1,0 +1,109 @@
+"""The conversion worker: ``python -m export.worker STAGING_DIR [reference] FORMAT...``.
+
+Runs in its own process so TensorFlow stays out of the orchestrator and a converter that
+crashes (a segfault in the MLIR quantizer has been seen) costs one format, not the export.
+Reads ``STAGING_DIR/job.json``; writes each artifact to ``STAGING_DIR/<name><suffix>`` and
+reports one JSON line per event on stdout: start, done, failed, reference.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import numpy as np
+
+
+def one_line(e: BaseException, limit: int = 240) -> str:
+    text = " ".join(str(e).split()) or type(e).__name__
+    # converter errors carry long stacks of MLIR locations; keep the first sentence-ish part
+    return f"{type(e).__name__}: {text}"[:limit]
+
+
+class Context:
+    """What converters need, built lazily: the trained model, its unrolled twin, calibration data."""
+
+    def __init__(self, staging: Path, job: dict):
+        self.staging = staging
+        self.job = job
+        self._model = self._unrolled = None
+        self._cache: dict = {}
+
+    def model(self):
+        if self._model is None:
+            import keras
+            self._model = keras.models.load_model(self.job["model_file"], compile=False)
+        return self._model
+
+    def unrolled_model(self):
+        """The same architecture rebuilt with unroll=True, carrying the trained weights."""
+        if self._unrolled is None:
+            from train.models import build
+            m = build(self.job["model_name"], self.job["params"], unroll=True)
+            m.set_weights(self.model().get_weights())
+            self._unrolled = m
+        return self._unrolled
+
+    def _scaled(self, file: str) -> np.ndarray:
+        from edge_runtime.preprocess import PreprocessSpec, scale_pixels
+        return scale_pixels(np.load(self.staging / file), PreprocessSpec.from_dict(self.job["preprocessing"]))
+
+    def calibration(self) -> np.ndarray:
+        return self.cached("calibration", lambda: self._scaled(self.job["calibration_file"]))
+
+    def cached(self, key, make):
+        if key not in self._cache:
+            self._cache[key] = make()
+        return self._cache[key]
+
+
+def emit(**event) -> None:
+    sys.stdout.write(json.dumps(event) + "\n")
+    sys.stdout.flush()
+
+
+def reference(ctx: Context) -> None:
+    t0 = time.perf_counter()
+    model = ctx.model()
+    probs = model.predict(ctx._scaled(ctx.job["test_file"]), batch_size=256, verbose=0)
+    np.save(ctx.staging / "keras_probs.npy", probs.astype(np.float32))
+    emit(event="reference", file="keras_probs.npy", seconds=time.perf_counter() - t0,
+         parameters=int(model.count_params()), input_shape=list(model.input_shape[1:]))
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    staging, names = Path(argv[0]), argv[1:]
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    job = json.loads((staging / "job.json").read_text())
+    if job.get("threads"):
+        import tensorflow as tf
+        tf.config.threading.set_intra_op_parallelism_threads(job["threads"])
+        tf.config.threading.set_inter_op_parallelism_threads(job["threads"])
+    from .formats import BY_NAME, REFERENCE, converter
+    ctx = Context(staging, job)
+    for name in names:
+        emit(event="start", name=name)
+        if name == REFERENCE:
+            reference(ctx)
+            continue
+        fmt = BY_NAME[name]
+        t0 = time.perf_counter()
+        try:
+            if os.environ.get("FER_EXPORT_FAIL") == name:  # tests: a converter that breaks
+                raise RuntimeError(f"forced failure of {name} (FER_EXPORT_FAIL)")
+            data = converter(fmt)(ctx)
+            (staging / f"{name}{fmt.suffix}").write_bytes(data)  # staging is private; committed atomically later
+        except Exception as e:  # one format failing must not stop the others
+            traceback.print_exc(file=sys.stderr)
+            emit(event="failed", name=name, reason=one_line(e), seconds=time.perf_counter() - t0)
+            continue
+        emit(event="done", name=name, file=f"{name}{fmt.suffix}", seconds=time.perf_counter() - t0)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
