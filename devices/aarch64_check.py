@@ -40,6 +40,10 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
+try:  # the rootfs venv has the project installed (pip install .); a dev checkout may not
+    import edge_runtime  # noqa: F401
+except ImportError:
+    sys.path.insert(0, str(REPO))
 WORK = REPO / ".cache" / "aarch64-check"
 VENV_IN = "/opt/fer-edge"
 FP32_TOL = 1e-4
@@ -60,7 +64,9 @@ def probe(args) -> int:
     manifest = read_manifest(args.artifacts)
     faces = np.load(args.faces)
     batch = preprocess_batch(faces, preprocess_spec(manifest))
+    import edge_runtime
     out = {"machine": platform.machine(), "python": platform.python_version(),
+           "edge_runtime_from": str(Path(edge_runtime.__file__).parent),
            "runtimes": available_runtimes(), "batch_sha": _sha(batch), "artifacts": {}}
     for name in args.names.split(","):
         try:
@@ -181,7 +187,10 @@ def compare_events(x86: list[dict], arm: list[dict], tol: float) -> dict:
             continue
         for ea, eb in zip(a, b):
             res["faces_compared"] += 1
-            if ea.get("label") != eb.get("label"):
+            if ea.get("crop") != eb.get("crop"):
+                res["boxes_equal"] = False
+                res["mismatches"].append({"frame": f, "crop_x86": ea.get("crop"), "crop_aarch64": eb.get("crop")})
+            if ea.get("label") != eb.get("label") or ea.get("raw_label") != eb.get("raw_label"):
                 res["labels_equal"] = False
                 res["mismatches"].append({"frame": f, "box": ea.get("box"), "x86": ea.get("label"),
                                           "aarch64": eb.get("label")})
@@ -196,6 +205,13 @@ def compare_events(x86: list[dict], arm: list[dict], tol: float) -> dict:
     res["ok"] = bool(common) and res["boxes_equal"] and res["labels_equal"] and \
         res["max_abs_diff_raw"] <= tol and res["max_abs_diff_smoothed"] <= tol
     return res
+
+
+def daemon_artifact(log: Path) -> str | None:
+    """The artifact the daemon says it loaded ("model NAME (precision, sha256 ...) on RUNTIME")."""
+    import re
+    m = re.search(r"\bmodel (\S+) \((\w+), sha256", log.read_text(errors="replace"))
+    return m.group(1) if m else None
 
 
 def latency_stats(events: list[dict], wall_s: float) -> dict:
@@ -217,6 +233,17 @@ def latency_stats(events: list[dict], wall_s: float) -> dict:
             "classify_ms_per_face_median": med(per_face),
             "fps_steady": round((n - 1) / (ts[-1] - ts[0]), 2) if n > 1 and ts[-1] > ts[0] else None,
             "wall_s_incl_startup": round(wall_s, 1)}
+
+
+def x86_versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+    out = {}
+    for name in ("numpy", "opencv-python-headless", "ai-edge-litert", "onnxruntime", "paho-mqtt"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            pass
+    return out
 
 
 # ----------------------------------------------------------------------------- main check
@@ -313,10 +340,11 @@ def check(args) -> int:
                 raise SystemExit(f"[aarch64-check] daemon failed on {side} with {backend} (exit {rc})")
             events[side] = (read_events(ev), dt)
             say(f"daemon {backend} {side}: {len(events[side][0])} events in {dt:.1f} s")
-        chosen = sorted({_get(e, "artifact", "backend", default="?") for e in events["x86_64"][0]
-                         if isinstance(_get(e, "artifact", "backend", default="?"), str)})
-        name = next((c for c in chosen if c in manifest["artifacts"]),
-                    "tflite-int8" if backend == "tflite" else next(n for n in names if n.startswith("onnx")))
+        chosen = {side: daemon_artifact(work / f"daemon-{backend}-{side}.log") for side in events}
+        if chosen["x86_64"] != chosen["aarch64"]:
+            say(f"daemon {backend}: the two sides loaded different artifacts: {chosen}")
+            all_ok = False
+        name = chosen["aarch64"] or chosen["x86_64"] or ("tflite-int8" if backend == "tflite" else "onnx-fp32")
         tol = tolerance(manifest, name)
         cmp = compare_events(events["x86_64"][0], events["aarch64"][0], tol)
         labels_seen = sorted({e.get("label") for evs in face_events(events["aarch64"][0]).values() for e in evs})
@@ -336,6 +364,12 @@ def check(args) -> int:
     versions = Path(args.rootfs) / VENV_IN.lstrip("/") / "aarch64-versions.txt"
     if versions.exists():
         report["aarch64_versions"] = [l for l in versions.read_text().splitlines() if l and not l.startswith("#")]
+    report["x86_64_versions"] = x86_versions()
+    arm = dict(l.split("==", 1) for l in report.get("aarch64_versions", []) if "==" in l)
+    differ = {k: (v, arm.get(k)) for k, v in report["x86_64_versions"].items() if arm.get(k) != v}
+    report["edge_versions_differ"] = differ
+    if differ:
+        say(f"note: edge package versions differ between the two sides (x86, aarch64): {differ}")
     report["check_seconds"] = round(time.perf_counter() - t_start, 1)
     report["ok"] = bool(all_ok)
     report["labels"] = list(LABELS)
