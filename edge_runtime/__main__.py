@@ -11,6 +11,9 @@ from .config import DEFAULTS, ConfigError, build
 from .detectors import DetectorError
 from .manifest import ManifestError
 
+DESCRIPTION = ("Facial-emotion camera daemon: reads a camera, stream, video file or image folder, finds faces, "
+               "classifies each with an exported model (TFLite or ONNX, no TensorFlow) and emits per-face "
+               "events as JSON Lines, over HTTP and MQTT.")
 EXAMPLES = """\
 examples:
   python -m edge_runtime --artifacts artifacts/cbilstm --source 0
@@ -26,7 +29,7 @@ Events are JSON Lines (new/update/end per face track); HTTP serves /healthz /met
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m edge_runtime", description=__doc__.split(":", 1)[1].strip(),
+    p = argparse.ArgumentParser(prog="python -m edge_runtime", description=DESCRIPTION,
                                 epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     a = p.add_argument
     a("--artifacts", metavar="DIR", help="exported model folder with manifest.json (python -m export)")
