@@ -5,6 +5,7 @@ import argparse
 import logging
 import signal
 import sys
+import textwrap
 
 from .backends import BackendError
 from .config import DEFAULTS, ConfigError, build
@@ -29,7 +30,7 @@ Events are JSON Lines (new/update/end per face track); HTTP serves /healthz /met
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m edge_runtime", description=DESCRIPTION,
+    p = argparse.ArgumentParser(prog="python -m edge_runtime", description=textwrap.fill(DESCRIPTION, 79),
                                 epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     a = p.add_argument
     a("--artifacts", metavar="DIR", help="exported model folder with manifest.json (python -m export)")
