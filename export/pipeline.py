@@ -341,24 +341,33 @@ def run_export(cfg: ExportConfig) -> tuple[dict, int]:
 
     log("")
     log(G.text_table(manifest))
-    rejected = [n for n, a in manifest["artifacts"].items() if a["status"] == G.REJECTED]
-    failed = [n for n, a in manifest["artifacts"].items() if a["status"] == G.FAILED]
-    log(f"\n{len(manifest['artifacts']) - len(rejected) - len(failed)} usable, {len(rejected)} rejected, "
-        f"{len(failed)} failed in {manifest['export_seconds']:.0f} s -> {out}/manifest.json, export_report.md")
+    code = exit_code(manifest, cfg.allow_partial, out, log)
+    return manifest, code
+
+
+def exit_code(manifest: dict, allow_partial: bool, out: Path | None = None, log=None) -> int:
+    """0 when every artifact is usable; 1 when one is rejected by the gate, or failed to convert
+    (failures are tolerated with ``allow_partial``). Each offender is named on stderr."""
+    log = log or (lambda *a, **k: None)
+    arts = manifest["artifacts"]
+    rejected = [n for n, a in arts.items() if a["status"] == G.REJECTED]
+    failed = [n for n, a in arts.items() if a["status"] == G.FAILED]
+    log(f"\n{len(arts) - len(rejected) - len(failed)} usable, {len(rejected)} rejected, {len(failed)} failed "
+        f"in {manifest.get('export_seconds') or 0:.0f} s -> {out}/manifest.json, export_report.md")
     code = 0
     for n in rejected:
-        a = manifest["artifacts"][n]
+        a = arts[n]
         log(f"error: gate failed for {n}: {a['reason']} (accuracy {100 * a['accuracy']:.2f} % vs Keras "
-            f"{100 * ref['accuracy']:.2f} %); kept as rejected: {out / a['file']}", err=True)
+            f"{100 * manifest['reference']['accuracy']:.2f} %); kept as rejected: {Path(out or '.') / a['file']}",
+            err=True)
         code = 1
     for n in failed:
-        a = manifest["artifacts"][n]
-        if cfg.allow_partial:
-            log(f"warning: {n} failed ({a['reason']}); continuing (--allow-partial)")
+        if allow_partial:
+            log(f"warning: {n} failed ({arts[n]['reason']}); accepted (--allow-partial)")
         else:
-            log(f"error: {n} failed: {a['reason']} (use --allow-partial to accept a partial export)", err=True)
+            log(f"error: {n} failed: {arts[n]['reason']} (--allow-partial accepts a partial export)", err=True)
             code = 1
-    return manifest, code
+    return code
 
 
 def _evaluate(fmt: F.Format, staged: Path, seconds: float, stem: str, eval_manifest: dict,

@@ -1,0 +1,180 @@
+"""The int8 speed study: ``python -m export.study --model RUN_DIR`` (a workstation tool).
+
+Converts one trained model into every TFLite form worth comparing - unrolled LSTMs (what export
+writes) vs tf_keras' fused UNIDIRECTIONAL_SEQUENCE_LSTM (thesis model only), fp32 / dynamic-range /
+full int8 (8x8) / 16x8 - plus the ONNX pair, and times each on 1 thread, batch 1, with LiteRT's
+default XNNPACK delegate and without it. Accuracy and agreement are measured on ``--n`` test images.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def _time(fn, x, runs):
+    for _ in range(10):
+        fn(x[:1])
+    t = []
+    for i in range(runs):
+        t0 = time.perf_counter()
+        fn(x[i % len(x): i % len(x) + 1])
+        t.append(time.perf_counter() - t0)
+    return 1000 * float(np.median(t)), 1000 * float(np.min(t))
+
+
+def tflite_runner(data: bytes, xnnpack: bool):
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+    kw = {} if xnnpack else {"experimental_op_resolver_type": OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES}
+    it = Interpreter(model_content=data, num_threads=1, **kw)
+    it.allocate_tensors()
+    i, o = it.get_input_details()[0], it.get_output_details()[0]
+
+    def run(x):
+        if np.dtype(i["dtype"]).kind in "iu":
+            s, z = i["quantization"]
+            info = np.iinfo(i["dtype"])
+            x = np.clip(np.round(x / s) + z, info.min, info.max).astype(i["dtype"])
+        it.set_tensor(i["index"], x)
+        it.invoke()
+        y = it.get_tensor(o["index"])
+        if np.dtype(o["dtype"]).kind in "iu":
+            s, z = o["quantization"]
+            y = (y.astype(np.float32) - z) * s
+        return y
+    ops = sorted({d["op_name"] for d in it._get_ops_details()}) if hasattr(it, "_get_ops_details") else []
+    return run, ops
+
+
+def onnx_runner(data: bytes):
+    import onnxruntime as ort
+    o = ort.SessionOptions()
+    o.intra_op_num_threads = o.inter_op_num_threads = 1
+    s = ort.InferenceSession(data, o, providers=["CPUExecutionProvider"])
+    name = s.get_inputs()[0].name
+    return lambda x: s.run(None, {name: x})[0]
+
+
+def fused_thesis(model, params):
+    """The thesis model rebuilt in tf_keras (fused TFLite LSTM kernels), trained weights copied."""
+    import tf_keras as tk
+    L = tk.layers
+    size, rh, ch = params["size"], params["row_hidden"], params["col_hidden"]
+    inp = tk.Input((size, size, 1), batch_size=1)
+    x = L.Reshape((size, size))(inp)
+    x = L.Bidirectional(L.LSTM(rh, return_sequences=True))(x)
+    for _ in range(4):
+        x = L.LSTM(rh, return_sequences=True)(x)
+    x = L.LSTM(ch)(x)
+    x = L.Dense(64, activation="relu")(x)
+    x = L.Dense(64, activation="relu")(x)
+    out = L.Dense(7, activation="softmax")(x)
+    m = tk.Model(inp, out)
+    m.set_weights(model.get_weights())
+    return m
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m export.study", description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", required=True, help="run folder")
+    p.add_argument("--data")
+    p.add_argument("--n", type=int, default=1000, help="test images for accuracy/agreement")
+    p.add_argument("--runs", type=int, default=300, help="timed single-face calls per form")
+    p.add_argument("--calibration", type=int, default=500)
+    p.add_argument("--json", help="write the table here as JSON")
+    args = p.parse_args(argv)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    import tensorflow as tf
+    tf.config.threading.set_intra_op_parallelism_threads(1)
+    from edge_runtime.preprocess import PreprocessSpec, scale_pixels
+    from train.data import load_dataset, stratified_indices
+    from . import onnx as O
+    from . import tflite as T
+    from .pipeline import resolve_source
+    from .worker import Context
+
+    run_dir, run = resolve_source(args.model)
+    spec = PreprocessSpec.from_dict(run["preprocessing"])
+    data = load_dataset(args.data, spec, progress=False)
+    rng = np.random.default_rng(0)
+    idx = np.sort(rng.choice(len(data.test), min(args.n, len(data.test)), replace=False))
+    x, y = scale_pixels(data.test.images[idx], spec), data.test.labels[idx]
+    cal = data.train.take(stratified_indices(data.train.labels, args.calibration / len(data.train), 1)[0])
+    with tempfile.TemporaryDirectory() as d:
+        np.save(Path(d) / "c.npy", cal.images)
+        ctx = Context(Path(d), {"model_file": str(run_dir / "model.keras"), "model_name": run["model"],
+                                "params": run["params"], "preprocessing": spec.to_dict(),
+                                "calibration_file": "c.npy"})
+        ctx.calibration()
+    ref = ctx.model().predict(x, batch_size=256, verbose=0)
+    forms = {"tflite fp32 unrolled": lambda: T.convert_fp32(ctx),
+             "tflite dr unrolled": lambda: T.convert_dynamic_range(ctx),
+             "tflite int8 8x8 unrolled": lambda: T.convert_int8(ctx),
+             "tflite int16x8 unrolled": lambda: T.convert_int16x8(ctx)}
+    if run["model"] == "thesis":
+        class Fused:  # the same converters, fed the tf_keras model
+            def __init__(self):
+                self.m = fused_thesis(ctx.model(), run["params"])
+
+            def unrolled_model(self):
+                return self.m
+
+            calibration = ctx.calibration
+        fctx = Fused()
+        import tf_keras  # noqa: F401
+
+        def conv_fused(kind):
+            def go():
+                c = tf.lite.TFLiteConverter.from_keras_model(fctx.m)
+                if kind != "fp32":
+                    c.optimizations = [tf.lite.Optimize.DEFAULT]
+                    c.representative_dataset = T._representative(fctx)
+                    c.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+                    c.inference_input_type = c.inference_output_type = tf.int8
+                return c.convert()
+            return go
+        forms["tflite fp32 fused (tf_keras)"] = conv_fused("fp32")
+        forms["tflite int8 8x8 fused (tf_keras)"] = conv_fused("int8")
+    rows = []
+    for name, conv in forms.items():
+        t0 = time.perf_counter()
+        try:
+            b = conv()
+        except Exception as e:  # noqa: BLE001
+            rows.append({"form": name, "error": str(e).split("\n")[0][:120]})
+            print(rows[-1], flush=True)
+            continue
+        secs = time.perf_counter() - t0
+        for xnn in (True, False):
+            run_fn, _ = tflite_runner(b, xnn)
+            probs = np.concatenate([run_fn(x[i:i + 1]) for i in range(len(x))])
+            med, mn = _time(run_fn, x, args.runs)
+            rows.append({"form": name, "xnnpack": xnn, "kb": len(b) // 1024, "convert_s": round(secs, 1),
+                         "acc": float(np.mean(probs.argmax(1) == y)),
+                         "agree": float(np.mean(probs.argmax(1) == ref.argmax(1))),
+                         "ms_median": round(med, 3), "ms_min": round(mn, 3)})
+            print(rows[-1], flush=True)
+    fp = O.convert_fp32(ctx)
+    for name, b in (("onnx fp32 (LSTM op)", fp), ("onnx int8 dynamic", O.convert_int8(ctx))):
+        r = onnx_runner(b)
+        probs = np.concatenate([r(x[i:i + 256]) for i in range(0, len(x), 256)])
+        med, mn = _time(r, x, args.runs)
+        rows.append({"form": name, "kb": len(b) // 1024, "acc": float(np.mean(probs.argmax(1) == y)),
+                     "agree": float(np.mean(probs.argmax(1) == ref.argmax(1))), "ms_median": round(med, 3),
+                     "ms_min": round(mn, 3)})
+        print(rows[-1], flush=True)
+    print(f"keras reference accuracy on these {len(x)} images: {np.mean(ref.argmax(1) == y):.4f}; "
+          f"load average {os.getloadavg()[0]:.1f}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

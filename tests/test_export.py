@@ -1,0 +1,192 @@
+"""python -m export on a tiny trained cbilstm: every format, reload + agreement, gate, sha256,
+interrupted export, failing format, user errors. Real data (shared FER2013 subsets), real LiteRT
+and onnxruntime through edge_runtime.backends."""
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edge_runtime.backends import load_backend
+from edge_runtime.labels import LABELS
+from edge_runtime.manifest import ManifestError, read_manifest, sha256_file
+from edge_runtime.preprocess import PreprocessSpec, scale_pixels
+from export.pipeline import exit_code
+from train.data import load_dataset
+
+from .conftest import REPO, TINY_EXPORT_FRACTION
+
+FIVE = ["keras", "tflite-fp32", "onnx-fp32", "tflite-int8", "onnx-int8"]
+# Agreement with Keras on 50 test images that each artifact must reach: fp32 conversions are exact
+# (unrolled LSTMs, ONNX LSTM ops), int8 ones may flip a near-tie.
+MIN_AGREEMENT = {"tflite-fp32": 1.0, "onnx-fp32": 1.0, "tflite-int8": 0.94, "onnx-int8": 0.94}
+MAX_PROB_DIFF = {"tflite-fp32": 1e-4, "onnx-fp32": 1e-4, "tflite-int8": 0.08, "onnx-int8": 0.08}
+
+
+def export(*args, env=None, timeout=600):
+    return subprocess.run([sys.executable, "-m", "export", *map(str, args)], capture_output=True, text=True,
+                          cwd=REPO, timeout=timeout, env={**os.environ, **(env or {})})
+
+
+def snapshot(folder: Path) -> dict:
+    return {p.name: sha256_file(p) for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def test50(tiny_artifacts, shared_root):
+    m = read_manifest(tiny_artifacts)
+    spec = PreprocessSpec.from_dict(m["preprocessing"])
+    data = load_dataset(shared_root, spec, fraction=TINY_EXPORT_FRACTION, progress=False)
+    idx = np.random.default_rng(0).choice(len(data.test), 50, replace=False)
+    return scale_pixels(data.test.images[idx], spec), data
+
+
+def test_tiny_model_exports_to_every_format_with_a_complete_manifest(tiny_artifacts, tiny_run, test50):
+    m = read_manifest(tiny_artifacts)
+    _, data = test50
+    assert list(m["artifacts"]) == FIVE
+    assert m["labels"] == list(LABELS) and m["preprocessing"]["size"] == 48
+    assert m["source"]["sha256"] == sha256_file(tiny_run / "model.keras")
+    assert m["data"]["test_files_hash"] == data.test.files_hash()
+    assert m["data"]["test_size"] == len(data.test) and m["data"]["root"]
+    assert {"tensorflow", "onnxruntime", "ai-edge-litert", "numpy"} <= set(m["versions"]) and m["created"]
+    for name, a in m["artifacts"].items():
+        assert a["status"] == "usable", (name, a)
+        f = tiny_artifacts / a["file"]
+        assert f.stat().st_size == a["size"] and sha256_file(f) == a["sha256"]
+        assert 0 <= a["accuracy"] <= 1 and 0 <= a["macro_f1"] <= 1 and 0 <= a["agreement"] <= 1
+        assert a["drop_pp"] == pytest.approx(100 * (m["reference"]["accuracy"] - a["accuracy"]), abs=1e-3)
+    t8 = m["artifacts"]["tflite-int8"]
+    assert t8["input"]["dtype"] == "int8" and t8["output"]["dtype"] == "int8"
+    assert t8["input"]["shape"] == [1, 48, 48, 1]
+    # pixels in [0, 1] map onto the full int8 range
+    assert t8["input"]["scale"] == pytest.approx(1 / 255, rel=0.02) and t8["input"]["zero_point"] == -128
+    assert m["artifacts"]["onnx-fp32"]["input"]["shape"][0] == -1  # dynamic batch
+    assert m["artifacts"]["tflite-int8"]["size"] < 0.5 * m["artifacts"]["tflite-fp32"]["size"]
+    report = json.loads((tiny_artifacts / "export_report.json").read_text())
+    assert report["rejected"] == [] and report["failed"] == [] and set(report["artifacts"]) == set(FIVE)
+    md = (tiny_artifacts / "export_report.md").read_text()
+    assert all(f"| {n} |" in md for n in FIVE)
+
+
+@pytest.mark.parametrize("name", ["tflite-fp32", "onnx-fp32", "tflite-int8", "onnx-int8"])
+def test_each_artifact_reloads_and_agrees_with_keras(tiny_artifacts, test50, name):
+    import keras
+    x, _ = test50
+    m = read_manifest(tiny_artifacts)
+    ref = keras.models.load_model(tiny_artifacts / m["artifacts"]["keras"]["file"]).predict(x, verbose=0)
+    probs = load_backend(m, name, threads=1).predict(x)
+    assert probs.shape == (50, 7) and np.allclose(probs.sum(1), 1, atol=0.05)
+    agreement = float(np.mean(probs.argmax(1) == ref.argmax(1)))
+    assert agreement >= MIN_AGREEMENT[name], agreement
+    assert np.abs(probs - ref).max() <= MAX_PROB_DIFF[name]
+
+
+def test_corrupted_artifact_fails_its_sha256_check(tiny_artifacts, tmp_path):
+    out = shutil.copytree(tiny_artifacts, tmp_path / "a")
+    m = read_manifest(out)
+    f = out / m["artifacts"]["tflite-int8"]["file"]
+    data = bytearray(f.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # same size, one byte flipped
+    f.write_bytes(bytes(data))
+    with pytest.raises(ManifestError, match="sha256"):
+        load_backend(m, "tflite-int8")
+    g = out / m["artifacts"]["onnx-int8"]["file"]
+    g.write_bytes(g.read_bytes()[:-10])
+    with pytest.raises(ManifestError, match="truncated"):
+        load_backend(m, "onnx-int8")
+    load_backend(m, "tflite-fp32").predict(np.zeros((1, 48, 48, 1), np.float32))  # the others still load
+
+
+def test_gate_rejects_names_and_keeps_while_a_failing_format_does_not_abort_the_rest(tiny_run, shared_root,
+                                                                                   tmp_path):
+    out = tmp_path / "gate"
+    r = export("--model", tiny_run, "--data", shared_root, "--out", out, "--formats", "tflite-fp32,onnx-int8",
+               "--max-drop", "-1", "--allow-partial", "--fraction", TINY_EXPORT_FRACTION, "--quiet",
+               env={"FER_EXPORT_FAIL": "tflite-fp32"})
+    assert r.returncode == 1, r.stderr
+    assert "gate failed for onnx-int8" in r.stderr and "-1 pp limit" in r.stderr
+    m = read_manifest(out)
+    a = m["artifacts"]["onnx-int8"]
+    assert a["status"] == "rejected" and "limit" in a["reason"]
+    assert sha256_file(out / a["file"]) == a["sha256"]  # kept for inspection
+    f = m["artifacts"]["tflite-fp32"]
+    assert f["status"] == "failed" and "forced failure" in f["reason"] and f["file"] is None
+    assert "tflite-fp32" in r.stdout and "FAILED" in r.stdout  # its row, then the others went on
+    assert "warning: tflite-fp32 failed" in r.stdout
+    report = json.loads((out / "export_report.json").read_text())
+    assert report["rejected"] == ["onnx-int8"] and report["failed"] == ["tflite-fp32"]
+
+
+def test_exit_code_rules():
+    ok = {"artifacts": {"keras": {"status": "usable"}, "tflite-int8": {"status": "usable"}},
+          "reference": {"accuracy": 0.5}}
+    failed = {"artifacts": {**ok["artifacts"], "onnx-int8": {"status": "failed", "reason": "x"}},
+              "reference": {"accuracy": 0.5}}
+    rejected = {"artifacts": {**ok["artifacts"], "onnx-int8": {"status": "rejected", "reason": "x",
+                                                               "accuracy": 0.4, "file": "f"}},
+                "reference": {"accuracy": 0.5}}
+    assert exit_code(ok, False) == 0
+    assert exit_code(failed, False) == 1 and exit_code(failed, True) == 0
+    assert exit_code(rejected, False) == 1 and exit_code(rejected, True) == 1
+
+
+def test_sigterm_during_conversion_leaves_previous_artifacts_intact(tiny_artifacts, tiny_run, shared_root,
+                                                                   tmp_path):
+    out = shutil.copytree(tiny_artifacts, tmp_path / "prev")
+    before = snapshot(out)
+    proc = subprocess.Popen([sys.executable, "-m", "export", "--model", str(tiny_run), "--data", str(shared_root),
+                             "--out", str(out), "--formats", "tflite-int8", "--max-drop", "100",
+                             "--fraction", str(TINY_EXPORT_FRACTION), "--quiet"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
+    deadline = time.time() + 300
+    for line in proc.stdout:  # wait until the converter is running
+        if "converting tflite-int8" in line:
+            break
+        assert time.time() < deadline
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert "previous artifacts and manifest left as they were" in err
+    assert snapshot(out) == before  # nothing added, removed or changed; no staging left
+    assert not list(out.glob(".staging-*"))
+    m = read_manifest(out)
+    x = np.zeros((2, 48, 48, 1), np.float32)
+    for name in FIVE[1:]:
+        assert load_backend(m, name).predict(x).shape == (2, 7)
+
+
+def test_user_errors_are_one_line_and_exit_2(tmp_path, tiny_run, tiny_tree, shared_root):
+    r = export("--model", tmp_path / "nope", "--out", tmp_path / "o")
+    assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and "no trained model" in r.stderr
+    r = export("--model", tiny_run, "--data", tmp_path / "missing", "--out", tmp_path / "o")
+    assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and "does not exist" in r.stderr
+    root = tiny_tree(per_class=2)
+    shutil.rmtree(root / "test" / "disgust")
+    r = export("--model", tiny_run, "--data", root, "--out", tmp_path / "o", "--quiet")
+    assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and "disgust" in r.stderr
+    r = export("--formats", "tflite-int4", "--model", tiny_run, "--out", tmp_path / "o")
+    assert r.returncode == 2 and "unknown format" in r.stderr
+    assert not (tmp_path / "o" / "manifest.json").exists()
+
+
+def test_default_model_missing_is_a_clear_error(tmp_path, monkeypatch):
+    from export import pipeline
+    monkeypatch.setattr(pipeline, "MODELS_DIR", tmp_path / "models")
+    with pytest.raises(pipeline.ExportError, match=r"no trained model at .*models/cbilstm/model.keras"):
+        pipeline.resolve_source(None)
+
+
+def test_help_explains_the_command():
+    r = export("--help", timeout=60)
+    assert r.returncode == 0
+    for word in ("--int8", "--max-drop", "--calibration", "--allow-partial", "tflite-int8", "onnx-int8",
+                 "exit codes", "manifest.json"):
+        assert word in r.stdout, word
