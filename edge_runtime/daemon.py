@@ -24,7 +24,7 @@ from .stats import Stats
 from .tracker import Tracker
 
 log = logging.getLogger("edge_runtime")
-SHUTDOWN_JOIN_S = 0.5  # capture thread join bound; it is a daemon thread, so a stuck driver cannot hang exit
+SHUTDOWN_JOIN_S = 0.3  # capture thread join bound; it is a daemon thread, so a stuck driver cannot hang exit
 
 
 def expand_boxes(boxes: np.ndarray, margin: float, shape) -> np.ndarray:

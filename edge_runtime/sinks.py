@@ -62,7 +62,7 @@ class MqttSink:
     def emit(self, event: dict):
         self.client.publish(f"{self.prefix}/events", json.dumps(event, separators=(",", ":")), qos=0)
 
-    def close(self, timeout: float = 1.0):
+    def close(self, timeout: float = 0.8):
         """Final stats, then `offline` (retained), then disconnect — bounded by timeout."""
         self._stop.set()
         self.publish_stats()

@@ -10,10 +10,9 @@ import sys
 import time
 from pathlib import Path
 
-import cv2
 import pytest
 
-from tests.conftest import REPO, SHARED
+from tests.conftest import REPO
 
 # Makes `import tensorflow` (and keras) raise in any interpreter that has this folder on PYTHONPATH.
 BLOCKER = '''
@@ -29,13 +28,10 @@ sys.meta_path.insert(0, _NoTF())
 
 @pytest.fixture(scope="session")
 def edge_artifacts(request) -> Path:
-    """The exported tiny model folder (manifest.json + tflite/onnx fp32/int8)."""
-    try:
-        art = request.getfixturevalue("tiny_artifacts")
-    except pytest.FixtureLookupError:
-        art = os.environ.get("EDGE_TEST_ARTIFACTS")
-        assert art, "needs the tiny_artifacts fixture (tests/conftest.py) or $EDGE_TEST_ARTIFACTS"
-    art = Path(getattr(art, "dir", art))
+    """The exported tiny model folder (manifest.json + tflite/onnx fp32/int8): conftest's
+    `tiny_artifacts`, or any export folder named by $EDGE_TEST_ARTIFACTS (e.g. a real model)."""
+    art = os.environ.get("EDGE_TEST_ARTIFACTS") or request.getfixturevalue("tiny_artifacts")
+    art = Path(art)
     assert (art / "manifest.json").is_file(), art
     return art
 
@@ -107,10 +103,3 @@ def mosquitto(tmp_path_factory):
     proc.terminate()
     proc.wait(5)
 
-
-def first_frame(video: Path):
-    cap = cv2.VideoCapture(str(video))
-    ok, frame = cap.read()
-    cap.release()
-    assert ok
-    return frame

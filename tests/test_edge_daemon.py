@@ -21,7 +21,7 @@ from edge_runtime.backends import load_backend
 from edge_runtime.labels import LABELS
 from edge_runtime.manifest import preprocess_spec, read_manifest
 from edge_runtime.preprocess import preprocess_batch, to_gray
-from edge_runtime.synthetic import iou, make_video
+from edge_runtime.synthetic import compose, iou, make_video, pick_faces
 from tests.conftest import SHARED
 from tests.edge_support import (edge_artifacts, free_port, mosquitto, no_tf_path,  # noqa: F401
                                 read_events, run_daemon, start_daemon, wait_for)
@@ -222,6 +222,36 @@ def test_source_lost_degrades_and_backs_off(edge_artifacts, no_tf_path, tmp_path
         rc = proc.wait(10)
         elapsed = time.monotonic() - t0
     assert rc == 0 and elapsed <= 2.0, (rc, elapsed, (tmp_path / "err").read_text())
+
+
+def test_source_appears_later_and_the_daemon_recovers(edge_artifacts, no_tf_path, tmp_path):
+    """An empty image folder is an unreadable source: degraded, retried; once frames land, they run."""
+    folder = tmp_path / "incoming"
+    folder.mkdir()
+    port = free_port()
+    events = tmp_path / "ev.jsonl"
+    proc = start_daemon(no_tf_path, "--artifacts", edge_artifacts, "--source", folder, "--events", events,
+                        "--http", f"127.0.0.1:{port}", stderr_path=tmp_path / "err")
+    try:
+        def degraded():
+            try:
+                return http_get(port, "/healthz")[0] == 503
+            except OSError:
+                return False
+        wait_for(degraded, 60)
+        frame, truth = compose((640, 480), pick_faces(SHARED, 2, seed=4), 120, seed=4)
+        for i in range(3):
+            cv2.imwrite(str(tmp_path / "tmp.png"), frame)
+            (tmp_path / "tmp.png").rename(folder / f"{i:03d}.png")  # appear whole, never half-written
+        assert proc.wait(60) == 0  # read the folder after a backoff wait, then end of source
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    err = (tmp_path / "err").read_text()
+    assert "lost (cannot open" in err and "end of source after 3 frames" in err, err
+    got = read_events(events)
+    assert {e["frame"] for e in got if e["type"] != "end"} == {0, 1, 2}
+    assert any(iou(f["box"], e["box"]) >= 0.4 for f in truth for e in got)
 
 
 def test_memory_stays_flat_over_5000_frames(edge_artifacts, no_tf_path, tmp_path):

@@ -202,3 +202,24 @@ def test_every_profile_runs_the_daemon(edge_artifacts, tmp_path, caplog):
     # no GPU here: the Jetson profile's TensorRT/CUDA providers fall back to CPU, and say so
     assert "providers ['TensorrtExecutionProvider', 'CUDAExecutionProvider'] are not available" in caplog.text
     assert "runs on CPUExecutionProvider" in caplog.text
+
+
+def test_http_token_is_required_when_set():
+    import urllib.error
+    import urllib.request
+
+    from edge_runtime.http import HttpServer
+    from tests.edge_support import free_port
+    stats = Stats()
+    stats.set_health("ok")
+    srv = HttpServer(f"127.0.0.1:{free_port()}", stats, token="s3cret")
+    try:
+        url = f"http://{srv.address}/healthz"
+        with pytest.raises(urllib.error.HTTPError) as e:
+            urllib.request.urlopen(url, timeout=5)
+        assert e.value.code == 401
+        req = urllib.request.Request(url, headers={"Authorization": "Bearer s3cret"})
+        with urllib.request.urlopen(req, timeout=5) as r:
+            assert r.status == 200 and json.loads(r.read())["status"] == "ok"
+    finally:
+        srv.close()
