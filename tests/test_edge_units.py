@@ -223,3 +223,10 @@ def test_http_token_is_required_when_set():
             assert r.status == 200 and json.loads(r.read())["status"] == "ok"
     finally:
         srv.close()
+
+
+def test_blazeface_without_its_model_is_one_line_exit_2(edge_artifacts, capsys, monkeypatch):
+    monkeypatch.delenv("EDGE_BLAZEFACE", raising=False)
+    assert main(["--artifacts", str(edge_artifacts), "--detector", "blazeface", "--source", "0"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "BlazeFace model not found" in err[0]
