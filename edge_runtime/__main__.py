@@ -36,7 +36,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     a("--artifacts", metavar="DIR", help="exported model folder with manifest.json (python -m export)")
     a("--backend", metavar="B", help="auto (int8 TFLite if LiteRT is installed, else ONNX) | tflite | onnx | "
                                      "an artifact name such as onnx-fp32")
-    a("--precision", choices=["int8", "fp32"], help="restrict --backend to one precision")
+    a("--precision", metavar="P", help="restrict --backend to one precision: int8, fp32, ... (as in the manifest)")
     a("--threads", type=int, metavar="N", help="inference and OpenCV threads (default 1)")
     a("--source", metavar="SRC", help="camera index (0), /dev/videoN, video file, rtsp://... or image folder")
     a("--loop", action="store_true", default=None, help="restart a file/folder at its end instead of exiting")

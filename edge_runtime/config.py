@@ -15,7 +15,7 @@ DEFAULTS: dict[str, dict] = {
     "model": {
         "artifacts": "",          # folder holding manifest.json + model files
         "backend": "auto",        # auto | tflite | onnx | an artifact name (e.g. "onnx-fp32")
-        "precision": "",          # "" = any, else int8 | fp32
+        "precision": "",          # "" = any, else the manifest's precision (int8, fp32, dr, int16x8, ...)
         "threads": 1,
         "providers": [],          # onnxruntime providers in preference order; [] = best available
     },
@@ -98,8 +98,6 @@ def check(cfg: dict) -> dict:
         raise ConfigError("no model: pass --artifacts DIR (or set model.artifacts)")
     if cfg["model"]["threads"] < 1:
         raise ConfigError("model.threads must be >= 1")
-    if cfg["model"]["precision"] not in ("", "int8", "fp32"):
-        raise ConfigError("model.precision must be int8, fp32 or empty")
     if cfg["source"]["realtime"] not in ("auto", "true", "false"):
         raise ConfigError("source.realtime must be auto, true or false")
     if not 0.05 <= cfg["detector"]["scale"] <= 1.0:
