@@ -327,7 +327,8 @@ def run_search(X, y, cells: list[dict], fixed: dict, cv: int, seed: int, threads
                     on_cell(cell, row, done, total, time.perf_counter() - t0)
 
     from sklearn.metrics import log_loss, make_scorer
-    scoring = {"accuracy": "accuracy",
+    # both scores from one predict_proba pass per fold (sklearn caches it across the two scorers)
+    scoring = {"accuracy": make_scorer(_proba_accuracy, response_method="predict_proba"),
                "neg_log_loss": make_scorer(log_loss, greater_is_better=False, response_method="predict_proba",
                                            labels=list(range(NUM_CLASSES)))}
     est = make_estimator(seed=seed, threads=threads, **route(fixed))
@@ -339,6 +340,11 @@ def run_search(X, y, cells: list[dict], fixed: dict, cv: int, seed: int, threads
             search.fit(X, y)
     else:
         search.fit(X, y)
+
+
+def _proba_accuracy(y_true, proba) -> float:
+    """Accuracy from class probabilities; columns are the canonical label indices 0..6."""
+    return float(np.mean(np.asarray(proba).argmax(1) == np.asarray(y_true)))
 
 
 def start_dask(address: str, workers: int, threads: int | None):
@@ -487,10 +493,12 @@ def _main(args) -> int:
             run_search(X, y, todo, fixed, args.cv, args.seed, threads, batch_cells, on_cell, backend,
                        n_jobs=-1 if args.dask else args.jobs)
     finally:
-        if client is not None:
+        if cluster is not None:  # our LocalCluster: stop its workers, then the scheduler
+            client.retire_workers(close_workers=True)
             client.close()
-        if cluster is not None:
             cluster.close()
+        elif client is not None:  # someone else's cluster: only disconnect
+            client.close()
     wall = time.perf_counter() - t0
     best = write_outputs(out, rows, args.model, axes)
     meta = json.loads((out / SETTINGS_FILE).read_text())
