@@ -55,10 +55,23 @@ def _limit_tf_threads(n: int | None) -> None:
 
 def _keras_model(model_name: str = "thesis", **kwargs):
     """scikeras build function: a registered, uncompiled model (scikeras compiles it)."""
+    import random
+
+    from keras.src.random import seed_generator
+
     from .models import build
+    seed = (kwargs.get("params") or {}).get("random_state") or 0
     for k in ("meta", "compile_kwargs", "params"):  # scikeras passes these to **kwargs builders
         kwargs.pop(k, None)
-    return build(model_name, kwargs)
+    # Unseeded Keras initialisers draw their seeds from the global `random` module, which a
+    # Dask worker's event loop also draws from (measured: the 2nd fit in a worker got other
+    # weights). A private generator per build makes the weights independent of the process.
+    shared = seed_generator.python_random
+    seed_generator.python_random = random.Random(seed)
+    try:
+        return build(model_name, kwargs)
+    finally:
+        seed_generator.python_random = shared
 
 
 def make_estimator(seed: int = 1337, threads: int | None = None, **params):
@@ -90,7 +103,16 @@ def make_estimator(seed: int = 1337, threads: int | None = None, **params):
             tf.config.experimental.enable_op_determinism()
             keras.utils.set_random_seed(self.random_state)  # initialisers, shuffling, dropout
             t0 = time.perf_counter()
-            out = super().fit(X, y, **kwargs)
+            # Keras' own per-epoch shuffle draws TF op seeds whose state depends on what the
+            # process ran before (measured: the 2nd fit in a Dask worker differed from a fresh
+            # process), so each epoch's order comes from a numpy generator seeded per fit.
+            rng = np.random.default_rng(self.random_state)
+            X, y = np.asarray(X), np.asarray(y)
+            out = None
+            for epoch in range(self.epochs):
+                p = rng.permutation(len(X))
+                out = super().fit(X[p], y[p], epochs=1, **kwargs) if epoch == 0 else \
+                    super().partial_fit(X[p], y[p], **kwargs)
             shown = {k: v for k, v in self.get_params().items()
                      if k.startswith("model__") or k in ROUTES.values()}
             print(f"  fit done in {time.perf_counter() - t0:5.1f} s on {len(X)} images: "
@@ -99,7 +121,8 @@ def make_estimator(seed: int = 1337, threads: int | None = None, **params):
 
     defaults = dict(model__model_name="thesis", optimizer=keras.optimizers.Adam,
                     optimizer__learning_rate=1e-3, loss="categorical_crossentropy",
-                    metrics=["accuracy"], batch_size=64, epochs=30, verbose=0, random_state=seed)
+                    metrics=["accuracy"], batch_size=64, epochs=30, shuffle=False, verbose=0,
+                    random_state=seed)
     return FerClassifier(threads=threads, **{**defaults, **params})
 
 
