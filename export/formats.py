@@ -31,7 +31,7 @@ FORMATS: tuple[Format, ...] = (
     Format("tflite-int8", ".tflite", "tflite", "int8", "int8", "export.tflite:convert_int8", int8=True,
            notes="full integer 8x8, int8 input/output, unrolled LSTMs, calibrated on train"),
     Format("onnx-int8", ".onnx", "onnx", "int8", "int8", "export.onnx:convert_int8", int8=True,
-           notes="onnxruntime dynamic int8 (LSTM, MatMul); conv kept fp32"),
+           notes="static QDQ int8 conv stem + dynamic int8 LSTM/MatMul (onnxruntime)"),
     Format("tflite-dr", ".tflite", "tflite", "dr", "dr", "export.tflite:convert_dynamic_range",
            int8=True, extra=True, notes="int8 weights, float activations and I/O"),
     Format("tflite-int16x8", ".tflite", "tflite", "int16x8", "int16x8", "export.tflite:convert_int16x8",

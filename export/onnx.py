@@ -27,17 +27,40 @@ def convert_fp32(ctx) -> bytes:
 
 
 def convert_int8(ctx) -> bytes:
-    """Dynamic int8 for LSTM and MatMul (weights int8, activations quantized per call).
+    """Static QDQ int8 for the conv stem (calibrated on the train images), then dynamic int8 for
+    LSTM / MatMul / Gemm (weights int8, activations quantized per call).
 
-    Conv layers stay fp32: onnxruntime's dynamic ConvInteger is slower than its float conv.
+    Measured on the cbilstm: static conv 1.66 -> 0.65 ms/face, while onnxruntime's dynamic
+    ConvInteger is no faster than its float conv; a model without convs gets the dynamic pass only.
     """
-    from onnxruntime.quantization import QuantType, quantize_dynamic
+    import onnx
+    from onnxruntime.quantization import (CalibrationDataReader, QuantFormat, QuantType, quantize_dynamic,
+                                          quantize_static)
+    from onnxruntime.quantization.shape_inference import quant_pre_process
 
     fp32 = convert_fp32(ctx)
+    graph = onnx.load_from_string(fp32).graph
+    has_conv = any(n.op_type == "Conv" for n in graph.node)
+    input_name = graph.input[0].name
+    calib = ctx.calibration() if has_conv else None
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.it = ({input_name: calib[i:i + 1]} for i in range(len(calib)))
+
+        def get_next(self):
+            return next(self.it, None)
+
     with tempfile.TemporaryDirectory() as d:
-        src, dst = os.path.join(d, "fp32.onnx"), os.path.join(d, "int8.onnx")
+        src, pre, conv, dst = (os.path.join(d, f) for f in ("fp32.onnx", "pre.onnx", "conv.onnx", "int8.onnx"))
         with open(src, "wb") as f:
             f.write(fp32)
+        if has_conv:
+            quant_pre_process(src, pre, skip_symbolic_shape=True)
+            quantize_static(pre, conv, Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                            op_types_to_quantize=["Conv", "MaxPool"], activation_type=QuantType.QInt8,
+                            weight_type=QuantType.QInt8)
+            src = conv
         quantize_dynamic(src, dst, weight_type=QuantType.QInt8, op_types_to_quantize=["LSTM", "MatMul", "Gemm"])
         with open(dst, "rb") as f:
             return f.read()
