@@ -11,14 +11,15 @@
 # What it does:
 #   1. needs root, qemu-user-static, debootstrap (installs them with apt-get when missing);
 #   2. mounts binfmt_misc and registers qemu-aarch64 with the F (fix-binary) flag, so aarch64 ELF
-#      files run inside the chroot without a qemu binary in it;
+#      files run inside the chroot without a qemu binary in it; the emulated CPU is a Cortex-A76
+#      (the Pi 5's; QEMU_CPU=cortex-a72 for a Pi 4's);
 #   3. debootstraps an arm64 Debian Bookworm rootfs (Python 3.11, as Pi OS Bookworm) into
 #      $ROOTFS (default .cache/aarch64-rootfs, git-ignored) from the mirror this machine's apt uses;
 #   4. copies the host's CA bundle into it (pip reaches PyPI through the same trust store as the host);
 #   5. creates /opt/fer-edge (a venv) in it and installs the project's `edge` + `onnx` extras from
 #      aarch64 wheels on PyPI -- no TensorFlow -- and proves `import tensorflow` fails there;
 #   6. records the exact versions to $ROOTFS/opt/fer-edge/aarch64-versions.txt.
-# Every mount (proc, sys, dev, the repo bind mount) is undone on exit by a trap.
+# Every mount (proc, dev, dev/pts, the repo bind mount at its own path) is undone on exit by a trap.
 set -Eeuo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -27,6 +28,9 @@ SUITE="${SUITE:-bookworm}"
 VENV_IN=/opt/fer-edge
 CA_IN=/usr/local/share/ca-certificates/host-bundle.crt
 HOST_CA="${HOST_CA:-/etc/ssl/certs/ca-certificates.crt}"
+# The CPU qemu emulates: cortex-a76 is the Raspberry Pi 5's core (NEON, dotprod, fp16; no SVE), so
+# numpy/XNNPACK/MLAS pick the code paths they pick on a Pi 5. QEMU_CPU=cortex-a72 for a Pi 4.
+export QEMU_CPU="${QEMU_CPU:-cortex-a76}"
 MOUNTED=()
 
 say() { printf '[aarch64] %s\n' "$*" >&2; }
@@ -114,22 +118,24 @@ ensure_rootfs() {
 
 mount_all() {
     local m
-    for m in proc sys dev dev/pts; do mkdir -p "$ROOTFS/$m"; done
+    for m in proc dev dev/pts; do mkdir -p "$ROOTFS/$m"; done
     mount -t proc proc "$ROOTFS/proc" && MOUNTED+=("$ROOTFS/proc")
-    mount --rbind /sys "$ROOTFS/sys" && mount --make-rslave "$ROOTFS/sys" && MOUNTED+=("$ROOTFS/sys")
+    # No /sys on purpose: the host's is an x86 one, and onnxruntime's cpuinfo (ARM code path)
+    # segfaults parsing its CPU topology under qemu; without it, it logs "cpuinfo_initialize failed"
+    # and runs. A real Pi has a real ARM /sys.
     mount --bind /dev "$ROOTFS/dev" && MOUNTED+=("$ROOTFS/dev")
     mount --bind /dev/pts "$ROOTFS/dev/pts" && MOUNTED+=("$ROOTFS/dev/pts")
     # The repo at the same absolute path, so every path (artifacts, videos, events) means the same inside.
     mkdir -p "$ROOTFS$REPO"
     mount --bind "$REPO" "$ROOTFS$REPO" && MOUNTED+=("$ROOTFS$REPO")
     cp -L /etc/resolv.conf "$ROOTFS/etc/resolv.conf" 2>/dev/null || true
-    say "mounted proc, sys, dev, dev/pts and $REPO (bind) in the rootfs"
+    say "mounted proc, dev, dev/pts and $REPO (bind) in the rootfs"
 }
 
 # Run a command in the rootfs with a clean environment (no host pip config, no host find-links).
 in_root() {
     chroot "$ROOTFS" /usr/bin/env -i \
-        HOME=/root LANG=C.UTF-8 PATH="$VENV_IN/bin:/usr/local/bin:/usr/bin:/bin" \
+        HOME=/root LANG=C.UTF-8 PATH="$VENV_IN/bin:/usr/local/bin:/usr/bin:/bin" QEMU_CPU="$QEMU_CPU" \
         PIP_CERT="$CA_IN" SSL_CERT_FILE="$CA_IN" PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_DEFAULT_TIMEOUT=180 \
         PYTHONDONTWRITEBYTECODE=1 OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}" \
         "$@"
@@ -182,6 +188,7 @@ record_versions() {
         echo "machine: $(in_root uname -m)"
         echo "os: $(in_root sh -c '. /etc/os-release; echo $PRETTY_NAME')"
         echo "python: $(in_root python -c 'import sys; print(sys.version.split()[0])')"
+        echo "qemu cpu: $QEMU_CPU ($(in_root python -c 'from numpy._core._multiarray_umath import __cpu_features__ as f; print(" ".join(sorted(k for k, v in f.items() if v)))' 2>/dev/null))"
         echo "qemu: $( (qemu-aarch64-static --version 2>/dev/null || /usr/libexec/qemu-binfmt/aarch64-binfmt-P --version 2>/dev/null) | head -1)"
         echo "tensorflow: not installed (import fails)"
         in_root pip freeze --all --exclude-editable 2>/dev/null | grep -v '^fer-edge'
