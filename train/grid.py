@@ -255,8 +255,11 @@ def write_outputs(out: Path, rows: list[dict], model: str, axes: tuple[str, str]
     """cv_results.csv (ranked), results.txt (thesis style), heatmap.png, best_params.json."""
     if not rows:
         return None
-    scores = [float(r["mean_test_score"]) for r in rows]
-    order = np.argsort(-np.asarray(scores), kind="stable")
+    scores = np.array([float(r["mean_test_score"]) for r in rows])
+    losses = np.array([float(r.get("mean_test_log_loss") or "nan") for r in rows])
+    # rank by accuracy (the thesis's score); equal accuracies (e.g. every cell predicting the
+    # majority class) are told apart by the lower held-out log loss, then by grid order
+    order = np.lexsort((np.arange(len(rows)), np.nan_to_num(losses, nan=np.inf), -scores))
     ranks = np.empty(len(rows), int)
     ranks[order] = np.arange(1, len(rows) + 1)
     fields = list(dict.fromkeys(k for r in rows for k in r if k != "rank_test_score")) + ["rank_test_score"]
@@ -529,7 +532,8 @@ def _main(args) -> int:
     atomic_write_json(out / SETTINGS_FILE, meta)
     print("\n" + (out / "results.txt").read_text(), end="")
     print(f"\n{THESIS_BEST}")
-    print(f"searched in {wall / 60:.1f} min; outputs: {out.resolve()}")
+    print(f"searched in {wall / 60:.1f} min ({meta['wall_seconds'] / 60:.1f} min over all sessions); "
+          f"outputs: {out.resolve()}")
     print(f"train the winner: python -m train --params {out / 'best_params.json'}")
     return 0 if best else 1
 
