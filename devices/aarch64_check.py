@@ -20,10 +20,12 @@ Bookworm rootfs. Steps, each printed as it runs:
    aarch64 package versions; exit 1 if anything differs beyond tolerance.
 
 Tolerances (absolute, on probabilities in [0, 1]):
-- int8 artifacts: two steps of the output quantization scale from the manifest (2/256 = 0.0078 for
-  the usual 1/256 softmax output) -- int8 kernels differ between ARM and x86 (ruy/XNNPACK/MLAS pick
-  different code paths), so a one-step difference on a rounding boundary is expected;
-- fp32 artifacts: 1e-4 -- float kernels differ only in summation order and FMA use.
+- fp32 artifacts: 1e-4 and identical labels -- float kernels differ only in summation order and FMA use;
+- int8 artifacts: the larger of two output quantization steps (2/256 = 0.0078) and the int8 model's
+  own error against its fp32 twin on x86 on the probe faces (what the export gate already accepted).
+  int8 kernels are not bit-exact across ARM and x86 (different optimized kernels, rounding of the
+  requantization), and in stacked recurrent layers a one-step difference grows over the time steps;
+  a label may flip only on a near tie (top-2 margin within twice the tolerance), and every flip is counted.
 Boxes and labels must be identical on the PNG frames (the detector sees bit-identical pixels).
 
 ``python devices/aarch64_check.py probe ...`` is the step-3 worker; it imports only numpy, OpenCV and
@@ -146,6 +148,23 @@ def find_artifacts(explicit: str | None) -> Path:
                      "--int8 ...` first or pass --artifacts DIR")
 
 
+def snapshot(src: Path, dst: Path) -> Path:
+    """Copy manifest.json and the files it names into the work folder (inside the repo, so the rootfs
+    sees it; and a concurrent re-export cannot swap the model between the two runs)."""
+    import shutil
+    if src.resolve() == dst.resolve():
+        return dst
+    shutil.rmtree(dst, ignore_errors=True)
+    dst.mkdir(parents=True)
+    m = json.loads((src / "manifest.json").read_text())
+    for e in (m.get("artifacts") or {}).values():
+        if e.get("file") and (src / e["file"]).is_file():
+            shutil.copy2(src / e["file"], dst / e["file"])
+    shutil.copy2(src / "manifest.json", dst / "manifest.json")
+    say(f"artifacts: snapshot of {src} in {dst}")
+    return dst
+
+
 def inside_repo(path: Path) -> bool:
     try:
         path.resolve().relative_to(REPO)
@@ -206,7 +225,12 @@ def face_events(events: list[dict]) -> dict[int, list[dict]]:
     return frames
 
 
-def compare_events(x86: list[dict], arm: list[dict], tol: float) -> dict:
+def _margin(p) -> float:
+    top = np.sort(np.asarray(p, float))[::-1]
+    return float(top[0] - top[1])
+
+
+def compare_events(x86: list[dict], arm: list[dict], tol: float, int8: bool = False) -> dict:
     fx, fa = face_events(x86), face_events(arm)
     common = sorted(set(fx) & set(fa))
     res = {"frames_x86": len(fx), "frames_aarch64": len(fa), "frames_compared": len(common),
@@ -235,6 +259,8 @@ def compare_events(x86: list[dict], arm: list[dict], tol: float) -> dict:
             if ea.get("label") != eb.get("label") or ea.get("raw_label") != eb.get("raw_label"):
                 res["labels_equal"] = False
                 res["labels_differing"] = res.get("labels_differing", 0) + 1
+                if _margin(list(ea["raw"].values())) > 2 * tol or _margin(list(ea["probs"].values())) > 2 * tol:
+                    res["label_flips_not_near_tie"] = res.get("label_flips_not_near_tie", 0) + 1
                 if len(res["mismatches"]) < 10:
                     res["mismatches"].append({"frame": f, "box": ea.get("box"), "x86": ea.get("label"),
                                           "aarch64": eb.get("label")})
@@ -247,7 +273,9 @@ def compare_events(x86: list[dict], arm: list[dict], tol: float) -> dict:
                     pa, pb = [pa[k] for k in sorted(pa)], [pb[k] for k in sorted(pa)]
                 res[key] = max(res[key], float(np.max(np.abs(np.asarray(pa, float) - np.asarray(pb, float)))))
     res["frames_only_one_side"] = len(set(fx) ^ set(fa))
-    res["ok"] = bool(common) and not res["frames_only_one_side"] and res["boxes_equal"] and res["labels_equal"] and \
+    # labels: equal, except a flip on a near tie (top-2 margin within 2 x tolerance) under int8
+    res["ok"] = bool(common) and not res["frames_only_one_side"] and res["boxes_equal"] and \
+        (res["labels_equal"] or (int8 and not res.get("label_flips_not_near_tie"))) and \
         res["max_abs_diff_raw"] <= tol and res["max_abs_diff_smoothed"] <= tol
     return res
 
@@ -325,14 +353,7 @@ def check(args) -> int:
     arm_py = f"{VENV_IN}/bin/python"
     x86_py = sys.executable
 
-    art = find_artifacts(args.artifacts)
-    if not inside_repo(art):
-        import shutil
-        dst = work / "artifacts"
-        say(f"copying {art} to {dst} (the rootfs sees only the repo)")
-        shutil.rmtree(dst, ignore_errors=True)
-        shutil.copytree(art, dst)
-        art = dst
+    art = snapshot(find_artifacts(args.artifacts), work / "artifacts")
     manifest = json.loads((art / "manifest.json").read_text())
     say(f"artifacts: {art} ({manifest.get('model', '?')}, usable: "
         f"{sorted(n for n, e in manifest['artifacts'].items() if e.get('status') == 'usable')})")
@@ -364,6 +385,10 @@ def check(args) -> int:
     probe_out = {}
     for side, cmd in (("x86_64", [x86_py]), ("aarch64", emu + [arm_py])):
         out = work / f"probe-{side}.json"
+        if args.reuse and out.exists():
+            probe_out[side] = json.loads(out.read_text())
+            say(f"probe {side}: reusing {out}")
+            continue
         rc, dt = run(cmd + [str(REPO / "devices" / "aarch64_check.py"), "probe", "--artifacts", str(art),
                             "--faces", str(work / "faces.npy"), "--names", ",".join(names),
                             "--repeat", str(args.repeat), "--out", str(out), "--video", str(video),
@@ -387,6 +412,15 @@ def check(args) -> int:
     say(f"video decoding (MJPG via each arch's OpenCV): bit-identical {dec['frames_bit_identical']}; frame 0: "
         f"{100 * dec['frame0_pixels_differing']:.1f} % of pixels differ, max |d| {dec['frame0_max_abs_diff']} "
         f"grey levels; Haar boxes x86 {dec['detector_boxes_x86_64']} / aarch64 {dec['detector_boxes_aarch64']}")
+    tols = {n: tolerance(manifest, n) for n in names}
+    for n in names:  # int8: the cross-arch difference may reach the quantization error itself
+        ref = f"{n.split('-')[0]}-fp32"
+        px = probe_out["x86_64"]["artifacts"]
+        if manifest["artifacts"][n].get("precision") == "int8" and "probs" in px.get(n, {}) \
+                and "probs" in px.get(ref, {}):
+            qerr = float(np.max(np.abs(np.asarray(px[n]["probs"]) - np.asarray(px[ref]["probs"]))))
+            report["probe"].setdefault("int8_error_vs_fp32_x86_64", {})[n] = round(qerr, 4)
+            tols[n] = max(tols[n], qerr)
     for n in names:
         a, b = probe_out["x86_64"]["artifacts"][n], probe_out["aarch64"]["artifacts"][n]
         if "error" in a or "error" in b:
@@ -395,11 +429,15 @@ def check(args) -> int:
             all_ok = False
             continue
         pa, pb = np.asarray(a["probs"]), np.asarray(b["probs"])
-        tol = tolerance(manifest, n)
+        tol = tols[n]
         d = float(np.max(np.abs(pa - pb)))
         same_top = int(np.sum(pa.argmax(1) == pb.argmax(1)))
+        flips = np.flatnonzero(pa.argmax(1) != pb.argmax(1))
+        unexplained = [int(i) for i in flips if _margin(pa[i]) > 2 * tol]
         row = {"faces": len(pa), "max_abs_diff": d, "tolerance": tol, "same_label": f"{same_top}/{len(pa)}",
-               "ok": d <= tol and same_top == len(pa),
+               "label_flips_not_near_tie": unexplained,
+               "ok": d <= tol and not unexplained and (same_top == len(pa) or
+                                                      manifest["artifacts"][n].get("precision") == "int8"),
                "ms_per_face_x86_64": round(a["ms_per_face_median"], 3),
                "ms_per_face_aarch64_EMULATED": round(b["ms_per_face_median"], 3),
                "runtime_x86_64": a["runtime"], "runtime_aarch64": b["runtime"]}
@@ -417,6 +455,11 @@ def check(args) -> int:
         events = {}
         for side, py, pre in (("x86_64", x86_py, []), ("aarch64", arm_py, emu)):
             ev = work / f"events-{key}-{side}.jsonl"
+            wall = ev.with_suffix(".wall")
+            if args.reuse and ev.exists() and wall.exists():
+                events[side] = (read_events(ev), float(wall.read_text()))
+                say(f"daemon {key} {side}: reusing {ev}")
+                continue
             ev.unlink(missing_ok=True)
             cmd = pre + [py, "-m", "edge_runtime", "--artifacts", str(art), "--backend", backend,
                          "--threads", "1", "--source", str(src), "--events", str(ev),
@@ -424,6 +467,7 @@ def check(args) -> int:
             rc, dt = run(cmd, work / f"daemon-{key}-{side}.log")
             if rc != 0 or not ev.exists():
                 raise SystemExit(f"[aarch64-check] daemon failed on {side} with {backend} on {src_name} (exit {rc})")
+            wall.write_text(f"{dt:.3f}")
             events[side] = (read_events(ev), dt)
             say(f"daemon {key} {side}: {len(events[side][0])} events in {dt:.1f} s")
         chosen = {side: daemon_artifact(work / f"daemon-{key}-{side}.log") for side in events}
@@ -431,8 +475,9 @@ def check(args) -> int:
             say(f"daemon {backend}: the two sides loaded different artifacts: {chosen}")
             all_ok = False
         name = chosen["aarch64"] or chosen["x86_64"] or ("tflite-int8" if backend == "tflite" else "onnx-fp32")
-        tol = tolerance(manifest, name)
-        cmp = compare_events(events["x86_64"][0], events["aarch64"][0], tol)
+        tol = tols.get(name, tolerance(manifest, name))
+        cmp = compare_events(events["x86_64"][0], events["aarch64"][0], tol,
+                             manifest["artifacts"].get(name, {}).get("precision") == "int8")
         labels_seen = sorted({e.get("label") for evs in face_events(events["aarch64"][0]).values() for e in evs})
         cmp.update({"artifact": name, "labels_seen": labels_seen,
                     "truth_labels": [f["label"] for f in truth["faces"]],
@@ -488,6 +533,7 @@ def main(argv=None) -> int:
     p.add_argument("--faces", type=int, default=3)
     p.add_argument("--probe-faces", type=int, default=32)
     p.add_argument("--repeat", type=int, default=5, help="timed single-face predictions in the probe")
+    p.add_argument("--reuse", action="store_true", help="reuse probe/event files of an earlier run (re-compare only)")
     p.add_argument("--no-video", action="store_true", help="skip the informational run on the video file")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--backends", default="tflite,onnx")
