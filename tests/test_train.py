@@ -19,13 +19,23 @@ RUN_FILES = ["model.keras", "manifest.json", "history.csv", "data_report.json", 
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("model", ["thesis", "cbilstm"])
-def test_one_epoch_writes_a_complete_run_folder_that_reloads(tmp_path, shared_root, model):
+def test_thesis_one_epoch_writes_a_complete_run_folder_that_reloads(tmp_path, shared_root):
     out = tmp_path / "run"
-    r = subprocess.run([sys.executable, "-m", "train", "--data", str(shared_root), "--model", model,
+    r = subprocess.run([sys.executable, "-m", "train", "--data", str(shared_root), "--model", "thesis",
                         "--epochs", "1", "--fraction", "0.03", "--out", str(out), "--quiet"],
                        capture_output=True, text=True, cwd=REPO, timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
+    check_run_folder(out, "thesis", shared_root, 0.03)
+
+
+@pytest.mark.slow
+def test_cbilstm_run_folder_reloads(tiny_run, shared_root):
+    """The session's tiny cbilstm run (python -m train, 1 epoch on 3 %), checked the same way."""
+    from .conftest import TINY_EXPORT_FRACTION
+    check_run_folder(tiny_run, "cbilstm", shared_root, TINY_EXPORT_FRACTION)
+
+
+def check_run_folder(out, model, shared_root, fraction):
     for f in RUN_FILES:
         assert (out / f).is_file() and (out / f).stat().st_size > 0, f
     m = read_manifest(out)
@@ -42,7 +52,7 @@ def test_one_epoch_writes_a_complete_run_folder_that_reloads(tmp_path, shared_ro
     # reload and predict the same probabilities as the run's own evaluation
     import keras
     spec = PreprocessSpec.from_dict(m["preprocessing"])
-    data = load_dataset(shared_root, spec, fraction=0.03, progress=False)
+    data = load_dataset(shared_root, spec, fraction=fraction, progress=False)
     x = scale_pixels(data.test.images[:32], spec)
     a = keras.models.load_model(out / "model.keras").predict(x, verbose=0)
     b = keras.models.load_model(out / "model.keras").predict(x, verbose=0)
