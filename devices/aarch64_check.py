@@ -353,7 +353,9 @@ def check(args) -> int:
     arm_py = f"{VENV_IN}/bin/python"
     x86_py = sys.executable
 
-    art = snapshot(find_artifacts(args.artifacts), work / "artifacts")
+    art = work / "artifacts"
+    if not (args.reuse and (art / "manifest.json").exists()):  # --reuse: the model the events came from
+        art = snapshot(find_artifacts(args.artifacts), art)
     manifest = json.loads((art / "manifest.json").read_text())
     say(f"artifacts: {art} ({manifest.get('model', '?')}, usable: "
         f"{sorted(n for n, e in manifest['artifacts'].items() if e.get('status') == 'usable')})")
