@@ -93,7 +93,7 @@ def resolve_root(arg: str | os.PathLike | None = None) -> Path:
                 raise DataError(f"{source} path {p} does not exist; {GET_DATA_HINT}")
             return p.resolve()
     if SHARED_ROOT.exists():
-        return SHARED_ROOT
+        return SHARED_ROOT.resolve()
     raise DataError(f"no data found at {SHARED_ROOT}; {GET_DATA_HINT}")
 
 
