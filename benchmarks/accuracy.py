@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from edge_runtime.backends import SCORING_BATCH
 from edge_runtime.labels import LABELS
 
 
@@ -17,7 +18,7 @@ def macro_f1(y_true: np.ndarray, y_pred: np.ndarray) -> float:
     return float(np.mean(f1s))
 
 
-def evaluate(predict, x: np.ndarray, y: np.ndarray, batch: int = 256) -> dict:
+def evaluate(predict, x: np.ndarray, y: np.ndarray, batch: int = SCORING_BATCH) -> dict:
     preds = np.concatenate([predict(x[i:i + batch]).argmax(1) for i in range(0, len(x), batch)])
     return {"accuracy": float(np.mean(preds == y)), "macro_f1": macro_f1(y, preds), "n": int(len(y)),
             "predictions": preds.astype(int).tolist()}

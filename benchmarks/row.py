@@ -65,7 +65,8 @@ def measure(manifest_dir: str, artifact: str, threads: int, data: str | None, te
     row["split"] = {"name": split_name, "n": len(split), "files_hash": split.files_hash()}
     if not test_dir and recorded.get("test_files_hash"):
         row["split"]["same_as_export"] = split.files_hash() == recorded["test_files_hash"]
-    row.update(evaluate(predict, x, split.labels))
+    # Keras (float) is batch-independent: score it in big batches; edge backends per face (SCORING_BATCH)
+    row.update(evaluate(predict, x, split.labels, **({"batch": 256} if entry.get("format") == "keras" else {})))
     kw = {"min_iters": 60, "min_seconds": 0.2, "rounds": 3} if quick else {}
     row["latency"] = per_face_latency(predict, x[:64], **kw)
     row["throughput"] = throughput(predict, x[:64], **({"min_seconds": 0.2} if quick else {}))

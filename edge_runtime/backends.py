@@ -26,6 +26,10 @@ from .manifest import ManifestError, verify_file
 log = logging.getLogger(__name__)
 
 STATUS_USABLE = "usable"
+# Accuracy is scored one face per call, as a one-face frame sees it: onnx-int8 quantizes LSTM/MatMul
+# activations dynamically, with a scale computed per call over the whole batch, so its outputs
+# depend on which faces share a batch. Export and benchmarks both score with this batch size.
+SCORING_BATCH = 1
 # `auto` tries these in order: int8 TFLite is the smallest and fastest form on ARM CPUs.
 AUTO_ORDER = ("tflite-int8", "onnx-int8", "tflite-fp32", "onnx-fp32")
 

@@ -373,7 +373,7 @@ def exit_code(manifest: dict, allow_partial: bool, out: Path | None = None, log=
 
 def _evaluate(fmt: F.Format, staged: Path, seconds: float, stem: str, eval_manifest: dict,
               x_test: np.ndarray, y_test: np.ndarray, ref: dict, cfg: ExportConfig) -> dict:
-    from edge_runtime.backends import load_backend
+    from edge_runtime.backends import SCORING_BATCH, load_backend
     sha = sha256_file(staged)
     final = staged.with_name(f"{stem}_{fmt.tag}.{sha[:8]}{fmt.suffix}")
     os.replace(staged, final)
@@ -384,7 +384,8 @@ def _evaluate(fmt: F.Format, staged: Path, seconds: float, stem: str, eval_manif
     eval_manifest["artifacts"][fmt.name] = entry
     try:
         backend = load_backend(eval_manifest, fmt.name, threads=cfg.threads)
-        probs = np.concatenate([backend.predict(x_test[i:i + 512]) for i in range(0, len(x_test), 512)])
+        probs = np.concatenate([backend.predict(x_test[i:i + SCORING_BATCH])
+                                for i in range(0, len(x_test), SCORING_BATCH)])
         entry.update(G.score(probs, y_test, ref["probs"], ref["accuracy"]))
         entry["ms_per_face"] = None  # timed once the converter has finished (see _time_all)
         entry["status"], entry["reason"] = G.gate(entry["drop_pp"], cfg.max_drop)

@@ -208,7 +208,9 @@ def test_source_lost_degrades_and_backs_off(edge_artifacts, no_tf_path, tmp_path
                 code, body = http_get(port, "/healthz")
             except OSError:
                 return None
-            return (code, json.loads(body)) if code == 503 else None
+            health = json.loads(body) if code == 503 else {}
+            # 503 also answers while "starting" (HTTP comes up before the source is first tried)
+            return (code, health) if health.get("status") == "degraded" else None
         code, health = wait_for(degraded, 60)
         assert health["status"] == "degraded" and "source lost" in health["reason"]
         time.sleep(3.0)  # backoff 0.5, 1, 2, 4 s ...: a busy loop would show hundreds of attempts
