@@ -115,16 +115,23 @@ def plots(rows: list[dict], out_dir) -> list[str]:
         written.append(name)
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
+    markers = ["o", "^", "s", "D"]
+    thread_counts = sorted({r["threads"] for r in ok})
     for r in ok:
         peer = r.get("kind") == "peer"
-        ax.scatter(r["p50_ms"], r["accuracy_pct"], marker="*" if peer else "o", s=140 if peer else 50,
-                   color="tab:red" if peer else "tab:blue")
-        ax.annotate(f"{r['name']} ({r['threads']}t)", (r["p50_ms"], r["accuracy_pct"]), fontsize=7,
-                    xytext=(4, 3), textcoords="offset points")
+        k = thread_counts.index(r["threads"]) % len(markers)
+        ax.scatter(r["p50_ms"], r["accuracy_pct"], marker=markers[k], s=70,
+                   color="tab:red" if peer else "tab:blue", alpha=0.8)
+        if r["threads"] == thread_counts[0]:  # one label per artifact keeps the plot readable
+            ax.annotate(r["name"], (r["p50_ms"], r["accuracy_pct"]), fontsize=7, xytext=(4, 4),
+                        textcoords="offset points", rotation=20)
+    for k, t in enumerate(thread_counts):
+        ax.scatter([], [], marker=markers[k % len(markers)], color="gray", label=f"{t} thread(s)")
+    ax.legend(fontsize=7, loc="lower right")
     ax.set_xscale("log")
     ax.set_xlabel("p50 latency per face, batch 1 (ms, log)")
     ax.set_ylabel("test accuracy (%)")
-    ax.set_title("Accuracy vs latency (red star = peer)")
+    ax.set_title("Accuracy vs latency (red = peer)")
     ax.grid(alpha=0.3)
     save(fig, "accuracy_vs_latency.png")
 
