@@ -123,9 +123,8 @@ def main(argv=None) -> int:
         row = run_row(mdir, name, t, args, split_from=art_dir if kind == "peer" else None)
         row["kind"] = kind
         rows.append(row)
-    keras_entry = manifest.get("artifacts", {}).get("keras", {})
     keras_rows = [r for r in rows if r["artifact"] == "keras" and r.get("accuracy") is not None]
-    keras_acc = keras_rows[0]["accuracy"] if keras_rows else (keras_entry.get("metrics") or {}).get("accuracy")
+    keras_acc = keras_rows[0]["accuracy"] if keras_rows else (manifest.get("reference") or {}).get("accuracy")
     if args.test_dir and not keras_rows:
         keras_acc = None  # the manifest's figure is for another split
     add_relative_columns(rows, keras_acc)
