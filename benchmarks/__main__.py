@@ -72,10 +72,10 @@ def run_row(manifest_dir: Path, artifact: str, threads: int, args, split_from: P
 def add_relative_columns(rows: list[dict], keras_acc: float | None) -> None:
     keras_preds = {r["threads"]: r.get("predictions") for r in rows if r["artifact"] == "keras"}
     peers = {r["threads"]: r for r in rows if r.get("kind") == "peer" and r.get("latency")}
+    ref = next((p for p in keras_preds.values() if p), None)
     for r in rows:
         if r.get("accuracy") is None:
             continue
-        ref = next((p for p in keras_preds.values() if p), None)
         if r.get("kind") != "peer":
             if keras_acc is not None:
                 r["drop_pp"] = 100 * (keras_acc - r["accuracy"])

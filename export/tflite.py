@@ -32,29 +32,28 @@ def convert_fp32(ctx) -> bytes:
     return _converter(ctx).convert()
 
 
-def convert_int8(ctx) -> bytes:
-    """Full integer: int8 weights and activations, int8 input and output tensors."""
+def _full_integer(ctx, ops, io_type) -> bytes:
+    """Calibrated post-training quantization with integer input/output tensors."""
     import tensorflow as tf
     conv = _converter(ctx)
     conv.optimizations = [tf.lite.Optimize.DEFAULT]
     conv.representative_dataset = _representative(ctx)
-    conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-    conv.inference_input_type = tf.int8
-    conv.inference_output_type = tf.int8
+    conv.target_spec.supported_ops = [ops]
+    conv.inference_input_type = io_type
+    conv.inference_output_type = io_type
     return conv.convert()
+
+
+def convert_int8(ctx) -> bytes:
+    """Full integer: int8 weights and activations, int8 input and output tensors."""
+    import tensorflow as tf
+    return _full_integer(ctx, tf.lite.OpsSet.TFLITE_BUILTINS_INT8, tf.int8)
 
 
 def convert_int16x8(ctx) -> bytes:
     """int16 activations, int8 weights (more precise than 8x8, fewer accelerated kernels)."""
     import tensorflow as tf
-    conv = _converter(ctx)
-    conv.optimizations = [tf.lite.Optimize.DEFAULT]
-    conv.representative_dataset = _representative(ctx)
-    conv.target_spec.supported_ops = [
-        tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8]
-    conv.inference_input_type = tf.int16
-    conv.inference_output_type = tf.int16
-    return conv.convert()
+    return _full_integer(ctx, tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8, tf.int16)
 
 
 def convert_dynamic_range(ctx) -> bytes:
