@@ -87,3 +87,20 @@ def test_thesis_architecture_is_the_thesis():
     u = build("thesis", unroll=True)
     u.set_weights(m.get_weights())
     assert np.allclose(m.predict(x, verbose=0), u.predict(x, verbose=0), atol=1e-5)
+
+
+def test_cbilstm_stem_spec_gives_the_documented_shapes():
+    from train.models import build, parse_stem
+    assert parse_stem("16-32s-p-64") == [("conv", 16), ("conv_s2", 32), ("pool", 0), ("conv", 64)]
+    for bad in ("16-x-32", "0-32", "16--32", "s"):
+        with pytest.raises(ValueError, match="bad stem token"):
+            parse_stem(bad)
+    m = build("cbilstm")  # 48 -> 24 (stride 2) -> 12 -> 6: six rows of 6 x 128 features
+    assert m.get_layer("rows").output.shape[1:] == (6, 768)
+    assert m.input_shape == (None, 48, 48, 1) and m.output_shape == (None, 7)
+    wide = build("cbilstm-wide")  # the first default: full-resolution stem, 12 rows
+    assert wide.get_layer("rows").output.shape[1:] == (12, 1536)
+    x = np.random.default_rng(0).random((2, 48, 48, 1), np.float32)
+    u = build("cbilstm", unroll=True)
+    u.set_weights(m.get_weights())
+    assert np.allclose(m.predict(x, verbose=0), u.predict(x, verbose=0), atol=1e-5)
