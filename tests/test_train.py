@@ -100,6 +100,9 @@ def test_cbilstm_stem_spec_gives_the_documented_shapes():
     assert m.input_shape == (None, 48, 48, 1) and m.output_shape == (None, 7)
     wide = build("cbilstm-wide")  # the first default: full-resolution stem, 12 rows
     assert wide.get_layer("rows").output.shape[1:] == (12, 1536)
+    r = subprocess.run([sys.executable, "-m", "train", "--param", "stem=16-x-32", "--out", "unused"],
+                       cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and r.stderr.strip().splitlines()[-1].startswith("error: bad stem token 'x'")
     x = np.random.default_rng(0).random((2, 48, 48, 1), np.float32)
     u = build("cbilstm", unroll=True)
     u.set_weights(m.get_weights())

@@ -23,7 +23,7 @@ from edge_runtime.preprocess import PreprocessSpec, scale_pixels
 
 from . import reports
 from .data import Dataset, load_dataset
-from .models import Recipe, build, get_entry
+from .models import Recipe, build, get_entry, parse_stem
 
 
 @dataclass
@@ -44,6 +44,8 @@ class TrainConfig:
         if unknown:
             raise ValueError(f"unknown training settings {sorted(unknown)}")
         recipe = replace(entry.recipe, **self.recipe)
+        if "stem" in params:
+            parse_stem(params["stem"])  # a bad stem spec fails here, before the data is loaded
         spec = replace(entry.preprocessing, size=int(params.get("size", entry.preprocessing.size)))
         return params, recipe, spec
 
