@@ -80,10 +80,6 @@ def config_from_args(args):
             recipe[key] = getattr(args, flag)
     if args.no_augment:
         recipe["augment"] = {}
-    unknown = set(params) - set(REGISTRY[model].params)
-    if unknown:
-        raise DataError(f"model {model!r} has no parameter(s) {sorted(unknown)}; "
-                        f"it takes {sorted(REGISTRY[model].params)}")
     return TrainConfig(model=model, params=params, recipe=recipe, seed=args.seed,
                        val_fraction=args.val_fraction, fraction=args.fraction, progress=not args.quiet)
 

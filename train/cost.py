@@ -19,16 +19,8 @@ import numpy as np
 
 def _variant(text: str) -> dict:
     """'stem=16-32s-p-64,lstm_units=96' -> {'stem': '16-32s-p-64', 'lstm_units': 96}."""
-    out = {}
-    for part in filter(None, text.split(",")):
-        if "=" not in part:
-            raise argparse.ArgumentTypeError(f"expected KEY=VALUE[,KEY=VALUE...], got {text!r}")
-        k, v = part.split("=", 1)
-        try:
-            out[k.strip()] = json.loads(v)
-        except json.JSONDecodeError:
-            out[k.strip()] = v
-    return out
+    from .__main__ import _kv  # the same KEY=VALUE parsing as python -m train --param
+    return dict(_kv(part) for part in filter(None, text.split(",")))
 
 
 class _Ctx:
@@ -88,15 +80,14 @@ def main(argv=None) -> int:
 
     from .data import DataError, load_dataset
     from .fit import TrainConfig
-    rows = []
+    rows, datasets = [], {}
     try:
         for variant in args.variants or [{}]:
             cfg = TrainConfig(model=args.model, params=variant)
-            unknown = set(variant) - set(REGISTRY[args.model].params)
-            if unknown:
-                raise DataError(f"model {args.model!r} has no parameter(s) {sorted(unknown)}")
             params, recipe, spec = cfg.resolved()
-            data = load_dataset(args.data, spec, cfg.val_fraction, cfg.seed, progress=False)
+            if spec not in datasets:  # variants usually share one input size
+                datasets[spec] = load_dataset(args.data, spec, cfg.val_fraction, cfg.seed, progress=False)
+            data = datasets[spec]
             idx = np.random.default_rng(0).choice(len(data.train), 256, replace=False)
             faces, labels = scale_pixels(data.train.images[idx], spec), data.train.labels[idx]
             row = {"variant": variant or "registered", **measure(args.model, params, faces, labels,

@@ -39,6 +39,10 @@ class TrainConfig:
 
     def resolved(self) -> tuple[dict, Recipe, PreprocessSpec]:
         entry = get_entry(self.model)
+        unknown = set(self.params) - set(entry.params)
+        if unknown:
+            raise ValueError(f"model {self.model!r} has no parameter(s) {sorted(unknown)}; "
+                             f"it takes {sorted(entry.params)}")
         params = {**entry.params, **self.params}
         unknown = set(self.recipe) - set(Recipe.__dataclass_fields__)
         if unknown:
