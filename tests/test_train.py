@@ -42,6 +42,7 @@ def check_run_folder(out, model, shared_root, fraction):
     assert m["model"] == model and m["kind"] == "run"
     assert m["model_sha256"] == sha256_file(out / "model.keras")
     assert m["data"]["sizes"]["val"] > 0 and m["data"]["files_hash"]["test"]
+    assert m["precision"] in ("float32", "mixed_bfloat16")
     assert 0.0 <= m["metrics"]["test"]["accuracy"] <= 1.0
     rows = list(csv.DictReader(open(out / "history.csv")))
     assert len(rows) == 1 and {"loss", "val_accuracy", "lr", "val_top_class_share"} <= set(rows[0])
@@ -54,7 +55,10 @@ def check_run_folder(out, model, shared_root, fraction):
     spec = PreprocessSpec.from_dict(m["preprocessing"])
     data = load_dataset(shared_root, spec, fraction=fraction, progress=False)
     x = scale_pixels(data.test.images[:32], spec)
-    a = keras.models.load_model(out / "model.keras").predict(x, verbose=0)
+    saved = keras.models.load_model(out / "model.keras")
+    # whatever precision it trained in, the saved model computes in float32 (exporters rely on it)
+    assert {layer.dtype_policy.name for layer in saved.layers} == {"float32"}
+    a = saved.predict(x, verbose=0)
     b = keras.models.load_model(out / "model.keras").predict(x, verbose=0)
     assert a.shape == (32, 7) and np.allclose(a.sum(1), 1, atol=1e-4)
     assert np.array_equal(a, b)
@@ -72,6 +76,56 @@ def test_class_weights():
     assert s[1] / s[0] == pytest.approx(3.0)
     with pytest.raises(ValueError):
         class_weights(y, "bogus")
+
+
+def test_precision_and_ema_settings_are_checked_before_training():
+    from train.fit import TrainConfig, cpu_has_native_bf16, resolve_precision
+    assert resolve_precision("float32") == "float32"
+    assert resolve_precision("auto") == ("mixed_bfloat16" if cpu_has_native_bf16() else "float32")
+    with pytest.raises(ValueError, match="precision must be one of"):
+        TrainConfig(model="cbilstm", recipe={"precision": "fp16"}).resolved()
+    with pytest.raises(ValueError, match="ema must be in"):
+        TrainConfig(model="cbilstm", recipe={"ema": 1.0}).resolved()
+    r = subprocess.run([sys.executable, "-m", "train", "--set", "precision=half", "--out", "unused"],
+                       cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and r.stderr.strip().splitlines()[-1].startswith("error: precision must be one of")
+
+
+def test_weight_ema_warms_up_and_top_class_share_counts_predictions():
+    import keras
+
+    from train.fit import _optimizer, top_class_share
+    from train.models import Recipe
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1, use_bias=False)])
+    model.compile(optimizer=_optimizer(Recipe(lr=0.1, weight_decay=1e-4, ema=0.99), 10), loss="mse")
+    x, y = np.ones((4, 3), np.float32), np.full((4, 1), 5.0, np.float32)
+    kernel = model.layers[0].kernel
+    expected = kernel.numpy()  # the average starts from the initial weights
+    for t in range(30):
+        model.train_on_batch(x, y)
+        m = min(0.99, (1 + t) / (10 + t))  # tf.train.ExponentialMovingAverage's warm-up
+        expected = m * expected + (1 - m) * kernel.numpy()
+    average = model.optimizer._model_variables_moving_average[0].numpy()
+    assert np.allclose(average, expected, atol=1e-5)
+    assert not np.allclose(average, kernel.numpy(), atol=1e-3)  # it is an average, not a copy
+
+    share = top_class_share()
+    probs = np.eye(7, dtype=np.float32)[[0, 0, 0, 3, 5]]
+    share.update_state(probs, probs)
+    assert float(share.result()) == pytest.approx(0.6)
+    share.reset_state()
+    share.update_state(probs[3:], probs[3:])
+    assert float(share.result()) == pytest.approx(0.5)
+
+
+def test_help_and_argument_checks_do_not_load_tensorflow():
+    code = ("import sys, train.__main__ as t, train.grid as g, train.cost; t.build_parser(); g.build_parser(); "
+            "from train.fit import TrainConfig; TrainConfig(model='cbilstm').resolved(); "
+            "print(sorted(m for m in ('tensorflow', 'keras') if m in sys.modules))")
+    r = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.strip() == "[]"
 
 
 def test_thesis_architecture_is_the_thesis():

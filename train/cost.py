@@ -37,7 +37,7 @@ class _Ctx:
 
 
 def measure(model_name: str, params: dict, faces: np.ndarray, labels: np.ndarray, batch_size: int,
-            train_images: int, steps: int = 10) -> dict:
+            train_images: int, steps: int = 10, precision: str = "float32") -> dict:
     from benchmarks.latency import per_face_latency
     from export.study import tflite_runner
     from export.tflite import convert_int8
@@ -47,7 +47,12 @@ def measure(model_name: str, params: dict, faces: np.ndarray, labels: np.ndarray
     blob = convert_int8(_Ctx(unrolled, faces[:200]))
     run, _ = tflite_runner(blob, xnnpack=True)
     lat = per_face_latency(run, faces[:64])
-    model = build(model_name, params)
+    import keras
+    keras.mixed_precision.set_global_policy(precision)  # time the step as python -m train runs it
+    try:
+        model = build(model_name, params)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
     model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
     reps = int(np.ceil(batch_size / len(faces)))
     xb, yb = np.concatenate([faces] * reps)[:batch_size], np.concatenate([labels] * reps)[:batch_size]
@@ -57,7 +62,7 @@ def measure(model_name: str, params: dict, faces: np.ndarray, labels: np.ndarray
     for _ in range(steps):
         model.train_on_batch(xb, yb)
     step = (time.perf_counter() - t0) / steps
-    return {"parameters": int(model.count_params()), "int8_kb": len(blob) / 1024,
+    return {"parameters": int(model.count_params()), "precision": precision, "int8_kb": len(blob) / 1024,
             "int8_ms_p50": lat["p50_ms"], "train_step_s": step,
             "epoch_s_est": step * train_images / batch_size}
 
@@ -79,7 +84,7 @@ def main(argv=None) -> int:
     from edge_runtime.preprocess import scale_pixels
 
     from .data import DataError, load_dataset
-    from .fit import TrainConfig
+    from .fit import TrainConfig, resolve_precision
     rows, datasets = [], {}
     try:
         for variant in args.variants or [{}]:
@@ -91,7 +96,8 @@ def main(argv=None) -> int:
             idx = np.random.default_rng(0).choice(len(data.train), 256, replace=False)
             faces, labels = scale_pixels(data.train.images[idx], spec), data.train.labels[idx]
             row = {"variant": variant or "registered", **measure(args.model, params, faces, labels,
-                                                                recipe.batch_size, len(data.train))}
+                                                                recipe.batch_size, len(data.train),
+                                                                precision=resolve_precision(recipe.precision))}
             rows.append(row)
             print(f"{json.dumps(row['variant'])}: {row['parameters']:,} params, int8 {row['int8_kb']:.0f} KB, "
                   f"{row['int8_ms_p50']:.3f} ms/face (1 thread), train step {row['train_step_s']:.3f} s "
