@@ -79,7 +79,7 @@ def parse_stem(stem: str) -> list[tuple[str, int]]:
     return out
 
 
-def build_cbilstm(size: int = 48, stem: str = "16-32s-48-p-96-96-p-128-128", row_features: int = 128,
+def build_cbilstm(size: int = 48, stem: str = "16-32s-64-p-112-112-p-128-128", row_features: int = 128,
                   lstm_units: int = 64, lstm_layers: int = 2, dropout: float = 0.3,
                   unroll: bool = False) -> keras.Model:
     """Conv stem turns the face into a sequence of feature rows; stacked BiLSTMs read the rows.
@@ -125,10 +125,10 @@ REGISTRY: dict[str, ModelEntry] = {
         "The 2023 thesis's stacked Bi-LSTM on 32x32 rows (42.1 % on FER2013)."),
     "cbilstm": ModelEntry(
         "cbilstm", build_cbilstm,
-        {"size": 48, "stem": "16-32s-48-p-96-96-p-128-128", "row_features": 128, "lstm_units": 64,
+        {"size": 48, "stem": "16-32s-64-p-112-112-p-128-128", "row_features": 128, "lstm_units": 64,
          "lstm_layers": 2, "dropout": 0.3},
         PreprocessSpec(size=48),
-        Recipe(epochs=76, batch_size=64, lr=2e-3, schedule="cosine", label_smoothing=0.1,
+        Recipe(epochs=74, batch_size=64, lr=2e-3, schedule="cosine", label_smoothing=0.1,
                class_weight="sqrt", weight_decay=1e-4, patience=20, augment=dict(_CBILSTM_AUG),
                precision="auto", ema=0.999),
         "Light conv stem (48 -> 6 rows of 6 x 128) -> 2 x BiLSTM(64): the project's default."),
