@@ -42,17 +42,14 @@ def measure(model_name: str, params: dict, faces: np.ndarray, labels: np.ndarray
     from export.study import tflite_runner
     from export.tflite import convert_int8
 
+    from .fit import dtype_policy
     from .models import build
     unrolled = build(model_name, params, unroll=True)
     blob = convert_int8(_Ctx(unrolled, faces[:200]))
     run, _ = tflite_runner(blob, xnnpack=True)
     lat = per_face_latency(run, faces[:64])
-    import keras
-    keras.mixed_precision.set_global_policy(precision)  # time the step as python -m train runs it
-    try:
+    with dtype_policy(precision):  # time the step as python -m train runs it
         model = build(model_name, params)
-    finally:
-        keras.mixed_precision.set_global_policy("float32")
     model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
     reps = int(np.ceil(batch_size / len(faces)))
     xb, yb = np.concatenate([faces] * reps)[:batch_size], np.concatenate([labels] * reps)[:batch_size]

@@ -11,6 +11,7 @@ import io
 import platform
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -79,6 +80,18 @@ def resolve_precision(precision: str) -> str:
     return precision
 
 
+@contextmanager
+def dtype_policy(precision: str):
+    """Build models under a resolved Keras dtype policy; the process-wide policy is float32 again
+    afterwards (several models are built in one process: tests, train.cost)."""
+    import keras
+    keras.mixed_precision.set_global_policy(precision)
+    try:
+        yield
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+
+
 def package_versions() -> dict:
     import cv2
     import keras
@@ -133,14 +146,12 @@ def _optimizer(recipe: Recipe, steps_per_epoch: int):
                                                    warmup_target=recipe.lr, warmup_steps=warm)
     elif recipe.schedule != "plateau":
         raise ValueError(f"schedule must be plateau or cosine, not {recipe.schedule!r}")
-    if recipe.ema:
-        opt = _with_ema_warmup(keras.optimizers.AdamW if recipe.weight_decay else keras.optimizers.Adam)
-        ema = {"use_ema": True, "ema_momentum": float(recipe.ema)}
-    else:
-        opt, ema = (keras.optimizers.AdamW if recipe.weight_decay else keras.optimizers.Adam), {}
+    cls, kw = keras.optimizers.Adam, {}
     if recipe.weight_decay:
-        return opt(lr, weight_decay=recipe.weight_decay, **ema)
-    return opt(lr, **ema)
+        cls, kw = keras.optimizers.AdamW, {"weight_decay": recipe.weight_decay}
+    if recipe.ema:
+        cls, kw = _with_ema_warmup(cls), {**kw, "use_ema": True, "ema_momentum": float(recipe.ema)}
+    return cls(lr, **kw)
 
 
 def _with_ema_warmup(optimizer_cls):
@@ -244,7 +255,6 @@ def _pick_saliency(y_true, y_pred, per_class: int, seed: int) -> list[int]:
 def train_run(cfg: TrainConfig, data_root, out_dir) -> dict:
     """Train, evaluate on the test split once, write the run folder; returns the manifest."""
     import keras
-    import tensorflow as tf
 
     params, recipe, spec = cfg.resolved()
     out_dir = Path(out_dir)
@@ -261,8 +271,7 @@ def train_run(cfg: TrainConfig, data_root, out_dir) -> dict:
     reports.sample_grid(data.train.images, data.train.labels, out_dir / "samples.png", seed=cfg.seed)
 
     precision = resolve_precision(recipe.precision)
-    keras.mixed_precision.set_global_policy(precision)
-    try:
+    with dtype_policy(precision):
         model = build(cfg.model, params)
         train_ds, val_ds, steps = _datasets(data, spec, recipe, cfg.seed)
         model.compile(optimizer=_optimizer(recipe, steps),
@@ -273,8 +282,7 @@ def train_run(cfg: TrainConfig, data_root, out_dir) -> dict:
             # First, so that validation, the checkpoint and early stopping all see the averaged weights.
             *([keras.callbacks.SwapEMAWeights(swap_on_epoch=True)] if recipe.ema else []),
             keras.callbacks.ModelCheckpoint(best_path, monitor="val_accuracy", mode="max", save_best_only=True),
-            keras.callbacks.EarlyStopping(monitor="val_accuracy", mode="max", patience=recipe.patience,
-                                          restore_best_weights=True),
+            keras.callbacks.EarlyStopping(monitor="val_accuracy", mode="max", patience=recipe.patience),
             _epoch_log(out_dir),
         ]
         if recipe.schedule == "plateau":
@@ -288,8 +296,6 @@ def train_run(cfg: TrainConfig, data_root, out_dir) -> dict:
                          callbacks=callbacks, verbose=(1 if sys.stdout.isatty() and cfg.progress else 2))
         train_seconds = time.perf_counter() - t0
         best = keras.models.load_model(best_path, compile=False)
-    finally:
-        keras.mixed_precision.set_global_policy("float32")
     # The saved model is a plain float32 copy of the best weights: exporters, the Keras reference
     # and anyone loading model.keras compute in float32 whatever the training precision was.
     model = build(cfg.model, params)
