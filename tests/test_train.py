@@ -43,6 +43,7 @@ def check_run_folder(out, model, shared_root, fraction):
     assert m["model_sha256"] == sha256_file(out / "model.keras")
     assert m["data"]["sizes"]["val"] > 0 and m["data"]["files_hash"]["test"]
     assert m["precision"] in ("float32", "mixed_bfloat16")
+    assert m["init_seed"] == m["seed"]  # no --init-seed: one seed for split, init and augmentation
     assert 0.0 <= m["metrics"]["test"]["accuracy"] <= 1.0
     rows = list(csv.DictReader(open(out / "history.csv")))
     assert len(rows) == 1 and {"loss", "val_accuracy", "lr", "val_top_class_share"} <= set(rows[0])
@@ -128,6 +129,13 @@ def test_help_and_argument_checks_do_not_load_tensorflow():
     assert r.stdout.strip() == "[]"
 
 
+def test_init_seed_reaches_the_config_and_leaves_the_split_seed():
+    from train.__main__ import build_parser, config_from_args
+    cfg = config_from_args(build_parser().parse_args(["--init-seed", "7"]))
+    assert (cfg.seed, cfg.init_seed) == (1337, 7)
+    assert config_from_args(build_parser().parse_args([])).init_seed is None
+
+
 def test_thesis_architecture_is_the_thesis():
     from train.models import build
     m = build("thesis")
@@ -146,6 +154,7 @@ def test_thesis_architecture_is_the_thesis():
 def test_cbilstm_stem_spec_gives_the_documented_shapes():
     from train.models import build, parse_stem
     assert parse_stem("16-32s-p-64") == [("conv", 16), ("conv_s2", 32), ("pool", 0), ("conv", 64)]
+    assert parse_stem("16-p-32-e") == [("conv", 16), ("pool", 0), ("conv", 32), ("se", 0)]
     for bad in ("16-x-32", "0-32", "16--32", "s"):
         with pytest.raises(ValueError, match="bad stem token"):
             parse_stem(bad)
@@ -161,16 +170,23 @@ def test_cbilstm_stem_spec_gives_the_documented_shapes():
     u = build("cbilstm", unroll=True)
     u.set_weights(m.get_weights())
     assert np.allclose(m.predict(x, verbose=0), u.predict(x, verbose=0), atol=1e-5)
+    # 'e': squeeze-excitation scales each channel of the features by a gate in (0, 1)
+    import keras
+    se = build("cbilstm", {"stem": "8-p-16-e"})
+    feats = keras.Model(se.input, [se.get_layer("c3_relu").output, se.get_layer("se4_gate").output,
+                                   se.get_layer("se4_excite").output]).predict(x, verbose=0)
+    assert feats[1].shape == (2, 1, 1, 16) and ((feats[1] > 0) & (feats[1] < 1)).all()
+    assert np.allclose(feats[2], feats[0] * feats[1], atol=1e-6)
 
 
 def test_cost_reports_int8_size_latency_and_epoch_time(tmp_path, shared_root):
     out = tmp_path / "cost.json"
     r = subprocess.run([sys.executable, "-m", "train.cost", "--data", str(shared_root), "--json", str(out),
-                        "stem=8-p-16,lstm_units=8,row_features=16", "stem=8-p-16-16-p-32,lstm_units=8,row_features=16"],
+                        "stem=8-p-16,lstm_units=8,row_features=16", "stem=8-p-16-16-p-32-e,lstm_units=8,row_features=16"],
                        cwd=REPO, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
     rows = json.loads(out.read_text())
-    assert [row["variant"]["stem"] for row in rows] == ["8-p-16", "8-p-16-16-p-32"]
+    assert [row["variant"]["stem"] for row in rows] == ["8-p-16", "8-p-16-16-p-32-e"]  # SE converts to int8
     for row in rows:
         assert row["int8_kb"] > 1 and 0 < row["int8_ms_p50"] < 50 and row["epoch_s_est"] > 0
     assert rows[1]["parameters"] != rows[0]["parameters"]

@@ -51,6 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fraction", type=float, default=1.0,
                    help="use this stratified share of train and test, for quick runs (default 1.0)")
     p.add_argument("--seed", type=int, default=1337, help="seed for the split, init and augmentation")
+    p.add_argument("--init-seed", type=int, help="another seed for init, shuffling and augmentation only: "
+                                                 "the same validation split, so runs compare (default: --seed)")
     p.add_argument("--threads", type=int, help="TensorFlow CPU threads (default: all cores)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     return p
@@ -80,7 +82,7 @@ def config_from_args(args):
             recipe[key] = getattr(args, flag)
     if args.no_augment:
         recipe["augment"] = {}
-    return TrainConfig(model=model, params=params, recipe=recipe, seed=args.seed,
+    return TrainConfig(model=model, params=params, recipe=recipe, seed=args.seed, init_seed=args.init_seed,
                        val_fraction=args.val_fraction, fraction=args.fraction, progress=not args.quiet)
 
 

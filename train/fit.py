@@ -32,7 +32,8 @@ class TrainConfig:
     model: str
     params: dict = field(default_factory=dict)  # architecture overrides
     recipe: dict = field(default_factory=dict)  # Recipe overrides
-    seed: int = 1337
+    seed: int = 1337  # the validation split, and by default everything random in training
+    init_seed: int | None = None  # weights, shuffling and augmentation only (None: seed); same split
     val_fraction: float = 0.1
     fraction: float = 1.0
     progress: bool = True
@@ -259,7 +260,8 @@ def train_run(cfg: TrainConfig, data_root, out_dir) -> dict:
     params, recipe, spec = cfg.resolved()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    keras.utils.set_random_seed(cfg.seed)
+    init_seed = cfg.seed if cfg.init_seed is None else int(cfg.init_seed)
+    keras.utils.set_random_seed(init_seed)
 
     data = load_dataset(data_root, spec, cfg.val_fraction, cfg.seed, cfg.fraction, cfg.progress)
     summary = data.summary()
@@ -273,7 +275,7 @@ def train_run(cfg: TrainConfig, data_root, out_dir) -> dict:
     precision = resolve_precision(recipe.precision)
     with dtype_policy(precision):
         model = build(cfg.model, params)
-        train_ds, val_ds, steps = _datasets(data, spec, recipe, cfg.seed)
+        train_ds, val_ds, steps = _datasets(data, spec, recipe, init_seed)
         model.compile(optimizer=_optimizer(recipe, steps),
                       loss=keras.losses.CategoricalCrossentropy(label_smoothing=recipe.label_smoothing),
                       metrics=["accuracy", top_class_share()])
@@ -333,6 +335,7 @@ def train_run(cfg: TrainConfig, data_root, out_dir) -> dict:
         "recipe": asdict(recipe),
         "precision": precision,  # what recipe.precision resolved to on the training machine
         "seed": cfg.seed,
+        "init_seed": init_seed,
         "labels": list(LABELS),
         "preprocessing": spec.to_dict(),
         "model_file": "model.keras",

@@ -66,16 +66,28 @@ def _conv_bn(x, filters: int, name: str, stride: int = 1):
     return layers.ReLU(name=f"{name}_relu")(x)
 
 
+def _squeeze_excite(x, name: str, ratio: int = 8):
+    """Squeeze-and-excitation (Hu et al. 2018): channel gates from globally pooled features.
+    A few thousand parameters; every op (MEAN, FC, LOGISTIC, MUL) has an int8 XNNPACK kernel."""
+    from keras import layers
+    ch = x.shape[-1]
+    s = layers.GlobalAveragePooling2D(keepdims=True, name=f"{name}_squeeze")(x)
+    s = layers.Dense(max(4, ch // ratio), activation="relu", name=f"{name}_reduce")(s)
+    s = layers.Dense(ch, activation="sigmoid", name=f"{name}_gate")(s)
+    return layers.Multiply(name=f"{name}_excite")([x, s])
+
+
 def parse_stem(stem: str) -> list[tuple[str, int]]:
-    """'16-32s-p-64' -> [('conv', 16), ('conv_s2', 32), ('pool', 0), ('conv', 64)]."""
+    """'16-32s-p-64-e' -> [('conv', 16), ('conv_s2', 32), ('pool', 0), ('conv', 64), ('se', 0)]."""
     out = []
     for tok in str(stem).split("-"):
-        if tok == "p":
-            out.append(("pool", 0))
+        if tok in ("p", "e"):
+            out.append(({"p": "pool", "e": "se"}[tok], 0))
         elif tok.rstrip("s").isdigit() and int(tok.rstrip("s")) > 0:
             out.append(("conv_s2" if tok.endswith("s") else "conv", int(tok.rstrip("s"))))
         else:
-            raise ValueError(f"bad stem token {tok!r} in {stem!r}: use N (3x3 conv), Ns (stride 2) or p (max-pool)")
+            raise ValueError(f"bad stem token {tok!r} in {stem!r}: use N (3x3 conv), Ns (stride 2), p (max-pool) "
+                             "or e (squeeze-excitation)")
     return out
 
 
@@ -85,7 +97,8 @@ def build_cbilstm(size: int = 48, stem: str = "16-32s-64-p-112-112-p-128-128", r
     """Conv stem turns the face into a sequence of feature rows; stacked BiLSTMs read the rows.
 
     ``stem`` lists the stem's layers: N = 3x3 conv + BN + ReLU with N filters, Ns = the same with
-    stride 2, p = 2x2 max-pool (+ dropout 0.1 per pool so far). The default 48 -> 24 -> 12 -> 6
+    stride 2, p = 2x2 max-pool (+ dropout 0.1 per pool so far), e = squeeze-excitation gates on
+    the channels so far. The default 48 -> 24 -> 12 -> 6
     gives 6 rows of 6 x 128 features, projected to ``row_features`` per row, then
     ``lstm_layers`` bidirectional LSTMs (the last returns its final state) -> dropout -> softmax.
     """
@@ -99,6 +112,8 @@ def build_cbilstm(size: int = 48, stem: str = "16-32s-64-p-112-112-p-128-128", r
             pools += 1
             x = layers.MaxPooling2D(2, name=f"pool{pools}")(x)
             x = layers.Dropout(0.1 * pools, name=f"pool{pools}_drop")(x)
+        elif kind == "se":
+            x = _squeeze_excite(x, f"se{i + 1}")
         else:
             x = _conv_bn(x, n, f"c{i + 1}", stride=2 if kind == "conv_s2" else 1)
     rows, cols, ch = x.shape[1], x.shape[2], x.shape[3]
