@@ -68,7 +68,7 @@ def _conv_bn(x, filters: int, name: str, stride: int = 1):
 
 def _squeeze_excite(x, name: str, ratio: int = 8):
     """Squeeze-and-excitation (Hu et al. 2018): channel gates from globally pooled features.
-    A few thousand parameters; every op (MEAN, FC, LOGISTIC, MUL) has an int8 XNNPACK kernel."""
+    A few thousand parameters; converts to full int8 (MEAN, FULLY_CONNECTED, LOGISTIC, MUL)."""
     from keras import layers
     ch = x.shape[-1]
     s = layers.GlobalAveragePooling2D(keepdims=True, name=f"{name}_squeeze")(x)
