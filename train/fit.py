@@ -39,6 +39,11 @@ class TrainConfig:
     progress: bool = True
     saliency_per_class: int = 2  # correct and wrong examples per class in saliency.png
 
+    @property
+    def weights_seed(self) -> int:
+        """The seed for init, shuffling and augmentation."""
+        return self.seed if self.init_seed is None else int(self.init_seed)
+
     def resolved(self) -> tuple[dict, Recipe, PreprocessSpec]:
         entry = get_entry(self.model)
         unknown = set(self.params) - set(entry.params)
@@ -260,8 +265,7 @@ def train_run(cfg: TrainConfig, data_root, out_dir) -> dict:
     params, recipe, spec = cfg.resolved()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    init_seed = cfg.seed if cfg.init_seed is None else int(cfg.init_seed)
-    keras.utils.set_random_seed(init_seed)
+    keras.utils.set_random_seed(cfg.weights_seed)
 
     data = load_dataset(data_root, spec, cfg.val_fraction, cfg.seed, cfg.fraction, cfg.progress)
     summary = data.summary()
@@ -275,7 +279,7 @@ def train_run(cfg: TrainConfig, data_root, out_dir) -> dict:
     precision = resolve_precision(recipe.precision)
     with dtype_policy(precision):
         model = build(cfg.model, params)
-        train_ds, val_ds, steps = _datasets(data, spec, recipe, init_seed)
+        train_ds, val_ds, steps = _datasets(data, spec, recipe, cfg.weights_seed)
         model.compile(optimizer=_optimizer(recipe, steps),
                       loss=keras.losses.CategoricalCrossentropy(label_smoothing=recipe.label_smoothing),
                       metrics=["accuracy", top_class_share()])
@@ -335,7 +339,7 @@ def train_run(cfg: TrainConfig, data_root, out_dir) -> dict:
         "recipe": asdict(recipe),
         "precision": precision,  # what recipe.precision resolved to on the training machine
         "seed": cfg.seed,
-        "init_seed": init_seed,
+        "init_seed": cfg.weights_seed,
         "labels": list(LABELS),
         "preprocessing": spec.to_dict(),
         "model_file": "model.keras",

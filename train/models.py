@@ -77,12 +77,16 @@ def _squeeze_excite(x, name: str, ratio: int = 8):
     return layers.Multiply(name=f"{name}_excite")([x, s])
 
 
+_STEM_MARKS = {"p": "pool", "e": "se"}  # stem tokens that are not convs
+CBILSTM_STEM = "16-32s-64-p-112-112-p-128-128"  # the default's stem (run D)
+
+
 def parse_stem(stem: str) -> list[tuple[str, int]]:
     """'16-32s-p-64-e' -> [('conv', 16), ('conv_s2', 32), ('pool', 0), ('conv', 64), ('se', 0)]."""
     out = []
     for tok in str(stem).split("-"):
-        if tok in ("p", "e"):
-            out.append(({"p": "pool", "e": "se"}[tok], 0))
+        if tok in _STEM_MARKS:
+            out.append((_STEM_MARKS[tok], 0))
         elif tok.rstrip("s").isdigit() and int(tok.rstrip("s")) > 0:
             out.append(("conv_s2" if tok.endswith("s") else "conv", int(tok.rstrip("s"))))
         else:
@@ -91,7 +95,7 @@ def parse_stem(stem: str) -> list[tuple[str, int]]:
     return out
 
 
-def build_cbilstm(size: int = 48, stem: str = "16-32s-64-p-112-112-p-128-128", row_features: int = 128,
+def build_cbilstm(size: int = 48, stem: str = CBILSTM_STEM, row_features: int = 128,
                   lstm_units: int = 64, lstm_layers: int = 2, dropout: float = 0.3,
                   unroll: bool = False) -> keras.Model:
     """Conv stem turns the face into a sequence of feature rows; stacked BiLSTMs read the rows.
@@ -140,7 +144,7 @@ REGISTRY: dict[str, ModelEntry] = {
         "The 2023 thesis's stacked Bi-LSTM on 32x32 rows (42.1 % on FER2013)."),
     "cbilstm": ModelEntry(
         "cbilstm", build_cbilstm,
-        {"size": 48, "stem": "16-32s-64-p-112-112-p-128-128", "row_features": 128, "lstm_units": 64,
+        {"size": 48, "stem": CBILSTM_STEM, "row_features": 128, "lstm_units": 64,
          "lstm_layers": 2, "dropout": 0.3},
         PreprocessSpec(size=48),
         Recipe(epochs=74, batch_size=64, lr=2e-3, schedule="cosine", label_smoothing=0.1,
