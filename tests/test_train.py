@@ -120,6 +120,29 @@ def test_weight_ema_warms_up_and_top_class_share_counts_predictions():
     assert float(share.result()) == pytest.approx(0.5)
 
 
+def test_weight_decay_shrinks_kernels_and_spares_biases_and_batchnorm():
+    import keras
+    from keras import ops
+
+    from train.fit import _optimizer
+    from train.models import Recipe
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(4, bias_initializer="ones"),
+                              keras.layers.BatchNormalization(beta_initializer="ones")])
+    # A loss with zero gradient: whatever moves is weight decay alone.
+    model.compile(optimizer=_optimizer(Recipe(lr=0.1, weight_decay=0.5), 10), loss=lambda y, p: 0.0 * ops.sum(p))
+    before = {v.path: v.numpy().copy() for v in model.trainable_variables}
+    for _ in range(5):
+        model.train_on_batch(np.ones((8, 3), np.float32), np.zeros((8, 4), np.float32))
+    after = {v.path: v.numpy() for v in model.trainable_variables}
+    kernel = next(k for k in after if k.endswith("kernel"))
+    assert np.allclose(after[kernel], before[kernel] * (1 - 0.1 * 0.5) ** 5, rtol=1e-5)
+    spared = [k for k in after if k != kernel]
+    assert sorted(k.rsplit("/", 1)[1] for k in spared) == ["beta", "bias", "gamma"]
+    for k in spared:
+        assert np.array_equal(after[k], before[k]), k
+
+
 def test_help_and_argument_checks_do_not_load_tensorflow():
     code = ("import sys, train.__main__ as t, train.grid as g, train.cost; t.build_parser(); g.build_parser(); "
             "from train.fit import TrainConfig; TrainConfig(model='cbilstm').resolved(); "

@@ -157,7 +157,15 @@ def _optimizer(recipe: Recipe, steps_per_epoch: int):
         cls, kw = keras.optimizers.AdamW, {"weight_decay": recipe.weight_decay}
     if recipe.ema:
         cls, kw = _with_ema_warmup(cls), {**kw, "use_ema": True, "ema_momentum": float(recipe.ema)}
-    return cls(lr, **kw)
+    opt = cls(lr, **kw)
+    if recipe.weight_decay:
+        # Decay only the kernels (conv, dense, LSTM input and recurrent), as timm and BERT do: biases and
+        # BatchNorm's scale/offset are few, and shrinking them only fights the normalisation.
+        opt.exclude_from_weight_decay(var_names=list(NO_DECAY))
+    return opt
+
+
+NO_DECAY = ("bias", "gamma", "beta")  # Keras variable names kept out of weight decay
 
 
 def _with_ema_warmup(optimizer_cls):

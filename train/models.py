@@ -25,7 +25,7 @@ class Recipe:
     schedule: str = "plateau"  # plateau (ReduceLROnPlateau) | cosine (warm-up + cosine decay)
     label_smoothing: float = 0.0
     class_weight: str = "none"  # none | sqrt | balanced
-    weight_decay: float = 0.0
+    weight_decay: float = 0.0  # AdamW's decoupled decay on the kernels (not biases, BatchNorm); 0 = Adam
     patience: int = 10  # early stopping on validation accuracy
     # float32 | mixed_bfloat16 | auto (bf16 where the CPU computes it natively, e.g. AVX512-BF16/AMX)
     precision: str = "float32"
