@@ -87,6 +87,8 @@ def test_precision_and_ema_settings_are_checked_before_training():
         TrainConfig(model="cbilstm", recipe={"precision": "fp16"}).resolved()
     with pytest.raises(ValueError, match="ema must be in"):
         TrainConfig(model="cbilstm", recipe={"ema": 1.0}).resolved()
+    with pytest.raises(ValueError, match="mixup must be an alpha"):
+        TrainConfig(model="cbilstm", recipe={"mixup": -0.2}).resolved()
     r = subprocess.run([sys.executable, "-m", "train", "--set", "precision=half", "--out", "unused"],
                        cwd=REPO, capture_output=True, text=True, timeout=300)
     assert r.returncode == 2 and r.stderr.strip().splitlines()[-1].startswith("error: precision must be one of")
@@ -118,6 +120,32 @@ def test_weight_ema_warms_up_and_top_class_share_counts_predictions():
     share.reset_state()
     share.update_state(probs[3:], probs[3:])
     assert float(share.result()) == pytest.approx(0.5)
+
+
+def test_mixup_blends_each_sample_with_its_mirror_and_keeps_the_larger_share(shared_root):
+    import tensorflow as tf
+
+    from train.augment import augment_batch, mixup_batch, mixup_lambda
+    data = load_dataset(shared_root, PreprocessSpec(size=48), 0.1, 0, fraction=0.01, progress=False)
+    x = tf.constant(scale_pixels(data.train.images[:32], PreprocessSpec(size=48)))
+    y = tf.constant(np.eye(7, dtype=np.float32)[data.train.labels[:32]])
+    w = tf.constant(class_weights(data.train.labels, "sqrt").astype(np.float32)[data.train.labels[:32]])
+    seed = tf.constant(5, tf.int64)
+    xm, ym, wm = (t.numpy() for t in mixup_batch(x, y, w, seed, 0.4))
+    lam = mixup_lambda(seed, 32, 0.4).numpy()
+    assert ((lam >= 0.5) & (lam <= 1.0)).all() and lam.std() > 0.05  # drawn per sample, folded to >= 0.5
+    for got, src in ((xm, x.numpy()), (ym, y.numpy()), (wm, w.numpy())):
+        ref = lam.reshape([-1] + [1] * (src.ndim - 1))
+        assert np.allclose(got, ref * src + (1 - ref) * src[::-1], atol=1e-6)
+    assert np.allclose(ym.sum(1), 1.0) and (ym.argmax(1) == y.numpy().argmax(1)).all()
+    again = mixup_batch(x, y, w, seed, 0.4)[0].numpy()
+    assert np.array_equal(again, xm)  # same seed, same batch
+    assert not np.allclose(mixup_batch(x, y, w, tf.constant(6, tf.int64), 0.4)[0].numpy(), xm)
+    # Augmentation is seeded the same way: flips only, the mirror image or the image itself.
+    flipped = augment_batch(x, seed, {"flip": True}).numpy()
+    same = [np.allclose(f, o, atol=1e-5) for f, o in zip(flipped, x.numpy())]
+    mirrored = [np.allclose(f, o[:, ::-1], atol=1e-5) for f, o in zip(flipped, x.numpy())]
+    assert all(s or m for s, m in zip(same, mirrored)) and 0 < sum(mirrored) < 32
 
 
 def test_weight_decay_shrinks_kernels_and_spares_biases_and_batchnorm():

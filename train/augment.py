@@ -1,4 +1,5 @@
-"""Batched, seeded image augmentation as one affine warp per image (+ optional random erasing).
+"""Batched, seeded image augmentation as one affine warp per image (+ optional random erasing),
+and mixup over a batch.
 
 Semantics follow Keras' ImageDataGenerator where the thesis used it: ``shear_deg`` is an
 angle in degrees (the thesis's ``shear_range=0.2`` is therefore 0.2 degrees), ``zoom`` draws
@@ -81,3 +82,25 @@ def _random_erase(images, seed, p, area=(0.02, 0.2), aspect=(0.3, 3.3)):
     mean = tf.reduce_mean(images, axis=[1, 2, 3], keepdims=True)
     mask = mask[..., None]
     return images * (1 - mask) + mean * mask
+
+
+def mixup_lambda(seed: tf.Tensor, n, alpha: float) -> tf.Tensor:
+    """n weights from Beta(alpha, alpha), folded into [0.5, 1] so each sample keeps its own label
+    as the larger share (as fastai does)."""
+    g1 = tf.random.stateless_gamma([n], seed=tf.stack([seed, tf.constant(21, tf.int64)]), alpha=alpha)
+    g2 = tf.random.stateless_gamma([n], seed=tf.stack([seed, tf.constant(22, tf.int64)]), alpha=alpha)
+    total = g1 + g2
+    lam = tf.where(total > 0, g1 / tf.maximum(total, 1e-30), 1.0)  # both gammas can underflow at small alpha
+    return tf.maximum(lam, 1.0 - lam)
+
+
+def mixup_batch(images, labels, weights, seed: tf.Tensor, alpha: float):
+    """mixup (Zhang et al. 2018): sample i is blended with sample B-1-i of the same (shuffled) batch;
+    images, one-hot labels and loss weights are mixed with the same per-sample weight."""
+    lam = mixup_lambda(seed, tf.shape(images)[0], alpha)
+
+    def mix(t):
+        w = tf.reshape(lam, [-1] + [1] * (len(t.shape) - 1))
+        return w * t + (1.0 - w) * tf.reverse(t, [0])
+
+    return mix(images), mix(labels), mix(weights)

@@ -58,6 +58,8 @@ class TrainConfig:
         resolve_precision(recipe.precision)
         if not 0.0 <= float(recipe.ema) < 1.0:
             raise ValueError(f"ema must be in [0, 1) (0 = off), not {recipe.ema!r}")
+        if not float(recipe.mixup) >= 0.0:
+            raise ValueError(f"mixup must be an alpha >= 0 (0 = off), not {recipe.mixup!r}")
         if "stem" in params:
             parse_stem(params["stem"])  # a bad stem spec fails here, before the data is loaded
         spec = replace(entry.preprocessing, size=int(params.get("size", entry.preprocessing.size)))
@@ -120,7 +122,7 @@ def class_weights(labels: np.ndarray, mode: str) -> np.ndarray:
 
 def _datasets(data: Dataset, spec: PreprocessSpec, recipe: Recipe, seed: int):
     import tensorflow as tf
-    from .augment import augment_batch, check_config
+    from .augment import augment_batch, check_config, mixup_batch
 
     aug = check_config(dict(recipe.augment))
     x_train = scale_pixels(data.train.images, spec)  # the runtime's own transform, bit for bit
@@ -129,11 +131,19 @@ def _datasets(data: Dataset, spec: PreprocessSpec, recipe: Recipe, seed: int):
     ds = tf.data.Dataset.from_tensor_slices((x_train, y_train, w_train))
     ds = ds.shuffle(len(x_train), seed=seed, reshuffle_each_iteration=True).repeat()
     ds = ds.batch(recipe.batch_size, drop_remainder=True)
-    if aug:
+    alpha = float(recipe.mixup)
+
+    def perturb(batch, s):
+        x, y, w = batch
+        if aug:
+            x = augment_batch(x, s, aug)
+        if alpha:
+            x, y, w = mixup_batch(x, y, w, s, alpha)
+        return x, y, w
+
+    if aug or alpha:
         seeds = tf.data.Dataset.random(seed=seed)
-        ds = tf.data.Dataset.zip((ds, seeds)).map(
-            lambda b, s: (augment_batch(b[0], s, aug), b[1], b[2]), num_parallel_calls=tf.data.AUTOTUNE,
-            deterministic=True)
+        ds = tf.data.Dataset.zip((ds, seeds)).map(perturb, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     ds = ds.prefetch(tf.data.AUTOTUNE)
     x_val = scale_pixels(data.val.images, spec)
     y_val = np.eye(NUM_CLASSES, dtype=np.float32)[data.val.labels]

@@ -30,6 +30,7 @@ class Recipe:
     # float32 | mixed_bfloat16 | auto (bf16 where the CPU computes it natively, e.g. AVX512-BF16/AMX)
     precision: str = "float32"
     ema: float = 0.0  # momentum of an exponential moving average of the weights; 0 = off
+    mixup: float = 0.0  # alpha of mixup's Beta(alpha, alpha) (0.2 is usual); 0 = off
     augment: dict = field(default_factory=lambda: {"flip": True, "shear_deg": 0.2, "zoom": 0.2})
 
 
