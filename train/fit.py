@@ -152,6 +152,9 @@ def _datasets(data: Dataset, spec: PreprocessSpec, recipe: Recipe, seed: int):
     return ds, val, steps
 
 
+NO_DECAY = ("bias", "gamma", "beta")  # Keras variable names kept out of weight decay
+
+
 def _optimizer(recipe: Recipe, steps_per_epoch: int):
     import keras
     lr = recipe.lr
@@ -173,9 +176,6 @@ def _optimizer(recipe: Recipe, steps_per_epoch: int):
         # BatchNorm's scale/offset are few, and shrinking them only fights the normalisation.
         opt.exclude_from_weight_decay(var_names=list(NO_DECAY))
     return opt
-
-
-NO_DECAY = ("bias", "gamma", "beta")  # Keras variable names kept out of weight decay
 
 
 def _with_ema_warmup(optimizer_cls):
