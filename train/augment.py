@@ -21,9 +21,13 @@ def check_config(cfg: dict) -> dict:
     return cfg
 
 
+def _stream(seed, k):
+    """The stateless seed of draw k from a batch's seed: every random quantity has its own key."""
+    return tf.stack([seed, tf.constant(k, tf.int64)])
+
+
 def _uniform(seed, n, lo, hi, k):
-    return tf.random.stateless_uniform([n], seed=tf.stack([seed, tf.constant(k, tf.int64)]),
-                                       minval=lo, maxval=hi)
+    return tf.random.stateless_uniform([n], seed=_stream(seed, k), minval=lo, maxval=hi)
 
 
 def augment_batch(images: tf.Tensor, seed: tf.Tensor, cfg: dict) -> tf.Tensor:
@@ -87,8 +91,8 @@ def _random_erase(images, seed, p, area=(0.02, 0.2), aspect=(0.3, 3.3)):
 def mixup_lambda(seed: tf.Tensor, n, alpha: float) -> tf.Tensor:
     """n weights from Beta(alpha, alpha), folded into [0.5, 1] so each sample keeps its own label
     as the larger share (as fastai does)."""
-    g1 = tf.random.stateless_gamma([n], seed=tf.stack([seed, tf.constant(21, tf.int64)]), alpha=alpha)
-    g2 = tf.random.stateless_gamma([n], seed=tf.stack([seed, tf.constant(22, tf.int64)]), alpha=alpha)
+    g1 = tf.random.stateless_gamma([n], seed=_stream(seed, 21), alpha=alpha)
+    g2 = tf.random.stateless_gamma([n], seed=_stream(seed, 22), alpha=alpha)
     total = g1 + g2
     lam = tf.where(total > 0, g1 / tf.maximum(total, 1e-30), 1.0)  # both gammas can underflow at small alpha
     return tf.maximum(lam, 1.0 - lam)
