@@ -49,6 +49,13 @@ def test_all_layouts_load_the_same_arrays(tiny_tree, tmp_path):
     assert set(a.val.labels.tolist()) == set(range(7))
     again = load_dataset(msambare, spec, progress=False)
     assert again.val.files == a.val.files
+    # --val-fraction 0 (a refit) carves nothing: train is all of train/, the test split is unchanged
+    refit = load_dataset(msambare, spec, val_fraction=0, progress=False)
+    assert len(refit.val) == 0 and refit.val.images.shape == (0, 48, 48)
+    assert sorted(refit.train.files) == sorted(a.train.files + a.val.files)
+    assert refit.test.files == a.test.files
+    with pytest.raises(DataError, match=r"must be in \[0, 1\)"):
+        load_dataset(msambare, spec, val_fraction=1.0, progress=False)
 
 
 def test_corrupt_and_odd_images(tiny_tree):

@@ -18,13 +18,19 @@ RUN_FILES = ["model.keras", "manifest.json", "history.csv", "data_report.json", 
              "confusion_matrix.png", "per_class_error.png", "saliency.png"]
 
 
+def train_cli(shared_root, out, *args) -> subprocess.CompletedProcess:
+    """python -m train on 3 % of the shared data, quietly; it must succeed."""
+    r = subprocess.run([sys.executable, "-m", "train", "--data", str(shared_root), "--fraction", "0.03",
+                        "--out", str(out), "--quiet", *args],
+                       capture_output=True, text=True, cwd=REPO, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    return r
+
+
 @pytest.mark.slow
 def test_thesis_one_epoch_writes_a_complete_run_folder_that_reloads(tmp_path, shared_root):
     out = tmp_path / "run"
-    r = subprocess.run([sys.executable, "-m", "train", "--data", str(shared_root), "--model", "thesis",
-                        "--epochs", "1", "--fraction", "0.03", "--out", str(out), "--quiet"],
-                       capture_output=True, text=True, cwd=REPO, timeout=600)
-    assert r.returncode == 0, r.stderr[-2000:]
+    train_cli(shared_root, out, "--model", "thesis", "--epochs", "1")
     check_run_folder(out, "thesis", shared_root, 0.03)
 
 
@@ -35,18 +41,40 @@ def test_cbilstm_run_folder_reloads(tiny_run, shared_root):
     check_run_folder(tiny_run, "cbilstm", shared_root, TINY_EXPORT_FRACTION)
 
 
-def check_run_folder(out, model, shared_root, fraction):
+@pytest.mark.slow
+def test_refit_trains_on_all_of_train_for_the_given_epochs(tmp_path, shared_root):
+    """--val-fraction 0: no carved split, no checkpoint or early stopping; the last epoch's (EMA) weights."""
+    out = tmp_path / "refit"
+    r = train_cli(shared_root, out, "--epochs", "2", "--val-fraction", "0")
+    assert "refit, no validation (2 epochs)" in r.stdout
+    check_run_folder(out, "cbilstm", shared_root, 0.03, epochs=2, refit=True)
+    m = read_manifest(out)
+    assert m["recipe"]["ema"] > 0  # the default recipe: the saved weights are the EMA's (see the EMA test)
+    carved = load_dataset(shared_root, PreprocessSpec.from_dict(m["preprocessing"]), fraction=0.03, progress=False)
+    assert m["data"]["sizes"]["train"] == len(carved.train) + len(carved.val)
+    assert not (out / ".best.keras").exists()
+    with pytest.raises(ValueError, match="needs a validation split"):
+        from train.fit import TrainConfig
+        TrainConfig(model="cbilstm", recipe={"schedule": "plateau"}, val_fraction=0).resolved()
+
+
+def check_run_folder(out, model, shared_root, fraction, epochs=1, refit=False):
     for f in RUN_FILES:
         assert (out / f).is_file() and (out / f).stat().st_size > 0, f
     m = read_manifest(out)
     assert m["model"] == model and m["kind"] == "run"
     assert m["model_sha256"] == sha256_file(out / "model.keras")
-    assert m["data"]["sizes"]["val"] > 0 and m["data"]["files_hash"]["test"]
+    assert (m["data"]["sizes"]["val"] == 0) == refit and m["data"]["files_hash"]["test"]
+    assert m["metrics"]["epochs_run"] == epochs
+    assert (m["metrics"]["val_accuracy"] is None) == refit
     assert m["precision"] in ("float32", "mixed_bfloat16")
     assert m["init_seed"] == m["seed"]  # no --init-seed: one seed for split, init and augmentation
     assert 0.0 <= m["metrics"]["test"]["accuracy"] <= 1.0
     rows = list(csv.DictReader(open(out / "history.csv")))
-    assert len(rows) == 1 and {"loss", "val_accuracy", "lr", "val_top_class_share"} <= set(rows[0])
+    assert len(rows) == epochs and {"loss", "lr"} <= set(rows[0])
+    assert ({"val_accuracy", "val_top_class_share"} <= set(rows[0])) != refit
+    if refit:
+        assert m["metrics"]["best_epoch"] == epochs and not any(k.startswith("val_") for k in rows[0])
     report = json.loads((out / "classification_report.json").read_text())
     assert {"angry", "disgust", "macro avg", "weighted avg"} <= set(report)
     assert abs(report["accuracy"] - m["metrics"]["test"]["accuracy"]) < 1e-9
@@ -112,6 +140,9 @@ def test_weight_ema_warms_up_and_top_class_share_counts_predictions():
     average = model.optimizer._model_variables_moving_average[0].numpy()
     assert np.allclose(average, expected, atol=1e-5)
     assert not np.allclose(average, kernel.numpy(), atol=1e-3)  # it is an average, not a copy
+    # fit() ends by writing the average into the weights: a refit (--val-fraction 0) saves exactly that
+    model.fit(x, y, epochs=1, batch_size=4, verbose=0)
+    assert np.array_equal(kernel.numpy(), model.optimizer._model_variables_moving_average[0].numpy())
 
     share = top_class_share()
     probs = np.eye(7, dtype=np.float32)[[0, 0, 0, 3, 5]]

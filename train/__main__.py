@@ -47,7 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--params", type=Path, help="JSON file of overrides, e.g. best_params.json from "
                                                "python -m train.grid (model, architecture and recipe keys)")
     p.add_argument("--val-fraction", type=float, default=0.1,
-                   help="share of train/ carved out (stratified) for validation (default 0.1)")
+                   help="share of train/ carved out (stratified) for checkpointing and early stopping "
+                        "(default 0.1); 0 = refit on all of train/ for exactly --epochs, keeping the "
+                        "final weights (choose the recipe with a validated run first)")
     p.add_argument("--fraction", type=float, default=1.0,
                    help="use this stratified share of train and test, for quick runs (default 1.0)")
     p.add_argument("--seed", type=int, default=1337, help="seed for the split, init and augmentation")
@@ -100,8 +102,10 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     t = m["metrics"]["test"]
-    print(f"\n{m['model']}: test accuracy {t['accuracy']:.2%}, macro-F1 {t['macro_f1']:.3f}, "
-          f"best val accuracy {m['metrics']['val_accuracy']:.2%} (epoch {m['metrics']['best_epoch']}), "
+    val = m["metrics"]["val_accuracy"]
+    val = (f"best val accuracy {val:.2%} (epoch {m['metrics']['best_epoch']})" if val is not None
+           else f"refit, no validation ({m['metrics']['epochs_run']} epochs)")
+    print(f"\n{m['model']}: test accuracy {t['accuracy']:.2%}, macro-F1 {t['macro_f1']:.3f}, {val}, "
           f"trained in {m['train_seconds'] / 60:.1f} min")
     print(f"run folder: {out.resolve()}")
     return 0

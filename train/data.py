@@ -278,9 +278,10 @@ def test_subset(test: Split, fraction: float, seed: int) -> Split:
 
 def load_dataset(root=None, spec: PreprocessSpec = PreprocessSpec(), val_fraction: float = 0.1,
                  seed: int = 1337, fraction: float = 1.0, progress: bool = True) -> Dataset:
-    """Train / carved validation / test. ``fraction`` subsamples train and test (quick runs)."""
-    if not 0.0 < val_fraction < 1.0:
-        raise DataError("--val-fraction must be in (0, 1)")
+    """Train / carved validation / test. ``fraction`` subsamples train and test (quick runs).
+    ``val_fraction`` 0 carves nothing: a refit on all of train/ (the validation split is empty)."""
+    if not 0.0 <= val_fraction < 1.0:
+        raise DataError("--val-fraction must be in [0, 1)")
     if not 0.0 < fraction <= 1.0:
         raise DataError("--fraction must be in (0, 1]")
     root = resolve_root(root)
@@ -296,7 +297,10 @@ def load_dataset(root=None, spec: PreprocessSpec = PreprocessSpec(), val_fractio
     if fraction < 1.0:
         train = train.take(stratified_indices(train.labels, fraction, seed)[0])
         test = test_subset(test, fraction, seed)
-    val_idx, train_idx = stratified_indices(train.labels, val_fraction, seed)
+    if val_fraction > 0:
+        val_idx, train_idx = stratified_indices(train.labels, val_fraction, seed)
+    else:
+        val_idx, train_idx = np.array([], np.int64), np.arange(len(train))
     val = train.take(val_idx)
     val.skipped = []
     train = train.take(train_idx)

@@ -34,7 +34,7 @@ class TrainConfig:
     recipe: dict = field(default_factory=dict)  # Recipe overrides
     seed: int = 1337  # the validation split, and by default everything random in training
     init_seed: int | None = None  # weights, shuffling and augmentation only (None: seed); same split
-    val_fraction: float = 0.1
+    val_fraction: float = 0.1  # 0: refit on all of train/ for the recipe's epochs (no validation)
     fraction: float = 1.0
     progress: bool = True
     saliency_per_class: int = 2  # correct and wrong examples per class in saliency.png
@@ -60,6 +60,8 @@ class TrainConfig:
             raise ValueError(f"ema must be in [0, 1) (0 = off), not {recipe.ema!r}")
         if not float(recipe.mixup) >= 0.0:
             raise ValueError(f"mixup must be an alpha >= 0 (0 = off), not {recipe.mixup!r}")
+        if not self.val_fraction and recipe.schedule == "plateau":
+            raise ValueError("schedule=plateau needs a validation split: use schedule=cosine with --val-fraction 0")
         if "stem" in params:
             parse_stem(params["stem"])  # a bad stem spec fails here, before the data is loaded
         spec = replace(entry.preprocessing, size=int(params.get("size", entry.preprocessing.size)))
@@ -145,9 +147,11 @@ def _datasets(data: Dataset, spec: PreprocessSpec, recipe: Recipe, seed: int):
         seeds = tf.data.Dataset.random(seed=seed)
         ds = tf.data.Dataset.zip((ds, seeds)).map(perturb, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     ds = ds.prefetch(tf.data.AUTOTUNE)
-    x_val = scale_pixels(data.val.images, spec)
-    y_val = np.eye(NUM_CLASSES, dtype=np.float32)[data.val.labels]
-    val = tf.data.Dataset.from_tensor_slices((x_val, y_val)).batch(256)
+    val = None
+    if len(data.val):
+        x_val = scale_pixels(data.val.images, spec)
+        y_val = np.eye(NUM_CLASSES, dtype=np.float32)[data.val.labels]
+        val = tf.data.Dataset.from_tensor_slices((x_val, y_val)).batch(256)
     steps = max(1, len(x_train) // recipe.batch_size)
     return ds, val, steps
 
@@ -302,32 +306,37 @@ def train_run(cfg: TrainConfig, data_root, out_dir) -> dict:
                       loss=keras.losses.CategoricalCrossentropy(label_smoothing=recipe.label_smoothing),
                       metrics=["accuracy", top_class_share()])
         best_path = out_dir / ".best.keras"
-        callbacks = [
-            # First, so that validation, the checkpoint and early stopping all see the averaged weights.
-            *([keras.callbacks.SwapEMAWeights(swap_on_epoch=True)] if recipe.ema else []),
-            keras.callbacks.ModelCheckpoint(best_path, monitor="val_accuracy", mode="max", save_best_only=True),
-            keras.callbacks.EarlyStopping(monitor="val_accuracy", mode="max", patience=recipe.patience),
-            _epoch_log(out_dir),
-        ]
+        callbacks = [_epoch_log(out_dir)]
+        if val_ds is not None:
+            callbacks[:0] = [
+                # First, so that validation, the checkpoint and early stopping all see the averaged weights.
+                *([keras.callbacks.SwapEMAWeights(swap_on_epoch=True)] if recipe.ema else []),
+                keras.callbacks.ModelCheckpoint(best_path, monitor="val_accuracy", mode="max", save_best_only=True),
+                keras.callbacks.EarlyStopping(monitor="val_accuracy", mode="max", patience=recipe.patience),
+            ]
         if recipe.schedule == "plateau":
             callbacks.append(keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5, patience=3,
                                                                min_lr=1e-5, verbose=1))
+        on = (f"validating on {len(data.val):,}" if val_ds is not None
+              else "no validation: refit, the final weights are kept")
         print(f"training {cfg.model} ({model.count_params():,} parameters, {precision}"
               f"{f', weight EMA {recipe.ema}' if recipe.ema else ''}) on {len(data.train):,} images, "
-              f"validating on {len(data.val):,}; {recipe.epochs} epochs x {steps} steps")
+              f"{on}; {recipe.epochs} epochs x {steps} steps")
         t0 = time.perf_counter()
         hist = model.fit(train_ds, validation_data=val_ds, epochs=recipe.epochs, steps_per_epoch=steps,
                          callbacks=callbacks, verbose=(1 if sys.stdout.isatty() and cfg.progress else 2))
         train_seconds = time.perf_counter() - t0
-        best = keras.models.load_model(best_path, compile=False)
+        # A refit keeps the last epoch's weights; fit() has already written the EMA into them.
+        best = keras.models.load_model(best_path, compile=False) if val_ds is not None else model
+        weights = best.get_weights()
     # The saved model is a plain float32 copy of the best weights: exporters, the Keras reference
     # and anyone loading model.keras compute in float32 whatever the training precision was.
     model = build(cfg.model, params)
-    model.set_weights(best.get_weights())
+    model.set_weights(weights)
     tmp = out_dir / ".model.tmp.keras"
     model.save(tmp)
     tmp.replace(out_dir / "model.keras")
-    best_path.unlink()
+    best_path.unlink(missing_ok=True)
     model = keras.models.load_model(out_dir / "model.keras")  # evaluate exactly what was saved
 
     x_test = scale_pixels(data.test.images, spec)
@@ -347,8 +356,9 @@ def train_run(cfg: TrainConfig, data_root, out_dir) -> dict:
         reports.saliency_grid(data.test.images[picks], sal, y_true[picks], y_pred[picks],
                               out_dir / "saliency.png", "Saliency |d p(predicted) / d pixel|, green = correct")
 
-    val_acc = history.get("val_accuracy", [0.0])
-    best_epoch = int(np.argmax(val_acc)) + 1
+    val_acc = history.get("val_accuracy")  # None in a refit
+    epochs_run = len(history["loss"])
+    best_epoch = int(np.argmax(val_acc)) + 1 if val_acc else epochs_run
     manifest = {
         "schema": SCHEMA_VERSION,
         "kind": "run",
@@ -365,8 +375,8 @@ def train_run(cfg: TrainConfig, data_root, out_dir) -> dict:
         "parameters": int(model.count_params()),
         "data": {k: summary[k] for k in ("root", "layout", "test_split", "val_fraction", "sizes", "files_hash")}
         | {"fraction": cfg.fraction, "skipped": n_skipped},
-        "metrics": {"val_accuracy": float(max(val_acc)), "best_epoch": best_epoch,
-                    "epochs_run": len(val_acc), "test": test_metrics,
+        "metrics": {"val_accuracy": float(max(val_acc)) if val_acc else None, "best_epoch": best_epoch,
+                    "epochs_run": epochs_run, "test": test_metrics,
                     "test_weighted_f1": float(report["weighted avg"]["f1-score"])},
         "train_seconds": round(train_seconds, 1),
         "versions": package_versions(),
