@@ -53,8 +53,8 @@ def test_refit_trains_on_all_of_train_for_the_given_epochs(tmp_path, shared_root
     carved = load_dataset(shared_root, PreprocessSpec.from_dict(m["preprocessing"]), fraction=0.03, progress=False)
     assert m["data"]["sizes"]["train"] == len(carved.train) + len(carved.val)
     assert not (out / ".best.keras").exists()
+    from train.fit import TrainConfig
     with pytest.raises(ValueError, match="needs a validation split"):
-        from train.fit import TrainConfig
         TrainConfig(model="cbilstm", recipe={"schedule": "plateau"}, val_fraction=0).resolved()
 
 
