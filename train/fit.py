@@ -306,19 +306,20 @@ def train_run(cfg: TrainConfig, data_root, out_dir) -> dict:
                       loss=keras.losses.CategoricalCrossentropy(label_smoothing=recipe.label_smoothing),
                       metrics=["accuracy", top_class_share()])
         best_path = out_dir / ".best.keras"
-        callbacks = [_epoch_log(out_dir)]
-        if val_ds is not None:
-            callbacks[:0] = [
+        validating = val_ds is not None  # else a refit: no checkpoint or early stopping, last weights kept
+        callbacks = []
+        if validating:
+            callbacks += [
                 # First, so that validation, the checkpoint and early stopping all see the averaged weights.
                 *([keras.callbacks.SwapEMAWeights(swap_on_epoch=True)] if recipe.ema else []),
                 keras.callbacks.ModelCheckpoint(best_path, monitor="val_accuracy", mode="max", save_best_only=True),
                 keras.callbacks.EarlyStopping(monitor="val_accuracy", mode="max", patience=recipe.patience),
             ]
+        callbacks.append(_epoch_log(out_dir))
         if recipe.schedule == "plateau":
             callbacks.append(keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5, patience=3,
                                                                min_lr=1e-5, verbose=1))
-        on = (f"validating on {len(data.val):,}" if val_ds is not None
-              else "no validation: refit, the final weights are kept")
+        on = f"validating on {len(data.val):,}" if validating else "no validation: refit, the final weights are kept"
         print(f"training {cfg.model} ({model.count_params():,} parameters, {precision}"
               f"{f', weight EMA {recipe.ema}' if recipe.ema else ''}) on {len(data.train):,} images, "
               f"{on}; {recipe.epochs} epochs x {steps} steps")
@@ -327,7 +328,7 @@ def train_run(cfg: TrainConfig, data_root, out_dir) -> dict:
                          callbacks=callbacks, verbose=(1 if sys.stdout.isatty() and cfg.progress else 2))
         train_seconds = time.perf_counter() - t0
         # A refit keeps the last epoch's weights; fit() has already written the EMA into them.
-        best = keras.models.load_model(best_path, compile=False) if val_ds is not None else model
+        best = keras.models.load_model(best_path, compile=False) if validating else model
         weights = best.get_weights()
     # The saved model is a plain float32 copy of the best weights: exporters, the Keras reference
     # and anyone loading model.keras compute in float32 whatever the training precision was.
