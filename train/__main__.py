@@ -55,6 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=1337, help="seed for the split, init and augmentation")
     p.add_argument("--init-seed", type=int, help="another seed for init, shuffling and augmentation only: "
                                                  "the same validation split, so runs compare (default: --seed)")
+    p.add_argument("--teacher", type=Path, metavar="FILE",
+                   help="distil: train on a teacher ensemble's soft labels from python -m train.distill, "
+                        "weighted by --set distill=W (default 0.7) against the one-hot labels")
     p.add_argument("--threads", type=int, help="TensorFlow CPU threads (default: all cores)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     return p
@@ -85,7 +88,8 @@ def config_from_args(args):
     if args.no_augment:
         recipe["augment"] = {}
     return TrainConfig(model=model, params=params, recipe=recipe, seed=args.seed, init_seed=args.init_seed,
-                       val_fraction=args.val_fraction, fraction=args.fraction, progress=not args.quiet)
+                       val_fraction=args.val_fraction, fraction=args.fraction, progress=not args.quiet,
+                       teacher=str(args.teacher) if args.teacher else None)
 
 
 def main(argv=None) -> int:

@@ -24,7 +24,7 @@ from edge_runtime.preprocess import PreprocessSpec, scale_pixels
 
 from . import reports
 from .data import Dataset, load_dataset
-from .models import Recipe, build, get_entry, parse_stem
+from .models import DISTILL_WEIGHT, Recipe, build, get_entry, parse_stem
 
 
 @dataclass
@@ -38,6 +38,7 @@ class TrainConfig:
     fraction: float = 1.0
     progress: bool = True
     saliency_per_class: int = 2  # correct and wrong examples per class in saliency.png
+    teacher: str | None = None  # soft-label file from python -m train.distill (knowledge distillation)
 
     @property
     def weights_seed(self) -> int:
@@ -60,6 +61,14 @@ class TrainConfig:
             raise ValueError(f"ema must be in [0, 1) (0 = off), not {recipe.ema!r}")
         if not float(recipe.mixup) >= 0.0:
             raise ValueError(f"mixup must be an alpha >= 0 (0 = off), not {recipe.mixup!r}")
+        if not 0.0 <= float(recipe.distill) <= 1.0:
+            raise ValueError(f"distill must be a weight in [0, 1], not {recipe.distill!r}")
+        if self.teacher and not Path(self.teacher).is_file():
+            raise ValueError(f"--teacher {self.teacher} does not exist (make it with python -m train.distill)")
+        if self.teacher and not recipe.distill:
+            recipe = replace(recipe, distill=DISTILL_WEIGHT)
+        if recipe.distill and not self.teacher:
+            raise ValueError("distill needs soft labels: pass --teacher FILE (from python -m train.distill)")
         if not self.val_fraction and recipe.schedule == "plateau":
             raise ValueError("schedule=plateau needs a validation split: use schedule=cosine with --val-fraction 0")
         if "stem" in params:
@@ -122,13 +131,15 @@ def class_weights(labels: np.ndarray, mode: str) -> np.ndarray:
     return w / (w[labels].mean())
 
 
-def _datasets(data: Dataset, spec: PreprocessSpec, recipe: Recipe, seed: int):
+def _datasets(data: Dataset, spec: PreprocessSpec, recipe: Recipe, seed: int, y_train: np.ndarray | None = None):
+    """(train, val, steps per epoch); ``y_train`` replaces the one-hot targets (distillation)."""
     import tensorflow as tf
     from .augment import augment_batch, check_config, mixup_batch
 
     aug = check_config(dict(recipe.augment))
     x_train = scale_pixels(data.train.images, spec)  # the runtime's own transform, bit for bit
-    y_train = np.eye(NUM_CLASSES, dtype=np.float32)[data.train.labels]
+    if y_train is None:
+        y_train = np.eye(NUM_CLASSES, dtype=np.float32)[data.train.labels]
     w_train = class_weights(data.train.labels, recipe.class_weight).astype(np.float32)[data.train.labels]
     ds = tf.data.Dataset.from_tensor_slices((x_train, y_train, w_train))
     ds = ds.shuffle(len(x_train), seed=seed, reshuffle_each_iteration=True).repeat()
@@ -297,11 +308,18 @@ def train_run(cfg: TrainConfig, data_root, out_dir) -> dict:
         print(f"skipped {n_skipped} unreadable image(s); listed in {out_dir / 'data_report.json'}")
     reports.class_distribution(summary["class_counts"], out_dir / "class_distribution.png")
     reports.sample_grid(data.train.images, data.train.labels, out_dir / "samples.png", seed=cfg.seed)
+    y_train, teacher = None, None
+    if cfg.teacher:
+        from .distill import load_soft_labels, soft_targets
+        table, tmeta, sha = load_soft_labels(cfg.teacher)
+        y_train = soft_targets(data.train, table, recipe.distill)
+        teacher = {"file": str(Path(cfg.teacher).resolve()), "sha256": sha, "weight": recipe.distill,
+                   "teachers": tmeta["teachers"], "ensemble_train_accuracy": tmeta["ensemble_train_accuracy"]}
 
     precision = resolve_precision(recipe.precision)
     with dtype_policy(precision):
         model = build(cfg.model, params)
-        train_ds, val_ds, steps = _datasets(data, spec, recipe, cfg.weights_seed)
+        train_ds, val_ds, steps = _datasets(data, spec, recipe, cfg.weights_seed, y_train)
         model.compile(optimizer=_optimizer(recipe, steps),
                       loss=keras.losses.CategoricalCrossentropy(label_smoothing=recipe.label_smoothing),
                       metrics=["accuracy", top_class_share()])
@@ -319,9 +337,10 @@ def train_run(cfg: TrainConfig, data_root, out_dir) -> dict:
         if recipe.schedule == "plateau":
             callbacks.append(keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5, patience=3,
                                                                min_lr=1e-5, verbose=1))
+        distilled = f", distilled from {len(teacher['teachers'])} teacher(s)" if teacher else ""
         on = f"validating on {len(data.val):,}" if validating else "no validation: refit, the final weights are kept"
         print(f"training {cfg.model} ({model.count_params():,} parameters, {precision}"
-              f"{f', weight EMA {recipe.ema}' if recipe.ema else ''}) on {len(data.train):,} images, "
+              f"{f', weight EMA {recipe.ema}' if recipe.ema else ''}{distilled}) on {len(data.train):,} images, "
               f"{on}; {recipe.epochs} epochs x {steps} steps")
         t0 = time.perf_counter()
         hist = model.fit(train_ds, validation_data=val_ds, epochs=recipe.epochs, steps_per_epoch=steps,
@@ -379,6 +398,7 @@ def train_run(cfg: TrainConfig, data_root, out_dir) -> dict:
         "metrics": {"val_accuracy": float(max(val_acc)) if val_acc else None, "best_epoch": best_epoch,
                     "epochs_run": epochs_run, "test": test_metrics,
                     "test_weighted_f1": float(report["weighted avg"]["f1-score"])},
+        "teacher": teacher,  # None unless distilled: the soft-label file and the runs it came from
         "train_seconds": round(train_seconds, 1),
         "versions": package_versions(),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),

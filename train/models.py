@@ -31,7 +31,13 @@ class Recipe:
     precision: str = "float32"
     ema: float = 0.0  # momentum of an exponential moving average of the weights; 0 = off
     mixup: float = 0.0  # alpha of mixup's Beta(alpha, alpha) (0.2 is usual); 0 = off
+    # weight of the teacher's soft labels in the targets (python -m train --teacher); 0 = off, and
+    # --teacher without a weight uses DISTILL_WEIGHT
+    distill: float = 0.0
     augment: dict = field(default_factory=lambda: {"flip": True, "shear_deg": 0.2, "zoom": 0.2})
+
+
+DISTILL_WEIGHT = 0.7  # teacher-heavy, as in Hinton et al.; the one-hot share keeps the true label on top
 
 
 @dataclass(frozen=True)
