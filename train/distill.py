@@ -7,7 +7,7 @@ then trains on ``distill * teacher + (1 - distill) * one-hot`` targets: offline 
 (Hinton et al. 2015; the soft labels of a clean face also serve its augmented views, as in
 FKD/ReLabel), so a student costs no teacher forward passes and trains in the same time.
 
-The file is small (float16, ~0.4 MB for FER2013) and records each teacher's sha256, its validation
+The file is small (float16, ~0.5 MB for FER2013) and records each teacher's sha256, its validation
 split and score, so a student's manifest says exactly where its targets came from.
 """
 from __future__ import annotations
@@ -65,7 +65,7 @@ def make_soft_labels(teachers: list[Path], out: Path, data_root=None, fraction: 
         split, p, info = teacher_probs(Path(t), data_root, fraction, progress=progress)
         if files is None:
             files, labels = split.files, split.labels
-        elif split.files != files:  # teachers at other input sizes decode the same files
+        elif split.files != files:  # same files at any input size, unless a face failed to decode at one
             raise DataError(f"teacher {t} sees other train/ files than {teachers[0]}")
         probs.append(p)
         infos.append(info)

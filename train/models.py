@@ -37,7 +37,7 @@ class Recipe:
     augment: dict = field(default_factory=lambda: {"flip": True, "shear_deg": 0.2, "zoom": 0.2})
 
 
-DISTILL_WEIGHT = 0.7  # teacher-heavy, as in Hinton et al.; the one-hot share keeps the true label on top
+DISTILL_WEIGHT = 0.7  # teacher-heavy, as in Hinton et al. (run K: 0.7 lost 0.9 pp of validation accuracy here)
 
 
 @dataclass(frozen=True)
