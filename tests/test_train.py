@@ -75,6 +75,13 @@ def check_run_folder(out, model, shared_root, fraction, epochs=1, refit=False):
     assert ({"val_accuracy", "val_top_class_share"} <= set(rows[0])) != refit
     if refit:
         assert m["metrics"]["best_epoch"] == epochs and not any(k.startswith("val_") for k in rows[0])
+    bn = m["bn_recalibration"]  # cbilstm's recipe re-estimates BatchNorm on the clean training faces
+    if model == "thesis":
+        assert bn is None  # no BatchNorm layers
+    else:
+        assert bn["layers"] == 7 and bn["faces"] == m["data"]["sizes"]["train"]
+        assert (bn["val_accuracy_before"] is None) == refit and (bn["val_accuracy_after"] is None) == refit
+        assert m["train_seconds"] >= bn["seconds"] > 0
     report = json.loads((out / "classification_report.json").read_text())
     assert {"angry", "disgust", "macro avg", "weighted avg"} <= set(report)
     assert abs(report["accuracy"] - m["metrics"]["test"]["accuracy"]) < 1e-9

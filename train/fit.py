@@ -345,18 +345,56 @@ def train_run(cfg: TrainConfig, data_root, out_dir) -> dict:
         t0 = time.perf_counter()
         hist = model.fit(train_ds, validation_data=val_ds, epochs=recipe.epochs, steps_per_epoch=steps,
                          callbacks=callbacks, verbose=(1 if sys.stdout.isatty() and cfg.progress else 2))
-        train_seconds = time.perf_counter() - t0
+        fit_seconds = time.perf_counter() - t0
         # A refit keeps the last epoch's weights; fit() has already written the EMA into them.
         best = keras.models.load_model(best_path, compile=False) if validating else model
         weights = best.get_weights()
+    best_path.unlink(missing_ok=True)
     # The saved model is a plain float32 copy of the best weights: exporters, the Keras reference
     # and anyone loading model.keras compute in float32 whatever the training precision was.
     model = build(cfg.model, params)
     model.set_weights(weights)
+    history = {k: [float(v) for v in vals] for k, vals in hist.history.items()}
+    bn = recalibrate(model, data, spec) if recipe.bn_recalibration else None
+    train_seconds = fit_seconds + (bn["seconds"] if bn else 0.0)
+    run = {"model": cfg.model, "params": params, "recipe": asdict(recipe), "precision": precision,
+           "seed": cfg.seed, "init_seed": cfg.weights_seed, "fraction": cfg.fraction, "teacher": teacher,
+           "saliency_per_class": cfg.saliency_per_class}
+    return finish_run(model, run, data, spec, summary, history, train_seconds, bn, out_dir)
+
+
+def recalibrate(model, data: Dataset, spec: PreprocessSpec) -> dict | None:
+    """Re-estimate the BatchNorm statistics on the clean training faces (train/batchnorm.py);
+    -> what was done, with validation accuracy before and after when there is a validation split."""
+    from .batchnorm import batchnorm_layers, recalibrate_batchnorm
+    if not batchnorm_layers(model):
+        return None
+    x_val = scale_pixels(data.val.images, spec) if len(data.val) else None
+
+    def val_accuracy():
+        if x_val is None:
+            return None
+        return float(np.mean(model.predict(x_val, batch_size=256, verbose=0).argmax(1) == data.val.labels))
+
+    before = val_accuracy()
+    t0 = time.perf_counter()
+    layers = recalibrate_batchnorm(model, scale_pixels(data.train.images, spec))
+    seconds = time.perf_counter() - t0
+    after = val_accuracy()
+    moved = f": validation accuracy {before:.2%} -> {after:.2%}" if before is not None else ""
+    print(f"re-estimated {layers} BatchNorm layers on {len(data.train):,} clean training faces in {seconds:.0f} s{moved}")
+    return {"layers": layers, "faces": len(data.train), "seconds": round(seconds, 1),
+            "val_accuracy_before": before, "val_accuracy_after": after}
+
+
+def finish_run(model, run: dict, data: Dataset, spec: PreprocessSpec, summary: dict, history: dict,
+               train_seconds: float, bn: dict | None, out_dir: Path, extra: dict | None = None) -> dict:
+    """Save ``model`` (float32), score it once on the test split, write the reports and the manifest."""
+    import keras
+    out_dir = Path(out_dir)
     tmp = out_dir / ".model.tmp.keras"
     model.save(tmp)
     tmp.replace(out_dir / "model.keras")
-    best_path.unlink(missing_ok=True)
     model = keras.models.load_model(out_dir / "model.keras")  # evaluate exactly what was saved
 
     x_test = scale_pixels(data.test.images, spec)
@@ -365,12 +403,11 @@ def train_run(cfg: TrainConfig, data_root, out_dir) -> dict:
     y_true = data.test.labels
     test_metrics = reports.metrics(y_true, y_pred)
     report = reports.write_classification_report(y_true, y_pred, out_dir)
-    history = {k: [float(v) for v in vals] for k, vals in hist.history.items()}
     reports.learning_curves(history, out_dir / "curves.png")
     cm = reports.confusion_heatmap(y_true, y_pred, out_dir / "confusion_matrix.png",
-                                   f"{cfg.model}: test accuracy {test_metrics['accuracy']:.1%} (row-normalised)")
+                                   f"{run['model']}: test accuracy {test_metrics['accuracy']:.1%} (row-normalised)")
     reports.per_class_error(cm, out_dir / "per_class_error.png")
-    picks = _pick_saliency(y_true, y_pred, cfg.saliency_per_class, cfg.seed)
+    picks = _pick_saliency(y_true, y_pred, run["saliency_per_class"], run["seed"])
     if picks:
         sal = saliency(model, x_test[picks], y_pred[picks])
         reports.saliency_grid(data.test.images[picks], sal, y_true[picks], y_pred[picks],
@@ -382,27 +419,30 @@ def train_run(cfg: TrainConfig, data_root, out_dir) -> dict:
     manifest = {
         "schema": SCHEMA_VERSION,
         "kind": "run",
-        "model": cfg.model,
-        "params": params,
-        "recipe": asdict(recipe),
-        "precision": precision,  # what recipe.precision resolved to on the training machine
-        "seed": cfg.seed,
-        "init_seed": cfg.weights_seed,
+        "model": run["model"],
+        "params": run["params"],
+        "recipe": run["recipe"],
+        "precision": run["precision"],  # what recipe.precision resolved to on the training machine
+        "seed": run["seed"],
+        "init_seed": run["init_seed"],
         "labels": list(LABELS),
         "preprocessing": spec.to_dict(),
         "model_file": "model.keras",
         "model_sha256": sha256_file(out_dir / "model.keras"),
         "parameters": int(model.count_params()),
         "data": {k: summary[k] for k in ("root", "layout", "test_split", "val_fraction", "sizes", "files_hash")}
-        | {"fraction": cfg.fraction, "skipped": n_skipped},
+        | {"fraction": run["fraction"], "skipped": sum(len(v) for v in summary["skipped"].values())},
+        # val_accuracy: the best epoch's, which chose the checkpoint (before BatchNorm re-estimation)
         "metrics": {"val_accuracy": float(max(val_acc)) if val_acc else None, "best_epoch": best_epoch,
                     "epochs_run": epochs_run, "test": test_metrics,
                     "test_weighted_f1": float(report["weighted avg"]["f1-score"])},
-        "teacher": teacher,  # None unless distilled: the soft-label file and the runs it came from
-        "train_seconds": round(train_seconds, 1),
+        "bn_recalibration": bn,  # None when off or the model has no BatchNorm
+        "teacher": run["teacher"],  # None unless distilled: the soft-label file and the runs it came from
+        "train_seconds": round(train_seconds, 1),  # fit + BatchNorm re-estimation
         "versions": package_versions(),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "command": " ".join(sys.argv),
+        **(extra or {}),
     }
     atomic_write_json(out_dir / "manifest.json", manifest)
     return manifest

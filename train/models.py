@@ -34,6 +34,8 @@ class Recipe:
     # weight of the teacher's soft labels in the targets (python -m train --teacher); 0 = off, and
     # --teacher without a weight uses DISTILL_WEIGHT
     distill: float = 0.0
+    # after training, re-estimate BatchNorm statistics on the clean training faces (train/batchnorm.py)
+    bn_recalibration: bool = False
     augment: dict = field(default_factory=lambda: {"flip": True, "shear_deg": 0.2, "zoom": 0.2})
 
 
@@ -156,7 +158,7 @@ REGISTRY: dict[str, ModelEntry] = {
         PreprocessSpec(size=48),
         Recipe(epochs=74, batch_size=64, lr=2e-3, schedule="cosine", label_smoothing=0.1,
                class_weight="sqrt", weight_decay=1e-4, patience=20, augment=dict(_CBILSTM_AUG),
-               precision="auto", ema=0.999),
+               precision="auto", ema=0.999, bn_recalibration=True),
         "Light conv stem (48 -> 6 rows of 6 x 128) -> 2 x BiLSTM(64): the project's default."),
     "cbilstm-wide": ModelEntry(
         "cbilstm-wide", build_cbilstm,
