@@ -23,10 +23,15 @@ from train.data import load_dataset
 from .conftest import REPO, TINY_EXPORT_FRACTION
 
 FIVE = ["keras", "tflite-fp32", "onnx-fp32", "tflite-int8", "onnx-int8"]
-# Agreement with Keras on 50 test images that each artifact must reach: fp32 conversions are exact
-# (unrolled LSTMs, ONNX LSTM ops), int8 ones may flip a near-tie.
-MIN_AGREEMENT = {"tflite-fp32": 1.0, "onnx-fp32": 1.0, "tflite-int8": 0.94, "onnx-int8": 0.94}
+# How close each artifact's probabilities are to Keras' on 50 test faces. fp32 conversions are exact
+# (unrolled LSTMs, ONNX LSTM ops): same labels. int8 ones are bounded in probability, not in labels:
+# the 1-epoch tiny model is nearly uniform (median top-2 margin ~0.01), so a label flip there is a
+# near tie (measured: every onnx-int8 flip had a margin below its own error of 0.01-0.03). Label
+# agreement of a trained model is the export gate's job, on the whole test split (98.6 % / 98.3 %
+# for the shipped model's tflite-int8 / onnx-int8).
+EXACT = {"tflite-fp32", "onnx-fp32"}
 MAX_PROB_DIFF = {"tflite-fp32": 1e-4, "onnx-fp32": 1e-4, "tflite-int8": 0.08, "onnx-int8": 0.08}
+MEAN_PROB_DIFF = {"tflite-fp32": 1e-5, "onnx-fp32": 1e-5, "tflite-int8": 0.02, "onnx-int8": 0.02}
 
 
 def export(*args, env=None, timeout=600):
@@ -83,9 +88,10 @@ def test_each_artifact_reloads_and_agrees_with_keras(tiny_artifacts, test50, nam
     ref = keras.models.load_model(tiny_artifacts / m["artifacts"]["keras"]["file"]).predict(x, verbose=0)
     probs = load_backend(m, name, threads=1).predict(x)
     assert probs.shape == (50, 7) and np.allclose(probs.sum(1), 1, atol=0.05)
-    agreement = float(np.mean(probs.argmax(1) == ref.argmax(1)))
-    assert agreement >= MIN_AGREEMENT[name], agreement
-    assert np.abs(probs - ref).max() <= MAX_PROB_DIFF[name]
+    if name in EXACT:
+        assert np.array_equal(probs.argmax(1), ref.argmax(1))
+    diff = np.abs(probs - ref)
+    assert diff.max() <= MAX_PROB_DIFF[name] and diff.mean() <= MEAN_PROB_DIFF[name], (diff.max(), diff.mean())
 
 
 def test_corrupted_artifact_fails_its_sha256_check(tiny_artifacts, tmp_path):

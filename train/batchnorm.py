@@ -28,13 +28,14 @@ def _walk(model):
             yield from _walk(layer)
 
 
-def recalibrate_batchnorm(model, x: np.ndarray, batch_size: int = 512, seed: int = 0) -> int:
+def recalibrate_batchnorm(model, x: np.ndarray, batch_size: int = 512, seed: int = 0, progress: bool = False) -> int:
     """Set every BatchNorm layer's moving mean/variance to the average of its batch statistics over
     ``x`` (clean faces, already scaled), weighted by batch size, dropout off.
     The faces are shuffled first: data sorted by class would give single-class batches, whose
     variances underestimate the population's. Returns the number of layers re-estimated (0 for a
     model without BatchNorm)."""
     import keras
+    from tqdm.auto import tqdm
     bns = batchnorm_layers(model)
     if not bns or not len(x):
         return 0
@@ -44,7 +45,8 @@ def recalibrate_batchnorm(model, x: np.ndarray, batch_size: int = 512, seed: int
         for d in drops:
             d.rate = 0.0  # serving has no dropout; read at call time in eager mode
         order = np.random.default_rng(seed).permutation(len(x))
-        for start in range(0, len(x), batch_size):
+        for start in tqdm(range(0, len(x), batch_size), desc="BatchNorm re-estimation", unit="batch",
+                          disable=not progress, leave=False):
             batch = x[order[start:start + batch_size]]
             for b in bns:
                 b.momentum = start / (start + len(batch))  # moving = running mean over the faces so far

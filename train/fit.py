@@ -355,7 +355,7 @@ def train_run(cfg: TrainConfig, data_root, out_dir) -> dict:
     model = build(cfg.model, params)
     model.set_weights(weights)
     history = {k: [float(v) for v in vals] for k, vals in hist.history.items()}
-    bn = recalibrate(model, data, spec) if recipe.bn_recalibration else None
+    bn = recalibrate(model, data, spec, cfg.progress) if recipe.bn_recalibration else None
     train_seconds = fit_seconds + (bn["seconds"] if bn else 0.0)
     run = {"model": cfg.model, "params": params, "recipe": asdict(recipe), "precision": precision,
            "seed": cfg.seed, "init_seed": cfg.weights_seed, "fraction": cfg.fraction, "teacher": teacher,
@@ -363,7 +363,7 @@ def train_run(cfg: TrainConfig, data_root, out_dir) -> dict:
     return finish_run(model, run, data, spec, summary, history, train_seconds, bn, out_dir)
 
 
-def recalibrate(model, data: Dataset, spec: PreprocessSpec) -> dict | None:
+def recalibrate(model, data: Dataset, spec: PreprocessSpec, progress: bool = False) -> dict | None:
     """Re-estimate the BatchNorm statistics on the clean training faces (train/batchnorm.py);
     -> what was done, with validation accuracy before and after when there is a validation split."""
     from .batchnorm import batchnorm_layers, recalibrate_batchnorm
@@ -378,7 +378,7 @@ def recalibrate(model, data: Dataset, spec: PreprocessSpec) -> dict | None:
 
     before = val_accuracy()
     t0 = time.perf_counter()
-    layers = recalibrate_batchnorm(model, scale_pixels(data.train.images, spec))
+    layers = recalibrate_batchnorm(model, scale_pixels(data.train.images, spec), progress=progress)
     seconds = time.perf_counter() - t0
     after = val_accuracy()
     moved = f": validation accuracy {before:.2%} -> {after:.2%}" if before is not None else ""

@@ -4,7 +4,8 @@
 (``bn_recalibration``, on for cbilstm). This applies the same step to an existing run folder:
 same data split (checked by the manifest's file hash), same code, weights otherwise untouched.
 The new folder is a complete run — model, reports, manifest scored once on the test split — and
-its manifest names the run it came from; ``train_seconds`` is the source's plus the re-estimation.
+its manifest names the run it came from; ``train_seconds`` is the source's fitting time plus the
+re-estimation (a source that was re-estimated already is re-estimated again, to the same statistics).
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import sys
 from dataclasses import asdict, replace
 from pathlib import Path
 
-from edge_runtime.manifest import ManifestError, preprocess_spec, read_manifest, verify_file
+from edge_runtime.manifest import ManifestError, atomic_write_json, preprocess_spec, read_manifest, verify_file
 
 from .data import DataError, load_dataset
 
@@ -51,14 +52,13 @@ def recalibrate_run(run_dir, out_dir, data_root=None, progress: bool = True) -> 
                         "(file hash mismatch): pass --data with the run's data")
     import keras  # only now: bad paths and data are reported without starting TensorFlow
     model = keras.models.load_model(model_path, compile=False)
-    bn = recalibrate(model, data, spec)
+    bn = recalibrate(model, data, spec, progress)
     if bn is None:
         raise DataError(f"{m['model']} has no BatchNorm layers: nothing to re-estimate")
     out_dir.mkdir(parents=True, exist_ok=True)
     for name in COPIED:
         if (run_dir / name).is_file():
             shutil.copy2(run_dir / name, out_dir / name)
-    from edge_runtime.manifest import atomic_write_json
     atomic_write_json(out_dir / "data_report.json", summary)
     known = set(Recipe.__dataclass_fields__)
     recipe = asdict(replace(Recipe(**{k: v for k, v in m["recipe"].items() if k in known}), bn_recalibration=True))
@@ -68,7 +68,9 @@ def recalibrate_run(run_dir, out_dir, data_root=None, progress: bool = True) -> 
     history = read_history(run_dir / "history.csv") if (run_dir / "history.csv").is_file() else {"loss": []}
     source = {"run": str(run_dir.resolve()), "model_sha256": m["model_sha256"], "train_seconds": m["train_seconds"],
               "command": m.get("command"), "test": m["metrics"]["test"]}
-    return finish_run(model, run, data, spec, summary, history, m["train_seconds"] + bn["seconds"], bn, out_dir,
+    # the source's fitting time (without any earlier re-estimation, which this one replaces) + this pass
+    fit_seconds = m["train_seconds"] - ((m.get("bn_recalibration") or {}).get("seconds") or 0.0)
+    return finish_run(model, run, data, spec, summary, history, fit_seconds + bn["seconds"], bn, out_dir,
                       extra={"recalibrated_from": source})
 
 
