@@ -154,7 +154,8 @@ def main(argv=None) -> int:
         atomic_write_json(json_path, result)
     if md_path:
         mi = result["machine"]
-        text = (f"# Benchmark: {manifest.get('model')} on {mi['cpu']} ({mi['cores']} cores, {mi['machine']})\n\n"
+        text = (f"# Benchmark: {manifest.get('model')} on {mi['cpu']} ({mi['cores']} cores, {mi['machine']}; "
+                f"{' '.join(mi['cpu_flags']) or 'no SIMD flags read'})\n\n"
                 f"{result['created']}; versions: {', '.join(f'{k} {v}' for k, v in mi['versions'].items())}\n\n"
                 + report.markdown_table(rows) + "\n")
         if pipeline_rows:

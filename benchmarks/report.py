@@ -79,15 +79,25 @@ def pipeline_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+# CPU features that decide int8 and bf16 speed (x86: VNNI/AMX for int8 dot products, else int8 is
+# no faster than fp32; Arm: dotprod/i8mm), so a latency row can be read against its hardware.
+SPEED_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_int8", "amx_bf16",
+               "asimd", "asimddp", "i8mm", "bf16", "sve")
+
+
 def machine_info() -> dict:
-    cpu = platform.processor() or ""
+    cpu, flags = "", set()
     try:
         for line in open("/proc/cpuinfo"):
-            if line.lower().startswith(("model name", "hardware", "cpu model")):
-                cpu = line.split(":", 1)[1].strip()
-                break
+            key, _, value = line.partition(":")
+            key = key.strip().lower()
+            if key in ("model name", "hardware", "cpu model") and not cpu:
+                cpu = value.strip()
+            elif key in ("flags", "features") and not flags:
+                flags = set(value.split())
     except OSError:
         pass
+    cpu = cpu or platform.processor()
     versions = {}
     for pkg in ("numpy", "opencv-python-headless", "ai-edge-litert", "tflite-runtime", "onnxruntime",
                 "onnxruntime-gpu", "tensorflow", "keras"):
@@ -95,7 +105,8 @@ def machine_info() -> dict:
             versions[pkg] = metadata.version(pkg)
         except metadata.PackageNotFoundError:
             pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "machine": platform.machine(), "system": platform.platform(),
+    return {"cpu": cpu, "cores": os.cpu_count(), "machine": platform.machine(),
+            "cpu_flags": [f for f in SPEED_FLAGS if f in flags], "system": platform.platform(),
             "python": platform.python_version(), "versions": versions}
 
 

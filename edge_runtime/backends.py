@@ -141,6 +141,21 @@ class TFLiteBackend(Backend):
         return self._to_canonical(out)
 
 
+def onnx_session_options(threads: int = 1):
+    """The onnxruntime session options every ONNX run of this project uses (device, export, study)."""
+    import onnxruntime as ort
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = max(1, threads)
+    opts.inter_op_num_threads = 1
+    opts.log_severity_level = 3
+    # x86 CPUs without VNNI (AVX2, plain AVX512) compute u8s8 int8 products with saturating 16-bit
+    # adds; weights outside [-64, 63] then overflow. This option makes onnxruntime use u8u8 there
+    # (a no-op on VNNI and Arm). Measured on an AVX2 EPYC, shipped cbilstm onnx-int8: agreement
+    # with Keras 94.4 % -> 98.3 % (what VNNI machines get), 1.62 -> 1.21 ms/face.
+    opts.add_session_config_entry("session.x64quantprecision", "1")
+    return opts
+
+
 class OnnxBackend(Backend):
     format = "onnx"
     GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
@@ -152,10 +167,7 @@ class OnnxBackend(Backend):
             import onnxruntime as ort
         except ImportError as e:
             raise BackendError("onnxruntime is not installed: pip install onnxruntime") from e
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = max(1, threads)
-        opts.inter_op_num_threads = 1
-        opts.log_severity_level = 3
+        opts = onnx_session_options(threads)
         have = ort.get_available_providers()
         wanted = providers or [p for p in (*self.GPU_PROVIDERS, "CPUExecutionProvider") if p in have]
         missing = [p for p in wanted if p not in have]

@@ -54,9 +54,9 @@ def tflite_runner(data: bytes, xnnpack: bool):
 
 def onnx_runner(data: bytes):
     import onnxruntime as ort
-    o = ort.SessionOptions()
-    o.intra_op_num_threads = o.inter_op_num_threads = 1
-    s = ort.InferenceSession(data, o, providers=["CPUExecutionProvider"])
+
+    from edge_runtime.backends import onnx_session_options
+    s = ort.InferenceSession(data, onnx_session_options(1), providers=["CPUExecutionProvider"])
     name = s.get_inputs()[0].name
     return lambda x: s.run(None, {name: x})[0]
 

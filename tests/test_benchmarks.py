@@ -45,7 +45,7 @@ def test_complete_table_json_md_and_plots(tiny_artifacts, tmp_path):
         assert row["accuracy"] == pytest.approx(_recorded_accuracy(m["artifacts"][name]), abs=1e-9), name
         assert "latency_x_peer" in row and "size_x_peer" in row and "agreement" in row
     assert rows[("keras", 1)]["agreement"] == 1.0 and rows[("keras", 1)]["drop_pp"] == 0.0
-    assert {"cpu", "cores", "versions"} <= set(res["machine"])
+    assert {"cpu", "cores", "versions", "cpu_flags"} <= set(res["machine"])
     md = (out / "r.md").read_text()
     assert md.count("| tflite-int8 |") == 2 and "peer-fer" in md
     for png in ("accuracy_vs_latency.png", "latency.png", "size.png"):
