@@ -26,13 +26,14 @@ FIVE = ["keras", "tflite-fp32", "onnx-fp32", "tflite-int8", "onnx-int8"]
 # How close each artifact's probabilities are to Keras' on 50 test faces. fp32 conversions are exact
 # (unrolled LSTMs, ONNX LSTM ops): same labels. int8 ones are held to an error bound, not to labels:
 # the 1-epoch tiny model is nearly uniform (median top-2 margin ~0.01), so its int8 label flips are
-# near ties. The bound is tight enough to catch onnxruntime's u8s8 overflow on x86 without VNNI
-# (measured on AVX2 without the backend's fix: max 0.032, mean 0.0076; with it 0.0016 / 0.0004;
-# tflite-int8 0.0054 / 0.0014). Label agreement of a trained model is the export gate's job, on the
-# whole test split (98.6 % / 98.3 % for the shipped model's tflite-int8 / onnx-int8).
+# near ties. Measured on two such models (float32; bf16 with another init): tflite-int8 max <= 0.0087,
+# mean <= 0.0025, yet label agreement 0.92 on one; onnx-int8 <= 0.0017 / 0.0004.
+# Label agreement of a trained model is the export gate's job, on the whole test split (98.6 % /
+# 98.3 % for the shipped model's tflite-int8 / onnx-int8); onnxruntime's int8 overflow on x86
+# without VNNI has its own test (test_edge_units.py).
 EXACT = {"tflite-fp32", "onnx-fp32"}
-MAX_PROB_DIFF = {"tflite-fp32": 1e-4, "onnx-fp32": 1e-4, "tflite-int8": 0.02, "onnx-int8": 0.02}
-MEAN_PROB_DIFF = {"tflite-fp32": 1e-5, "onnx-fp32": 1e-5, "tflite-int8": 0.005, "onnx-int8": 0.005}
+MAX_PROB_DIFF = {"tflite-fp32": 1e-4, "onnx-fp32": 1e-4, "tflite-int8": 0.05, "onnx-int8": 0.05}
+MEAN_PROB_DIFF = {"tflite-fp32": 1e-5, "onnx-fp32": 1e-5, "tflite-int8": 0.01, "onnx-int8": 0.01}
 
 
 def export(*args, env=None, timeout=600):
