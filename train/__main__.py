@@ -36,6 +36,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"registered model to train (default: {DEFAULT_MODEL})")
     p.add_argument("--out", help="run folder to write (default: runs/<model>)")
     p.add_argument("--epochs", type=int, help="maximum epochs (default: the model's recipe)")
+    p.add_argument("--time", type=float, metavar="MINUTES",
+                   help="time budget for fitting + BatchNorm re-estimation: the epochs that fit are planned "
+                        "from the first two, at most --epochs, and the cosine schedule ends there "
+                        "(for machines slower than the one the recipe was tuned on)")
     p.add_argument("--batch-size", type=int, help="batch size (default: the model's recipe)")
     p.add_argument("--lr", type=float, help="peak learning rate (default: the model's recipe)")
     p.add_argument("--patience", type=int, help="early-stopping patience in epochs on validation accuracy")
@@ -82,7 +86,8 @@ def config_from_args(args):
     params = {k: v for k, v in overrides.items() if k not in recipe_keys}
     params.update(dict(args.param))
     recipe.update(dict(args.recipe_set))
-    for flag, key in (("epochs", "epochs"), ("batch_size", "batch_size"), ("lr", "lr"), ("patience", "patience")):
+    for flag, key in (("epochs", "epochs"), ("batch_size", "batch_size"), ("lr", "lr"), ("patience", "patience"),
+                      ("time", "time_budget_min")):
         if getattr(args, flag) is not None:
             recipe[key] = getattr(args, flag)
     if args.no_augment:

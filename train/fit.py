@@ -61,6 +61,8 @@ class TrainConfig:
             raise ValueError(f"ema must be in [0, 1) (0 = off), not {recipe.ema!r}")
         if not float(recipe.mixup) >= 0.0:
             raise ValueError(f"mixup must be an alpha >= 0 (0 = off), not {recipe.mixup!r}")
+        if not float(recipe.time_budget_min) >= 0.0:
+            raise ValueError(f"the time budget must be minutes >= 0 (0 = off), not {recipe.time_budget_min!r}")
         if not 0.0 <= float(recipe.distill) <= 1.0:
             raise ValueError(f"distill must be a weight in [0, 1], not {recipe.distill!r}")
         if self.teacher and not Path(self.teacher).is_file():
@@ -170,15 +172,25 @@ def _datasets(data: Dataset, spec: PreprocessSpec, recipe: Recipe, seed: int, y_
 NO_DECAY = ("bias", "gamma", "beta")  # Keras variable names kept out of weight decay
 
 
-def _optimizer(recipe: Recipe, steps_per_epoch: int):
+COSINE_ALPHA = 0.01  # the cosine schedule's floor, as a share of the peak learning rate
+
+
+def _warmup_steps(recipe: Recipe, steps_per_epoch: int) -> int:
+    return min(2 * steps_per_epoch, recipe.epochs * steps_per_epoch // 5)
+
+
+def _optimizer(recipe: Recipe, steps_per_epoch: int, schedule=None):
+    """``schedule``: a learning-rate schedule to use instead of the recipe's (a time budget's)."""
     import keras
     lr = recipe.lr
-    if recipe.schedule == "cosine":
-        warm = min(2 * steps_per_epoch, recipe.epochs * steps_per_epoch // 5)
+    if schedule is not None:
+        lr = schedule
+    elif recipe.schedule == "cosine":
+        warm = _warmup_steps(recipe, steps_per_epoch)
         total = max(1, recipe.epochs * steps_per_epoch - warm)
-        lr = keras.optimizers.schedules.CosineDecay(recipe.lr / 10, total, alpha=0.01,
+        lr = keras.optimizers.schedules.CosineDecay(recipe.lr / 10, total, alpha=COSINE_ALPHA,
                                                    warmup_target=recipe.lr, warmup_steps=warm)
-    elif recipe.schedule != "plateau":
+    if recipe.schedule not in ("plateau", "cosine"):
         raise ValueError(f"schedule must be plateau or cosine, not {recipe.schedule!r}")
     cls, kw = keras.optimizers.Adam, {}
     if recipe.weight_decay:
@@ -320,7 +332,12 @@ def train_run(cfg: TrainConfig, data_root, out_dir) -> dict:
     with dtype_policy(precision):
         model = build(cfg.model, params)
         train_ds, val_ds, steps = _datasets(data, spec, recipe, cfg.weights_seed, y_train)
-        model.compile(optimizer=_optimizer(recipe, steps),
+        schedule = None  # the recipe's, unless a time budget needs one whose end can move
+        if recipe.time_budget_min and recipe.schedule == "cosine":
+            from .budget import stretchable_cosine
+            warm = _warmup_steps(recipe, steps)
+            schedule = stretchable_cosine(recipe.lr / 10, recipe.lr, warm, recipe.epochs * steps - warm, COSINE_ALPHA)
+        model.compile(optimizer=_optimizer(recipe, steps, schedule),
                       loss=keras.losses.CategoricalCrossentropy(label_smoothing=recipe.label_smoothing),
                       metrics=["accuracy", top_class_share()])
         best_path = out_dir / ".best.keras"
@@ -342,6 +359,12 @@ def train_run(cfg: TrainConfig, data_root, out_dir) -> dict:
         print(f"training {cfg.model} ({model.count_params():,} parameters, {precision}"
               f"{f', weight EMA {recipe.ema}' if recipe.ema else ''}{distilled}) on {len(data.train):,} images, "
               f"{on}; {recipe.epochs} epochs x {steps} steps")
+        budget = None
+        if recipe.time_budget_min:
+            from .budget import budget_callback
+            budget = budget_callback(60 * float(recipe.time_budget_min), recipe.epochs, steps,
+                                     _warmup_steps(recipe, steps), schedule, recipe.bn_recalibration)
+            callbacks.append(budget)
         t0 = time.perf_counter()
         hist = model.fit(train_ds, validation_data=val_ds, epochs=recipe.epochs, steps_per_epoch=steps,
                          callbacks=callbacks, verbose=(1 if sys.stdout.isatty() and cfg.progress else 2))
@@ -360,7 +383,8 @@ def train_run(cfg: TrainConfig, data_root, out_dir) -> dict:
     run = {"model": cfg.model, "params": params, "recipe": asdict(recipe), "precision": precision,
            "seed": cfg.seed, "init_seed": cfg.weights_seed, "fraction": cfg.fraction, "teacher": teacher,
            "saliency_per_class": cfg.saliency_per_class}
-    return finish_run(model, run, data, spec, summary, history, train_seconds, bn, out_dir)
+    return finish_run(model, run, data, spec, summary, history, train_seconds, bn, out_dir,
+                      extra={"time_budget": budget.report()} if budget else None)
 
 
 def recalibrate(model, data: Dataset, spec: PreprocessSpec, progress: bool = False) -> dict | None:

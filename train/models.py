@@ -36,6 +36,9 @@ class Recipe:
     distill: float = 0.0
     # after training, re-estimate BatchNorm statistics on the clean training faces (train/batchnorm.py)
     bn_recalibration: bool = False
+    # minutes that fitting + re-estimation may take (train/budget.py): the epochs that fit are planned
+    # from the first ones, at most `epochs`; 0 = off (train for `epochs`)
+    time_budget_min: float = 0.0
     augment: dict = field(default_factory=lambda: {"flip": True, "shear_deg": 0.2, "zoom": 0.2})
 
 

@@ -1,0 +1,88 @@
+"""Training within a time budget (train/budget.py, python -m train --time)."""
+import numpy as np
+import pytest
+
+from edge_runtime.manifest import read_manifest
+from train.budget import plan_epochs
+
+from .test_train import train_cli
+
+
+def test_plan_counts_what_is_left_and_stays_within_limits():
+    # 100 s used, 50 s per epoch, 30 s of re-estimation to come: (360 - 100 - 30) // 50 = 4 more
+    assert plan_epochs(360, 100, 50, done=2, max_epochs=10, reserve_s=30) == 6
+    assert plan_epochs(360, 100, 50, done=2, max_epochs=5, reserve_s=30) == 5  # --epochs caps it
+    assert plan_epochs(60, 100, 50, done=2, max_epochs=10) == 2  # over budget: stop now, never undo epochs
+    assert plan_epochs(3600, 0, 49.9, done=0, max_epochs=1000) == 72
+
+
+def test_stretchable_cosine_is_the_recipe_schedule_and_moves_its_end():
+    import keras
+
+    from train.budget import stretchable_cosine
+    warm, total, peak, alpha = 20, 180, 2e-3, 0.01
+    ref = keras.optimizers.schedules.CosineDecay(peak / 10, total, alpha=alpha, warmup_target=peak, warmup_steps=warm)
+    s = stretchable_cosine(peak / 10, peak, warm, total, alpha)
+    for step in (0, 7, 20, 21, 90, 199, 200, 400):
+        assert float(s(step)) == pytest.approx(float(ref(step)), rel=1e-5), step
+    s.set_decay_steps(60)  # a plan of fewer epochs: the floor comes at step 80, halfway at 50
+    assert float(s(80)) == pytest.approx(alpha * peak, rel=1e-5)
+    assert float(s(50)) == pytest.approx(peak * ((1 - alpha) / 2 + alpha), rel=1e-5)
+
+
+@pytest.mark.parametrize("ticks, epochs, annealed", [
+    # epoch 1 (with tracing) 80 s -> 1 + (360 - 80 - 48) // 80 = 3 planned; epoch 2 50 s -> 2 + 200 // 50 = 6
+    ([80] + [50] * 20, 6, True),
+    # 50 s epochs plan 6; from epoch 3 they take 120 s: 3 + (360 - 220 - 72) // 120 = 3, stop before overrunning
+    ([50, 50] + [120] * 20, 3, False),
+])
+def test_budget_plans_from_the_first_epochs_and_anneals_to_the_planned_end(monkeypatch, ticks, epochs, annealed):
+    """A fake clock gives each epoch its time; a 6-minute budget with 0.6 epoch reserved for BatchNorm
+    re-estimation. The plan is revised after epochs 1 and 2 and moves the end of the cosine schedule;
+    later it only ever stops early."""
+    import keras
+
+    from train import budget
+    from train.fit import COSINE_ALPHA, _optimizer, _warmup_steps
+    from train.models import Recipe
+
+    clock = iter(np.cumsum([0.0, *ticks]))
+    monkeypatch.setattr(budget.time, "perf_counter", lambda: float(next(clock)))
+    recipe = Recipe(epochs=10, lr=1e-2, schedule="cosine", time_budget_min=6)
+    steps = 5
+    warm = _warmup_steps(recipe, steps)
+    schedule = budget.stretchable_cosine(recipe.lr / 10, recipe.lr, warm, recipe.epochs * steps - warm, COSINE_ALPHA)
+    cb = budget.budget_callback(360, recipe.epochs, steps, warm, schedule, bn_pass=True)
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, activation="softmax")])
+    model.compile(optimizer=_optimizer(recipe, steps, schedule), loss="categorical_crossentropy")
+    x = np.random.default_rng(0).random((40, 4)).astype("float32")
+    y = keras.utils.to_categorical(np.arange(40) % 3, 3)
+    hist = model.fit(x, y, batch_size=8, epochs=recipe.epochs, callbacks=[cb], verbose=0)
+    assert len(hist.history["loss"]) == epochs and int(model.optimizer.iterations) == epochs * steps
+    final_lr = float(schedule(model.optimizer.iterations))
+    assert (final_lr == pytest.approx(COSINE_ALPHA * recipe.lr, rel=1e-5)) == annealed, final_lr
+    assert cb.report() == {"minutes": 6.0, "planned_epochs": epochs, "max_epochs": 10,
+                           "epoch_seconds": [float(t) for t in ticks[:2]]}
+
+
+@pytest.mark.slow
+def test_time_flag_stops_a_run_at_its_budget(tmp_path, shared_root):
+    """A budget smaller than one epoch: the run keeps its first epoch, not the three asked for, and says so."""
+    out = tmp_path / "run"
+    r = train_cli(shared_root, out, "--model", "thesis", "--epochs", "3", "--time", "0.01")
+    assert "time budget 0.01 min: epoch 1 took" in r.stdout and "-> 1 epoch(s) planned (at most 3)" in r.stdout
+    m = read_manifest(out)
+    assert m["recipe"]["time_budget_min"] == 0.01 and m["metrics"]["epochs_run"] == 1
+    assert m["time_budget"]["planned_epochs"] == 1 and len(m["time_budget"]["epoch_seconds"]) == 1
+
+
+def test_negative_budget_is_a_one_line_error(tmp_path):
+    import subprocess
+    import sys
+
+    from .conftest import REPO
+    r = subprocess.run([sys.executable, "-m", "train", "--time", "-5", "--out", str(tmp_path / "x")],
+                       capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert r.returncode == 2 and r.stderr.strip().splitlines() == [
+        "error: the time budget must be minutes >= 0 (0 = off), not -5.0"]
