@@ -25,7 +25,7 @@ def test_stretchable_cosine_is_the_recipe_schedule_and_moves_its_end():
     s = stretchable_cosine(peak / 10, peak, warm, total, alpha)
     for step in (0, 7, 20, 21, 90, 199, 200, 400):
         assert float(s(step)) == pytest.approx(float(ref(step)), rel=1e-5), step
-    s.set_decay_steps(60)  # a plan of fewer epochs: the floor comes at step 80, halfway at 50
+    s.set_total_steps(80)  # a plan of fewer epochs: the floor comes at step 80, halfway at 50
     assert float(s(80)) == pytest.approx(alpha * peak, rel=1e-5)
     assert float(s(50)) == pytest.approx(peak * ((1 - alpha) / 2 + alpha), rel=1e-5)
 
@@ -52,7 +52,7 @@ def test_budget_plans_from_the_first_epochs_and_anneals_to_the_planned_end(monke
     steps = 5
     warm = _warmup_steps(recipe, steps)
     schedule = budget.stretchable_cosine(recipe.lr / 10, recipe.lr, warm, recipe.epochs * steps - warm, COSINE_ALPHA)
-    cb = budget.budget_callback(360, recipe.epochs, steps, warm, schedule, bn_pass=True)
+    cb = budget.budget_callback(360, recipe.epochs, steps, schedule, bn_pass=True)
     keras.utils.set_random_seed(0)
     model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, activation="softmax")])
     model.compile(optimizer=_optimizer(recipe, steps, schedule), loss="categorical_crossentropy")

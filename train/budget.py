@@ -31,6 +31,7 @@ def plan_epochs(budget_s: float, elapsed_s: float, epoch_s: float, done: int, ma
 def stretchable_cosine(initial_lr: float, peak_lr: float, warmup_steps: int, decay_steps: int, alpha: float):
     """Keras' ``CosineDecay`` with linear warm-up (the default recipe's schedule, same formula),
     with the decay length in a variable, so a plan made during training can move its end."""
+    warm = float(max(1, warmup_steps))
     import keras
     from keras import ops
 
@@ -39,12 +40,12 @@ def stretchable_cosine(initial_lr: float, peak_lr: float, warmup_steps: int, dec
             self.decay_steps = keras.Variable(float(max(1, decay_steps)), dtype="float32", trainable=False,
                                               name="cosine_decay_steps")
 
-        def set_decay_steps(self, steps: int) -> None:
-            self.decay_steps.assign(float(max(1, steps)))
+        def set_total_steps(self, steps: int) -> None:
+            """End the schedule (at its floor) after ``steps`` optimizer steps, warm-up included."""
+            self.decay_steps.assign(float(max(1, steps - warmup_steps)))
 
         def __call__(self, step):
             step = ops.cast(step, "float32")
-            warm = float(max(1, warmup_steps))
             warm_lr = initial_lr + (peak_lr - initial_lr) * step / warm
             done = ops.clip((step - warmup_steps) / self.decay_steps, 0.0, 1.0)
             decayed = peak_lr * ((1 - alpha) * 0.5 * (1 + ops.cos(math.pi * done)) + alpha)
@@ -57,8 +58,8 @@ def stretchable_cosine(initial_lr: float, peak_lr: float, warmup_steps: int, dec
     return StretchableCosine()
 
 
-def budget_callback(budget_s: float, max_epochs: int, steps_per_epoch: int, warmup_steps: int,
-                    schedule=None, bn_pass: bool = False):
+def budget_callback(budget_s: float, max_epochs: int, steps_per_epoch: int, schedule=None,
+                    bn_pass: bool = False):
     """A Keras callback that plans the epoch count from the timed first epochs, moves the end of
     ``schedule`` (a ``stretchable_cosine``) to it, and stops training there. Make it right before
     ``fit()``: its clock starts when it is made. ``.report()`` says what was planned, for the manifest."""
@@ -85,7 +86,7 @@ def budget_callback(budget_s: float, max_epochs: int, steps_per_epoch: int, warm
             if done <= PLANNING_EPOCHS:
                 self.planned = fits
                 if schedule is not None:
-                    schedule.set_decay_steps(self.planned * steps_per_epoch - warmup_steps)
+                    schedule.set_total_steps(self.planned * steps_per_epoch)
                 print(f"time budget {budget_s / 60:g} min: epoch {done} took {epoch_s:.0f} s -> "
                       f"{self.planned} epoch(s) planned (at most {max_epochs})", flush=True)
             elif fits < self.planned:  # slower than planned: stop before the epoch that would overrun

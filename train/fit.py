@@ -362,8 +362,8 @@ def train_run(cfg: TrainConfig, data_root, out_dir) -> dict:
         budget = None
         if recipe.time_budget_min:
             from .budget import budget_callback
-            budget = budget_callback(60 * float(recipe.time_budget_min), recipe.epochs, steps,
-                                     _warmup_steps(recipe, steps), schedule, recipe.bn_recalibration)
+            budget = budget_callback(60 * float(recipe.time_budget_min), recipe.epochs, steps, schedule,
+                                     recipe.bn_recalibration)
             callbacks.append(budget)
         t0 = time.perf_counter()
         hist = model.fit(train_ds, validation_data=val_ds, epochs=recipe.epochs, steps_per_epoch=steps,
