@@ -1,54 +1,248 @@
-"""End-to-end daemon throughput per backend: the very Daemon that `python -m edge_runtime` runs,
-fed a video file read in full (no frame dropping), with the per-stage latency split."""
+"""End-to-end pipeline benchmark: the very Daemon that ``python -m edge_runtime`` runs, on videos
+composited from the split being scored, one row per detector.
+
+Two scenes (``edge_runtime.synthetic``), 640x480, faces 64-200 px on random backdrops:
+- ``one-face``: a new face, size, place and backdrop every frame (no temporal help);
+- ``moving``: 2-4 faces drifting, crossing, entering and leaving (tracking: ID switches, merges).
+
+Per row: recall (a face is found when a box overlaps it with IoU >= 0.3), per-frame label accuracy
+of the found faces (raw and smoothed), the same faces' accuracy on their exact crops (the ceiling
+a detector and crop can reach), frames/s and the per-stage split. A ``fer`` row runs the fer
+package's own pipeline on the same video in its own process.
+"""
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
+import cv2
+import numpy as np
+
 from edge_runtime import config
+from edge_runtime.backends import select_artifact
 from edge_runtime.daemon import Daemon
+from edge_runtime.geometry import iou_matrix
+from edge_runtime.labels import LABELS
 from edge_runtime.manifest import read_manifest
-from edge_runtime.synthetic import make_video
+from edge_runtime.preprocess import preprocess_batch, to_gray
+from edge_runtime.synthetic import moving_scene, shuffled_scene, write_scene
 
 REPO = Path(__file__).resolve().parents[1]
+MATCH_IOU = 0.3
+SHARED_YUNET = REPO.parent / "shared" / "models" / "yunet"
+# detector rows: name -> config [detector] layer (yunet-s is converted from ../shared on first use)
+DETECTOR_ROWS = {"yunet-n": {"type": "yunet"}, "yunet-s": {"type": "yunet", "model": "@yunet_s"},
+                 "haar": {"type": "haar"}}
+SCENES = ("one-face", "moving")
 
 
-def default_video(data_root: str | None, frames: int) -> Path:
-    """A 640x480 one-face video composited from the test split (generated once, cached)."""
-    path = REPO / ".cache" / "bench" / f"one-face-640x480-{frames}.avi"
-    if not path.is_file():
-        from train.data import resolve_root
-        make_video(path, resolve_root(data_root), n_faces=1, frames=frames, size=(640, 480), face=120)
+def split_faces(root: Path, split_dir: Path, n: int, seed: int) -> list[tuple[Path, str]]:
+    """n faces drawn without replacement from a <split>/<emotion>/ folder (its own class mix)."""
+    from train.data import list_class_folders
+    items = list_class_folders(split_dir)
+    idx = np.random.default_rng(seed).choice(len(items), size=min(n, len(items)), replace=False)
+    return [(split_dir.parent / items[i][0], LABELS[items[i][1]]) for i in idx]
+
+
+def scene_video(scene: str, faces: list[tuple[Path, str]], frames: int, seed: int, cache: Path) -> Path:
+    """Write (once, cached by content) the scene's video and truth; -> the video path."""
+    key = hashlib.sha256(json.dumps([scene, frames, seed, [str(f) for f, _ in faces]]).encode()).hexdigest()[:12]
+    path = cache / f"{scene}-640x480-{frames}-{key}.avi"
+    if not (path.is_file() and path.with_suffix(".json").is_file()):
+        gen = (shuffled_scene(faces[:frames], seed=seed) if scene == "one-face"
+               else moving_scene(faces, frames, seed=seed))
+        write_scene(path, gen)
     return path
 
 
+def yunet_s_model(cache: Path) -> Path:
+    """The shared YuNet-s converted to any input size (export.yunet), cached."""
+    out = cache / "yunet_s.onnx"
+    if not out.is_file():
+        from export.yunet import dynamic_size
+        dynamic_size(str(SHARED_YUNET / "yunet_s_320_320.onnx"), str(out))
+    return out
+
+
+def read_frames(video: Path) -> list[np.ndarray]:
+    cap = cv2.VideoCapture(str(video))
+    frames = []
+    while True:
+        ok, f = cap.read()
+        if not ok:
+            break
+        frames.append(f)
+    cap.release()
+    return frames
+
+
+def exact_crop_labels(frames, truth: dict, backend, spec) -> list[list[str]]:
+    """Each true face cropped at its true box (clipped) and classified: the ceiling of any crop."""
+    out = []
+    for frame, faces in zip(frames, truth["per_frame"]):
+        gray = to_gray(frame)
+        h, w = gray.shape
+        crops = []
+        for f in faces:
+            x, y, s, _ = f["box"]
+            crops.append(gray[max(0, y):min(h, y + s), max(0, x):min(w, x + s)])
+        ok = [c for c in crops if c.size]
+        probs = backend.predict(preprocess_batch(ok, spec)) if ok else np.zeros((0, len(LABELS)))
+        labels, it = [], iter(probs)
+        for c in crops:
+            labels.append(LABELS[int(np.argmax(next(it)))] if c.size else "")
+        out.append(labels)
+    return out
+
+
+def match(truth_faces: list[dict], boxes: np.ndarray) -> dict[int, int]:
+    """Greedy one-to-one IoU matching: truth index -> detection index."""
+    m = iou_matrix(np.array([f["box"] for f in truth_faces]).reshape(-1, 4), boxes)
+    pairs, used_t, used_d = {}, set(), set()
+    for flat in np.argsort(-m, axis=None, kind="stable"):
+        ti, di = np.unravel_index(flat, m.shape)
+        if m[ti, di] < MATCH_IOU:
+            break
+        if ti not in used_t and di not in used_d:
+            pairs[int(ti)] = int(di)
+            used_t.add(ti)
+            used_d.add(di)
+    return pairs
+
+
+def score(truth: dict, frame_dets: list[list[dict]], ceiling: list[list[str]], min_visible: float = 0.5) -> dict:
+    """Recall, label accuracy (raw, smoothed, exact-crop ceiling on the found faces), false
+    positives, ID switches and merges. ``frame_dets[i]`` = frame i's detections, each a dict with
+    box, label (smoothed), raw_label and track."""
+    faces = found = raw_ok = smooth_ok = ceil_ok = ceil_all = false_pos = 0
+    last_track: dict[int, int] = {}
+    track_ids: dict[int, set] = {}
+    switches = 0
+    for i, dets in enumerate(frame_dets):
+        tfaces = truth["per_frame"][i] if i < len(truth["per_frame"]) else []
+        boxes = np.array([d["box"] for d in dets], np.float64).reshape(-1, 4)
+        pairs = match(tfaces, boxes)
+        false_pos += len(dets) - len(pairs)
+        for ti, f in enumerate(tfaces):
+            if f.get("visible", 1.0) < min_visible:
+                continue
+            faces += 1
+            ceil_all += ceiling[i][ti] == f["label"]
+            if ti not in pairs:
+                continue
+            d = dets[pairs[ti]]
+            found += 1
+            raw_ok += d["raw_label"] == f["label"]
+            smooth_ok += d["label"] == f["label"]
+            ceil_ok += ceiling[i][ti] == f["label"]
+            if "track" in d:
+                fid = f.get("id", ti)
+                if fid in last_track and last_track[fid] != d["track"]:
+                    switches += 1
+                last_track[fid] = d["track"]
+                track_ids.setdefault(d["track"], set()).add(fid)
+    per = (lambda k: k / found if found else 0.0)
+    return {"faces": faces, "found": found, "recall": found / faces if faces else 0.0,
+            "label_acc": per(raw_ok), "smoothed_acc": per(smooth_ok), "ceiling_acc": per(ceil_ok),
+            "ceiling_all_acc": ceil_all / faces if faces else 0.0, "false_pos": false_pos,
+            "id_switches": switches, "merged_tracks": sum(len(v) > 1 for v in track_ids.values())}
+
+
+def daemon_row(art_dir: Path, artifact: str, threads: int, detector: dict, video: Path, events: Path,
+               crop: dict | None = None) -> tuple[dict, list[list[dict]], Daemon]:
+    """Run the daemon over the whole video; -> (timing row, per-frame detections, the daemon)."""
+    flags = {"model": {"artifacts": str(art_dir), "backend": artifact, "threads": threads},
+             "source": {"uri": str(video)}, "events": {"path": str(events)}, "detector": detector}
+    if crop:
+        flags["crop"] = crop
+    events.unlink(missing_ok=True)  # the daemon appends to its events file
+    daemon = Daemon(config.build(flags=flags))
+    t0 = time.perf_counter()
+    daemon.run()
+    secs = time.perf_counter() - t0
+    snap = daemon.stats.snapshot()
+    n = snap["frames_processed"]
+    per_frame: list[list[dict]] = [[] for _ in range(n)]
+    for line in events.read_text().splitlines():
+        e = json.loads(line)
+        if e["type"] in ("new", "update") and 0 <= e["frame"] < n:
+            per_frame[e["frame"]].append(e)
+    row = {"frames": n, "seconds": round(secs, 3), "fps": n / secs, "dropped": snap["frames_dropped"],
+           "stages_ms": snap["latency_ms_mean"], "runtime": snap.get("runtime"),
+           "detector_runtime": getattr(daemon.detector, "runtime", "opencv"), "crop": daemon.crop.to_dict()}
+    return row, per_frame, daemon
+
+
+def fer_row(video: Path, truth: dict) -> dict:
+    """The fer package's own pipeline (Haar + its mini-Xception, TensorFlow, 1 thread) in its own process."""
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="")
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.fer_pipeline", str(video)], capture_output=True,
+                          text=True, env=env, cwd=REPO, timeout=3600)
+    out = [line for line in proc.stdout.splitlines() if line.startswith("@@FER@@")]
+    if proc.returncode != 0 or not out:
+        tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        return {"detector": "fer (haar)", "artifact": "peer-fer", "status": "failed", "reason": tail[:300]}
+    res = json.loads(out[0][len("@@FER@@"):])
+    ceiling = [[""] * len(t) for t in truth["per_frame"]]  # the peer's own ceiling is not ours to claim
+    row = {"detector": "fer (haar)", "artifact": "peer-fer", "threads": 1, "status": "ok",
+           "frames": res["frames"], "seconds": res["seconds"], "fps": res["frames"] / res["seconds"],
+           "runtime": res["runtime"], "stages_ms": {}}
+    row.update(score(truth, res["per_frame"], ceiling))
+    row.pop("ceiling_acc")
+    row.pop("ceiling_all_acc")
+    return row
+
+
 def run_pipeline(art_dir, video: str | None, threads: list[int], quick: bool = False,
-                 data_root: str | None = None, only: list[str] | None = None) -> list[dict]:
+                 data_root: str | None = None, only: list[str] | None = None,
+                 detectors: list[str] | None = None, peers: list[str] = (), frames: int | None = None,
+                 seed: int = 0) -> list[dict]:
+    """-> one row per (scene, detector, artifact, threads), plus the peers' pipeline rows."""
     manifest = read_manifest(art_dir)
-    root = data_root or (manifest.get("data") or {}).get("root")
-    video = Path(video) if video else default_video(root, 60 if quick else 300)
+    cache = REPO / ".cache" / "bench"
+    cache.mkdir(parents=True, exist_ok=True)
+    logging.getLogger("edge_runtime").setLevel(logging.WARNING)
     names = [n for n, e in manifest["artifacts"].items()
              if e.get("format") in ("tflite", "onnx") and (not only or n in only)]
-    logging.getLogger("edge_runtime").setLevel(logging.WARNING)
+    if not only:  # the device's own choice, not every backend
+        names = [select_artifact(manifest, "auto")]
+    videos = {"user": Path(video)} if video else {}
+    if not video:
+        from train.data import find_layout, resolve_root
+        root = resolve_root(data_root or (manifest.get("data") or {}).get("root"))
+        _, _, eval_dir, _ = find_layout(root)
+        n = frames or (60 if quick else 600)
+        faces = split_faces(root, eval_dir, 2 * n, seed)
+        videos = {s: scene_video(s, faces, n, seed, cache) for s in SCENES}
     rows = []
-    for name in names:
-        for t in threads:
-            row = {"artifact": name, "threads": t, "video": str(video)}
-            try:
-                cfg = config.build(flags={"model": {"artifacts": str(art_dir), "backend": name, "threads": t},
-                                          "source": {"uri": str(video)}, "events": {"path": os.devnull}})
-                daemon = Daemon(cfg)
-                t0 = time.perf_counter()
-                daemon.run()
-                secs = time.perf_counter() - t0
-                snap = daemon.stats.snapshot()
-                row.update({"status": "ok", "frames": snap["frames_processed"], "seconds": round(secs, 3),
-                            "fps": snap["frames_processed"] / secs, "faces": snap["faces"],
-                            "dropped": snap["frames_dropped"], "stages_ms": snap["latency_ms_mean"],
-                            "runtime": snap.get("runtime")})
-            except Exception as e:  # a backend that cannot run is a row, not a crash
-                row.update({"status": "failed", "reason": f"{type(e).__name__}: {e}"[:300]})
-            rows.append(row)
+    for scene, path in videos.items():
+        truth_path = path.with_suffix(".json")
+        truth = json.loads(truth_path.read_text()) if truth_path.is_file() else None
+        frames_cache = None
+        for det_name in detectors or list(DETECTOR_ROWS):
+            det = dict(DETECTOR_ROWS[det_name])
+            for name in names:
+                for t in threads:
+                    row = {"scene": scene, "detector": det_name, "artifact": name, "threads": t, "video": str(path)}
+                    try:
+                        if det.get("model") == "@yunet_s":
+                            det["model"] = str(yunet_s_model(cache))
+                        timing, per_frame, daemon = daemon_row(Path(art_dir), name, t, det, path,
+                                                               cache / f"events-{os.getpid()}.jsonl")
+                        row.update(status="ok", **timing)
+                        if truth and truth.get("per_frame"):
+                            frames_cache = frames_cache if frames_cache is not None else read_frames(path)
+                            ceiling = exact_crop_labels(frames_cache, truth, daemon.backend, daemon.spec)
+                            row.update(score(truth, per_frame, ceiling))
+                    except Exception as e:  # a backend or detector that cannot run is a row, not a crash
+                        row.update({"status": "failed", "reason": f"{type(e).__name__}: {e}"[:300]})
+                    rows.append(row)
+        if truth and truth.get("per_frame") and "fer" in peers:
+            rows.append({"scene": scene, **fer_row(path, truth)})
     return rows

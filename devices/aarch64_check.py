@@ -14,7 +14,7 @@ Bookworm rootfs. Steps, each printed as it runs:
    the video's frames decoded once on x86 and saved as PNG (the same pixels for both arches: this
    run gates -- same boxes, same labels, probabilities within tolerance, frame by frame), then on the
    video file itself (informational: each arch's OpenCV decodes the MJPG frames, and the decoded
-   pixels differ by a grey level or two between x86 and aarch64, so Haar boxes can move by a few
+   pixels differ by a grey level or two between x86 and aarch64, so detector boxes can move by a few
    pixels; reported as min IoU, label agreement and max probability difference);
 5. a report (``.cache/aarch64-check/report.json``) with the timings -- labelled EMULATED -- and the
    aarch64 package versions; exit 1 if anything differs beyond tolerance.
@@ -98,13 +98,14 @@ def probe(args) -> int:
 
 
 def probe_video(video: str, frames: int, save_frame: str | None = None) -> dict:
-    """Where would two arches part ways before the model: decoding, the detector's resize, the cascade?"""
+    """Where would two arches part ways before the model: decoding, the detector's resize, the detector?"""
     import cv2
     from edge_runtime.config import DEFAULTS
-    from edge_runtime.detectors import make_detector
+    from edge_runtime.detectors import downscale, make_detector
     from edge_runtime.preprocess import to_gray
     d = DEFAULTS["detector"]
-    det = make_detector(d["type"], d["scale"], d["min_size"], d["max_faces"], d["model"], 1, d["score"])
+    size = d["size"] or 640
+    det = make_detector(d["type"], size, d["min_size"], d["max_faces"], d["model"], 1, d["score"], d["runtime"])
     cap = cv2.VideoCapture(video)
     out = {"frame_sha": [], "small_sha": [], "boxes": [], "boxes_full_res": []}
     for _ in range(frames):
@@ -112,16 +113,16 @@ def probe_video(video: str, frames: int, save_frame: str | None = None) -> dict:
         if not ok:
             break
         gray = to_gray(img)
-        small = cv2.resize(gray, None, fx=d["scale"], fy=d["scale"], interpolation=cv2.INTER_AREA)
+        small = downscale(img, size)[0]
         if not out["frame_sha"] and save_frame:
             np.save(save_frame, gray)
         out["frame_sha"].append(_sha(gray))
         out["small_sha"].append(_sha(small))
-        out["boxes"].append(det.detect(gray).tolist())
+        out["boxes"].append(det.detect(img).boxes.round(1).tolist())
     cap.release()
     if out["frame_sha"]:
-        det.scale = 1.0
-        out["boxes_full_res"] = det.detect(gray).tolist()
+        det.size = max(img.shape[:2])
+        out["boxes_full_res"] = det.detect(img).boxes.round(1).tolist()
     return out
 
 
@@ -413,7 +414,7 @@ def check(args) -> int:
     report["probe"]["video_decoding"] = dec
     say(f"video decoding (MJPG via each arch's OpenCV): bit-identical {dec['frames_bit_identical']}; frame 0: "
         f"{100 * dec['frame0_pixels_differing']:.1f} % of pixels differ, max |d| {dec['frame0_max_abs_diff']} "
-        f"grey levels; Haar boxes x86 {dec['detector_boxes_x86_64']} / aarch64 {dec['detector_boxes_aarch64']}")
+        f"grey levels; detector boxes x86 {dec['detector_boxes_x86_64']} / aarch64 {dec['detector_boxes_aarch64']}")
     tols = {n: tolerance(manifest, n) for n in names}
     for n in names:  # int8: the cross-arch difference may reach the quantization error itself
         ref = f"{n.split('-')[0]}-fp32"

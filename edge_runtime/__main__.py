@@ -40,7 +40,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     a("--threads", type=int, metavar="N", help="inference and OpenCV threads (default 1)")
     a("--source", metavar="SRC", help="camera index (0), /dev/videoN, video file, rtsp://... or image folder")
     a("--loop", action="store_true", default=None, help="restart a file/folder at its end instead of exiting")
-    a("--detector", choices=["haar", "blazeface"], help="face detector (default haar: no model download)")
+    a("--detector", choices=["yunet", "haar"], help="face detector (default yunet: shipped with the package)")
     a("--config", metavar="TOML", help="config file (e.g. /etc/fer-edge/edge.toml)")
     a("--profile", metavar="TOML", help="device profile, e.g. devices/raspberry-pi-5.toml")
     a("--events", metavar="FILE|-", help="JSON Lines events file, '-' for stdout (default)")

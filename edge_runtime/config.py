@@ -27,18 +27,25 @@ DEFAULTS: dict[str, dict] = {
         "reconnect_max_s": 30.0,  # backoff cap when the source is lost
     },
     "detector": {
-        "type": "haar",           # haar | blazeface
-        "scale": 0.5,             # detect on a frame downscaled by this factor
-        "min_size": 40,           # smallest face, full-frame pixels
+        "type": "yunet",          # yunet (shipped model, 5 landmarks) | haar
+        "size": 0,                # longer side of the frame the detector sees, px; 0 = yunet 512, haar 320
+        "min_size": 24,           # smallest face, full-frame pixels
         "max_faces": 32,
-        "margin": 0.1,            # crop margin around a face box, fraction of its size
-        "model": "",              # blazeface .tflite path
-        "score": 0.5,             # blazeface score threshold
+        "model": "",              # yunet: "" = the packaged yunet_n, or a path to a YuNet .onnx
+        "score": 0.4,             # yunet score threshold
+        "runtime": "auto",        # yunet: auto (onnxruntime, else OpenCV DNN) | onnxruntime | opencv
+    },
+    "crop": {
+        "mode": "calibrated",     # calibrated: the crop fitted for the detector (crops.json) | manual
+        "scale": 1.0,             # manual: crop side / box side
+        "dx": 0.0, "dy": 0.0,     # manual: crop centre shift, fraction of the box side
+        "level": False,           # manual: rotate so the eyes are level (yunet landmarks)
     },
     "tracker": {
         "iou": 0.3,               # a detection continues a track when IoU >= this
         "smoothing": 0.6,         # weight of the past in the probability EMA (0 = no smoothing)
         "max_missed": 5,          # frames a track may go unseen before its `end` event
+        "appearance": 0.5,        # min thumbnail correlation for a detection to continue a track (-1 = off)
     },
     "events": {"path": "-", "every": 1},  # JSON Lines file or "-" (stdout); `update` every N frames
     "http": {"bind": "", "token": "", "stream": True},
@@ -100,8 +107,20 @@ def check(cfg: dict) -> dict:
         raise ConfigError("model.threads must be >= 1")
     if cfg["source"]["realtime"] not in ("auto", "true", "false"):
         raise ConfigError("source.realtime must be auto, true or false")
-    if not 0.05 <= cfg["detector"]["scale"] <= 1.0:
-        raise ConfigError("detector.scale must be in [0.05, 1]")
+    d = cfg["detector"]
+    if d["size"] and not 64 <= d["size"] <= 4096:
+        raise ConfigError("detector.size must be 0 (the detector's default) or in [64, 4096]")
+    if not 0.0 < d["score"] < 1.0:
+        raise ConfigError("detector.score must be in (0, 1)")
+    if not 1 <= d["max_faces"] <= 256 or not 1 <= d["min_size"] <= 4096:
+        raise ConfigError("detector.max_faces must be in [1, 256] and detector.min_size in [1, 4096]")
+    c = cfg["crop"]
+    if c["mode"] not in ("calibrated", "manual"):
+        raise ConfigError("crop.mode must be calibrated or manual")
+    if not (0.3 <= c["scale"] <= 3.0 and abs(c["dx"]) <= 1.0 and abs(c["dy"]) <= 1.0):
+        raise ConfigError("crop.scale must be in [0.3, 3] and crop.dx, crop.dy in [-1, 1]")
+    if not -1.0 <= cfg["tracker"]["appearance"] <= 1.0:
+        raise ConfigError("tracker.appearance must be in [-1, 1]")
     if not 0.0 <= cfg["tracker"]["smoothing"] < 1.0:
         raise ConfigError("tracker.smoothing must be in [0, 1)")
     if cfg["events"]["every"] < 1:

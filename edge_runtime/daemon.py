@@ -1,4 +1,4 @@
-"""The camera daemon: source -> detect -> crop -> preprocess -> one batched predict -> track -> sinks.
+"""The camera daemon: source -> detect -> calibrated crop -> preprocess -> one batched predict -> track -> sinks.
 
 Construction loads and verifies everything that can fail on user input (manifest, sha256, backend,
 detector, sinks) *before* the source is opened, so a bad model never touches the camera.
@@ -14,29 +14,23 @@ import numpy as np
 
 from .backends import load_backend, select_artifact
 from .config import ConfigError
-from .detectors import make_detector
+from .detectors import DEFAULT_SIZE, calibrated_crop, make_detector, to_bgr
+from .geometry import CropSpec, crop_faces
 from .labels import LABELS
 from .manifest import preprocess_spec, read_manifest
 from .preprocess import preprocess_batch, to_gray
 from .sinks import JsonlSink, MqttSink
 from .sources import Capture, source_kind
 from .stats import Stats
-from .tracker import Tracker
+from .tracker import Tracker, thumbnails
 
 log = logging.getLogger("edge_runtime")
 SHUTDOWN_JOIN_S = 0.3  # capture thread join bound; it is a daemon thread, so a stuck driver cannot hang exit
 
 
-def expand_boxes(boxes: np.ndarray, margin: float, shape) -> np.ndarray:
-    """Grow x,y,w,h boxes by ``margin`` of their size on each side, clipped to the frame."""
-    if len(boxes) == 0:
-        return boxes.reshape(0, 4)
-    h, w = shape[:2]
-    b = boxes.astype(np.float64)
-    dx, dy = b[:, 2] * margin, b[:, 3] * margin
-    x1, y1 = np.clip(b[:, 0] - dx, 0, w), np.clip(b[:, 1] - dy, 0, h)
-    x2, y2 = np.clip(b[:, 0] + b[:, 2] + dx, 0, w), np.clip(b[:, 1] + b[:, 3] + dy, 0, h)
-    return np.stack([x1, y1, x2 - x1, y2 - y1], 1).round().astype(np.int32)
+def _landmarks(lm: np.ndarray) -> list[list[float]] | None:
+    """Five [x, y] points (eyes, nose tip, mouth corners; subject's right first), or None (Haar)."""
+    return None if np.isnan(lm).any() else [[round(float(x), 1), round(float(y), 1)] for x, y in lm]
 
 
 def _probs(p: np.ndarray) -> dict[str, float]:
@@ -57,17 +51,22 @@ class Daemon:
         self.spec = preprocess_spec(manifest)
         cv2.setNumThreads(m["threads"])
         d = cfg["detector"]
-        self.detector = make_detector(d["type"], d["scale"], d["min_size"], d["max_faces"], d["model"],
-                                      m["threads"], d["score"])
+        size = d["size"] or DEFAULT_SIZE.get(d["type"], 512)
+        self.detector = make_detector(d["type"], size, d["min_size"], d["max_faces"], d["model"],
+                                      m["threads"], d["score"], d["runtime"])
+        c = cfg["crop"]
+        self.crop = (calibrated_crop(d["type"]) if c["mode"] == "calibrated"
+                     else CropSpec(c["scale"], c["dx"], c["dy"], c["level"]))
         t = cfg["tracker"]
-        self.tracker = Tracker(t["iou"], t["smoothing"], t["max_missed"])
+        self.tracker = Tracker(t["iou"], t["smoothing"], t["max_missed"], t["appearance"])
         self.stats.info = {"artifact": name, "backend": self.backend.format, "precision": self.backend.precision,
                            "runtime": self.backend.runtime, "sha256": self.backend.sha256,
                            "detector": self.detector.name, "source": str(src["uri"])}
-        log.info("model %s (%s, sha256 %s…) on %s, %d thread(s); detector %s", name, self.backend.precision,
-                 self.backend.sha256[:12], self.backend.runtime, m["threads"], self.detector.name)
+        log.info("model %s (%s, sha256 %s…) on %s, %d thread(s); detector %s at %d px, crop %s",
+                 name, self.backend.precision, self.backend.sha256[:12], self.backend.runtime, m["threads"],
+                 self.detector.name, size, self.crop)
         self.sinks = [JsonlSink(cfg["events"]["path"])]
-        self._last_view = None  # (frame index, gray, tracks) for /stream.mjpg, encoded on demand
+        self._last_view = None  # (frame index, image, tracks) for /stream.mjpg, encoded on demand
         self._jpeg_cache = (None, None)
         self.http = None
         if cfg["mqtt"]["host"]:
@@ -111,26 +110,27 @@ class Daemon:
 
     def process(self, frame) -> list[dict]:
         t0 = time.monotonic()
-        gray = to_gray(frame.image)
-        boxes = self.detector.detect(gray)
+        image = frame.image if frame.image.dtype == np.uint8 else to_gray(frame.image)  # 16-bit PNGs
+        dets = self.detector.detect(image)
         t1 = time.monotonic()
-        crops = expand_boxes(boxes, self.cfg["detector"]["margin"], gray.shape)
-        batch = preprocess_batch([gray[y:y + h, x:x + w] for x, y, w, h in crops], self.spec)
+        patches, regions = crop_faces(image, dets, self.crop)  # grey per patch: cheaper than per frame
+        batch = preprocess_batch(patches, self.spec)
+        looks = thumbnails(batch) if self.tracker.appearance > -1 else None
         t2 = time.monotonic()
         probs = self.backend.predict(batch) if len(batch) else np.zeros((0, len(LABELS)), np.float32)
         t3 = time.monotonic()
         latency = {"capture_age": (t0 - frame.t_capture) * 1000, "detect": (t1 - t0) * 1000,
                    "preprocess": (t2 - t1) * 1000, "classify": (t3 - t2) * 1000}
-        changes = self.tracker.update(frame.index, boxes, crops, probs)
+        changes = self.tracker.update(frame.index, dets, regions, probs, looks)
         events = self._emit(changes, frame.index, latency)
         t4 = time.monotonic()
         latency["postprocess"] = (t4 - t3) * 1000  # tracking + smoothing + sinks; known only after emitting
         latency["total"] = (t4 - frame.t_capture) * 1000
         self.stats.observe(latency)
         self.stats.inc("frames_processed")
-        self.stats.inc("faces", len(boxes))
+        self.stats.inc("faces", len(dets))
         self.stats.tracks_active = len(self.tracker.tracks)
-        self._last_view = (frame.index, gray, list(self.tracker.tracks.values()))
+        self._last_view = (frame.index, image, list(self.tracker.tracks.values()))
         return events
 
     def _emit(self, changes, index: int, latency: dict) -> list[dict]:
@@ -138,7 +138,8 @@ class Daemon:
         events = []
         for kind, t in changes:
             ev = {"type": kind, "ts": round(time.time(), 3), "frame": index, "track": t.id,
-                  "box": [int(v) for v in t.box], "crop": [int(v) for v in t.crop],
+                  "box": [int(round(float(v))) for v in t.box], "crop": [int(round(float(v))) for v in t.crop],
+                  "det_score": round(t.score, 4), "landmarks": _landmarks(t.landmarks),
                   "label": LABELS[int(np.argmax(t.smooth))], "score": round(float(np.max(t.smooth)), 6),
                   "raw_label": LABELS[int(np.argmax(t.raw))], "probs": _probs(t.smooth), "raw": _probs(t.raw),
                   "first_frame": t.first_frame, "last_frame": t.last_frame,
@@ -177,7 +178,7 @@ class Daemon:
             return None
         if self._jpeg_cache[0] == view[0]:
             return self._jpeg_cache[1]
-        img = cv2.cvtColor(view[1], cv2.COLOR_GRAY2BGR)
+        img = to_bgr(view[1]).copy()
         for t in view[2]:
             x, y, w, h = (int(v) for v in t.box)
             cv2.rectangle(img, (x, y), (x + w, y + h), (0, 255, 0), 2)

@@ -1,144 +1,223 @@
-"""Face detectors behind one small interface: ``detect(gray) -> int array (K, 4) of x, y, w, h``.
+"""Face detectors behind one small interface: ``detect(image) -> Detections`` (full-frame pixels,
+best score first).
 
-- ``haar``: OpenCV's frontal-face cascade from ``cv2.data`` (ships in opencv-python-headless 4.x;
-  5.0 dropped ``CascadeClassifier``, hence the ``<5`` pin). Runs on a downscaled frame.
-- ``blazeface``: MediaPipe's BlazeFace short-range TFLite model run by LiteRT (the classifier's
-  runtime). Needs the model file: ``detector.model`` or ``$EDGE_BLAZEFACE``; no download.
-
-Boxes come back in full-frame pixel coordinates, clipped to the frame, largest first.
+- ``yunet`` (default): the YuNet-n face detector shipped in ``edge_runtime/models/`` (Apache-2.0,
+  sha256-verified at load), run by onnxruntime or OpenCV's DNN module on the frame resized so its
+  longer side is ``size``; our own vectorised decoding keeps the five landmarks. YuNet-n at 512 px,
+  score 0.4 was chosen on validation composites (docs/pipeline.md).
+- ``haar``: OpenCV's frontal-face cascade from ``cv2.data`` (no landmarks, slower, misses more).
 """
 from __future__ import annotations
 
-import os
+import json
+from functools import lru_cache
 from pathlib import Path
 
 import cv2
 import numpy as np
 
-DETECTORS = ("haar", "blazeface")
+from .geometry import CropSpec, Detections, finish, nms
+from .manifest import sha256_file
+
+MODELS = Path(__file__).resolve().parent / "models"
+DETECTORS = ("yunet", "haar")
+DEFAULT_SIZE = {"yunet": 512, "haar": 320}  # longer side of the frame each detector sees, px
+RUNTIMES = ("auto", "onnxruntime", "opencv")
+# Packaged detector models: file -> sha256 (verified before loading). See models/NOTICE.
+PACKAGED = {"yunet_n": ("yunet_n.onnx", "ade75ae0241e2801a1be4e79cf88ac0c4494c4753b9fc432eaa4ef5eed5507ad")}
+DEFAULT_YUNET = "yunet_n"
+STRIDES = (8, 16, 32)
 
 
 class DetectorError(Exception):
-    """The detector cannot be built (missing cascade or model file)."""
+    """The detector cannot be built (missing or damaged model file, missing runtime)."""
 
 
 class Detector:
     name = "?"
 
-    def detect(self, gray: np.ndarray) -> np.ndarray:  # pragma: no cover - interface
+    def detect(self, image: np.ndarray) -> Detections:  # pragma: no cover - interface
         raise NotImplementedError
 
 
-def _finish(boxes: np.ndarray, shape, max_faces: int) -> np.ndarray:
-    """Clip to the frame, drop empty boxes, keep the largest max_faces."""
-    if len(boxes) == 0:
-        return np.zeros((0, 4), np.int32)
-    h, w = shape[:2]
-    b = np.asarray(boxes, np.float64)
-    x1, y1 = np.clip(b[:, 0], 0, w), np.clip(b[:, 1], 0, h)
-    x2, y2 = np.clip(b[:, 0] + b[:, 2], 0, w), np.clip(b[:, 1] + b[:, 3], 0, h)
-    out = np.stack([x1, y1, x2 - x1, y2 - y1], 1).round().astype(np.int32)
-    out = out[(out[:, 2] >= 4) & (out[:, 3] >= 4)]
-    return out[np.argsort(-(out[:, 2] * out[:, 3]), kind="stable")][:max_faces]
+def to_bgr(image: np.ndarray) -> np.ndarray:
+    """Gray, BGR or BGRA uint8 -> BGR uint8."""
+    if image.ndim == 2 or image.shape[2] == 1:
+        return cv2.cvtColor(image.reshape(image.shape[:2]), cv2.COLOR_GRAY2BGR)
+    return image if image.shape[2] == 3 else cv2.cvtColor(image, cv2.COLOR_BGRA2BGR)
+
+
+def downscale(image: np.ndarray, size: int) -> tuple[np.ndarray, float]:
+    """Resize so the longer side is at most ``size`` (never up); -> (image, factor applied)."""
+    h, w = image.shape[:2]
+    f = min(1.0, size / max(h, w))
+    if f == 1.0:
+        return image, 1.0
+    return cv2.resize(image, (max(1, round(w * f)), max(1, round(h * f))), interpolation=cv2.INTER_LINEAR), f
 
 
 class HaarDetector(Detector):
     name = "haar"
 
-    def __init__(self, scale: float = 0.5, min_size: int = 24, max_faces: int = 32,
+    def __init__(self, size: int = 320, min_size: int = 40, max_faces: int = 32,
                  scale_factor: float = 1.1, min_neighbors: int = 4):
         path = Path(cv2.data.haarcascades) / "haarcascade_frontalface_default.xml"
         self.cascade = cv2.CascadeClassifier(str(path)) if hasattr(cv2, "CascadeClassifier") else None
         if self.cascade is None or self.cascade.empty():
             raise DetectorError(f"OpenCV {cv2.__version__} has no usable Haar cascade ({path}); "
-                                "install opencv-python-headless<5 or use detector.type = 'blazeface'")
-        self.scale, self.min_size, self.max_faces = scale, min_size, max_faces
+                                "install opencv-python-headless<5 or use detector.type = 'yunet'")
+        self.size, self.min_size, self.max_faces = size, min_size, max_faces
         self.scale_factor, self.min_neighbors = scale_factor, min_neighbors
 
-    def detect(self, gray: np.ndarray) -> np.ndarray:
-        small = gray if self.scale == 1.0 else cv2.resize(gray, None, fx=self.scale, fy=self.scale,
-                                                          interpolation=cv2.INTER_AREA)
-        min_size = max(8, int(self.min_size * self.scale))
+    def detect(self, image: np.ndarray) -> Detections:
+        gray = image if image.ndim == 2 else cv2.cvtColor(to_bgr(image), cv2.COLOR_BGR2GRAY)
+        small, f = downscale(gray, self.size)
+        min_px = max(8, int(self.min_size * f))
         boxes = self.cascade.detectMultiScale(small, scaleFactor=self.scale_factor,
-                                              minNeighbors=self.min_neighbors, minSize=(min_size, min_size))
-        boxes = np.asarray(boxes, np.float64).reshape(-1, 4) / self.scale
-        return _finish(boxes, gray.shape, self.max_faces)
+                                              minNeighbors=self.min_neighbors, minSize=(min_px, min_px))
+        boxes = np.asarray(boxes, np.float32).reshape(-1, 4) / f
+        scores = (boxes[:, 2] * boxes[:, 3]) / max(1.0, float(gray.shape[0] * gray.shape[1]))  # larger first
+        return finish(Detections.from_boxes(boxes, scores), gray.shape, self.min_size, self.max_faces)
 
 
-def _blazeface_anchors(size: int = 128) -> np.ndarray:
-    """SSD anchor centres of the short-range model: 16x16 cells x 2 + 8x8 cells x 6 = 896."""
-    out = []
-    for stride, per_cell in ((8, 2), (16, 6)):
-        n = size // stride
-        ys, xs = np.mgrid[0:n, 0:n]
-        centres = np.stack([(xs.ravel() + 0.5) / n, (ys.ravel() + 0.5) / n], 1)
-        out.append(np.repeat(centres, per_cell, axis=0))
-    return np.concatenate(out).astype(np.float32)
+@lru_cache(maxsize=8)
+def _priors(width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
+    """Grid-cell origins (col, row) and strides of every YuNet output row, strides 8, 16, 32."""
+    cells, strides = [], []
+    for s in STRIDES:
+        rows, cols = np.mgrid[0:height // s, 0:width // s]
+        cells.append(np.stack([cols.ravel(), rows.ravel()], 1))
+        strides.append(np.full(cols.size, s))
+    return np.concatenate(cells).astype(np.float32), np.concatenate(strides).astype(np.float32)[:, None]
 
 
-def _nms(boxes: np.ndarray, scores: np.ndarray, iou: float) -> list[int]:
-    order, keep = np.argsort(-scores), []
-    x2, y2 = boxes[:, 0] + boxes[:, 2], boxes[:, 1] + boxes[:, 3]
-    area = boxes[:, 2] * boxes[:, 3]
-    while len(order):
-        i, rest = order[0], order[1:]
-        keep.append(int(i))
-        iw = np.clip(np.minimum(x2[i], x2[rest]) - np.maximum(boxes[i, 0], boxes[rest, 0]), 0, None)
-        ih = np.clip(np.minimum(y2[i], y2[rest]) - np.maximum(boxes[i, 1], boxes[rest, 1]), 0, None)
-        inter = iw * ih
-        order = rest[inter / (area[i] + area[rest] - inter + 1e-9) < iou]
-    return keep
+def decode_yunet(outputs: dict[str, np.ndarray], width: int, height: int, score: float) -> Detections:
+    """YuNet's per-stride heads -> Detections in the padded input's pixels (before NMS)."""
+    cat = {k: np.concatenate([outputs[f"{k}_{s}"].reshape(-1, n) for s in STRIDES])
+           for k, n in (("cls", 1), ("obj", 1), ("bbox", 4), ("kps", 10))}
+    scores = np.sqrt(np.clip(cat["cls"][:, 0], 0, 1) * np.clip(cat["obj"][:, 0], 0, 1))
+    keep = np.flatnonzero(scores >= score)
+    if len(keep) == 0:
+        return Detections.empty()
+    cells, strides = _priors(width, height)
+    cells, strides, bbox = cells[keep], strides[keep], cat["bbox"][keep]
+    centre = (cells + bbox[:, :2]) * strides
+    wh = np.exp(np.clip(bbox[:, 2:], -10, 10)) * strides
+    boxes = np.concatenate([centre - wh / 2, wh], 1)
+    kps = (cat["kps"][keep].reshape(-1, 5, 2) + cells[:, None, :]) * strides[:, :, None]
+    return Detections(boxes.astype(np.float32), scores[keep].astype(np.float32), kps.astype(np.float32))
 
 
-class BlazeFaceDetector(Detector):
-    name = "blazeface"
+class _OrtNet:
+    def __init__(self, path: Path, threads: int):
+        import onnxruntime as ort
+        from .backends import onnx_session_options
+        self.sess = ort.InferenceSession(str(path), onnx_session_options(threads), providers=["CPUExecutionProvider"])
+        self.names = [o.name for o in self.sess.get_outputs()]
+        self.runtime = f"onnxruntime {ort.__version__}"
 
-    def __init__(self, model: str | Path | None = None, threads: int = 1, score: float = 0.5,
-                 max_faces: int = 32, nms_iou: float = 0.3):
-        from .backends import BackendError, _tflite_interpreter_class
-        model = model or os.environ.get("EDGE_BLAZEFACE", "")
-        if not model or not Path(model).is_file():
-            raise DetectorError(f"BlazeFace model not found ({model or 'set detector.model or $EDGE_BLAZEFACE'})")
+    def run(self, blob: np.ndarray) -> dict[str, np.ndarray]:
+        return dict(zip(self.names, self.sess.run(None, {"input": blob})))
+
+
+class _CvNet:
+    def __init__(self, path: Path, threads: int):
+        self.net = cv2.dnn.readNetFromONNX(str(path))
+        self.names = list(self.net.getUnconnectedOutLayersNames())
+        self.runtime = f"opencv-dnn {cv2.__version__}"
+
+    def run(self, blob: np.ndarray) -> dict[str, np.ndarray]:
+        self.net.setInput(blob)
+        return dict(zip(self.names, self.net.forward(self.names)))
+
+
+def resolve_model(model: str) -> tuple[Path, str | None]:
+    """'' or a packaged name -> (shipped file, its pinned sha256); a path -> (path, None)."""
+    name = model or DEFAULT_YUNET
+    if name in PACKAGED:
+        file, sha = PACKAGED[name]
+        return MODELS / file, sha
+    path = Path(model).expanduser()
+    if not path.is_file():
+        raise DetectorError(f"detector model {model!r} not found (packaged: {', '.join(PACKAGED)}, or a YuNet .onnx)")
+    return path, None
+
+
+class YuNetDetector(Detector):
+    name = "yunet"
+
+    def __init__(self, model: str = "", size: int = 512, score: float = 0.4, nms_iou: float = 0.3,
+                 min_size: int = 24, max_faces: int = 32, threads: int = 1, runtime: str = "auto"):
+        path, sha = resolve_model(model)
+        if sha is not None:
+            if not path.is_file():
+                raise DetectorError(f"packaged detector model {path} is missing: reinstall fer-edge")
+            got = sha256_file(path)
+            if got != sha:
+                raise DetectorError(f"detector model {path} sha256 {got[:12]}… != pinned {sha[:12]}…: reinstall fer-edge")
+        self.net = self._load(path, threads, runtime)
+        self.size, self.score, self.nms_iou = size, score, nms_iou
+        self.min_size, self.max_faces = min_size, max_faces
+        self.model = path.name
+
+    @staticmethod
+    def _load(path: Path, threads: int, runtime: str):
+        if runtime not in RUNTIMES:
+            raise DetectorError(f"detector.runtime must be one of {', '.join(RUNTIMES)} (got {runtime!r})")
+        if runtime in ("auto", "onnxruntime"):
+            try:
+                return _OrtNet(path, threads)
+            except ImportError:
+                if runtime == "onnxruntime":
+                    raise DetectorError("detector.runtime = onnxruntime but it is not installed: "
+                                        "pip install onnxruntime") from None
         try:
-            Interpreter, _ = _tflite_interpreter_class()
-        except BackendError as e:
-            raise DetectorError(str(e)) from e
-        self.interp = Interpreter(model_path=str(model), num_threads=max(1, threads))
-        self.interp.allocate_tensors()
-        self.inp = self.interp.get_input_details()[0]
-        outs = sorted(self.interp.get_output_details(), key=lambda d: -int(d["shape"][-1]))
-        self.reg, self.cls = outs[0]["index"], outs[1]["index"]  # (1,896,16) boxes, (1,896,1) scores
-        self.size = int(self.inp["shape"][1])
-        self.anchors = _blazeface_anchors(self.size)
-        self.score, self.max_faces, self.nms_iou = score, max_faces, nms_iou
+            return _CvNet(path, threads)
+        except cv2.error as e:
+            raise DetectorError(f"OpenCV cannot load {path}: {str(e).strip().splitlines()[-1]}") from None
 
-    def detect(self, gray: np.ndarray) -> np.ndarray:
-        h, w = gray.shape[:2]
-        side = max(h, w)  # letterbox to a square so the model sees undistorted faces
-        square = np.zeros((side, side), np.uint8)
-        square[:h, :w] = gray
-        x = cv2.resize(square, (self.size, self.size), interpolation=cv2.INTER_AREA)
-        x = np.repeat((x.astype(np.float32) / 127.5 - 1.0)[None, :, :, None], 3, axis=3)
-        self.interp.set_tensor(self.inp["index"], x)
-        self.interp.invoke()
-        raw = self.interp.get_tensor(self.reg)[0]
-        scores = 1.0 / (1.0 + np.exp(-np.clip(self.interp.get_tensor(self.cls)[0, :, 0], -80, 80)))
-        keep = scores >= self.score
-        if not keep.any():
-            return np.zeros((0, 4), np.int32)
-        raw, scores, anchors = raw[keep], scores[keep], self.anchors[keep]
-        cx = raw[:, 0] / self.size + anchors[:, 0]
-        cy = raw[:, 1] / self.size + anchors[:, 1]
-        bw, bh = raw[:, 2] / self.size, raw[:, 3] / self.size
-        boxes = np.stack([cx - bw / 2, cy - bh / 2, bw, bh], 1) * side
-        boxes = boxes[_nms(boxes, scores, self.nms_iou)]
-        return _finish(boxes, gray.shape, self.max_faces)
+    @property
+    def runtime(self) -> str:
+        return self.net.runtime
+
+    def detect(self, image: np.ndarray) -> Detections:
+        small, f = downscale(to_bgr(image), self.size)
+        h, w = small.shape[:2]
+        ph, pw = -(-h // 32) * 32, -(-w // 32) * 32  # the network's strides need multiples of 32
+        blob = np.zeros((1, 3, ph, pw), np.float32)
+        blob[0, :, :h, :w] = small.transpose(2, 0, 1)
+        dets = decode_yunet(self.net.run(blob), pw, ph, self.score)
+        if len(dets) == 0:
+            return dets
+        dets = dets.take(nms(dets.boxes, dets.scores, self.nms_iou))
+        dets = Detections(dets.boxes / f, dets.scores, dets.landmarks / f)
+        return finish(dets, image.shape, self.min_size, self.max_faces)
 
 
-def make_detector(kind: str = "haar", scale: float = 0.5, min_size: int = 40, max_faces: int = 32,
-                  model: str = "", threads: int = 1, score: float = 0.5) -> Detector:
+def make_detector(kind: str = "yunet", size: int = 512, min_size: int = 24, max_faces: int = 32,
+                  model: str = "", threads: int = 1, score: float = 0.4, runtime: str = "auto") -> Detector:
+    if kind == "yunet":
+        return YuNetDetector(model, size=size, score=score, min_size=min_size, max_faces=max_faces,
+                             threads=threads, runtime=runtime)
     if kind == "haar":
-        return HaarDetector(scale=scale, min_size=min_size, max_faces=max_faces)
-    if kind == "blazeface":
-        return BlazeFaceDetector(model or None, threads=threads, score=score, max_faces=max_faces)
+        return HaarDetector(size=size, min_size=min_size, max_faces=max_faces)
     raise DetectorError(f"unknown detector {kind!r} (choose from {', '.join(DETECTORS)})")
+
+
+CROPS_FILE = Path(__file__).resolve().parent / "crops.json"
+
+
+def calibrated_crop(detector: str) -> CropSpec:
+    """The crop fitted for ``detector`` by ``python -m benchmarks.calibrate`` (crops.json)."""
+    try:
+        table = json.loads(CROPS_FILE.read_text())
+    except (OSError, ValueError) as e:
+        raise DetectorError(f"{CROPS_FILE} is unreadable ({e}): reinstall fer-edge") from None
+    entry = table.get(detector)
+    if entry is None:
+        raise DetectorError(f"no calibrated crop for detector {detector!r} in {CROPS_FILE}")
+    return CropSpec.from_dict(entry["crop"])
+
+
+__all__ = ["Detector", "DetectorError", "HaarDetector", "YuNetDetector", "make_detector", "calibrated_crop",
+           "decode_yunet", "DETECTORS", "PACKAGED"]

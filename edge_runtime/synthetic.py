@@ -1,9 +1,11 @@
-"""Synthetic test videos: FER test faces composited onto larger frames at known places.
+"""Synthetic test videos: FER faces composited onto larger frames at known places.
 
-Used by the tests and by ``benchmarks`` (detector recall, end-to-end pipeline), so the ground
-truth format is part of the API: ``{"frames": N, "size": [w, h], "fps": f, "faces": [{"box":
-[x, y, w, h], "label": str, "file": str}, ...]}``. Faces stay put for the whole video, so every
-frame has the same ground truth and a tracker sees stable tracks.
+Used by the tests, ``benchmarks`` and the crop calibration, so the ground truth format is part of
+the API: ``{"frames": N, "size": [w, h], "fps": f, "faces": [{"box": [x, y, w, h], "label": str,
+"file": str}, ...]}`` for a still scene (``make_video``: every frame the same), plus
+``"per_frame": [[{... "id": int, "visible": float}, ...], ...]`` for scenes that change
+(``shuffled_scene``: a new face, size, place and backdrop every frame; ``moving_scene``: 2-4 faces
+drifting, crossing, entering and leaving, each with an identity).
 """
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from .geometry import iou  # noqa: F401  (re-exported: tests match boxes with it)
 from .labels import LABELS
 
 FOURCC = "MJPG"  # in every OpenCV build (no FFmpeg codec licensing surprises); use .avi
@@ -82,14 +85,112 @@ def make_video(path: str | Path, data_root: str | Path, n_faces: int = 1, frames
     return truth
 
 
-def iou(a, b) -> float:
-    """IoU of two [x, y, w, h] boxes."""
-    ax2, ay2, bx2, by2 = a[0] + a[2], a[1] + a[3], b[0] + b[2], b[1] + b[3]
-    iw = max(0.0, min(ax2, bx2) - max(a[0], b[0]))
-    ih = max(0.0, min(ay2, by2) - max(a[1], b[1]))
-    inter = iw * ih
-    union = a[2] * a[3] + b[2] * b[3] - inter
-    return inter / union if union > 0 else 0.0
+def paste(frame: np.ndarray, path: str | Path, x: int, y: int, side: int) -> float:
+    """Paste a face resized to ``side`` px with its top-left at x, y (clipped); -> the visible share."""
+    img = cv2.resize(cv2.imread(str(path), cv2.IMREAD_GRAYSCALE), (side, side), interpolation=cv2.INTER_LINEAR)
+    h, w = frame.shape[:2]
+    x1, y1, x2, y2 = max(0, x), max(0, y), min(w, x + side), min(h, y + side)
+    if x2 <= x1 or y2 <= y1:
+        return 0.0
+    frame[y1:y2, x1:x2] = img[y1 - y:y2 - y, x1 - x:x2 - x, None]
+    return (x2 - x1) * (y2 - y1) / side ** 2
+
+
+def shuffled_scene(faces: list[tuple[Path, str]], size=(640, 480), sides=(64, 200), seed: int = 0):
+    """One face per frame, each a new face at a random size in ``sides``, a random place and on a
+    new backdrop: no temporal help for a detector or tracker. Yields (BGR frame, truth list)."""
+    rng = np.random.default_rng(seed)
+    w, h = size
+    for i, (path, label) in enumerate(faces):
+        side = int(rng.integers(sides[0], sides[1] + 1))
+        x, y = int(rng.integers(0, w - side + 1)), int(rng.integers(0, h - side + 1))
+        frame = background(size, seed * 100_003 + i)
+        paste(frame, path, x, y, side)
+        yield frame, [{"box": [x, y, side, side], "label": label, "file": str(path), "id": i, "visible": 1.0}]
+
+
+def moving_scene(faces: list[tuple[Path, str]], frames: int, size=(640, 480), sides=(64, 200),
+                 max_faces: int = 4, seed: int = 0):
+    """2..max_faces faces drifting across a still backdrop: they enter from an edge, cross one
+    another and leave; a new face (the next of ``faces``) enters when one has left. Yields (BGR
+    frame, truth list) with each face's identity and visible share (off-frame and occlusion)."""
+    rng = np.random.default_rng(seed)
+    w, h = size
+    back = background(size, seed)
+    pool = iter(enumerate(faces))
+    live: list[dict] = []
+
+    def enter():
+        ident, (path, label) = next(pool)
+        side = int(rng.integers(sides[0], sides[1] + 1))
+        edge = int(rng.integers(4))
+        speed = rng.uniform(2.0, 5.0)
+        if edge < 2:  # left / right edge, moving across
+            x = -side + 1.0 if edge == 0 else w - 1.0
+            y = rng.uniform(0, h - side)
+            v = np.array([speed if edge == 0 else -speed, rng.uniform(-1, 1)])
+        else:  # top / bottom
+            x = rng.uniform(0, w - side)
+            y = -side + 1.0 if edge == 2 else h - 1.0
+            v = np.array([rng.uniform(-1, 1), speed if edge == 2 else -speed])
+        live.append({"id": ident, "path": path, "label": label, "side": side, "pos": np.array([x, y]), "v": v})
+
+    target = int(rng.integers(2, max_faces + 1))
+    for _ in range(target):
+        enter()
+    for _ in range(frames):
+        frame = back.copy()
+        truth = []
+        cover = np.zeros((h, w), np.int32) - 1
+        for k, f in enumerate(live):
+            x, y = (int(round(c)) for c in f["pos"])
+            vis = paste(frame, f["path"], x, y, f["side"])
+            x1, y1, x2, y2 = max(0, x), max(0, y), min(w, x + f["side"]), min(h, y + f["side"])
+            if vis > 0:
+                cover[y1:y2, x1:x2] = k
+            truth.append({"box": [x, y, f["side"], f["side"]], "label": f["label"], "file": str(f["path"]),
+                          "id": f["id"], "visible": vis})
+        for k, t in enumerate(truth):  # later faces are pasted over earlier ones
+            x, y, s, _ = t["box"]
+            region = cover[max(0, y):max(0, y + s), max(0, x):max(0, x + s)]
+            t["visible"] = round(float((region == k).sum()) / s ** 2, 4)
+        yield frame, [t for t in truth if t["visible"] > 0]
+        for f in live:
+            f["pos"] = f["pos"] + f["v"]
+        gone = [f for f in live if f["pos"][0] > w or f["pos"][1] > h or f["pos"][0] < -f["side"]
+                or f["pos"][1] < -f["side"]]
+        for f in gone:
+            live.remove(f)
+        while len(live) < target:
+            enter()
+
+
+def write_scene(path: str | Path, scene, fps: float = 15.0) -> dict:
+    """Write a scene's frames as an MJPG video and OUT.json with the per-frame truth; -> the truth."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.stem + ".part" + path.suffix)
+    writer, per_frame, size = None, [], None
+    for frame, truth in scene:
+        if writer is None:
+            size = (frame.shape[1], frame.shape[0])
+            writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*FOURCC), fps, size)
+            if not writer.isOpened():
+                raise RuntimeError(f"OpenCV cannot write {path} with {FOURCC}")
+        writer.write(frame)
+        per_frame.append(truth)
+    if writer is None:
+        raise ValueError("the scene has no frames")
+    writer.release()
+    tmp.replace(path)
+    truth = {"frames": len(per_frame), "size": list(size), "fps": fps, "faces": [], "per_frame": per_frame}
+    path.with_suffix(".json").write_text(json.dumps(truth))
+    return truth
+
+
+def frame_truth(truth: dict, index: int) -> list[dict]:
+    """The faces in frame ``index`` of a video written by this module."""
+    return truth["per_frame"][index] if truth.get("per_frame") else truth["faces"]
 
 
 def main(argv=None) -> int:

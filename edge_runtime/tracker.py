@@ -1,51 +1,73 @@
-"""Per-face tracks: greedy IoU matching, exponential smoothing of probabilities, new/update/end."""
+"""Per-face tracks: motion-predicted IoU matching gated by appearance, exponential smoothing of
+probabilities, new/update/end.
+
+A detection continues a track only when it overlaps the track's predicted box (constant velocity)
+*and* looks like the face the track last saw (correlation of small grey thumbnails), so a new face
+that appears where another just left starts a new track instead of inheriting its history.
+"""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
+
+from .geometry import Detections, iou_matrix
+
+THUMB = 16  # side of the appearance thumbnail
 
 
 @dataclass
 class Track:
     id: int
-    box: np.ndarray         # x, y, w, h of the latest detection
-    crop: np.ndarray        # the region that was classified (box + margin)
-    raw: np.ndarray         # the model's probabilities on the latest crop
-    smooth: np.ndarray      # EMA of raw
+    box: np.ndarray          # x, y, w, h of the latest detection
+    crop: np.ndarray         # the region that was classified
+    raw: np.ndarray          # the model's probabilities on the latest crop
+    smooth: np.ndarray       # EMA of raw
     first_frame: int
     last_frame: int
+    landmarks: np.ndarray = field(default_factory=lambda: np.full((5, 2), np.nan, np.float32))
+    score: float = 1.0
+    look: np.ndarray | None = None  # unit-norm zero-mean thumbnail
+    velocity: np.ndarray = field(default_factory=lambda: np.zeros(2))  # box centre, px per frame
     missed: int = 0
 
+    def predicted(self, frame: int) -> np.ndarray:
+        b = np.asarray(self.box, np.float64).copy()
+        b[:2] += self.velocity * (frame - self.last_frame)
+        return b
 
-def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Pairwise IoU of (N,4) and (M,4) x,y,w,h boxes."""
-    if len(a) == 0 or len(b) == 0:
-        return np.zeros((len(a), len(b)))
-    a, b = a.astype(np.float64), b.astype(np.float64)
-    x1 = np.maximum(a[:, None, 0], b[None, :, 0])
-    y1 = np.maximum(a[:, None, 1], b[None, :, 1])
-    x2 = np.minimum(a[:, None, 0] + a[:, None, 2], b[None, :, 0] + b[None, :, 2])
-    y2 = np.minimum(a[:, None, 1] + a[:, None, 3], b[None, :, 1] + b[None, :, 3])
-    inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
-    union = (a[:, 2] * a[:, 3])[:, None] + (b[:, 2] * b[:, 3])[None, :] - inter
-    return inter / np.maximum(union, 1e-9)
+
+def thumbnails(faces: np.ndarray) -> np.ndarray:
+    """(K, S, S[, 1]) face inputs -> (K, THUMB*THUMB) zero-mean unit-norm appearance vectors."""
+    x = np.asarray(faces, np.float32).reshape(len(faces), faces.shape[1], faces.shape[2])
+    if len(x) == 0:
+        return np.zeros((0, THUMB * THUMB), np.float32)
+    k = x.shape[1] // THUMB
+    x = x[:, :k * THUMB, :k * THUMB].reshape(len(x), THUMB, k, THUMB, k).mean(axis=(2, 4)).reshape(len(x), -1)
+    x = x - x.mean(axis=1, keepdims=True)
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-6)
 
 
 class Tracker:
-    def __init__(self, iou: float = 0.3, smoothing: float = 0.6, max_missed: int = 5):
-        self.iou, self.alpha, self.max_missed = iou, smoothing, max_missed
+    def __init__(self, iou: float = 0.3, smoothing: float = 0.6, max_missed: int = 5, appearance: float = 0.5):
+        self.iou, self.alpha, self.max_missed, self.appearance = iou, smoothing, max_missed, appearance
         self.tracks: dict[int, Track] = {}
         self._next_id = 1
 
-    def update(self, frame: int, boxes: np.ndarray, crops: np.ndarray, probs: np.ndarray):
-        """Feed one frame's detections; return [(kind, track)] with kind in new/update/end."""
+    def update(self, frame: int, dets: Detections, crops: np.ndarray, probs: np.ndarray,
+               looks: np.ndarray | None = None):
+        """Feed one frame's detections, their crop regions, probabilities and (optionally) appearance
+        thumbnails; return [(kind, track)] with kind in new/update/end."""
         out = []
         ids = list(self.tracks)
-        m = iou_matrix(np.array([self.tracks[i].box for i in ids]).reshape(-1, 4), boxes)
+        boxes = dets.boxes
+        m = iou_matrix(np.array([self.tracks[i].predicted(frame) for i in ids]).reshape(-1, 4), boxes)
+        if looks is not None and ids and len(boxes):
+            same = np.array([[-1.0] * len(boxes) if self.tracks[i].look is None else looks @ self.tracks[i].look
+                             for i in ids])
+            m = np.where((same >= self.appearance) | (same == -1.0), m, 0.0)
         matched_t, matched_d = set(), set()
-        # greedy: best remaining pair first (faces rarely cross, so this equals Hungarian in practice)
-        for flat in np.argsort(-m, axis=None):
+        for flat in np.argsort(-m, axis=None, kind="stable"):  # greedy: best remaining overlap first
             ti, di = np.unravel_index(flat, m.shape)
             if m[ti, di] < self.iou:
                 break
@@ -54,12 +76,19 @@ class Tracker:
             matched_t.add(ti)
             matched_d.add(di)
             t = self.tracks[ids[ti]]
+            step = max(1, frame - t.last_frame)
+            moved = (_centre(boxes[di]) - _centre(t.box)) / step
+            t.velocity = 0.5 * t.velocity + 0.5 * moved
             t.box, t.crop, t.raw, t.last_frame, t.missed = boxes[di], crops[di], probs[di], frame, 0
+            t.landmarks, t.score = dets.landmarks[di], float(dets.scores[di])
+            if looks is not None:
+                t.look = looks[di]
             t.smooth = self.alpha * t.smooth + (1 - self.alpha) * probs[di]
             out.append(("update", t))
         for di in range(len(boxes)):
             if di not in matched_d:
-                t = Track(self._next_id, boxes[di], crops[di], probs[di], probs[di].copy(), frame, frame)
+                t = Track(self._next_id, boxes[di], crops[di], probs[di], probs[di].copy(), frame, frame,
+                          dets.landmarks[di], float(dets.scores[di]), None if looks is None else looks[di])
                 self.tracks[t.id] = t
                 self._next_id += 1
                 out.append(("new", t))
@@ -76,3 +105,8 @@ class Tracker:
         out = [("end", t) for t in self.tracks.values()]
         self.tracks.clear()
         return out
+
+
+def _centre(box) -> np.ndarray:
+    b = np.asarray(box, np.float64)
+    return b[:2] + b[2:] / 2

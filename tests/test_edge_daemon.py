@@ -20,7 +20,8 @@ import pytest
 from edge_runtime.backends import load_backend
 from edge_runtime.labels import LABELS
 from edge_runtime.manifest import preprocess_spec, read_manifest
-from edge_runtime.preprocess import preprocess_batch, to_gray
+from edge_runtime.geometry import cut_square
+from edge_runtime.preprocess import preprocess_batch
 from edge_runtime.synthetic import compose, iou, make_video, pick_faces
 from tests.conftest import SHARED
 from tests.edge_support import (edge_artifacts, free_port, mosquitto, no_tf_path,  # noqa: F401
@@ -31,7 +32,7 @@ BACKENDS = ["tflite-int8", "tflite-fp32", "onnx-fp32", "onnx-int8"]
 
 @pytest.fixture(scope="module")
 def four_faces(tmp_path_factory):
-    """640x480, four faces of 120 px the default Haar detector finds (seed checked once)."""
+    """640x480, four faces of 120 px."""
     path = tmp_path_factory.mktemp("video") / "four.avi"
     return path, make_video(path, SHARED, n_faces=4, frames=12, face=120, seed=3)
 
@@ -70,7 +71,7 @@ def decoded_frames(video):
     cap = cv2.VideoCapture(str(video))
     frames = []
     while (ok_frame := cap.read())[0]:
-        frames.append(to_gray(ok_frame[1]))
+        frames.append(ok_frame[1])
     return frames
 
 
@@ -84,8 +85,8 @@ def predictions_on_crops(artifacts, name, video, events):
     out = {}
     for index in sorted({e["frame"] for e in events}):
         group = [k for k, e in enumerate(events) if e["frame"] == index]
-        gray = frames[index % len(frames)]
-        crops = [gray[y:y + h, x:x + w] for x, y, w, h in (events[k]["crop"] for k in group)]
+        frame = frames[index % len(frames)]
+        crops = [cut_square(frame, x + w / 2, y + h / 2, w) for x, y, w, h in (events[k]["crop"] for k in group)]
         out.update(zip(group, backend.predict(preprocess_batch(crops, spec))))
     return [out[k] for k in range(len(events))]
 
@@ -135,10 +136,15 @@ def test_video_end_to_end(artifact, edge_artifacts, four_faces, mosquitto, no_tf
     events = read_events(events_path)
     live = [e for e in events if e["type"] in ("new", "update")]
     boxes = {tuple(e["box"]) for e in live}
-    # boxes are where the faces are: at least 3 of the 4 found, nothing found elsewhere
-    found = [f for f in truth["faces"] if any(iou(f["box"], b) >= 0.4 for b in boxes)]
+    # boxes are where the faces are (IoU >= 0.3, the benchmark's rule): 3+ of the 4 found, nothing elsewhere
+    found = [f for f in truth["faces"] if any(iou(f["box"], b) >= 0.3 for b in boxes)]
     assert len(found) >= 3, (boxes, truth["faces"])
-    assert all(max(iou(f["box"], b) for f in truth["faces"]) >= 0.4 for b in boxes), boxes
+    assert all(max(iou(f["box"], b) for f in truth["faces"]) >= 0.3 for b in boxes), boxes
+    for e in live:  # YuNet's five landmarks travel with each face, inside its box
+        x, y, w, h = e["box"]
+        lm = np.array(e["landmarks"])
+        assert lm.shape == (5, 2) and e["det_score"] >= 0.4
+        assert ((lm >= [x, y]) & (lm <= [x + w, y + h])).all(), (e["box"], e["landmarks"])
     # labels equal the artifact's own predictions on those crops
     probs = predictions_on_crops(edge_artifacts, artifact, video, live)
     for e, p in zip(live, probs):

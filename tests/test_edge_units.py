@@ -12,6 +12,7 @@ from edge_runtime import sources
 from edge_runtime.__main__ import main
 from edge_runtime.config import ConfigError, build
 from edge_runtime.daemon import Daemon
+from edge_runtime.geometry import Detections
 from edge_runtime.sources import Capture, Frame
 from edge_runtime.stats import Stats
 from edge_runtime.synthetic import compose, iou, pick_faces
@@ -26,11 +27,11 @@ def write(path, text):
 
 
 def test_flags_override_config_override_profile(tmp_path):
-    prof = write(tmp_path / "p.toml", '[model]\nthreads = 3\nbackend = "tflite"\n[detector]\nscale = 0.25\n')
+    prof = write(tmp_path / "p.toml", '[model]\nthreads = 3\nbackend = "tflite"\n[detector]\nsize = 320\n')
     conf = write(tmp_path / "c.toml", '[model]\nthreads = 2\nartifacts = "x"\n')
     cfg = build(str(prof), str(conf), {"model": {"threads": 1}})
     assert cfg["model"]["threads"] == 1 and cfg["model"]["backend"] == "tflite"
-    assert cfg["detector"]["scale"] == 0.25 and cfg["model"]["artifacts"] == "x"
+    assert cfg["detector"]["size"] == 320 and cfg["model"]["artifacts"] == "x"
 
 
 @pytest.mark.parametrize("text, words", [
@@ -67,15 +68,16 @@ def test_help_names_every_flag(capsys):
 def test_tracker_smooths_and_ends_tracks():
     t = Tracker(iou=0.3, smoothing=0.5, max_missed=1)
     a, b = np.eye(7)[3], np.eye(7)[5]
-    box = np.array([[10, 10, 50, 50]])
-    assert [k for k, _ in t.update(0, box, box, a[None])] == ["new"]
-    ch = t.update(1, box + 2, box, b[None])
+    box = Detections.from_boxes([[10, 10, 50, 50]])
+    moved = Detections.from_boxes([[12, 12, 50, 50]])
+    assert [k for k, _ in t.update(0, box, box.boxes, a[None])] == ["new"]
+    ch = t.update(1, moved, moved.boxes, b[None])
     assert [k for k, _ in ch] == ["update"] and ch[0][1].id == 1
     np.testing.assert_allclose(ch[0][1].smooth, 0.5 * a + 0.5 * b)
-    far = np.array([[200, 200, 50, 50]])
-    kinds = [(k, tr.id) for k, tr in t.update(2, far, far, a[None])]
+    far = Detections.from_boxes([[200, 200, 50, 50]])
+    kinds = [(k, tr.id) for k, tr in t.update(2, far, far.boxes, a[None])]
     assert kinds == [("new", 2)]  # track 1 missed once: still open
-    kinds = [(k, tr.id) for k, tr in t.update(3, far, far, a[None])]
+    kinds = [(k, tr.id) for k, tr in t.update(3, far, far.boxes, a[None])]
     assert ("end", 1) in kinds and ("update", 2) in kinds
     assert [(k, tr.id) for k, tr in t.end_all()] == [("end", 2)]
 
@@ -225,11 +227,18 @@ def test_http_token_is_required_when_set():
         srv.close()
 
 
-def test_blazeface_without_its_model_is_one_line_exit_2(edge_artifacts, capsys, monkeypatch):
-    monkeypatch.delenv("EDGE_BLAZEFACE", raising=False)
-    assert main(["--artifacts", str(edge_artifacts), "--detector", "blazeface", "--source", "0"]) == 2
+def test_damaged_or_missing_detector_model_is_one_line_exit_2(edge_artifacts, capsys, monkeypatch, tmp_path):
+    from edge_runtime import detectors
+    packaged = detectors.MODELS / detectors.PACKAGED["yunet_n"][0]
+    (tmp_path / packaged.name).write_bytes(packaged.read_bytes()[:-10] + b"0123456789")  # same size, other bytes
+    monkeypatch.setattr(detectors, "MODELS", tmp_path)
+    assert main(["--artifacts", str(edge_artifacts), "--source", "0"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "BlazeFace model not found" in err[0]
+    assert len(err) == 1 and "sha256" in err[0] and "reinstall" in err[0], err
+    conf = write(tmp_path / "c.toml", '[detector]\nmodel = "/nonexistent/yunet.onnx"\n')
+    assert main(["--artifacts", str(edge_artifacts), "--config", str(conf), "--source", "0"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "/nonexistent/yunet.onnx" in err[0], err
 
 
 def test_onnx_int8_products_do_not_saturate(tmp_path):

@@ -1,0 +1,169 @@
+"""Fit the crop a detector's boxes need to match the framing the classifier was trained on.
+
+    python -m benchmarks.calibrate --artifacts artifacts/cbilstm --detector yunet [--write]
+
+Validation faces (the split ``python -m train`` carves from train/; never test/) are composited at
+64-200 px onto random backdrops, the detector runs on every frame, and for each found face we know
+its true FER framing. Step 1 takes the median geometry (true side / box side, centre offsets);
+step 2 searches scale, dy and eye levelling around it by the classifier's accuracy on those faces.
+``--write`` stores the winner in ``edge_runtime/crops.json``, which the daemon reads
+(``crop.mode = "calibrated"``).
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import logging
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from edge_runtime.backends import load_backend, select_artifact
+from edge_runtime.detectors import CROPS_FILE, DEFAULT_SIZE, DETECTORS, DetectorError, make_detector
+from edge_runtime.geometry import CropSpec, Detections, crop_faces
+from edge_runtime.labels import LABELS
+from edge_runtime.manifest import ManifestError, atomic_write_text, preprocess_spec, read_manifest
+from edge_runtime.preprocess import preprocess_batch, to_gray
+from edge_runtime.synthetic import shuffled_scene, write_scene
+
+from .pipeline import match, read_frames
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def validation_faces(data_root: str | None, n: int, seed: int) -> tuple[list[tuple[Path, str]], dict]:
+    """n faces of the validation split ``python -m train`` carves by default, and its identity."""
+    from train.data import load_dataset
+    ds = load_dataset(data_root, progress=False)
+    idx = np.random.default_rng(seed).choice(len(ds.val), size=min(n, len(ds.val)), replace=False)
+    faces = [(ds.root / ds.val.files[i], LABELS[int(ds.val.labels[i])]) for i in idx]
+    return faces, {"root": str(ds.root), "split": "validation (train/ carve)", "val_fraction": ds.val_fraction,
+                   "seed": ds.seed, "files_hash": ds.val.files_hash(), "faces": len(faces)}
+
+
+def found_faces(frames, truth: dict, detector) -> tuple[list[np.ndarray], Detections, list[dict]]:
+    """Run the detector on every frame; -> (gray frame per found face, its detection, its truth)."""
+    grays, picked, truths = [], [], []
+    for frame, faces in tqdm(list(zip(frames, truth["per_frame"])), desc="detect", unit="frame", disable=None):
+        dets = detector.detect(frame)
+        for ti, di in match(faces, dets.boxes).items():
+            grays.append(to_gray(frame))
+            picked.append(dets.take([di]))
+            truths.append(faces[ti])
+    if not picked:
+        return [], Detections.empty(), []
+    return grays, Detections(*(np.concatenate([getattr(d, f) for d in picked]) for f in
+                               ("boxes", "scores", "landmarks"))), truths
+
+
+def geometric_fit(dets: Detections, truths: list[dict]) -> CropSpec:
+    """Median of true side / box side and of the true centre's offset in box sides."""
+    b = dets.boxes.astype(np.float64)
+    side = np.sqrt(b[:, 2] * b[:, 3])
+    t = np.array([f["box"] for f in truths], np.float64)
+    scale = np.median(t[:, 2] / side)
+    dx = np.median((t[:, 0] + t[:, 2] / 2 - b[:, 0] - b[:, 2] / 2) / side)
+    dy = np.median((t[:, 1] + t[:, 3] / 2 - b[:, 1] - b[:, 3] / 2) / side)
+    return CropSpec(round(float(scale), 3), round(float(dx), 3), round(float(dy), 3))
+
+
+def accuracy(grays, dets: Detections, labels: np.ndarray, spec: CropSpec, backend, pre) -> float:
+    patches = [crop_faces(g, dets.take([i]), spec)[0][0] for i, g in enumerate(grays)]
+    probs = np.concatenate([backend.predict(preprocess_batch(patches[i:i + 256], pre))
+                            for i in range(0, len(patches), 256)])
+    return float((probs.argmax(1) == labels).mean())
+
+
+def exact_accuracy(grays, truths, labels, backend, pre) -> float:
+    patches = []
+    for g, f in zip(grays, truths):
+        x, y, s, _ = f["box"]
+        patches.append(g[y:y + s, x:x + s])
+    probs = np.concatenate([backend.predict(preprocess_batch(patches[i:i + 256], pre))
+                            for i in range(0, len(patches), 256)])
+    return float((probs.argmax(1) == labels).mean())
+
+
+def search(grays, dets, labels, start: CropSpec, backend, pre, levels) -> list[tuple[float, CropSpec]]:
+    """Accuracy of every crop on a small grid around the geometric fit, best first."""
+    grid = list(itertools.product((0.9, 0.95, 1.0, 1.05, 1.1), (-0.04, -0.02, 0.0, 0.02, 0.04), levels))
+    out = []
+    for s, ddy, lev in tqdm(grid, desc="crop grid", unit="crop", disable=None):
+        spec = CropSpec(round(start.scale * s, 3), start.dx, round(start.dy + ddy, 3), lev)
+        out.append((accuracy(grays, dets, labels, spec, backend, pre), spec))
+    # ties go to the crop nearest the geometric fit
+    return sorted(out, key=lambda r: (-r[0], abs(r[1].scale / start.scale - 1) + abs(r[1].dy - start.dy)))
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.calibrate", description=__doc__.split("\n")[0],
+                                epilog="example:\n  python -m benchmarks.calibrate --artifacts artifacts/cbilstm "
+                                       "--detector yunet --write", formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--artifacts", default="artifacts/cbilstm", help="folder with manifest.json from python -m export")
+    p.add_argument("--detector", default="yunet", choices=DETECTORS)
+    p.add_argument("--model", default="", help="detector model (yunet: default the packaged one)")
+    p.add_argument("--size", type=int, default=0, help="detector input size, px (default: the daemon's)")
+    p.add_argument("--data", help="FER2013 root (default: the manifest's, else ../shared/data/fer2013)")
+    p.add_argument("--faces", type=int, default=3000, help="validation faces to composite (20..5000)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--write", nargs="?", const=str(CROPS_FILE), metavar="FILE",
+                   help=f"store the fit in the crops table the daemon reads ({CROPS_FILE.relative_to(REPO)}) "
+                        "or in FILE")
+    a = p.parse_args(argv)
+    logging.getLogger("edge_runtime").setLevel(logging.WARNING)
+    if not 20 <= a.faces <= 5000:
+        print("error: --faces must be in [20, 5000]", file=sys.stderr)
+        return 2
+    try:
+        manifest = read_manifest(a.artifacts)
+        name = select_artifact(manifest, "auto")
+        backend = load_backend(manifest, name, threads=2)
+        pre = preprocess_spec(manifest)
+        size = a.size or DEFAULT_SIZE[a.detector]
+        detector = make_detector(a.detector, size=size, model=a.model, threads=2)
+        faces, split = validation_faces(a.data or (manifest.get("data") or {}).get("root"), a.faces, a.seed)
+    except (ManifestError, DetectorError, OSError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    video = REPO / ".cache" / "calibrate" / f"val-{split['files_hash'][:12]}-{a.faces}-{a.seed}.avi"
+    if not video.is_file():
+        write_scene(video, shuffled_scene(faces, seed=a.seed))
+    truth = json.loads(video.with_suffix(".json").read_text())
+    grays, dets, truths = found_faces(read_frames(video), truth, detector)
+    if len(dets) < 20:
+        print(f"error: the detector found only {len(dets)} faces", file=sys.stderr)
+        return 2
+    labels = np.array([LABELS.index(f["label"]) for f in truths])
+    start = geometric_fit(dets, truths)
+    levels = (False, True) if dets.has_landmarks().all() else (False,)
+    ranked = search(grays, dets, labels, start, backend, pre, levels)
+    best_acc, best = ranked[0]
+    fit = {"crop": best.to_dict(), "fit": {
+        "val_accuracy": round(best_acc, 4), "geometric": start.to_dict(),
+        "geometric_accuracy": round(accuracy(grays, dets, labels, start, backend, pre), 4),
+        "exact_crop_accuracy": round(exact_accuracy(grays, truths, labels, backend, pre), 4),
+        "found": len(dets), "recall": round(len(dets) / len(faces), 4), "detector_size": size,
+        "detector_model": getattr(detector, "model", "cascade"), "classifier": name,
+        "classifier_sha256": backend.sha256, "data": split,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}}
+    f = fit["fit"]
+    print(f"{a.detector}: found {f['found']}/{len(faces)} validation faces; accuracy exact crop "
+          f"{f['exact_crop_accuracy']:.2%}, geometric fit {start} {f['geometric_accuracy']:.2%}, "
+          f"best {best} {best_acc:.2%}")
+    for acc, spec in ranked[:5]:
+        print(f"  {acc:.2%}  {spec}")
+    if a.write:
+        out = Path(a.write)
+        table = json.loads((out if out.is_file() else CROPS_FILE).read_text())
+        table[a.detector] = fit
+        atomic_write_text(out, json.dumps(table, indent=1) + "\n")
+        print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

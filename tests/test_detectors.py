@@ -1,0 +1,178 @@
+"""Face detectors, crop geometry, the appearance-gated tracker and the pipeline benchmark's scoring,
+on real FER faces composited into frames and the real YuNet model files."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import cv2
+import numpy as np
+import pytest
+
+from edge_runtime import detectors
+from edge_runtime.detectors import PACKAGED, HaarDetector, YuNetDetector, calibrated_crop
+from edge_runtime.geometry import CropSpec, Detections, crop_faces, crop_squares, cut_square, iou
+from edge_runtime.manifest import sha256_file
+from edge_runtime.preprocess import preprocess_batch, PreprocessSpec
+from edge_runtime.synthetic import compose, moving_scene, paste, pick_faces
+from edge_runtime.tracker import Tracker, thumbnails
+from tests.conftest import REPO, SHARED
+
+SHARED_YUNET = REPO.parent / "shared" / "models" / "yunet"
+
+
+@pytest.fixture(scope="module")
+def four():
+    return compose((640, 480), pick_faces(SHARED, 4, seed=3), 120, seed=3)
+
+
+def test_packaged_yunet_is_the_pinned_file_with_its_licence():
+    file, sha = PACKAGED["yunet_n"]
+    assert sha256_file(detectors.MODELS / file) == sha
+    notice = (detectors.MODELS / "NOTICE").read_text()
+    assert "Apache License" in notice and "yunet_n_320_320.onnx" in notice and sha in notice
+    assert "Apache License" in (detectors.MODELS / "LICENSE-yunet").read_text()
+
+
+@pytest.mark.parametrize("runtime", ["onnxruntime", "opencv"])
+def test_yunet_decoding_matches_opencvs_own_face_detector(four, runtime):
+    """Our decoding (vectorised numpy) against cv2.FaceDetectorYN on the unmodified shared model."""
+    frame, truth = four
+    ours = YuNetDetector(size=640, score=0.6, runtime=runtime).detect(frame)
+    ref = cv2.FaceDetectorYN.create(str(SHARED_YUNET / "yunet_n_320_320.onnx"), "", (640, 480), 0.6, 0.3, 50)
+    _, faces = ref.detect(frame)
+    assert len(ours) == len(faces) == 4
+    order = np.argsort(-faces[:, -1])
+    np.testing.assert_allclose(ours.boxes, faces[order, :4], atol=0.05)
+    np.testing.assert_allclose(ours.landmarks.reshape(-1, 10), faces[order, 4:14], atol=0.05)
+    np.testing.assert_allclose(ours.scores, faces[order, -1], atol=1e-4)
+    for f in truth:  # every pasted face found, landmarks inside its box, eyes above the mouth
+        k = int(np.argmax([iou(f["box"], b) for b in ours.boxes]))
+        assert iou(f["box"], ours.boxes[k]) >= 0.3  # the benchmark's match rule
+        x, y, w, h = f["box"]
+        lm = ours.landmarks[k]
+        assert ((lm[:, 0] > x) & (lm[:, 0] < x + w) & (lm[:, 1] > y) & (lm[:, 1] < y + h)).all()
+        assert lm[:2, 1].max() < lm[3:, 1].min()
+
+
+def test_yunet_finds_small_and_large_faces_at_any_frame_size():
+    faces = pick_faces(SHARED, 6, seed=11)
+    det = YuNetDetector()
+    for side, size in ((64, (640, 480)), (200, (640, 480)), (90, (333, 251)), (300, (1280, 720))):
+        frame, truth = compose(size, faces[:1], side, seed=side)
+        got = det.detect(frame)
+        assert len(got) >= 1 and iou(truth[0]["box"], got.boxes[0]) > 0.4, (side, size, got.boxes)
+    gray = cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY)
+    assert len(det.detect(gray)) == len(got)  # gray frames are accepted
+    assert len(det.detect(np.full((480, 640, 3), 90, np.uint8))) == 0
+
+
+def test_haar_still_available_without_landmarks(four):
+    frame, truth = four
+    dets = HaarDetector().detect(frame)
+    assert len(dets) >= 3 and np.isnan(dets.landmarks).all()
+
+
+def test_cut_square_is_an_exact_slice_and_replicates_past_the_edge():
+    img = np.arange(100 * 120, dtype=np.uint32).reshape(100, 120).astype(np.uint8)
+    np.testing.assert_array_equal(cut_square(img, 30 + 20, 10 + 20, 40), img[10:50, 30:70])
+    edge = cut_square(img, 5, 5, 20)  # 5 px outside: the first row/column repeat
+    assert edge.shape == (20, 20)
+    np.testing.assert_array_equal(edge[5:, 5:], img[0:15, 0:15])
+    np.testing.assert_array_equal(edge[0, 5:], img[0, 0:15])
+    np.testing.assert_array_equal(edge[:5, 7], np.full(5, img[0, 2]))
+
+
+def test_crop_spec_scales_shifts_and_levels():
+    dets = Detections.from_boxes([[100, 100, 80, 80]], landmarks=[[[120, 130], [160, 150], [140, 150],
+                                                                    [125, 165], [155, 170]]])
+    sq = crop_squares(dets, CropSpec(scale=1.25, dx=0.1, dy=-0.05))[0]
+    np.testing.assert_allclose(sq[:3], [140 + 8, 140 - 4, 100])
+    odd = crop_squares(Detections.from_boxes([[10.3, 20.6, 41, 41]]), CropSpec(scale=1.1))[0]
+    assert odd[2] == 45 and (odd[:2] - odd[2] / 2) == pytest.approx([8, 19])  # pixel-aligned
+    assert sq[3] == 0
+    angle = crop_squares(dets, CropSpec(level=True))[0, 3]
+    assert angle == pytest.approx(np.degrees(np.arctan2(20, 40)))
+    patches, regions = crop_faces(np.zeros((300, 300), np.uint8), dets, CropSpec(scale=1.25))
+    assert patches[0].shape == (100, 100) and list(regions[0]) == [90, 90, 100, 100]
+    with pytest.raises(ValueError):
+        CropSpec(scale=10)
+
+
+def test_calibrated_crops_are_shipped_for_every_detector():
+    for name in detectors.DETECTORS:
+        spec = calibrated_crop(name)
+        fit = json.loads(detectors.CROPS_FILE.read_text())[name]["fit"]
+        assert fit["data"]["split"].startswith("validation") and fit["found"] >= 1000, name
+        assert spec.to_dict() == json.loads(detectors.CROPS_FILE.read_text())[name]["crop"]
+
+
+def _faces_at(paths, box, size=(320, 240)):
+    """Each face pasted at the same box on one backdrop -> (frames, 48x48 inputs)."""
+    x, y, s, _ = box
+    frames, inputs = [], []
+    for p in paths:
+        f = np.full((size[1], size[0], 3), 100, np.uint8)
+        paste(f, p, x, y, s)
+        frames.append(f)
+        inputs.append(cv2.cvtColor(f, cv2.COLOR_BGR2GRAY)[y:y + s, x:x + s])
+    return frames, preprocess_batch(inputs, PreprocessSpec())
+
+
+def test_a_new_face_where_another_just_left_starts_a_new_track():
+    (a, _), (b, _) = pick_faces(SHARED, 2, seed=21)
+    box = [100, 60, 96, 96]
+    _, x = _faces_at([a, b], box)
+    looks = thumbnails(x)
+    pa, pb = np.eye(7)[3], np.eye(7)[5]
+    dets = Detections.from_boxes([box])
+    t = Tracker(smoothing=0.8, max_missed=5)
+    assert t.update(0, dets, dets.boxes, pa[None], looks[:1])[0][0] == "new"
+    assert t.update(1, dets, dets.boxes, pa[None], looks[:1])[0][0] == "update"
+    t.update(2, Detections.empty(), np.zeros((0, 4)), np.zeros((0, 7)), looks[:0])  # A leaves
+    kinds = t.update(3, dets, dets.boxes, pb[None], looks[1:])  # B appears in A's place
+    new = [tr for k, tr in kinds if k == "new"]
+    assert len(new) == 1 and new[0].id == 2
+    np.testing.assert_allclose(new[0].smooth, pb)  # nothing inherited from A
+    # the same face, slightly moved, keeps its track
+    _, x2 = _faces_at([b], [104, 62, 96, 96])
+    moved = Detections.from_boxes([[104, 62, 96, 96]])
+    kinds = t.update(4, moved, moved.boxes, pb[None], thumbnails(x2))
+    assert ("update", 2) in [(k, tr.id) for k, tr in kinds]
+
+
+def test_moving_scene_truth_has_identities_entries_and_exits():
+    faces = pick_faces(SHARED, 20, seed=2)
+    frames = list(moving_scene(faces, 300, seed=5))
+    per_frame = [t for _, t in frames]
+    assert all(1 <= len(t) <= 4 for t in per_frame[5:])
+    ids = [{f["id"] for f in t} for t in per_frame]
+    assert len(set().union(*ids)) > max(len(s) for s in ids)  # faces left and new ones entered
+    vis = [f["visible"] for t in per_frame for f in t]
+    assert min(vis) < 0.5 and max(vis) == 1.0 and all(0 < v <= 1 for v in vis)
+
+
+def test_pipeline_score_counts_switches_and_merges():
+    from benchmarks.pipeline import score
+    f1 = {"box": [0, 0, 50, 50], "label": "happy", "id": 1}
+    f2 = {"box": [200, 0, 50, 50], "label": "sad", "id": 2}
+    truth = {"per_frame": [[f1, f2], [f1, f2], [f1, f2]]}
+    d = lambda box, track, lab: {"box": box, "track": track, "raw_label": lab, "label": lab}  # noqa: E731
+    dets = [[d([0, 0, 50, 50], 7, "happy"), d([200, 0, 50, 50], 8, "sad")],
+            [d([2, 0, 50, 50], 7, "happy")],                      # f2 missed
+            [d([0, 0, 50, 50], 9, "sad"), d([400, 300, 50, 50], 8, "sad")]]  # f1 switched, a false positive
+    ceiling = [["happy", "sad"]] * 3
+    s = score(truth, dets, ceiling)
+    assert s["faces"] == 6 and s["found"] == 4 and s["false_pos"] == 1
+    assert s["label_acc"] == 0.75 and s["ceiling_acc"] == 1.0 and s["id_switches"] == 1
+
+
+def test_yunet_export_makes_the_input_size_free(tmp_path):
+    out = tmp_path / "s.onnx"
+    r = subprocess.run([sys.executable, "-m", "export.yunet", str(SHARED_YUNET / "yunet_s_320_320.onnx"), str(out)],
+                       capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert r.returncode == 0, r.stderr
+    frame, truth = compose((480, 352), pick_faces(SHARED, 1, seed=4), 150, seed=4)
+    got = YuNetDetector(str(out), size=480, runtime="onnxruntime").detect(frame)
+    assert len(got) == 1 and iou(truth[0]["box"], got.boxes[0]) > 0.5
