@@ -63,19 +63,31 @@ def markdown_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def _pct(v) -> str:
+    return "" if v is None else f"{100 * v:.1f} %"
+
+
 def pipeline_table(rows: list[dict]) -> str:
+    """One row per scene x detector x backend x threads: recall, label accuracy beside the exact-crop
+    ceiling, tracking errors, FPS and the per-stage split."""
     if not rows:
         return ""
-    lines = ["| backend | threads | frames | FPS | detect ms | preprocess ms | classify ms | postprocess ms | dropped |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| scene | detector | backend | threads | faces found | label right (of found) | exact-crop ceiling "
+             "| smoothed | false + | ID switches | merged tracks | FPS | detect ms | preprocess ms | classify ms "
+             "| postprocess ms |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
+        head = f"| {r.get('scene', '')} | {r.get('detector', '')} | {r.get('artifact')} | {r.get('threads', '')} |"
         if r.get("status") == "failed":
-            lines.append(f"| {r.get('artifact')} | {r.get('threads')} | failed: {r.get('reason')} ||||||| ")
+            lines.append(f"{head} failed: {r.get('reason')} ||||||||||||")
             continue
         s = r.get("stages_ms", {})
-        lines.append(f"| {r['artifact']} | {r['threads']} | {r['frames']} | {r['fps']:.1f} | "
-                     f"{s.get('detect', 0):.2f} | {s.get('preprocess', 0):.2f} | {s.get('classify', 0):.2f} | "
-                     f"{s.get('postprocess', 0):.2f} | {r.get('dropped', 0)} |")
+        ms = (lambda k: f"{s[k]:.2f}" if k in s else "")  # noqa: E731
+        found = f"{_pct(r.get('recall'))} ({r.get('found')}/{r.get('faces')})" if "recall" in r else ""
+        lines.append(f"{head} {found} | {_pct(r.get('label_acc'))} | {_pct(r.get('ceiling_acc'))} | "
+                     f"{_pct(r.get('smoothed_acc'))} | {r.get('false_pos', '')} | {r.get('id_switches', '')} | "
+                     f"{r.get('merged_tracks', '')} | "
+                     f"{r['fps']:.1f} | {ms('detect')} | {ms('preprocess')} | {ms('classify')} | {ms('postprocess')} |")
     return "\n".join(lines)
 
 

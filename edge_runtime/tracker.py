@@ -1,9 +1,10 @@
 """Per-face tracks: motion-predicted IoU matching gated by appearance, exponential smoothing of
 probabilities, new/update/end.
 
-A detection continues a track only when it overlaps the track's predicted box (constant velocity)
-*and* looks like the face the track last saw (correlation of small grey thumbnails), so a new face
-that appears where another just left starts a new track instead of inheriting its history.
+A detection continues a track when it overlaps the track's predicted box (constant velocity). A
+track that lost its face for a frame or more is re-acquired only by a face that also looks like
+the one it last saw (correlation of small grey thumbnails), so a new face that appears where
+another just left starts a new track instead of inheriting its history.
 """
 from __future__ import annotations
 
@@ -62,10 +63,10 @@ class Tracker:
         ids = list(self.tracks)
         boxes = dets.boxes
         m = iou_matrix(np.array([self.tracks[i].predicted(frame) for i in ids]).reshape(-1, 4), boxes)
-        if looks is not None and ids and len(boxes):
-            same = np.array([[-1.0] * len(boxes) if self.tracks[i].look is None else looks @ self.tracks[i].look
+        if looks is not None and ids and len(boxes):  # the face must also look like the track's face
+            same = np.array([np.ones(len(boxes)) if self.tracks[i].look is None else looks @ self.tracks[i].look
                              for i in ids])
-            m = np.where((same >= self.appearance) | (same == -1.0), m, 0.0)
+            m = np.where(same >= self.appearance, m, 0.0)
         matched_t, matched_d = set(), set()
         for flat in np.argsort(-m, axis=None, kind="stable"):  # greedy: best remaining overlap first
             ti, di = np.unravel_index(flat, m.shape)

@@ -61,18 +61,41 @@ def test_broken_artifact_is_a_failed_row_not_a_crash(tiny_artifacts, tmp_path):
     victim = broken / m["artifacts"]["tflite-int8"]["file"]
     victim.write_bytes(victim.read_bytes()[: victim.stat().st_size // 2])
     r = _bench("--artifacts", broken, "--only", "tflite-int8,onnx-fp32", "--json", tmp_path / "b.json",
-               "--pipeline")
+               "--pipeline", "--detectors", "yunet-n")
     assert r.returncode == 0, r.stderr[-2000:]
     rows = {row["artifact"]: row for row in json.loads((tmp_path / "b.json").read_text())["rows"]}
     assert rows["tflite-int8"]["status"] == "failed" and "truncated" in rows["tflite-int8"]["reason"]
     assert rows["onnx-fp32"]["status"] != "failed" and rows["onnx-fp32"]["accuracy"] > 0
     assert "FAILED" in r.stdout
     # the end-to-end daemon rows: same code path as python -m edge_runtime, sha256-checked too
-    pipe = {p["artifact"]: p for p in json.loads((tmp_path / "b.json").read_text())["pipeline"]}
-    assert pipe["tflite-int8"]["status"] == "failed" and "truncated" in pipe["tflite-int8"]["reason"]
-    ok = pipe["onnx-fp32"]
-    assert ok["status"] == "ok" and ok["frames"] == 60 and ok["fps"] > 0 and ok["faces"] >= 55
-    assert set(ok["stages_ms"]) >= {"detect", "preprocess", "classify", "postprocess"}
+    pipe = {(p["scene"], p["artifact"]): p for p in json.loads((tmp_path / "b.json").read_text())["pipeline"]}
+    assert set(pipe) == {(s, a) for s in ("one-face", "moving") for a in ("tflite-int8", "onnx-fp32")}
+    for scene in ("one-face", "moving"):
+        bad, ok = pipe[(scene, "tflite-int8")], pipe[(scene, "onnx-fp32")]
+        assert bad["status"] == "failed" and "truncated" in bad["reason"]
+        assert ok["status"] == "ok" and ok["frames"] == 60 and ok["fps"] > 0 and ok["detector"] == "yunet-n"
+        assert set(ok["stages_ms"]) >= {"detect", "preprocess", "classify", "postprocess"}
+    assert pipe[("one-face", "onnx-fp32")]["recall"] >= 0.85
+
+
+@pytest.mark.slow
+def test_pipeline_rows_per_detector_beside_the_fer_pipeline(tiny_artifacts, tmp_path):
+    r = _bench("--artifacts", tiny_artifacts, "--only", "onnx-int8", "--pipeline", "--detectors", "yunet-n,haar",
+               "--peer", "fer", "--frames", "40", "--json", tmp_path / "p.json", "--md", tmp_path / "p.md")
+    assert r.returncode == 0, r.stderr[-2000:]
+    rows = {(p["scene"], p["detector"]): p for p in json.loads((tmp_path / "p.json").read_text())["pipeline"]}
+    assert set(rows) == {(s, d) for s in ("one-face", "moving") for d in ("yunet-n", "haar", "fer (haar)")}
+    for (scene, det), row in rows.items():
+        assert row["status"] == "ok", row
+        assert row["frames"] == 40 and row["fps"] > 0 and row["faces"] >= 40
+        assert 0 <= row["label_acc"] <= 1 and row["id_switches"] >= 0
+        if det != "fer (haar)":  # our rows carry the crop they used and the exact-crop ceiling
+            assert set(row["crop"]) == {"scale", "dx", "dy", "level"} and 0 <= row["ceiling_acc"] <= 1
+    one = {d: rows[("one-face", d)] for d in ("yunet-n", "haar", "fer (haar)")}
+    assert one["yunet-n"]["recall"] >= 0.85 and one["yunet-n"]["recall"] > one["haar"]["recall"]
+    assert "tensorflow" in one["fer (haar)"]["runtime"]
+    md = (tmp_path / "p.md").read_text()
+    assert "exact-crop ceiling" in md and "| one-face | fer (haar) |" in md
 
 
 def test_test_dir_scores_a_users_own_split(tiny_artifacts, tiny_tree, tmp_path):
@@ -89,3 +112,7 @@ def test_bad_input_one_line_exit_2(tmp_path):
     assert r.returncode == 2 and r.stderr.strip().startswith("error: no manifest")
     r = _bench("--artifacts", tmp_path, "--threads", "0")
     assert r.returncode == 2 and "--threads" in r.stderr
+    r = _bench("--artifacts", tmp_path, "--pipeline", "--detectors", "yunet,blazeface")
+    assert r.returncode == 2 and "--detectors" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    r = _bench("--artifacts", tmp_path, "--pipeline", "--frames", "10")
+    assert r.returncode == 2 and "--frames" in r.stderr

@@ -161,11 +161,12 @@ def test_pipeline_score_counts_switches_and_merges():
     d = lambda box, track, lab: {"box": box, "track": track, "raw_label": lab, "label": lab}  # noqa: E731
     dets = [[d([0, 0, 50, 50], 7, "happy"), d([200, 0, 50, 50], 8, "sad")],
             [d([2, 0, 50, 50], 7, "happy")],                      # f2 missed
-            [d([0, 0, 50, 50], 9, "sad"), d([400, 300, 50, 50], 8, "sad")]]  # f1 switched, a false positive
+            [d([0, 0, 50, 50], 9, "sad"), d([200, 0, 50, 50], 7, "sad"),  # f1 -> track 9; track 7 took f2
+             d([400, 300, 50, 50], 10, "sad")]]                   # a false positive
     ceiling = [["happy", "sad"]] * 3
     s = score(truth, dets, ceiling)
-    assert s["faces"] == 6 and s["found"] == 4 and s["false_pos"] == 1
-    assert s["label_acc"] == 0.75 and s["ceiling_acc"] == 1.0 and s["id_switches"] == 1
+    assert s["faces"] == 6 and s["found"] == 5 and s["false_pos"] == 1
+    assert s["label_acc"] == 0.8 and s["ceiling_acc"] == 1.0 and s["id_switches"] == 2 and s["merged_tracks"] == 1
 
 
 def test_yunet_export_makes_the_input_size_free(tmp_path):
