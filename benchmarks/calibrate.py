@@ -24,13 +24,13 @@ from tqdm.auto import tqdm
 
 from edge_runtime.backends import load_backend, select_artifact
 from edge_runtime.detectors import CROPS_FILE, DEFAULT_SIZE, DETECTORS, DetectorError, make_detector
-from edge_runtime.geometry import CropSpec, Detections, crop_faces
+from edge_runtime.geometry import CropSpec, Detections, crop_faces, cut_square
 from edge_runtime.labels import LABELS
 from edge_runtime.manifest import ManifestError, atomic_write_text, preprocess_spec, read_manifest
 from edge_runtime.preprocess import preprocess_batch, to_gray
 from edge_runtime.synthetic import shuffled_scene, write_scene
 
-from .pipeline import match, read_frames
+from .pipeline import iter_frames, match
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -45,19 +45,27 @@ def validation_faces(data_root: str | None, n: int, seed: int) -> tuple[list[tup
                    "seed": ds.seed, "files_hash": ds.val.files_hash(), "faces": len(faces)}
 
 
-def found_faces(frames, truth: dict, detector) -> tuple[list[np.ndarray], Detections, list[dict]]:
-    """Run the detector on every frame; -> (gray frame per found face, its detection, its truth)."""
-    grays, picked, truths = [], [], []
-    for frame, faces in tqdm(list(zip(frames, truth["per_frame"])), desc="detect", unit="frame", disable=None):
+def found_faces(video: Path, truth: dict, detector) -> tuple[list[np.ndarray], Detections, list[dict]]:
+    """Run the detector on every frame; -> (a grey window around each found face, its detection and
+    its true box, both in window coordinates). Windows span 3 box sides: every crop tried fits."""
+    windows, picked, truths = [], [], []
+    for frame, faces in tqdm(zip(iter_frames(video), truth["per_frame"]), total=truth["frames"],
+                             desc="detect", unit="frame", disable=None):
         dets = detector.detect(frame)
+        gray = to_gray(frame)
         for ti, di in match(faces, dets.boxes).items():
-            grays.append(to_gray(frame))
-            picked.append(dets.take([di]))
-            truths.append(faces[ti])
+            x, y, w, h = dets.boxes[di]
+            half = 1.5 * float(np.sqrt(w * h))
+            x0, y0 = int(max(0, x + w / 2 - half)), int(max(0, y + h / 2 - half))
+            windows.append(gray[y0:int(y + h / 2 + half) + 1, x0:int(x + w / 2 + half) + 1].copy())
+            one = dets.take([di])
+            picked.append(Detections(one.boxes - [x0, y0, 0, 0], one.scores, one.landmarks - [x0, y0]))
+            tx, ty, ts, _ = faces[ti]["box"]
+            truths.append({**faces[ti], "box": [tx - x0, ty - y0, ts, ts]})
     if not picked:
         return [], Detections.empty(), []
-    return grays, Detections(*(np.concatenate([getattr(d, f) for d in picked]) for f in
-                               ("boxes", "scores", "landmarks"))), truths
+    return windows, Detections(*(np.concatenate([getattr(d, f) for d in picked]).astype(np.float32) for f in
+                                 ("boxes", "scores", "landmarks"))), truths
 
 
 def geometric_fit(dets: Detections, truths: list[dict]) -> CropSpec:
@@ -79,10 +87,7 @@ def accuracy(grays, dets: Detections, labels: np.ndarray, spec: CropSpec, backen
 
 
 def exact_accuracy(grays, truths, labels, backend, pre) -> float:
-    patches = []
-    for g, f in zip(grays, truths):
-        x, y, s, _ = f["box"]
-        patches.append(g[y:y + s, x:x + s])
+    patches = [cut_square(g, x + s / 2, y + s / 2, s) for g, (x, y, s, _) in zip(grays, (f["box"] for f in truths))]
     probs = np.concatenate([backend.predict(preprocess_batch(patches[i:i + 256], pre))
                             for i in range(0, len(patches), 256)])
     return float((probs.argmax(1) == labels).mean())
@@ -133,7 +138,7 @@ def main(argv=None) -> int:
     if not video.is_file():
         write_scene(video, shuffled_scene(faces, seed=a.seed))
     truth = json.loads(video.with_suffix(".json").read_text())
-    grays, dets, truths = found_faces(read_frames(video), truth, detector)
+    grays, dets, truths = found_faces(video, truth, detector)
     if len(dets) < 20:
         print(f"error: the detector found only {len(dets)} faces", file=sys.stderr)
         return 2

@@ -70,16 +70,17 @@ def yunet_s_model(cache: Path) -> Path:
     return out
 
 
-def read_frames(video: Path) -> list[np.ndarray]:
+def iter_frames(video: Path):
+    """The video's frames, decoded one at a time."""
     cap = cv2.VideoCapture(str(video))
-    frames = []
-    while True:
-        ok, f = cap.read()
-        if not ok:
-            break
-        frames.append(f)
-    cap.release()
-    return frames
+    try:
+        while True:
+            ok, f = cap.read()
+            if not ok:
+                return
+            yield f
+    finally:
+        cap.release()
 
 
 def exact_crop_labels(frames, truth: dict, backend, spec) -> list[list[str]]:
@@ -217,7 +218,7 @@ def run_pipeline(art_dir, video: str | None, threads: list[int], quick: bool = F
     for scene, path in videos.items():
         truth_path = path.with_suffix(".json")
         truth = json.loads(truth_path.read_text()) if truth_path.is_file() else None
-        frames_cache = None
+        ceilings: dict[str, list] = {}  # per artifact: the model on the true squares, any detector
         for det_name in detectors or list(DETECTOR_ROWS):
             det = dict(DETECTOR_ROWS[det_name])
             for name in names:
@@ -230,9 +231,10 @@ def run_pipeline(art_dir, video: str | None, threads: list[int], quick: bool = F
                                                                cache / f"events-{os.getpid()}.jsonl")
                         row.update(status="ok", **timing)
                         if truth and truth.get("per_frame"):
-                            frames_cache = frames_cache if frames_cache is not None else read_frames(path)
-                            ceiling = exact_crop_labels(frames_cache, truth, daemon.backend, daemon.spec)
-                            row.update(score(truth, per_frame, ceiling))
+                            if name not in ceilings:
+                                ceilings[name] = exact_crop_labels(iter_frames(path), truth, daemon.backend,
+                                                                   daemon.spec)
+                            row.update(score(truth, per_frame, ceilings[name]))
                     except Exception as e:  # a backend or detector that cannot run is a row, not a crash
                         row.update({"status": "failed", "reason": f"{type(e).__name__}: {e}"[:300]})
                     rows.append(row)
