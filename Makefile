@@ -1,5 +1,6 @@
 # make demo : venv + install + the main job on the shipped default
-# make test : venv + install .[dev] + the test suite (what CI runs)
+# make test : venv + install .[dev] + Mosquitto + the test suite (what CI runs)
+# make artifacts : re-export the default model that ships inside edge_runtime/
 # make aarch64-check : the edge runtime in an arm64 Bookworm rootfs under qemu vs. x86 (root, slow; not in make test)
 PY ?= python3
 VENV ?= .venv
@@ -7,7 +8,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-dev
 DATA ?= ../shared/data/fer2013
 
-.PHONY: demo test venv clean aarch64-check
+.PHONY: demo test venv clean aarch64-check artifacts system-packages
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -20,7 +21,21 @@ $(STAMP): pyproject.toml | $(BIN)/python
 
 venv: $(STAMP)
 
-test: $(STAMP)
+# The wheels `pip install .[edge]` needs, so the wheel test installs offline (tests never reach the network).
+WHEELS := .cache/wheelhouse
+$(WHEELS)/.done: pyproject.toml | $(BIN)/python
+	$(BIN)/pip download -q -d $(WHEELS) '.[edge]' 'setuptools>=77'  # setuptools: to build the wheel offline
+	touch $@
+
+# System packages the tests use: Mosquitto (a real MQTT broker).
+system-packages:
+	@if ! command -v mosquitto >/dev/null && [ ! -x /usr/sbin/mosquitto ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto >/dev/null; \
+	  else echo "make test needs Mosquitto: run 'sudo apt-get install mosquitto' (or your system's package)"; exit 1; fi; \
+	fi
+
+test: $(STAMP) $(WHEELS)/.done system-packages
 	$(BIN)/python -m pytest -q tests
 
 # export the shipped default -> benchmark it beside the fer peer -> run the daemon on a generated video
@@ -33,6 +48,12 @@ demo: $(STAMP)
 	$(BIN)/python -m edge_runtime.synthetic $(OUT)/demo.avi --data $(DATA) --faces 2 --frames 150
 	$(BIN)/python -m edge_runtime --artifacts $(OUT) --source $(OUT)/demo.avi --events $(OUT)/demo-events.jsonl
 	@echo "demo outputs in $(OUT): manifest.json, export_report.md, benchmark.md, plots/, demo-events.jsonl"
+
+# Regenerate the default model shipped inside edge_runtime (export + gate from models/cbilstm).
+PACKAGED := edge_runtime/models/cbilstm
+artifacts: $(STAMP)
+	$(BIN)/python -m export --int8 --formats tflite-int8,onnx-int8,onnx-fp32 --model models/cbilstm --data $(DATA) --out $(PACKAGED)
+	rm -f $(PACKAGED)/*.keras $(PACKAGED)/export_worker.log
 
 clean:
 	rm -rf runs artifacts .cache .pytest_cache

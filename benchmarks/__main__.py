@@ -12,6 +12,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from edge_runtime.config import check_threads, max_threads
 from edge_runtime.manifest import ManifestError, atomic_write_json, atomic_write_text, read_manifest
 
 from . import report
@@ -96,11 +97,12 @@ def add_relative_columns(rows: list[dict], keras_acc: float | None) -> None:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        threads = [int(t) for t in args.threads.split(",") if t.strip()]
-        if not threads or min(threads) < 1:
+        threads = [check_threads(int(t), "--threads") for t in args.threads.split(",") if t.strip()]
+        if not threads:
             raise ValueError
     except ValueError:
-        print(f"error: --threads must be positive integers like 1,2 (got {args.threads!r})", file=sys.stderr)
+        print(f"error: --threads must be integers in [1, {max_threads()}] like 1,2 (got {args.threads!r})",
+              file=sys.stderr)
         return 2
     from .pipeline import DETECTOR_ROWS
     detectors = [d.strip() for d in args.detectors.split(",") if d.strip()]

@@ -17,8 +17,9 @@ DESCRIPTION = ("Facial-emotion camera daemon: reads a camera, stream, video file
                "events as JSON Lines, over HTTP and MQTT.")
 EXAMPLES = """\
 examples:
-  python -m edge_runtime --artifacts artifacts/cbilstm --source 0
-  python -m edge_runtime --artifacts artifacts/cbilstm --source clip.mp4 --events events.jsonl
+  python -m edge_runtime --source 0
+  python -m edge_runtime --source clip.mp4 --events events.jsonl
+  python -m edge_runtime --artifacts artifacts/cbilstm --backend onnx --threads 2 --source 0
   python -m edge_runtime --profile devices/raspberry-pi-5.toml --config /etc/fer-edge/edge.toml \\
       --http 127.0.0.1:8080 --mqtt broker.local:1883
 
@@ -33,11 +34,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m edge_runtime", description=textwrap.fill(DESCRIPTION, 79),
                                 epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     a = p.add_argument
-    a("--artifacts", metavar="DIR", help="exported model folder with manifest.json (python -m export)")
+    a("--artifacts", metavar="DIR", help="exported model folder with manifest.json (python -m export); "
+                                         "default: the model shipped in this package")
     a("--backend", metavar="B", help="auto (int8 TFLite if LiteRT is installed, else ONNX) | tflite | onnx | "
                                      "an artifact name such as onnx-fp32")
     a("--precision", metavar="P", help="restrict --backend to one precision: int8, fp32, ... (as in the manifest)")
-    a("--threads", type=int, metavar="N", help="inference and OpenCV threads (default 1)")
+    a("--threads", type=int, metavar="N", help="inference, detector and OpenCV threads, 1 .. the CPUs (default 1)")
     a("--source", metavar="SRC", help="camera index (0), /dev/videoN, video file, rtsp://... or image folder")
     a("--loop", action="store_true", default=None, help="restart a file/folder at its end instead of exiting")
     a("--detector", choices=["yunet", "haar"], help="face detector (default yunet: shipped with the package)")

@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import copy
 import ipaddress
+import os
 import tomllib
 from pathlib import Path
 
 # Every key the daemon knows, with its default; the default's type is the key's type.
 DEFAULTS: dict[str, dict] = {
     "model": {
-        "artifacts": "",          # folder holding manifest.json + model files
+        "artifacts": "",          # folder holding manifest.json + model files; "" = the packaged default
         "backend": "auto",        # auto | tflite | onnx | an artifact name (e.g. "onnx-fp32")
         "precision": "",          # "" = any, else the manifest's precision (int8, fp32, dr, int16x8, ...)
         "threads": 1,
@@ -52,6 +53,21 @@ DEFAULTS: dict[str, dict] = {
     "mqtt": {"host": "", "port": 1883, "prefix": "fer-edge", "client_id": "", "stats_interval_s": 10.0},
     "run": {"max_frames": 0, "log_level": "info"},
 }
+
+
+def max_threads() -> int:
+    """The CPUs this process may use: the bound for every thread count."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def check_threads(n, what: str = "threads") -> int:
+    """``n`` if it is a thread count this machine can run (1 .. its CPUs), else ValueError."""
+    if not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= max_threads():
+        raise ValueError(f"{what} must be an integer in [1, {max_threads()}] (the CPUs available), got {n!r}")
+    return n
 
 
 class ConfigError(Exception):
@@ -101,10 +117,10 @@ def load_toml(path: str | Path) -> dict:
 
 def check(cfg: dict) -> dict:
     """Cross-field rules a single key's type cannot express."""
-    if not cfg["model"]["artifacts"]:
-        raise ConfigError("no model: pass --artifacts DIR (or set model.artifacts)")
-    if cfg["model"]["threads"] < 1:
-        raise ConfigError("model.threads must be >= 1")
+    try:
+        check_threads(cfg["model"]["threads"], "model.threads")
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     if cfg["source"]["realtime"] not in ("auto", "true", "false"):
         raise ConfigError("source.realtime must be auto, true or false")
     d = cfg["detector"]

@@ -12,13 +12,12 @@ import time
 import cv2
 import numpy as np
 
-from .backends import load_backend, select_artifact
+from .api import EmotionRecognizer
 from .config import ConfigError
-from .detectors import DEFAULT_SIZE, calibrated_crop, make_detector, to_bgr
-from .geometry import CropSpec, crop_faces
+from .detectors import to_bgr
+from .geometry import CropSpec
 from .labels import LABELS
-from .manifest import preprocess_spec, read_manifest
-from .preprocess import preprocess_batch, to_gray
+from .preprocess import to_gray
 from .sinks import JsonlSink, MqttSink
 from .sources import Capture, source_kind
 from .stats import Stats
@@ -45,18 +44,14 @@ class Daemon:
         m, src = cfg["model"], cfg["source"]
         if source_kind(str(src["uri"])) == "file" and not _exists(src["uri"]):
             raise ConfigError(f"source {src['uri']} does not exist")
-        manifest = read_manifest(m["artifacts"])
-        name = select_artifact(manifest, m["backend"], m["precision"] or None)
-        self.backend = load_backend(manifest, name, m["threads"], m["providers"] or None)
-        self.spec = preprocess_spec(manifest)
+        d, c = cfg["detector"], cfg["crop"]
+        self.recognizer = EmotionRecognizer(
+            m["artifacts"] or None, m["backend"], m["precision"] or None, m["threads"], m["providers"] or None,
+            d["type"], d["size"], d["score"], d["min_size"], d["max_faces"], d["model"], d["runtime"],
+            None if c["mode"] == "calibrated" else CropSpec(c["scale"], c["dx"], c["dy"], c["level"]))
+        self.backend, self.detector, self.crop = self.recognizer.backend, self.recognizer.detector, self.recognizer.crop
+        name, size = self.recognizer.artifact, self.recognizer.detector_size
         cv2.setNumThreads(m["threads"])
-        d = cfg["detector"]
-        size = d["size"] or DEFAULT_SIZE.get(d["type"], 512)
-        self.detector = make_detector(d["type"], size, d["min_size"], d["max_faces"], d["model"],
-                                      m["threads"], d["score"], d["runtime"])
-        c = cfg["crop"]
-        self.crop = (calibrated_crop(d["type"]) if c["mode"] == "calibrated"
-                     else CropSpec(c["scale"], c["dx"], c["dy"], c["level"]))
         t = cfg["tracker"]
         self.tracker = Tracker(t["iou"], t["smoothing"], t["max_missed"], t["appearance"])
         self.stats.info = {"artifact": name, "backend": self.backend.format, "precision": self.backend.precision,
@@ -110,27 +105,20 @@ class Daemon:
 
     def process(self, frame) -> list[dict]:
         t0 = time.monotonic()
-        image = frame.image if frame.image.dtype == np.uint8 else to_gray(frame.image)  # 16-bit PNGs
-        dets = self.detector.detect(image)
-        t1 = time.monotonic()
-        patches, regions = crop_faces(image, dets, self.crop)  # grey per patch: cheaper than per frame
-        batch = preprocess_batch(patches, self.spec)
-        looks = thumbnails(batch) if self.tracker.appearance > -1 else None
-        t2 = time.monotonic()
-        probs = self.backend.predict(batch) if len(batch) else np.zeros((0, len(LABELS)), np.float32)
+        r = self.recognizer.analyze(frame.image)
         t3 = time.monotonic()
-        latency = {"capture_age": (t0 - frame.t_capture) * 1000, "detect": (t1 - t0) * 1000,
-                   "preprocess": (t2 - t1) * 1000, "classify": (t3 - t2) * 1000}
-        changes = self.tracker.update(frame.index, dets, regions, probs, looks)
+        looks = thumbnails(r.inputs) if self.tracker.appearance > -1 else None
+        latency = {"capture_age": (t0 - frame.t_capture) * 1000, **r.ms}
+        changes = self.tracker.update(frame.index, r.detections, r.regions, r.probs, looks)
         events = self._emit(changes, frame.index, latency)
         t4 = time.monotonic()
-        latency["postprocess"] = (t4 - t3) * 1000  # tracking + smoothing + sinks; known only after emitting
+        latency["postprocess"] = (t4 - t3) * 1000  # appearance, tracking, smoothing, sinks; known only after emitting
         latency["total"] = (t4 - frame.t_capture) * 1000
         self.stats.observe(latency)
         self.stats.inc("frames_processed")
-        self.stats.inc("faces", len(dets))
+        self.stats.inc("faces", len(r.detections))
         self.stats.tracks_active = len(self.tracker.tracks)
-        self._last_view = (frame.index, image, list(self.tracker.tracks.values()))
+        self._last_view = (frame.index, frame.image, list(self.tracker.tracks.values()))
         return events
 
     def _emit(self, changes, index: int, latency: dict) -> list[dict]:
@@ -178,7 +166,7 @@ class Daemon:
             return None
         if self._jpeg_cache[0] == view[0]:
             return self._jpeg_cache[1]
-        img = to_bgr(view[1]).copy()
+        img = to_bgr(view[1] if view[1].dtype == np.uint8 else to_gray(view[1])).copy()
         for t in view[2]:
             x, y, w, h = (int(v) for v in t.box)
             cv2.rectangle(img, (x, y), (x + w, y + h), (0, 255, 0), 2)

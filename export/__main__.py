@@ -54,12 +54,15 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    from edge_runtime.config import check_threads
+
     from .pipeline import ExportConfig, ExportError, Interrupted, run_export
     try:
         if args.calibration < 1:
             raise ValueError("--calibration must be at least 1")
         if not 0.0 < args.fraction <= 1.0:
             raise ValueError("--fraction must be in (0, 1]")
+        check_threads(args.threads, "--threads")
         cfg = ExportConfig(model=args.model, data=args.data, out=args.out, int8=args.int8,
                            max_drop=args.max_drop, calibration=args.calibration,
                            formats=[s.strip() for s in args.formats.split(",")] if args.formats else None,

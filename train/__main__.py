@@ -7,6 +7,8 @@ import os
 import sys
 from pathlib import Path
 
+from edge_runtime.config import check_threads
+
 from .data import DataError
 
 
@@ -103,6 +105,8 @@ def main(argv=None) -> int:
     try:
         cfg = config_from_args(args)
         cfg.resolved()  # validate overrides before TensorFlow starts
+        if args.threads is not None:
+            check_threads(args.threads, "--threads")
         from .fit import tf_threads, train_run
         tf_threads(args.threads)
         out = Path(args.out or f"runs/{cfg.model}")

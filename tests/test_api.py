@@ -1,0 +1,91 @@
+"""The Python API and the default model packaged inside edge_runtime, on real test-split faces."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from edge_runtime import EmotionRecognizer
+from edge_runtime.api import PACKAGED_ARTIFACTS
+from edge_runtime.backends import SCORING_BATCH, load_backend
+from edge_runtime.config import max_threads
+from edge_runtime.labels import LABELS
+from edge_runtime.manifest import preprocess_spec, read_manifest, sha256_file, verify_file
+from edge_runtime.preprocess import scale_pixels
+from edge_runtime.synthetic import compose, pick_faces
+from tests.conftest import REPO, SHARED, read_gray
+
+PACKAGED_NAMES = {"tflite-int8", "onnx-int8", "onnx-fp32"}
+
+
+@pytest.fixture(scope="module")
+def er():
+    return EmotionRecognizer()
+
+
+def test_the_packaged_default_is_the_shipped_model_exported_and_verified():
+    m = read_manifest(PACKAGED_ARTIFACTS)
+    source = json.loads((REPO / "models" / "cbilstm" / "manifest.json").read_text())
+    assert m["source"]["sha256"] == source["model_sha256"] == sha256_file(REPO / "models" / "cbilstm" / "model.keras")
+    usable = {n for n, e in m["artifacts"].items() if e["status"] == "usable" and e["format"] != "keras"}
+    assert usable == PACKAGED_NAMES
+    for name in PACKAGED_NAMES:
+        e = m["artifacts"][name]
+        verify_file(PACKAGED_ARTIFACTS / e["file"], e["sha256"], e.get("size"))
+    assert not list(PACKAGED_ARTIFACTS.glob("*.keras"))  # the device package carries no Keras file
+
+
+@pytest.mark.parametrize("name", ["tflite-int8", "onnx-int8"])
+def test_packaged_int8_scores_on_test_what_its_manifest_says(name):
+    from train.data import load_test_split
+    m = read_manifest(PACKAGED_ARTIFACTS)
+    spec = preprocess_spec(m)
+    split, _ = load_test_split(SHARED, spec)
+    assert len(split) == m["data"]["test_size"] and split.files_hash() == m["data"]["test_files_hash"]
+    backend = load_backend(m, name)
+    b = SCORING_BATCH  # export's scoring batch (dynamically quantized ONNX layers scale per batch)
+    probs = np.concatenate([backend.predict(scale_pixels(split.images[i:i + b], spec)) for i in range(0, len(split), b)])
+    acc = float((probs.argmax(1) == split.labels).mean())
+    assert acc == pytest.approx(m["artifacts"][name]["accuracy"], abs=1e-9)
+    assert acc > 0.66  # the shipped default, not a placeholder
+
+
+def test_predict_and_predict_proba_on_faces_of_any_size_and_layout(er):
+    files = pick_faces(SHARED, 14, seed=9)
+    gray = [read_gray(f) for f, _ in files]
+    p = er.predict_proba(gray)
+    assert p.shape == (14, 7) and np.allclose(p.sum(1), 1, atol=0.02)
+    assert er.classes_ == LABELS and er.predict(gray) == [LABELS[i] for i in p.argmax(1)]
+    import cv2
+    bgr = [cv2.cvtColor(g, cv2.COLOR_GRAY2BGR) for g in gray]
+    np.testing.assert_array_equal(er.predict_proba(bgr), p)  # colour copies of grey faces: the same input
+    big = er.predict([cv2.resize(g, (150, 150), interpolation=cv2.INTER_CUBIC) for g in gray])
+    assert sum(a == b for a, b in zip(big, er.predict(gray))) >= 12  # 3x larger copies: nearly all the same
+    assert er.predict_proba([]).shape == (0, 7)
+
+
+def test_detect_emotions_has_fers_keys_and_finds_the_faces(er):
+    frame, truth = compose((640, 480), pick_faces(SHARED, 4, seed=3), 120, seed=3)
+    faces = er.detect_emotions(frame)
+    assert len(faces) == 4
+    for f in faces:
+        assert set(f) == {"box", "emotions", "landmarks", "score"} and list(f["emotions"]) == list(LABELS)
+        assert all(isinstance(v, int) for v in f["box"]) and len(f["landmarks"]) == 5
+    label, p = er.top_emotion(frame)
+    assert label in LABELS and 0 < p <= 1
+    assert er.detect_emotions(np.full((240, 320, 3), 90, np.uint8)) == []
+    assert er.top_emotion(np.full((240, 320, 3), 90, np.uint8)) == (None, None)
+
+
+def test_threads_are_bounded_by_the_cpus():
+    for bad in (0, -1, max_threads() + 1, 99999):
+        with pytest.raises(ValueError, match="threads"):
+            EmotionRecognizer(threads=bad)
+
+
+def test_daemon_refuses_too_many_threads_in_one_line(capsys):
+    from edge_runtime.__main__ import main
+    assert main(["--threads", "99999", "--source", "0"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "model.threads" in err[0], err
