@@ -170,7 +170,8 @@ def daemon_row(art_dir: Path, artifact: str, threads: int, detector: dict, video
             per_frame[e["frame"]].append(e)
     row = {"frames": n, "seconds": round(secs, 3), "fps": n / secs, "dropped": snap["frames_dropped"],
            "stages_ms": snap["latency_ms_mean"], "runtime": snap.get("runtime"),
-           "detector_runtime": getattr(daemon.detector, "runtime", "opencv"), "crop": daemon.crop.to_dict()}
+           "detector_runtime": getattr(daemon.recognizer.detector, "runtime", "opencv"),
+           "crop": daemon.recognizer.crop.to_dict()}
     return row, per_frame, daemon
 
 
@@ -232,8 +233,8 @@ def run_pipeline(art_dir, video: str | None, threads: list[int], quick: bool = F
                         row.update(status="ok", **timing)
                         if truth and truth.get("per_frame"):
                             if name not in ceilings:
-                                ceilings[name] = exact_crop_labels(iter_frames(path), truth, daemon.backend,
-                                                                   daemon.spec)
+                                er = daemon.recognizer
+                                ceilings[name] = exact_crop_labels(iter_frames(path), truth, er.backend, er.spec)
                             row.update(score(truth, per_frame, ceilings[name]))
                     except Exception as e:  # a backend or detector that cannot run is a row, not a crash
                         row.update({"status": "failed", "reason": f"{type(e).__name__}: {e}"[:300]})

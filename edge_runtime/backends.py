@@ -190,7 +190,12 @@ class OnnxBackend(Backend):
 def select_artifact(manifest: dict, backend: str = "auto", precision: str | None = None) -> str:
     """Pick an artifact name: `auto` prefers int8 TFLite where a TFLite runtime exists, else ONNX."""
     arts = manifest.get("artifacts") or {}
+    if manifest.get("kind") == "run":
+        raise BackendError(f"{manifest.get('_dir')} is a training run, not an export: "
+                           f"export it first: python -m export --model {manifest.get('_dir')}")
     usable = {n: e for n, e in arts.items() if e.get("status") == STATUS_USABLE and e.get("format") != "keras"}
+    if backend in arts and arts[backend].get("format") == "keras":
+        raise BackendError(f"{backend} is the export's Keras reference, not a device format: use tflite or onnx")
     if backend in arts:  # an exact artifact name
         return backend
     have = available_runtimes()

@@ -49,17 +49,16 @@ class Daemon:
             m["artifacts"] or None, m["backend"], m["precision"] or None, m["threads"], m["providers"] or None,
             d["type"], d["size"], d["score"], d["min_size"], d["max_faces"], d["model"], d["runtime"],
             None if c["mode"] == "calibrated" else CropSpec(c["scale"], c["dx"], c["dy"], c["level"]))
-        self.backend, self.detector, self.crop = self.recognizer.backend, self.recognizer.detector, self.recognizer.crop
-        name, size = self.recognizer.artifact, self.recognizer.detector_size
+        er = self.recognizer
         cv2.setNumThreads(m["threads"])
         t = cfg["tracker"]
         self.tracker = Tracker(t["iou"], t["smoothing"], t["max_missed"], t["appearance"])
-        self.stats.info = {"artifact": name, "backend": self.backend.format, "precision": self.backend.precision,
-                           "runtime": self.backend.runtime, "sha256": self.backend.sha256,
-                           "detector": self.detector.name, "source": str(src["uri"])}
+        self.stats.info = {"artifact": er.artifact, "backend": er.backend.format, "precision": er.backend.precision,
+                           "runtime": er.backend.runtime, "sha256": er.backend.sha256,
+                           "detector": er.detector.name, "source": str(src["uri"])}
         log.info("model %s (%s, sha256 %s…) on %s, %d thread(s); detector %s at %d px, crop %s",
-                 name, self.backend.precision, self.backend.sha256[:12], self.backend.runtime, m["threads"],
-                 self.detector.name, size, self.crop)
+                 er.artifact, er.backend.precision, er.backend.sha256[:12], er.backend.runtime, m["threads"],
+                 er.detector.name, er.detector_size, er.crop)
         self.sinks = [JsonlSink(cfg["events"]["path"])]
         self._last_view = None  # (frame index, image, tracks) for /stream.mjpg, encoded on demand
         self._jpeg_cache = (None, None)
