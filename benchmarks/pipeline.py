@@ -27,7 +27,7 @@ import numpy as np
 from edge_runtime import config
 from edge_runtime.backends import select_artifact
 from edge_runtime.daemon import Daemon
-from edge_runtime.geometry import cut_square, iou_matrix
+from edge_runtime.geometry import clip_boxes, cut_square, iou_matrix
 from edge_runtime.labels import LABELS
 from edge_runtime.manifest import read_manifest
 from edge_runtime.preprocess import preprocess_batch
@@ -94,9 +94,13 @@ def exact_crop_labels(frames, truth: dict, backend, spec) -> list[list[str]]:
     return out
 
 
-def match(truth_faces: list[dict], boxes: np.ndarray) -> dict[int, int]:
-    """Greedy one-to-one IoU matching: truth index -> detection index."""
-    m = iou_matrix(np.array([f["box"] for f in truth_faces]).reshape(-1, 4), boxes)
+def match(truth_faces: list[dict], boxes: np.ndarray, frame_size=None) -> dict[int, int]:
+    """Greedy one-to-one IoU matching: truth index -> detection index. With ``frame_size`` (w, h)
+    true boxes are clipped to the frame first: a face half out of view is matched by its visible half."""
+    truth = np.array([f["box"] for f in truth_faces], np.float64).reshape(-1, 4)
+    if frame_size is not None:
+        truth = clip_boxes(truth, (frame_size[1], frame_size[0]))
+    m = iou_matrix(truth, boxes)
     pairs, used_t, used_d = {}, set(), set()
     for flat in np.argsort(-m, axis=None, kind="stable"):
         ti, di = np.unravel_index(flat, m.shape)
@@ -122,7 +126,7 @@ def score(truth: dict, frame_dets: list[list[dict]], ceiling: list[list[str]], m
     for i, dets in enumerate(frame_dets):
         tfaces = truth["per_frame"][i] if i < len(truth["per_frame"]) else []
         boxes = np.array([d["box"] for d in dets], np.float64).reshape(-1, 4)
-        pairs = match(tfaces, boxes)
+        pairs = match(tfaces, boxes, truth.get("size"))
         false_pos += len(dets) - len(pairs)
         for ti, f in enumerate(tfaces):
             if f.get("visible", 1.0) < min_visible:

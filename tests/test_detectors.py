@@ -177,3 +177,12 @@ def test_yunet_export_makes_the_input_size_free(tmp_path):
     frame, truth = compose((480, 352), pick_faces(SHARED, 1, seed=4), 150, seed=4)
     got = YuNetDetector(str(out), size=480, runtime="onnxruntime").detect(frame)
     assert len(got) == 1 and iou(truth[0]["box"], got.boxes[0]) > 0.5
+
+
+def test_pipeline_score_matches_faces_cut_by_the_frame_edge_by_their_visible_part():
+    from benchmarks.pipeline import score
+    edge = {"box": [-80, 0, 100, 100], "label": "sad", "id": 1, "visible": 0.2}  # 20 px in view
+    det = {"box": [0, 0, 20, 100], "track": 1, "raw_label": "sad", "label": "sad"}
+    s = score({"size": [640, 480], "per_frame": [[edge]]}, [[det]], [["sad"]])
+    assert s["false_pos"] == 0 and s["faces"] == 0  # matched (not a false positive), too little in view to count
+    assert score({"per_frame": [[edge]]}, [[det]], [["sad"]])["false_pos"] == 1  # unclipped IoU is only 0.2
