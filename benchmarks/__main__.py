@@ -116,6 +116,9 @@ def main(argv=None) -> int:
     art_dir = Path(args.artifacts)
     try:
         manifest = read_manifest(art_dir)
+        if manifest.get("kind") == "run":
+            raise ManifestError(f"{art_dir} is a training run, not an export: export it first: "
+                                f"python -m export --model {art_dir}")
         peer_dirs = [peer_manifest_dir(p, REPO / ".cache" / "peers") for p in args.peer]
     except (ManifestError, PeerError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -22,7 +22,8 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from edge_runtime.backends import load_backend, select_artifact
+from edge_runtime.backends import BackendError, load_backend, select_artifact
+from edge_runtime.config import max_threads
 from edge_runtime.detectors import CROPS_FILE, DEFAULT_SIZE, DETECTORS, DetectorError, make_detector
 from edge_runtime.geometry import CropSpec, Detections, crop_faces, cut_square
 from edge_runtime.labels import LABELS
@@ -120,18 +121,20 @@ def main(argv=None) -> int:
                         "or in FILE")
     a = p.parse_args(argv)
     logging.getLogger("edge_runtime").setLevel(logging.WARNING)
-    if not 20 <= a.faces <= 5000:
-        print("error: --faces must be in [20, 5000]", file=sys.stderr)
+    if not 20 <= a.faces <= 5000 or not (a.size == 0 or 64 <= a.size <= 4096):
+        print("error: --faces must be in [20, 5000] and --size 0 or in [64, 4096]", file=sys.stderr)
         return 2
+    from train.data import DataError
     try:
+        threads = min(2, max_threads())
         manifest = read_manifest(a.artifacts)
         name = select_artifact(manifest, "auto")
-        backend = load_backend(manifest, name, threads=2)
+        backend = load_backend(manifest, name, threads=threads)
         pre = preprocess_spec(manifest)
         size = a.size or DEFAULT_SIZE[a.detector]
-        detector = make_detector(a.detector, size=size, model=a.model, threads=2)
+        detector = make_detector(a.detector, size=size, model=a.model, threads=threads)
         faces, split = validation_faces(a.data or (manifest.get("data") or {}).get("root"), a.faces, a.seed)
-    except (ManifestError, DetectorError, OSError, ValueError) as e:
+    except (ManifestError, BackendError, DetectorError, DataError, OSError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     video = REPO / ".cache" / "calibrate" / f"val-{split['files_hash'][:12]}-{a.faces}-{a.seed}.avi"

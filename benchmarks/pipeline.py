@@ -40,6 +40,7 @@ SHARED_YUNET = REPO.parent / "shared" / "models" / "yunet"
 DETECTOR_ROWS = {"yunet-n": {"type": "yunet"}, "yunet-s": {"type": "yunet", "model": "@yunet_s"},
                  "haar": {"type": "haar"}}
 SCENES = ("one-face", "moving")
+SCENE_VERSION = 2  # bump when edge_runtime.synthetic draws scenes differently (the video cache key)
 
 
 def split_faces(root: Path, split_dir: Path, n: int, seed: int) -> list[tuple[Path, str]]:
@@ -52,7 +53,8 @@ def split_faces(root: Path, split_dir: Path, n: int, seed: int) -> list[tuple[Pa
 
 def scene_video(scene: str, faces: list[tuple[Path, str]], frames: int, seed: int, cache: Path) -> Path:
     """Write (once, cached by content) the scene's video and truth; -> the video path."""
-    key = hashlib.sha256(json.dumps([scene, frames, seed, [str(f) for f, _ in faces]]).encode()).hexdigest()[:12]
+    key = hashlib.sha256(json.dumps([SCENE_VERSION, scene, frames, seed, [str(f) for f, _ in faces]]).encode()
+                         ).hexdigest()[:12]
     path = cache / f"{scene}-640x480-{frames}-{key}.avi"
     if not (path.is_file() and path.with_suffix(".json").is_file()):
         gen = (shuffled_scene(faces[:frames], seed=seed) if scene == "one-face"

@@ -9,6 +9,7 @@ The daemon's per-frame path is ``EmotionRecognizer.analyze``: one code path for 
 """
 from __future__ import annotations
 
+import numbers
 import os
 import time
 from dataclasses import dataclass
@@ -59,21 +60,31 @@ class EmotionRecognizer:
                  detector: str = "yunet", detector_size: int = 0, score: float = 0.4, min_face: int = 24,
                  max_faces: int = 32, detector_model: str = "", detector_runtime: str = "auto",
                  crop: CropSpec | None = None):
+        if isinstance(threads, numbers.Integral) and not isinstance(threads, bool):
+            threads = int(threads)
         check_threads(threads)
+        if isinstance(providers, str):
+            providers = [providers]
+        _check_detector_args(detector_size, score, min_face, max_faces)
+        self.detector_size = detector_size or DEFAULT_SIZE.get(detector, 512)
+        # the detector first: its errors then come before the inference runtime's own start-up log
+        self.detector = make_detector(detector, self.detector_size, min_face, max_faces, detector_model, threads,
+                                      score, detector_runtime)
+        if crop is not None and not isinstance(crop, CropSpec):
+            raise TypeError(f"crop must be a CropSpec (edge_runtime.CropSpec) or None, got {type(crop).__name__}")
+        self.crop = crop if crop is not None else calibrated_crop(detector)
+        if artifacts is not None and not isinstance(artifacts, (str, os.PathLike)):
+            raise TypeError(f"artifacts must be a folder path, got {type(artifacts).__name__}")
         self.manifest = read_manifest(artifacts or PACKAGED_ARTIFACTS)
         self.artifact = select_artifact(self.manifest, backend, precision)
         self.backend = load_backend(self.manifest, self.artifact, threads, providers)
         self.spec = preprocess_spec(self.manifest)
-        self.detector_size = detector_size or DEFAULT_SIZE.get(detector, 512)
-        self.detector = make_detector(detector, self.detector_size, min_face, max_faces, detector_model, threads,
-                                      score, detector_runtime)
-        self.crop = crop if crop is not None else calibrated_crop(detector)
 
     # --- faces (already cropped) ---------------------------------------------------------------
     def predict_proba(self, faces) -> np.ndarray:
-        """Face crops (a list of images of any size and channels, or a uint8 (N, H, W) array) ->
-        (N, 7) probabilities in ``classes_`` order."""
-        batch = preprocess_batch(faces, self.spec)
+        """Face crops (a list of images of any size and channels, or an (N, H, W[, C]) array) ->
+        (N, 7) probabilities in ``classes_`` order. A single face goes in a list: ``[face]``."""
+        batch = preprocess_batch(_face_list(faces), self.spec)
         if len(batch) == 0:
             return np.zeros((0, len(LABELS)), np.float32)
         return self.backend.predict(batch)
@@ -86,9 +97,7 @@ class EmotionRecognizer:
     def analyze(self, image: np.ndarray) -> FrameResult:
         """One frame (gray, BGR, BGRA; uint8 or 16-bit) -> detections, crops, probabilities, timings."""
         t0 = time.perf_counter()
-        image = np.asarray(image)
-        if image.dtype != np.uint8:
-            image = to_gray(image)
+        image = _frame(image)
         dets = self.detector.detect(image)
         t1 = time.perf_counter()
         patches, regions = crop_faces(image, dets, self.crop)  # grey per patch: cheaper than per frame
@@ -124,6 +133,37 @@ class EmotionRecognizer:
     @property
     def runtime(self) -> str:
         return self.backend.runtime
+
+
+def _check_detector_args(size: int, score: float, min_face: int, max_faces: int) -> None:
+    if not (size == 0 or 64 <= size <= 4096):
+        raise ValueError(f"detector_size must be 0 (the detector's default) or in [64, 4096], got {size!r}")
+    if not 0.0 < score < 1.0:  # also false for NaN
+        raise ValueError(f"score must be in (0, 1), got {score!r}")
+    if not (1 <= min_face <= 4096 and 1 <= max_faces <= 256):
+        raise ValueError(f"min_face must be in [1, 4096] and max_faces in [1, 256], got {min_face!r}, {max_faces!r}")
+
+
+def _face_list(faces):
+    """A list of images or an (N, H, W[, C]) array; a lone 2-D image is refused (ambiguous)."""
+    if faces is None or not hasattr(faces, "__len__"):
+        raise TypeError(f"faces must be a list of images or an (N, H, W[, C]) array, got {type(faces).__name__}")
+    if isinstance(faces, np.ndarray) and faces.ndim == 2:
+        raise ValueError(f"faces is a single {faces.shape} image: pass a list, [face]")
+    for f in faces:
+        if np.asarray(f).size == 0:
+            raise ValueError("faces holds an empty image")
+    return faces
+
+
+def _frame(image) -> np.ndarray:
+    """One frame as uint8 gray, BGR or BGRA (16-bit and float in [0, 1] or [0, 255] are converted)."""
+    if image is None:
+        raise TypeError("image is None (a frame that failed to load?)")
+    image = np.asarray(image)
+    if image.size == 0 or image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] not in (1, 3, 4)):
+        raise ValueError(f"image must be H x W (gray) or H x W x 1/3/4 (BGR, BGRA), got shape {image.shape}")
+    return image if image.dtype == np.uint8 else to_gray(image)
 
 
 __all__ = ["EmotionRecognizer", "FrameResult", "PACKAGED_ARTIFACTS", "BackendError"]

@@ -108,12 +108,27 @@ def decode_yunet(outputs: dict[str, np.ndarray], width: int, height: int, score:
     return Detections(boxes.astype(np.float32), scores[keep].astype(np.float32), kps.astype(np.float32))
 
 
+OUTPUTS = {f"{k}_{s}" for k in ("cls", "obj", "bbox", "kps") for s in STRIDES}
+
+
 class _OrtNet:
     def __init__(self, path: Path, threads: int):
         import onnxruntime as ort
         from .backends import onnx_session_options
-        self.sess = ort.InferenceSession(str(path), onnx_session_options(threads), providers=["CPUExecutionProvider"])
+        try:
+            self.sess = ort.InferenceSession(str(path), onnx_session_options(threads),
+                                             providers=["CPUExecutionProvider"])
+        except Exception as e:  # onnxruntime raises its own types for unreadable or invalid files
+            raise DetectorError(f"onnxruntime cannot load detector model {path}: {_first_line(e)}") from None
+        inp = self.sess.get_inputs()
         self.names = [o.name for o in self.sess.get_outputs()]
+        shape = inp[0].shape if len(inp) == 1 else []
+        if len(inp) != 1 or inp[0].name != "input" or len(shape) != 4 or shape[1] != 3 or set(self.names) != OUTPUTS:
+            raise DetectorError(f"{path} is not a YuNet face detector (inputs {[i.name for i in inp]}, "
+                                f"outputs {sorted(self.names)[:3]}…)")
+        if any(isinstance(d, int) for d in shape[2:]):
+            raise DetectorError(f"{path} has a fixed {shape[2]}x{shape[3]} input: make it size-free with "
+                                f"python -m export.yunet {path} OUT.onnx (or set detector.runtime = 'opencv')")
         self.runtime = f"onnxruntime {ort.__version__}"
 
     def run(self, blob: np.ndarray) -> dict[str, np.ndarray]:
@@ -122,13 +137,23 @@ class _OrtNet:
 
 class _CvNet:
     def __init__(self, path: Path, threads: int):
-        self.net = cv2.dnn.readNetFromONNX(str(path))
+        try:
+            self.net = cv2.dnn.readNetFromONNX(str(path))
+        except cv2.error as e:
+            raise DetectorError(f"OpenCV cannot load detector model {path}: {_first_line(e)}") from None
         self.names = list(self.net.getUnconnectedOutLayersNames())
+        if set(self.names) != OUTPUTS:
+            raise DetectorError(f"{path} is not a YuNet face detector (outputs {sorted(self.names)[:3]}…)")
         self.runtime = f"opencv-dnn {cv2.__version__}"
 
     def run(self, blob: np.ndarray) -> dict[str, np.ndarray]:
         self.net.setInput(blob)
         return dict(zip(self.names, self.net.forward(self.names)))
+
+
+def _first_line(e: Exception) -> str:
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip() and ln.strip() != ">"]
+    return (lines[-1] if lines else type(e).__name__)[:200]
 
 
 def resolve_model(model: str) -> tuple[Path, str | None]:
@@ -171,10 +196,7 @@ class YuNetDetector(Detector):
                 if runtime == "onnxruntime":
                     raise DetectorError("detector.runtime = onnxruntime but it is not installed: "
                                         "pip install onnxruntime") from None
-        try:
-            return _CvNet(path, threads)
-        except cv2.error as e:
-            raise DetectorError(f"OpenCV cannot load {path}: {str(e).strip().splitlines()[-1]}") from None
+        return _CvNet(path, threads)
 
     @property
     def runtime(self) -> str:

@@ -43,11 +43,16 @@ class PreprocessSpec:
 
 
 def to_gray(image: np.ndarray) -> np.ndarray:
-    """Any of HxW, HxWx1, HxWx3 (BGR), HxWx4 (BGRA) -> HxW uint8."""
+    """Any of HxW, HxWx1, HxWx3 (BGR), HxWx4 (BGRA) -> HxW uint8. 16-bit images keep their top
+    byte; float images in [0, 1] are scaled by 255, other numbers are clipped to [0, 255]."""
     img = np.asarray(image)
     if img.dtype == np.uint16:  # 16-bit PNGs: keep the top byte
         img = (img >> 8).astype(np.uint8)
     elif img.dtype != np.uint8:
+        if img.dtype.kind == "f":
+            if not np.isfinite(img).all():
+                raise ValueError("image holds NaN or infinite values")
+            img = np.round(img * 255.0 if img.size and img.min() >= 0.0 and img.max() <= 1.0 else img)
         img = np.clip(img, 0, 255).astype(np.uint8)
     if img.ndim == 3 and img.shape[2] == 1:
         img = img[:, :, 0]

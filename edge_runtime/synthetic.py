@@ -120,10 +120,15 @@ def moving_scene(faces: list[tuple[Path, str]], frames: int, size=(640, 480), si
     pool = iter(enumerate(faces))
     live: list[dict] = []
 
-    def enter():
+    def enter(inside: bool = False):
         ident, (path, label) = next(pool)
         side = int(rng.integers(sides[0], sides[1] + 1))
         edge = int(rng.integers(4))
+        if inside:  # the first faces start in view, so even a short video has whole faces
+            live.append({"id": ident, "path": path, "label": label, "side": side,
+                         "pos": np.array([rng.uniform(0, w - side), rng.uniform(0, h - side)]),
+                         "v": rng.uniform(2.0, 5.0) * np.array([np.cos(a := rng.uniform(0, 2 * np.pi)), np.sin(a)])})
+            return
         speed = rng.uniform(2.0, 5.0)
         if edge < 2:  # left / right edge, moving across
             x = -side + 1.0 if edge == 0 else w - 1.0
@@ -137,7 +142,7 @@ def moving_scene(faces: list[tuple[Path, str]], frames: int, size=(640, 480), si
 
     target = int(rng.integers(2, max_faces + 1))
     for _ in range(target):
-        enter()
+        enter(inside=True)
     for _ in range(frames):
         frame = back.copy()
         truth = []

@@ -1,5 +1,6 @@
-"""Make a YuNet ONNX file (fixed 1x3x320x320 input) accept any input size that is a multiple of 32,
-for onnxruntime on the device; weights and operators are left unchanged.
+"""Make a YuNet ONNX file (fixed 1x3x320x320 input) accept any input size (multiples of 32).
+
+For onnxruntime on the device; weights and operators are left unchanged.
 
     python -m export.yunet ../shared/models/yunet/yunet_s_320_320.onnx edge_runtime/models/yunet_s.onnx
 
@@ -16,10 +17,18 @@ from edge_runtime.manifest import atomic_write_bytes, sha256_file
 
 def dynamic_size(src: str, dst: str) -> str:
     import onnx
-    m = onnx.load(src)
-    if [i.name for i in m.graph.input] != ["input"]:
-        raise ValueError(f"{src} is not a YuNet model (inputs {[i.name for i in m.graph.input]})")
-    dims = m.graph.input[0].type.tensor_type.shape.dim
+    from google.protobuf.message import DecodeError
+    try:
+        m = onnx.load(src)
+    except DecodeError as e:
+        raise ValueError(f"{src} is not an ONNX model ({e})") from None
+    outputs = {o.name: len(o.type.tensor_type.shape.dim) for o in m.graph.output}
+    dims = m.graph.input[0].type.tensor_type.shape.dim if len(m.graph.input) == 1 else []
+    if ([i.name for i in m.graph.input] != ["input"] or len(dims) != 4
+            or set(outputs) != {f"{k}_{s}" for k in ("cls", "obj", "bbox", "kps") for s in (8, 16, 32)}
+            or min(outputs.values()) != 3):
+        raise ValueError(f"{src} is not a YuNet model (inputs {[i.name for i in m.graph.input]}, "
+                         f"outputs {sorted(outputs)[:3]}…)")
     dims[2].dim_param, dims[3].dim_param = "height", "width"
     for out in m.graph.output:
         out.type.tensor_type.shape.dim[1].dim_param = "anchors"

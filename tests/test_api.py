@@ -89,3 +89,39 @@ def test_daemon_refuses_too_many_threads_in_one_line(capsys):
     assert main(["--threads", "99999", "--source", "0"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "model.threads" in err[0], err
+
+
+def test_bad_inputs_are_clear_errors_not_wrong_answers(er):
+    face = read_gray(pick_faces(SHARED, 1, seed=4)[0][0])
+    assert er.predict([face / 255.0]) == er.predict([face])  # floats in [0, 1] are scaled, not clipped
+    with pytest.raises(ValueError, match="pass a list"):
+        er.predict(face)
+    for bad, err in ((None, TypeError), ((f for f in [face]), TypeError), ([np.zeros((0, 0), np.uint8)], ValueError)):
+        with pytest.raises(err):
+            er.predict(bad)
+    for bad, err in ((None, TypeError), (np.zeros((0, 0)), ValueError), (np.zeros((9, 9, 2), np.uint8), ValueError),
+                     (np.full((9, 9), np.nan), ValueError)):
+        with pytest.raises(err):
+            er.detect_emotions(bad)
+    for kw in ({"score": 2.0}, {"score": float("nan")}, {"detector_size": 10}, {"max_faces": 0}):
+        with pytest.raises(ValueError):
+            EmotionRecognizer(**kw)
+    with pytest.raises(TypeError, match="CropSpec"):
+        EmotionRecognizer(crop={"scale": 1.2})
+
+
+def test_a_training_run_or_a_wrong_detector_model_is_one_line(tmp_path, capsys):
+    from edge_runtime.__main__ import main
+    assert main(["--artifacts", str(REPO / "models" / "cbilstm"), "--source", "0"]) == 2
+    assert "export it first: python -m export --model" in capsys.readouterr().err
+    shared = REPO.parent / "shared" / "models" / "yunet" / "yunet_n_320_320.onnx"
+    junk = tmp_path / "junk.onnx"
+    junk.write_bytes(b"not a model")
+    for model, words in ((shared, "python -m export.yunet"), (junk, "cannot load detector model"),
+                         (PACKAGED_ARTIFACTS / read_manifest(PACKAGED_ARTIFACTS)["artifacts"]["onnx-int8"]["file"],
+                          "not a YuNet face detector")):
+        conf = tmp_path / "c.toml"
+        conf.write_text(f'[detector]\nmodel = "{model}"\n')
+        assert main(["--config", str(conf), "--source", "0"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and words in err[0], err
