@@ -78,7 +78,7 @@ def open_source(uri: str, width: int = 0, height: int = 0, fps: float = 0.0):
 
 
 def backoff_delay(attempt: int, cap_s: float) -> float:
-    return min(cap_s, BACKOFF_START_S * (2 ** attempt))
+    return min(cap_s, BACKOFF_START_S * 2.0 ** min(attempt, 40))  # the exponent capped: 2**1024 overflows a float
 
 
 class Capture(threading.Thread):

@@ -40,6 +40,12 @@ def test_flags_override_config_override_profile(tmp_path):
     ('[model]\nartifacts = "x"\nthreads = "two"\n', "model.threads = 'two' should be int"),
     ('[model]\nartifacts = "x"\n[http]\nbind = "0.0.0.0:8080"\n', "set --token"),
     ('[model\n', "c.toml"),
+    ('[tracker]\niou = nan\n', "tracker.iou = nan must be in [0.01, 1.0]"),
+    ('[source]\nreconnect_max_s = inf\n', "source.reconnect_max_s = inf must be in"),
+    ('[run]\nlog_level = "verbose"\n', "run.log_level = 'verbose' must be one of"),
+    ('[run]\nmax_frames = -5\n', "run.max_frames = -5 must be in"),
+    ('[http]\nbind = "127.0.0.1:99999"\n', "port in [0, 65535]"),
+    ('[mqtt]\nstats_interval_s = 0\n', "mqtt.stats_interval_s = 0.0 must be in"),
 ])
 def test_bad_config_is_one_line_and_exit_2(tmp_path, capsys, text, words):
     conf = write(tmp_path / "c.toml", text)
@@ -126,6 +132,7 @@ def test_capture_backs_off_exponentially_capped_then_recovers(monkeypatch):
         if f is not None:
             got.append(f)
     assert cam.opened == 5 and cap.delays[:4] == [0.01, 0.02, 0.04, 0.04]  # doubled, then capped
+    assert sources.backoff_delay(5000, 30.0) == 30.0  # a camera lost for days: no float overflow
     # after its 3 frames the camera stops delivering: degraded again, with the reason
     wait_for(lambda: stats.counters["reconnects"] >= 5, 5)
     assert stats.status == "degraded" and stats.reason.startswith("source lost")
