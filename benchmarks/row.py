@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_runtime.manifest import preprocess_spec, read_manifest
+from edge_runtime.manifest import artifact_path, preprocess_spec, read_manifest, verify_file
 from edge_runtime.preprocess import scale_pixels
 
 from .accuracy import evaluate
@@ -43,12 +43,13 @@ def measure(manifest_dir: str, artifact: str, threads: int, data: str | None, te
 
     m = read_manifest(manifest_dir)
     entry = m["artifacts"][artifact]
-    path = Path(m["_dir"]) / entry["file"]
+    path = artifact_path(m, artifact)
     row = {"artifact": artifact, "model": m.get("model"), "format": entry.get("format"),
            "precision": entry.get("precision"), "threads": threads,
            "status": entry.get("status", "usable"), "size_kb": path.stat().st_size / 1024 if path.exists() else None}
     t0 = time.perf_counter()
     if entry.get("format") == "keras":
+        verify_file(path, entry["sha256"], entry.get("size"))  # the reference is checked like every artifact
         predict, runtime = _keras_predictor(path, threads)
     else:
         backend = load_backend(m, artifact, threads=threads)

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from .labels import LABELS, remap_indices
-from .manifest import ManifestError, verify_file
+from .manifest import ManifestError, artifact_path, verify_file
 
 log = logging.getLogger(__name__)
 
@@ -219,7 +219,7 @@ def load_backend(manifest: dict, name: str, threads: int = 1, providers: list[st
     if name not in arts:
         raise BackendError(f"manifest has no artifact {name!r} (has {sorted(arts)})")
     entry = arts[name]
-    path = Path(manifest["_dir"]) / entry["file"]
+    path = artifact_path(manifest, name)
     if verify:
         verify_file(path, entry["sha256"], entry.get("size"))
     labels = manifest["labels"]

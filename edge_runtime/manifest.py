@@ -74,8 +74,10 @@ def read_manifest(path: str | os.PathLike) -> dict:
         raise ManifestError(f"no manifest at {path}")
     try:
         m = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ManifestError(f"unreadable manifest {path}: {e}") from e
+    if not isinstance(m, dict):
+        raise ManifestError(f"manifest {path} is not a JSON object")
     for key in ("labels", "preprocessing"):
         if key not in m:
             raise ManifestError(f"manifest {path} lacks '{key}'")
@@ -83,10 +85,33 @@ def read_manifest(path: str | os.PathLike) -> dict:
         PreprocessSpec.from_dict(m["preprocessing"])
     except (TypeError, ValueError) as e:
         raise ManifestError(f"manifest {path}: bad preprocessing spec: {e}") from e
-    if sorted(m["labels"]) != sorted(LABELS):
-        raise ManifestError(f"manifest {path}: labels {m['labels']} are not the FER2013 emotions")
+    labels = m["labels"]
+    if not isinstance(labels, list) or not all(isinstance(x, str) for x in labels) or sorted(labels) != sorted(LABELS):
+        raise ManifestError(f"manifest {path}: labels {labels!r:.200} are not the FER2013 emotions")
+    arts = m.get("artifacts", {})
+    if not isinstance(arts, dict) or not all(isinstance(e, dict) for e in arts.values()):
+        raise ManifestError(f"manifest {path}: 'artifacts' must map names to objects")
     m["_dir"] = str(path.parent)
     return m
+
+
+def artifact_path(manifest: dict, name: str) -> Path:
+    """The file of artifact ``name``: a plain file name inside the manifest's folder, no symlink.
+    A manifest is untrusted input: it may not point the device at files elsewhere."""
+    entry = manifest["artifacts"][name]
+    file, sha = entry.get("file"), entry.get("sha256")
+    if not isinstance(file, str) or not file or file in (".", "..") or "/" in file or "\\" in file or "\0" in file:
+        raise ManifestError(f"artifact {name}: file {file!r:.100} must be a plain file name inside {manifest['_dir']}")
+    if not isinstance(sha, str) or len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha):
+        raise ManifestError(f"artifact {name}: sha256 {sha!r:.80} is not 64 hex digits")
+    size = entry.get("size")
+    if size is not None and (not isinstance(size, int) or isinstance(size, bool) or size < 0):
+        raise ManifestError(f"artifact {name}: size {size!r:.40} is not a byte count")
+    folder = Path(manifest["_dir"])
+    path = folder / file
+    if path.is_symlink() or path.resolve().parent != folder.resolve():
+        raise ManifestError(f"artifact {name}: {path} is a symlink or leaves {folder}; copy the file in instead")
+    return path
 
 
 def preprocess_spec(manifest: dict) -> PreprocessSpec:

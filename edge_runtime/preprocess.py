@@ -6,6 +6,7 @@ grayscale (OpenCV BGR weights) -> resize (INTER_AREA to shrink, INTER_LINEAR to 
 """
 from __future__ import annotations
 
+import numbers
 from dataclasses import asdict, dataclass, fields
 
 import cv2
@@ -23,8 +24,11 @@ class PreprocessSpec:
     color: str = "gray"
 
     def __post_init__(self):
-        if self.size < 8:
-            raise ValueError(f"input size {self.size} is too small")
+        if not isinstance(self.size, numbers.Integral) or isinstance(self.size, bool) or not 8 <= self.size <= 1024:
+            raise ValueError(f"input size {self.size!r} must be an integer in [8, 1024]")
+        for v in (self.scale, self.offset):
+            if not isinstance(v, numbers.Real) or isinstance(v, bool) or not abs(v) < 1e6:  # also refuses NaN
+                raise ValueError(f"scale and offset must be finite numbers, got {v!r}")
         if self.interpolation not in _INTERPOLATIONS:
             raise ValueError(f"interpolation must be one of {sorted(_INTERPOLATIONS)}")
         if self.color != "gray":

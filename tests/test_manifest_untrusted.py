@@ -1,0 +1,70 @@
+"""A manifest is untrusted input: files outside its folder, wrong types and unbounded numbers are
+one line and exit 2 before any source is opened (the untrusted-input issue, item 1)."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from edge_runtime.__main__ import main
+from edge_runtime.api import PACKAGED_ARTIFACTS
+from edge_runtime.manifest import read_manifest
+
+
+@pytest.fixture
+def art(tmp_path):
+    d = tmp_path / "art"
+    shutil.copytree(PACKAGED_ARTIFACTS, d)
+    return d
+
+
+def edit(d, fn):
+    p = d / "manifest.json"
+    m = json.loads(p.read_text())
+    m = fn(m)
+    p.write_text(json.dumps(m) if not isinstance(m, str) else m)
+
+
+def refused(d, capsys, words: str):
+    assert main(["--artifacts", str(d), "--source", "/dev/video97", "--backend", "tflite-int8"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and words in err[0], err
+
+
+def _set(path, value):
+    def fn(m):
+        node = m
+        for k in path[:-1]:
+            node = node[k]
+        node[path[-1]] = value
+        return m
+    return fn
+
+
+@pytest.mark.parametrize("change, words", [
+    (_set(["artifacts", "tflite-int8", "file"], "/etc/passwd"), "plain file name"),
+    (_set(["artifacts", "tflite-int8", "file"], "../outside.tflite"), "plain file name"),
+    (_set(["artifacts", "tflite-int8", "file"], None), "plain file name"),
+    (_set(["artifacts", "tflite-int8", "sha256"], 12), "64 hex digits"),
+    (_set(["artifacts", "tflite-int8", "size"], "big"), "byte count"),
+    (_set(["artifacts", "tflite-int8"], None), "map names to objects"),
+    (_set(["preprocessing", "size"], 10**6), "[8, 1024]"),
+    (_set(["preprocessing", "scale"], float("nan")), "finite"),
+    (_set(["preprocessing"], None), "bad preprocessing spec"),
+    (_set(["labels"], "angry"), "not the FER2013 emotions"),
+    (lambda m: [m], "not a JSON object"),
+    (lambda m: "{not json", "unreadable manifest"),
+])
+def test_bad_manifest_is_one_line_exit_2(art, capsys, change, words):
+    edit(art, change)
+    refused(art, capsys, words)
+
+
+def test_a_symlinked_model_file_is_refused_even_when_its_sha256_matches(art, tmp_path, capsys):
+    m = read_manifest(art)
+    f = art / m["artifacts"]["tflite-int8"]["file"]
+    outside = tmp_path / "elsewhere.tflite"
+    shutil.move(f, outside)
+    f.symlink_to(outside)
+    refused(art, capsys, "symlink")
