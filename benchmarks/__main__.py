@@ -46,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "with --peer fer also the fer package's own pipeline")
     p.add_argument("--detectors", default="yunet-n,yunet-s,haar",
                    help="detector rows of --pipeline (default yunet-n,yunet-s,haar)")
-    p.add_argument("--frames", type=int, help="frames per --pipeline video (default 600, --quick 60; 20..5000)")
+    p.add_argument("--frames", type=int, help="frames per --pipeline video (default 2000, --quick 60; 20..5000)")
     p.add_argument("--json", help="write machine-readable results here")
     p.add_argument("--md", help="write the Markdown table here")
     p.add_argument("--plots", help="write accuracy-vs-latency, latency and size plots to this folder")

@@ -218,7 +218,7 @@ def run_pipeline(art_dir, video: str | None, threads: list[int], quick: bool = F
         from train.data import find_layout, resolve_root
         root = resolve_root(data_root or (manifest.get("data") or {}).get("root"))
         _, _, eval_dir, _ = find_layout(root)
-        n = frames or (60 if quick else 600)
+        n = frames or (60 if quick else 2000)
         faces = split_faces(root, eval_dir, 2 * n, seed)
         videos = {s: scene_video(s, faces, n, seed, cache) for s in SCENES}
     rows = []
