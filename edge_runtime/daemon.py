@@ -6,6 +6,7 @@ detector, sinks) *before* the source is opened, so a bad model never touches the
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 import time
 
@@ -83,14 +84,18 @@ class Daemon:
         self.capture.start()
         self._t_start = time.monotonic()
         max_frames = self.cfg["run"]["max_frames"]
-        done = 0
+        done, code = 0, 0
         try:
             while not self.stop_event.is_set():
                 frame = self.capture.get(0.1)
                 if frame is None and self.capture.ended.is_set():
                     frame = self.capture.get(0)  # the last frame may land just before `ended`
                     if frame is None:
-                        log.info("end of source after %d frames", done)
+                        if self.capture.error:  # a file that can never give a frame
+                            print(f"edge_runtime: error: {self.capture.error}", file=sys.stderr)
+                            code = 2
+                        else:
+                            log.info("end of source after %d frames", done)
                         break
                 if frame is None:
                     continue
@@ -100,7 +105,7 @@ class Daemon:
                     break
         finally:
             self.shutdown()
-        return 0
+        return code
 
     def process(self, frame) -> list[dict]:
         t0 = time.monotonic()

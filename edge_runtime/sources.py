@@ -95,6 +95,7 @@ class Capture(threading.Thread):
         self.opener = opener
         self.stop_event = threading.Event()
         self.ended = threading.Event()  # the file/folder ran out and we do not loop
+        self.error = ""  # why a file can never give frames (set with `ended`)
         self._cond = threading.Condition()
         self._slot: Frame | None = None
         self._index = 0
@@ -143,12 +144,16 @@ class Capture(threading.Thread):
             cap = self.opener(self.uri, *self.size_fps)
             if not cap.isOpened():
                 cap.release()
+                if self._never_works(f"{self.uri} is not a video OpenCV can read"):
+                    break
                 self._lost(f"cannot open {self.uri}", attempt)
                 attempt += 1
                 continue
             n = self._read_all(cap)
             cap.release()
             if self.stop_event.is_set():
+                break
+            if n == 0 and self._never_works(f"{self.uri} holds no readable video frames"):
                 break
             if self.kind in ("file", "dir") and n > 0:
                 self.stats.set_health("ok")
@@ -164,6 +169,16 @@ class Capture(threading.Thread):
             attempt += 1
         with self._cond:
             self._cond.notify_all()
+
+    def _never_works(self, reason: str) -> bool:
+        """A file that gave no frame the first time will not give one later: end with ``error``
+        set instead of retrying it like a lost camera. (A folder may still receive images: retried.)"""
+        if self.kind != "file" or self._index > 0:
+            return False
+        self.error = reason
+        self.stats.set_health("degraded", reason)
+        self.ended.set()
+        return True
 
     def _read_all(self, cap) -> int:
         """Read until the source fails or we are stopped; return the number of frames read."""

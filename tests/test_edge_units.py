@@ -273,3 +273,14 @@ def test_onnx_int8_products_do_not_saturate(tmp_path):
     x[0, 0] = 0.0  # activations quantize to u8 0 and 255
     sess = ort.InferenceSession(str(tmp_path / "q.onnx"), onnx_session_options(1), providers=["CPUExecutionProvider"])
     np.testing.assert_allclose(sess.run(None, {"x": x})[0], x @ w, rtol=0.01)
+
+
+@pytest.mark.parametrize("content", [b"this is not a video\n", b""])
+def test_a_file_that_never_gives_a_frame_exits_2(edge_artifacts, tmp_path, capsys, content):
+    """Not retried for ever like a lost camera: one error line and exit 2 (systemd does not restart).
+    A folder is different: images may still arrive (test_source_appears_later_and_the_daemon_recovers)."""
+    src = tmp_path / "bad.avi"
+    src.write_bytes(content)
+    assert main(["--artifacts", str(edge_artifacts), "--source", str(src), "--events", str(tmp_path / "e.jsonl")]) == 2
+    err = [ln for ln in capsys.readouterr().err.splitlines() if "error" in ln]
+    assert len(err) == 1 and str(src) in err[0], err
