@@ -18,9 +18,9 @@ from pathlib import Path
 import numpy as np
 
 from .backends import BackendError, load_backend, select_artifact
-from .config import check_threads
+from .config import BOUNDS, check_threads
 from .detectors import DEFAULT_SIZE, calibrated_crop, make_detector
-from .geometry import CropSpec, Detections, crop_faces
+from .geometry import CropSpec, Detections, crop_faces, landmark_list
 from .labels import LABELS
 from .manifest import preprocess_spec, read_manifest
 from .preprocess import preprocess_batch, to_gray
@@ -116,8 +116,7 @@ class EmotionRecognizer:
         for box, score, lm, p in zip(r.detections.boxes, r.detections.scores, r.detections.landmarks, r.probs):
             out.append({"box": [int(round(float(v))) for v in box],
                         "emotions": {lab: round(float(v), 4) for lab, v in zip(LABELS, p)},
-                        "landmarks": None if np.isnan(lm).any() else [[round(float(x), 1), round(float(y), 1)]
-                                                                      for x, y in lm],
+                        "landmarks": landmark_list(lm),
                         "score": round(float(score), 4)})
         return out
 
@@ -136,12 +135,17 @@ class EmotionRecognizer:
 
 
 def _check_detector_args(size: int, score: float, min_face: int, max_faces: int) -> None:
-    if not (size == 0 or 64 <= size <= 4096):
-        raise ValueError(f"detector_size must be 0 (the detector's default) or in [64, 4096], got {size!r}")
+    """The daemon config's bounds (config.BOUNDS), applied to the API's arguments."""
+    for arg, value, key in (("detector_size", size, "size"), ("min_face", min_face, "min_size"),
+                            ("max_faces", max_faces, "max_faces")):
+        lo, hi = BOUNDS[("detector", key)]
+        if not lo <= value <= hi:
+            raise ValueError(f"{arg} must be in [{lo}, {hi}], got {value!r}")
+    if size and size < 64:
+        raise ValueError(f"detector_size must be 0 (the detector's default) or in [64, "
+                         f"{BOUNDS[('detector', 'size')][1]}], got {size!r}")
     if not 0.0 < score < 1.0:  # also false for NaN
         raise ValueError(f"score must be in (0, 1), got {score!r}")
-    if not (1 <= min_face <= 4096 and 1 <= max_faces <= 256):
-        raise ValueError(f"min_face must be in [1, 4096] and max_faces in [1, 256], got {min_face!r}, {max_faces!r}")
 
 
 def _face_list(faces):

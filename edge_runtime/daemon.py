@@ -16,7 +16,7 @@ import numpy as np
 from .api import EmotionRecognizer
 from .config import ConfigError
 from .detectors import to_bgr
-from .geometry import CropSpec
+from .geometry import CropSpec, landmark_list
 from .labels import LABELS
 from .preprocess import to_gray
 from .sinks import JsonlSink, MqttSink
@@ -26,11 +26,6 @@ from .tracker import Tracker, thumbnails
 
 log = logging.getLogger("edge_runtime")
 SHUTDOWN_JOIN_S = 0.3  # capture thread join bound; it is a daemon thread, so a stuck driver cannot hang exit
-
-
-def _landmarks(lm: np.ndarray) -> list[list[float]] | None:
-    """Five [x, y] points (eyes, nose tip, mouth corners; subject's right first), or None (Haar)."""
-    return None if np.isnan(lm).any() else [[round(float(x), 1), round(float(y), 1)] for x, y in lm]
 
 
 def _probs(p: np.ndarray) -> dict[str, float]:
@@ -131,7 +126,7 @@ class Daemon:
         for kind, t in changes:
             ev = {"type": kind, "ts": round(time.time(), 3), "frame": index, "track": t.id,
                   "box": [int(round(float(v))) for v in t.box], "crop": [int(round(float(v))) for v in t.crop],
-                  "det_score": round(t.score, 4), "landmarks": _landmarks(t.landmarks),
+                  "det_score": round(t.score, 4), "landmarks": landmark_list(t.landmarks),
                   "label": LABELS[int(np.argmax(t.smooth))], "score": round(float(np.max(t.smooth)), 6),
                   "raw_label": LABELS[int(np.argmax(t.raw))], "probs": _probs(t.smooth), "raw": _probs(t.raw),
                   "first_frame": t.first_frame, "last_frame": t.last_frame,

@@ -48,6 +48,11 @@ class Detections:
         return ~np.isnan(self.landmarks).any(axis=(1, 2))
 
 
+def landmark_list(lm: np.ndarray) -> list[list[float]] | None:
+    """One face's five landmarks as [x, y] lists rounded to 0.1 px (events, API), or None (Haar)."""
+    return None if np.isnan(lm).any() else [[round(float(x), 1), round(float(y), 1)] for x, y in lm]
+
+
 def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Pairwise IoU of (N, 4) and (M, 4) x, y, w, h boxes."""
     a = np.asarray(a, np.float64).reshape(-1, 4)
