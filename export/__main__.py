@@ -19,8 +19,9 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=f"artifacts:\n  keras           the source model, the reference every drop is measured against\n"
                f"{table}\n\n"
                "exit codes: 0 all written and within the limit; 1 an artifact was rejected by the gate or\n"
-               "failed to convert (it is named; rejected files are kept for inspection); 2 missing model or\n"
-               "data, or a test split lacking a class.\n\n"
+               "failed to convert (it is named; nothing is committed: the live manifest in --out stays, this\n"
+               "export's files go to OUT/rejected/ for inspection); 2 missing model or data, a test split\n"
+               "lacking a class, or a bad argument.\n\n"
                "examples:\n"
                "  python -m export --int8                          # models/cbilstm -> artifacts/cbilstm/\n"
                "  python -m export --int8 --model runs/thesis      # a run folder -> artifacts/thesis/\n"
@@ -58,8 +59,10 @@ def main(argv=None) -> int:
 
     from .pipeline import ExportConfig, ExportError, Interrupted, run_export
     try:
-        if args.calibration < 1:
-            raise ValueError("--calibration must be at least 1")
+        if not 1 <= args.calibration <= 100_000:
+            raise ValueError("--calibration must be in [1, 100000]")
+        if not 0.0 <= args.max_drop <= 100.0:  # also refuses NaN
+            raise ValueError("--max-drop must be percentage points in [0, 100]")
         if not 0.0 < args.fraction <= 1.0:
             raise ValueError("--fraction must be in (0, 1]")
         check_threads(args.threads, "--threads")
@@ -74,7 +77,8 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except Interrupted as e:
-        print(f"export {e}; previous artifacts and manifest left as they were", file=sys.stderr)
+        print(f"export {e}; nothing half-written: {getattr(e, 'live', 'the previous manifest is live')}",
+              file=sys.stderr)
         return 128 + e.signum
 
 

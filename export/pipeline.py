@@ -8,7 +8,9 @@ Atomicity: everything is built in ``OUT/.staging-<pid>/``. File names carry the 
 of their sha256 (``cbilstm_int8.1a2b3c4d.tflite``), so new files never overwrite files the
 current manifest points to; ``manifest.json`` is replaced last, in one rename, and only then are
 files no manifest refers to removed. An export killed at any moment leaves either the old or the
-new manifest, each with all its files.
+new manifest, each with all its files. An export that fails (a rejected or failed artifact) commits
+nothing: its manifest, reports and files go to ``OUT/rejected/`` for inspection, and the live
+deployment in ``OUT`` stays as it was.
 """
 from __future__ import annotations
 
@@ -98,7 +100,22 @@ def resolve_source(arg: str | None) -> tuple[Path, dict]:
         raise ExportError(str(e)) from e
     if not run.get("model") or "params" not in run:
         raise ExportError(f"{run_dir}/manifest.json is not a training run's manifest (no model/params)")
+    if isinstance(run.get("model_sha256"), str) and sha256_file(model_file) != run["model_sha256"]:
+        raise ExportError(f"{model_file} does not match the sha256 its manifest records (an interrupted "
+                          "training run, or a replaced file): retrain it or restore the file")
     return run_dir.resolve(), run
+
+
+def check_out(out: Path, run_dir: Path) -> None:
+    """--out must not be a training run folder: the export would overwrite its manifest."""
+    if out.resolve() == run_dir.resolve():
+        raise ExportError(f"--out {out} is the run folder being exported: choose another, e.g. artifacts/{run_dir.name}")
+    try:
+        kind = read_manifest(out).get("kind") if (out / "manifest.json").is_file() else None
+    except ManifestError:
+        kind = None  # an unreadable manifest is replaced by a good export
+    if kind == "run":
+        raise ExportError(f"--out {out} holds a training run (manifest kind 'run'): choose another folder")
 
 
 def load_data(cfg: ExportConfig, spec: PreprocessSpec):
@@ -206,9 +223,9 @@ def _exit_reason(code: int) -> str:
 
 # ---------------------------------------------------------------- the export
 def _clean_stale_staging(out: Path) -> None:
-    for d in out.glob(".staging-*"):
+    for d in [*out.glob(".staging-*"), *out.glob(".rejected-*")]:
         try:
-            pid = int(d.name.split("-", 1)[1])
+            pid = int(d.name.rsplit("-", 1)[1])
             os.kill(pid, 0)
             continue  # still running
         except (ValueError, ProcessLookupError):
@@ -226,6 +243,7 @@ def run_export(cfg: ExportConfig) -> tuple[dict, int]:
     spec = PreprocessSpec.from_dict(run["preprocessing"])
     stem = run["model"]
     out = Path(cfg.out) if cfg.out else Path("artifacts") / run_dir.name
+    check_out(out, run_dir)
     log(f"export: {run_dir} ({run['model']}, input {spec.size}x{spec.size}) -> {out}/ "
         f"[{', '.join(f.name for f in fmts)}]")
     data, calib = load_data(cfg, spec)
@@ -333,7 +351,14 @@ def run_export(cfg: ExportConfig) -> tuple[dict, int]:
             "export_seconds": None,
         }
         manifest["export_seconds"] = round(time.perf_counter() - t_start, 1)
-        _commit(staging, out, manifest)
+        committed = exit_code(manifest, cfg.allow_partial) == 0
+        if committed:
+            _commit(staging, out, manifest)
+        else:
+            _set_aside(staging, out, manifest)
+    except Interrupted as e:
+        e.live = _live(out)  # no commit happened: the live manifest, if any, is the previous one
+        raise
     finally:
         worker.stop()
         shutil.rmtree(staging, ignore_errors=True)
@@ -342,8 +367,23 @@ def run_export(cfg: ExportConfig) -> tuple[dict, int]:
 
     log("\nms/face: batch 1, %d thread(s), timed after conversion" % cfg.threads)
     log(G.text_table(manifest))
-    code = exit_code(manifest, cfg.allow_partial, out, log)
+    code = exit_code(manifest, cfg.allow_partial, out if committed else out / REJECTED_DIR, log)
+    if not committed:
+        log(f"nothing committed ({_live(out)}); this export's manifest, reports and files are in "
+            f"{out / REJECTED_DIR}/", err=True)
     return manifest, code
+
+
+REJECTED_DIR = "rejected"  # where a failed export's results are kept, beside the live deployment
+
+
+def _live(out: Path) -> str:
+    """One truthful phrase about the deployment ``out`` holds now."""
+    try:
+        m = read_manifest(out)
+        return f"the live manifest is {out / 'manifest.json'}, exported {m.get('created', '?')}"
+    except ManifestError:
+        return f"no manifest is live in {out}"
 
 
 def exit_code(manifest: dict, allow_partial: bool, out: Path | None = None, log=None) -> int:
@@ -432,6 +472,20 @@ def report(manifest: dict) -> dict:
             "rejected": [n for n, a in arts.items() if a["status"] == G.REJECTED],
             "failed": [n for n, a in arts.items() if a["status"] == G.FAILED],
             "created": manifest["created"], "export_seconds": manifest["export_seconds"]}
+
+
+def _set_aside(staging: Path, out: Path, manifest: dict) -> None:
+    """A failed export's manifest, reports and files -> OUT/rejected/ (replacing an older one)."""
+    aside = out / f".rejected-{os.getpid()}"
+    shutil.rmtree(aside, ignore_errors=True)
+    aside.mkdir()
+    _commit(staging, aside, manifest)
+    old = out / REJECTED_DIR
+    if old.exists():
+        trash = out / f".rejected-old-{os.getpid()}"
+        os.replace(old, trash)
+        shutil.rmtree(trash, ignore_errors=True)
+    os.replace(aside, old)
 
 
 def _commit(staging: Path, out: Path, manifest: dict) -> None:

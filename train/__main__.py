@@ -30,7 +30,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train a facial-emotion model on FER2013 and write a run folder "
                     "(model.keras, manifest.json, history.csv, reports and plots).",
         epilog=f"models:\n{models}\n\nexample:\n  python -m train --model thesis --epochs 30 --out runs/thesis\n"
-               "  python -m train --params runs/grid/best_params.json --out runs/grid-best",
+               "  python -m train --params runs/grid/best_params.json --out runs/grid-best\n"
+               "  python -m train --init models/cbilstm --val-fraction 0 --epochs 10 --lr 3e-4 --set reframe=0.5 "
+               "--out runs/cbilstm-device",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", help="data root: train/+test/, train/+validation/ or fer2013.csv "
                                   "(default: $FER_DATA, else ../shared/data/fer2013)")
@@ -64,6 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--teacher", type=Path, metavar="FILE",
                    help="distil: train on a teacher ensemble's soft labels from python -m train.distill, "
                         "weighted by --set distill=W (default 0.7) against the one-hot labels")
+    p.add_argument("--init", type=Path, metavar="RUN",
+                   help="fine-tune: start from this run folder's weights (same model and parameters), "
+                        "e.g. --init models/cbilstm --epochs 10 --lr 3e-4 --set reframe=0.5")
     p.add_argument("--threads", type=int, help="TensorFlow CPU threads (default: all cores)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     return p
@@ -96,7 +101,8 @@ def config_from_args(args):
         recipe["augment"] = {}
     return TrainConfig(model=model, params=params, recipe=recipe, seed=args.seed, init_seed=args.init_seed,
                        val_fraction=args.val_fraction, fraction=args.fraction, progress=not args.quiet,
-                       teacher=str(args.teacher) if args.teacher else None)
+                       teacher=str(args.teacher) if args.teacher else None,
+                       init=str(args.init) if args.init else None)
 
 
 def main(argv=None) -> int:

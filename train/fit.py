@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import io
+import os
 import platform
 import sys
 import time
@@ -39,6 +40,7 @@ class TrainConfig:
     progress: bool = True
     saliency_per_class: int = 2  # correct and wrong examples per class in saliency.png
     teacher: str | None = None  # soft-label file from python -m train.distill (knowledge distillation)
+    init: str | None = None  # a run folder of the same model and params whose weights training starts from
 
     @property
     def weights_seed(self) -> int:
@@ -56,6 +58,10 @@ class TrainConfig:
         if unknown:
             raise ValueError(f"unknown training settings {sorted(unknown)}")
         recipe = replace(entry.recipe, **self.recipe)
+        check_recipe_numbers(recipe)
+        if not 0.0 <= float(self.val_fraction) <= 0.5 or not 0.0 < float(self.fraction) <= 1.0:
+            raise ValueError(f"--val-fraction must be in [0, 0.5] and --fraction in (0, 1], "
+                             f"not {self.val_fraction!r} / {self.fraction!r}")
         resolve_precision(recipe.precision)
         if not 0.0 <= float(recipe.ema) < 1.0:
             raise ValueError(f"ema must be in [0, 1) (0 = off), not {recipe.ema!r}")
@@ -63,6 +69,8 @@ class TrainConfig:
             raise ValueError(f"mixup must be an alpha >= 0 (0 = off), not {recipe.mixup!r}")
         if not float(recipe.time_budget_min) >= 0.0:
             raise ValueError(f"the time budget must be minutes >= 0 (0 = off), not {recipe.time_budget_min!r}")
+        if not 0.0 <= float(recipe.reframe) <= 1.0:
+            raise ValueError(f"reframe must be a share in [0, 1] (0 = off), not {recipe.reframe!r}")
         if not 0.0 <= float(recipe.distill) <= 1.0:
             raise ValueError(f"distill must be a weight in [0, 1], not {recipe.distill!r}")
         if self.teacher and not Path(self.teacher).is_file():
@@ -75,8 +83,25 @@ class TrainConfig:
             raise ValueError("schedule=plateau needs a validation split: use schedule=cosine with --val-fraction 0")
         if "stem" in params:
             parse_stem(params["stem"])  # a bad stem spec fails here, before the data is loaded
+        if self.init:
+            init_run(self.init, self.model, params)
         spec = replace(entry.preprocessing, size=int(params.get("size", entry.preprocessing.size)))
         return params, recipe, spec
+
+
+# Every number of a recipe, bounded (NaN and inf fail too): (type, low, high), inclusive.
+RECIPE_BOUNDS = {"epochs": (int, 1, 10_000), "batch_size": (int, 1, 65_536), "lr": (float, 1e-8, 10.0),
+                 "label_smoothing": (float, 0.0, 0.99), "weight_decay": (float, 0.0, 1.0),
+                 "patience": (int, 1, 10_000), "time_budget_min": (float, 0.0, 100_000.0)}
+
+
+def check_recipe_numbers(recipe: Recipe) -> None:
+    for key, (kind, lo, hi) in RECIPE_BOUNDS.items():
+        v = getattr(recipe, key)
+        ok = isinstance(v, (int, float)) and not isinstance(v, bool) and (kind is float or float(v).is_integer())
+        if not ok or not lo <= float(v) <= hi:  # also refuses NaN and inf
+            raise ValueError(f"{key} must be {'an integer' if kind is int else 'a number'} in [{lo:g}, {hi:g}], "
+                             f"not {v!r}")
 
 
 PRECISIONS = ("float32", "mixed_bfloat16", "auto")
@@ -133,8 +158,24 @@ def class_weights(labels: np.ndarray, mode: str) -> np.ndarray:
     return w / (w[labels].mean())
 
 
-def _datasets(data: Dataset, spec: PreprocessSpec, recipe: Recipe, seed: int, y_train: np.ndarray | None = None):
-    """(train, val, steps per epoch); ``y_train`` replaces the one-hot targets (distillation)."""
+def init_run(run_dir, model: str, params: dict) -> Path:
+    """The model file of a run to start from, checked: same model and params, sha256 as recorded."""
+    from edge_runtime.manifest import ManifestError, read_manifest, verify_file
+    try:
+        m = read_manifest(run_dir)
+        if m.get("kind") != "run" or m.get("model") != model or m.get("params") != params:
+            raise ValueError(f"--init {run_dir} is not a {model} run with these parameters")
+        path = Path(run_dir) / m["model_file"]
+        verify_file(path, m["model_sha256"])
+    except (ManifestError, KeyError, TypeError) as e:
+        raise ValueError(f"--init {run_dir}: {e}") from None
+    return path
+
+
+def _datasets(data: Dataset, spec: PreprocessSpec, recipe: Recipe, seed: int, y_train: np.ndarray | None = None,
+              x_device: np.ndarray | None = None):
+    """(train, val, steps per epoch); ``y_train`` replaces the one-hot targets (distillation);
+    ``x_device``: the training faces in the device's framing, shown instead with odds ``recipe.reframe``."""
     import tensorflow as tf
     from .augment import augment_batch, check_config, mixup_batch
 
@@ -143,20 +184,25 @@ def _datasets(data: Dataset, spec: PreprocessSpec, recipe: Recipe, seed: int, y_
     if y_train is None:
         y_train = np.eye(NUM_CLASSES, dtype=np.float32)[data.train.labels]
     w_train = class_weights(data.train.labels, recipe.class_weight).astype(np.float32)[data.train.labels]
-    ds = tf.data.Dataset.from_tensor_slices((x_train, y_train, w_train))
+    share = float(recipe.reframe) if x_device is not None else 0.0
+    slices = (x_train, y_train, w_train) + ((scale_pixels(x_device, spec),) if share else ())
+    ds = tf.data.Dataset.from_tensor_slices(slices)
     ds = ds.shuffle(len(x_train), seed=seed, reshuffle_each_iteration=True).repeat()
     ds = ds.batch(recipe.batch_size, drop_remainder=True)
     alpha = float(recipe.mixup)
 
     def perturb(batch, s):
-        x, y, w = batch
+        x, y, w = batch[:3]
+        if share:
+            pick = tf.random.stateless_uniform([tf.shape(x)[0], 1, 1, 1], seed=tf.stack([s, tf.constant(31, tf.int64)]))
+            x = tf.where(pick < share, batch[3], x)
         if aug:
             x = augment_batch(x, s, aug)
         if alpha:
             x, y, w = mixup_batch(x, y, w, s, alpha)
         return x, y, w
 
-    if aug or alpha:
+    if aug or alpha or share:
         seeds = tf.data.Dataset.random(seed=seed)
         ds = tf.data.Dataset.zip((ds, seeds)).map(perturb, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     ds = ds.prefetch(tf.data.AUTOTUNE)
@@ -303,13 +349,48 @@ def _pick_saliency(y_true, y_pred, per_class: int, seed: int) -> list[int]:
     return picks
 
 
+@contextmanager
+def staged_run_folder(out_dir):
+    """Yield a hidden sibling folder to write the run into; on success it replaces ``out_dir`` whole,
+    so an existing run's model.keras and manifest are never mixed with a new one's (an interrupted
+    or failed run leaves the old folder as it was)."""
+    import shutil
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    for stale in out_dir.parent.glob(f".{out_dir.name}.training-*"):
+        try:
+            os.kill(int(stale.name.rsplit("-", 1)[1]), 0)  # another training still writes there
+        except (ValueError, ProcessLookupError):
+            shutil.rmtree(stale, ignore_errors=True)
+        except PermissionError:
+            pass
+    work = out_dir.parent / f".{out_dir.name}.training-{os.getpid()}"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir()
+    try:
+        yield work
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    old = out_dir.parent / f".{out_dir.name}.replaced-{os.getpid()}"
+    if out_dir.exists():
+        os.replace(out_dir, old)
+    os.replace(work, out_dir)
+    shutil.rmtree(old, ignore_errors=True)
+
+
 def train_run(cfg: TrainConfig, data_root, out_dir) -> dict:
-    """Train, evaluate on the test split once, write the run folder; returns the manifest."""
+    """Train, evaluate on the test split once, write the run folder (whole, when done); -> the manifest."""
+    params, recipe, spec = cfg.resolved()
+    with staged_run_folder(out_dir) as work:
+        print(f"writing the run to {work} until it is complete, then to {out_dir}")
+        manifest = _train_into(cfg, params, recipe, spec, data_root, work)
+    return manifest
+
+
+def _train_into(cfg: TrainConfig, params: dict, recipe: Recipe, spec: PreprocessSpec, data_root, out_dir: Path) -> dict:
     import keras
 
-    params, recipe, spec = cfg.resolved()
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     keras.utils.set_random_seed(cfg.weights_seed)
 
     data = load_dataset(data_root, spec, cfg.val_fraction, cfg.seed, cfg.fraction, cfg.progress)
@@ -328,10 +409,20 @@ def train_run(cfg: TrainConfig, data_root, out_dir) -> dict:
         teacher = {"file": str(Path(cfg.teacher).resolve()), "sha256": sha, "weight": recipe.distill,
                    "teachers": tmeta["teachers"], "ensemble_train_accuracy": tmeta["ensemble_train_accuracy"]}
 
+    x_device, reframed = None, None
+    if recipe.reframe:
+        from .reframe import reframe_split
+        x_device, found = reframe_split(data.train, spec, seed=cfg.weights_seed, progress=cfg.progress)
+        reframed = {"share": recipe.reframe, "detector": "yunet", "found": int(found.sum()), "faces": len(found)}
+        print(f"device framing: the detector found {found.mean():.1%} of {len(found):,} training faces; "
+              f"{recipe.reframe:.0%} of faces per step are shown that way")
+
     precision = resolve_precision(recipe.precision)
     with dtype_policy(precision):
         model = build(cfg.model, params)
-        train_ds, val_ds, steps = _datasets(data, spec, recipe, cfg.weights_seed, y_train)
+        if cfg.init:
+            model.set_weights(keras.models.load_model(init_run(cfg.init, cfg.model, params), compile=False).get_weights())
+        train_ds, val_ds, steps = _datasets(data, spec, recipe, cfg.weights_seed, y_train, x_device)
         schedule = None  # the recipe's, unless a time budget needs one whose end can move
         if recipe.time_budget_min and recipe.schedule == "cosine":
             from .budget import stretchable_cosine
@@ -382,9 +473,19 @@ def train_run(cfg: TrainConfig, data_root, out_dir) -> dict:
     train_seconds = fit_seconds + (bn["seconds"] if bn else 0.0)
     run = {"model": cfg.model, "params": params, "recipe": asdict(recipe), "precision": precision,
            "seed": cfg.seed, "init_seed": cfg.weights_seed, "fraction": cfg.fraction, "teacher": teacher,
+           "init": _init_facts(cfg.init), "reframe": reframed,
            "saliency_per_class": cfg.saliency_per_class}
     return finish_run(model, run, data, spec, summary, history, train_seconds, bn, out_dir,
                       extra={"time_budget": budget.report()} if budget else None)
+
+
+def _init_facts(run_dir) -> dict | None:
+    if not run_dir:
+        return None
+    from edge_runtime.manifest import read_manifest
+    m = read_manifest(run_dir)
+    return {"run": str(Path(run_dir).resolve()), "model_sha256": m["model_sha256"],
+            "test_accuracy": m["metrics"]["test"]["accuracy"]}
 
 
 def recalibrate(model, data: Dataset, spec: PreprocessSpec, progress: bool = False) -> dict | None:
@@ -462,6 +563,8 @@ def finish_run(model, run: dict, data: Dataset, spec: PreprocessSpec, summary: d
                     "test_weighted_f1": float(report["weighted avg"]["f1-score"])},
         "bn_recalibration": bn,  # None when off or the model has no BatchNorm
         "teacher": run["teacher"],  # None unless distilled: the soft-label file and the runs it came from
+        "init": run.get("init"),  # None unless fine-tuned: the run whose weights training started from
+        "reframe": run.get("reframe"),  # None unless trained on faces in the device's framing
         "train_seconds": round(train_seconds, 1),  # fit + BatchNorm re-estimation
         "versions": package_versions(),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),

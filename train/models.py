@@ -39,6 +39,9 @@ class Recipe:
     # minutes that fitting + re-estimation may take (train/budget.py): the epochs that fit are planned
     # from the first ones, at most `epochs`; 0 = off (train for `epochs`)
     time_budget_min: float = 0.0
+    # share of training faces shown at each step as the device frames them (detector box + calibrated
+    # crop, train/reframe.py) instead of FER2013's framing; 0 = off
+    reframe: float = 0.0
     augment: dict = field(default_factory=lambda: {"flip": True, "shear_deg": 0.2, "zoom": 0.2})
 
 

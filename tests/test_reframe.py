@@ -1,0 +1,101 @@
+"""Training in the device's framing (train/reframe.py), fine-tuning from a run (--init), and run
+folders written whole: real FER faces, the packaged YuNet, real TensorFlow training."""
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from edge_runtime.manifest import read_manifest, sha256_file
+from edge_runtime.preprocess import PreprocessSpec
+from train.data import load_dataset
+
+from .conftest import REPO, TINY_EXPORT_FRACTION
+
+
+def snapshot(folder):
+    return {p.name: sha256_file(p) for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+def test_reframed_faces_are_the_daemons_crop_of_the_same_face(shared_root):
+    from train.reframe import reframe_split
+    spec = PreprocessSpec()
+    train = load_dataset(shared_root, spec, val_fraction=0, fraction=0.005, progress=False).train.take(range(60))
+    images, found = reframe_split(train, spec, seed=3, progress=False)
+    assert images.shape == train.images.shape and images.dtype == np.uint8
+    assert found.mean() >= 0.85  # YuNet finds most 64-200 px FER faces (the pipeline benchmark: ~95 %)
+    assert (images[~found] == train.images[~found]).all()  # a missed face keeps its FER framing
+    def corr(a, b):
+        return np.median([np.corrcoef(x.ravel().astype(float), y.ravel().astype(float))[0, 1] for x, y in zip(a, b)])
+    same, other = corr(images[found], train.images[found]), corr(images[found], np.roll(train.images[found], 1, 0))
+    assert same > 0.4 and same - other > 0.3  # the same face, framed a little differently (here 0.56 vs 0.04)
+    assert not all((a == b).all() for a, b in zip(images[found], train.images[found]))
+    again, _ = reframe_split(train, spec, seed=3, progress=False)  # from the cache, identical
+    assert (again == images).all()
+
+
+@pytest.mark.slow
+def test_fine_tune_in_device_framing_replaces_an_existing_run_whole(tiny_run, shared_root, tmp_path):
+    import shutil
+    out = shutil.copytree(tiny_run, tmp_path / "ft")
+    (out / "stray.txt").write_text("from the old run")
+    r = subprocess.run([sys.executable, "-m", "train", "--data", str(shared_root), "--init", str(tiny_run),
+                        "--epochs", "1", "--lr", "3e-4", "--set", "reframe=0.5", "--val-fraction", "0",
+                        "--fraction", str(TINY_EXPORT_FRACTION), "--quiet", "--out", str(out)],
+                       capture_output=True, text=True, cwd=REPO, timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "device framing: the detector found" in r.stdout
+    m = read_manifest(out)
+    assert m["init"]["model_sha256"] == read_manifest(tiny_run)["model_sha256"]
+    assert m["reframe"]["share"] == 0.5 and m["reframe"]["found"] >= 0.85 * m["reframe"]["faces"]
+    assert m["model_sha256"] == sha256_file(out / "model.keras")
+    assert not (out / "stray.txt").exists()  # the folder is the new run's, whole
+    assert not list(tmp_path.glob(".ft.*"))  # no staging or replaced folder left
+
+
+def test_init_must_be_a_run_of_the_same_model_and_params(tiny_run, tmp_path):
+    from train.fit import TrainConfig
+    with pytest.raises(ValueError, match="is not a cbilstm run with these parameters"):
+        TrainConfig(model="cbilstm", params={"lstm_units": 32}, init=str(tiny_run)).resolved()
+    with pytest.raises(ValueError, match="--init"):
+        TrainConfig(model="cbilstm", init=str(tmp_path)).resolved()
+    with pytest.raises(ValueError, match="reframe must be a share"):
+        TrainConfig(model="cbilstm", recipe={"reframe": 1.5}).resolved()
+
+
+@pytest.mark.parametrize("flag,value,message", [("--lr", "nan", "lr must be a number"),
+                                                ("--lr", "-1", "lr must be a number"),
+                                                ("--epochs", "0", "epochs must be an integer"),
+                                                ("--batch-size", "0", "batch_size must be an integer"),
+                                                ("--val-fraction", "0.9", "--val-fraction must be in"),
+                                                ("--fraction", "0", "--fraction in")])
+def test_training_numbers_are_bounded_one_line_exit_2(flag, value, message, tmp_path):
+    r = subprocess.run([sys.executable, "-m", "train", flag, value, "--out", str(tmp_path / "x")],
+                       capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and message in r.stderr, r.stderr
+    assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.slow
+def test_an_interrupted_training_leaves_the_previous_run_as_it_was(tiny_run, shared_root, tmp_path):
+    import shutil
+    out = shutil.copytree(tiny_run, tmp_path / "prev")
+    before = snapshot(out)
+    proc = subprocess.Popen([sys.executable, "-m", "train", "--data", str(shared_root), "--epochs", "30",
+                             "--fraction", str(TINY_EXPORT_FRACTION), "--quiet", "--out", str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=REPO)
+    deadline = time.time() + 300
+    for line in proc.stdout:  # wait until epochs are being written into the staging folder
+        if line.startswith("training cbilstm"):
+            break
+        assert time.time() < deadline
+    time.sleep(3)
+    proc.send_signal(signal.SIGTERM)
+    proc.communicate(timeout=60)
+    assert proc.returncode != 0
+    assert snapshot(out) == before
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["model_sha256"] == sha256_file(out / "model.keras")
