@@ -26,6 +26,8 @@ DEFAULTS: dict[str, dict] = {
         "realtime": "auto",       # auto: cameras/streams drop stale frames, files are read in full
         "width": 0, "height": 0, "fps": 0.0,  # camera capture request; 0 = driver default
         "reconnect_max_s": 30.0,  # backoff cap when the source is lost
+        "stall_s": 5.0,           # a live source with no new frame for this long is stalled: health degraded,
+                                  # and a stream read gives up and reconnects
     },
     "detector": {
         "type": "yunet",          # yunet (shipped model, 5 landmarks) | haar
@@ -49,7 +51,8 @@ DEFAULTS: dict[str, dict] = {
         "appearance": 0.5,        # min thumbnail correlation for a detection to continue a track (-1 = off)
     },
     "events": {"path": "-", "every": 1},  # JSON Lines file or "-" (stdout); `update` every N frames
-    "http": {"bind": "", "token": "", "stream": True},
+    # timeout_s: a client that sends no complete request (or stops reading) for this long is dropped
+    "http": {"bind": "", "token": "", "stream": True, "timeout_s": 10.0, "max_clients": 32},
     "mqtt": {"host": "", "port": 1883, "prefix": "fer-edge", "client_id": "", "stats_interval_s": 10.0},
     "run": {"max_frames": 0, "log_level": "info"},
 }
@@ -118,7 +121,8 @@ def load_toml(path: str | Path) -> dict:
 # Every number a file or flag can set, bounded (inclusive); NaN fails every bound.
 BOUNDS = {
     ("source", "width"): (0, 8192), ("source", "height"): (0, 8192), ("source", "fps"): (0.0, 1000.0),
-    ("source", "reconnect_max_s"): (0.1, 3600.0),
+    ("source", "reconnect_max_s"): (0.1, 3600.0), ("source", "stall_s"): (0.5, 3600.0),
+    ("http", "timeout_s"): (0.5, 3600.0), ("http", "max_clients"): (1, 1024),
     ("detector", "size"): (0, 4096), ("detector", "min_size"): (1, 4096), ("detector", "max_faces"): (1, 256),
     ("crop", "scale"): (0.3, 3.0), ("crop", "dx"): (-1.0, 1.0), ("crop", "dy"): (-1.0, 1.0),
     ("tracker", "iou"): (0.01, 1.0), ("tracker", "max_missed"): (0, 10_000), ("tracker", "appearance"): (-1.0, 1.0),
@@ -149,6 +153,9 @@ def check(cfg: dict) -> dict:
         raise ConfigError("detector.score must be in (0, 1)")
     if not 0.0 <= cfg["tracker"]["smoothing"] < 1.0:
         raise ConfigError("tracker.smoothing must be in [0, 1)")
+    prefix = cfg["mqtt"]["prefix"]
+    if not prefix.strip("/") or any(c in prefix for c in "+#\0") or len(prefix) > 200:
+        raise ConfigError(f"mqtt.prefix {prefix!r} must be a topic without wildcards (+, #), 1-200 characters")
     bind = cfg["http"]["bind"]
     if bind:
         host, _, port = bind.rpartition(":")

@@ -55,7 +55,10 @@ class Daemon:
         log.info("model %s (%s, sha256 %s…) on %s, %d thread(s); detector %s at %d px, crop %s",
                  er.artifact, er.backend.precision, er.backend.sha256[:12], er.backend.runtime, m["threads"],
                  er.detector.name, er.detector_size, er.crop)
-        self.sinks = [JsonlSink(cfg["events"]["path"])]
+        self.exit_code, self.exit_reason = 0, ""
+        self._reopen = threading.Event()
+        self._sink_warned: dict[str, float] = {}
+        self.sinks = [JsonlSink(cfg["events"]["path"], self.stats, on_closed=self._output_closed)]
         self._last_view = None  # (frame index, image, tracks) for /stream.mjpg, encoded on demand
         self._jpeg_cache = (None, None)
         self.http = None
@@ -66,13 +69,28 @@ class Daemon:
         if cfg["http"]["bind"]:
             from .http import HttpServer
             h = cfg["http"]
-            self.http = HttpServer(h["bind"], self.stats, h["token"], self.jpeg if h["stream"] else None)
+            self.http = HttpServer(h["bind"], self.stats, h["token"], self.jpeg if h["stream"] else None,
+                                   h["timeout_s"], h["max_clients"])
         self.capture = Capture(str(src["uri"]), self.stats, src["loop"], src["realtime"], src["width"],
-                               src["height"], src["fps"], src["reconnect_max_s"])
+                               src["height"], src["fps"], src["reconnect_max_s"], stall_s=src["stall_s"])
 
     # --- the loop ------------------------------------------------------------------------------
     def stop(self, *_):
         """Signal-safe: ask the loop to finish the frame in flight and shut down."""
+        self.stop_event.set()
+
+    def request_reopen(self, *_):
+        """Signal-safe (SIGHUP): reopen the events file before the next frame (log rotation)."""
+        self._reopen.set()
+
+    def _output_closed(self, reason: str):
+        """stdout's reader went away. With MQTT or HTTP still serving, carry on degraded; with no
+        output left, stop (exit 1: a new process under a new reader can work, so systemd may restart)."""
+        if len(self.sinks) > 1 or self.http:
+            self.stats.fault("events", reason)
+            log.warning("%s; MQTT/HTTP go on", reason)
+            return
+        self.exit_code, self.exit_reason = 1, reason
         self.stop_event.set()
 
     def run(self) -> int:
@@ -82,6 +100,11 @@ class Daemon:
         done, code = 0, 0
         try:
             while not self.stop_event.is_set():
+                if self._reopen.is_set():
+                    self._reopen.clear()
+                    for sink in self.sinks:
+                        if isinstance(sink, JsonlSink):
+                            sink.reopen()
                 frame = self.capture.get(0.1)
                 if frame is None and self.capture.ended.is_set():
                     frame = self.capture.get(0)  # the last frame may land just before `ended`
@@ -93,6 +116,7 @@ class Daemon:
                             log.info("end of source after %d frames", done)
                         break
                 if frame is None:
+                    self.capture.check_stall()
                     continue
                 self.process(frame)
                 done += 1
@@ -100,6 +124,9 @@ class Daemon:
                     break
         finally:
             self.shutdown()
+        if self.exit_code:
+            print(f"edge_runtime: error: {self.exit_reason}", file=sys.stderr)
+            return self.exit_code
         return code
 
     def process(self, frame) -> list[dict]:
@@ -134,9 +161,19 @@ class Daemon:
             self.stats.record_event(ev)
             if kind != "update" or index % every == 0:
                 for s in self.sinks:
-                    s.emit(ev)
+                    try:
+                        s.emit(ev)
+                    except Exception as e:  # one failing sink must not stop the frame or the others
+                        self._sink_failed(s, e)
             events.append(ev)
         return events
+
+    def _sink_failed(self, sink, e: Exception):
+        self.stats.inc("sink_errors")
+        name, now = type(sink).__name__, time.monotonic()
+        if now - self._sink_warned.get(name, -1e9) > 60:  # once a minute per sink, not per event
+            self._sink_warned[name] = now
+            log.warning("%s failed: %s", name, e)
 
     def shutdown(self):
         """Stop capture, close tracks (end events), flush sinks, publish offline, stop HTTP."""

@@ -1,7 +1,8 @@
 """HTTP (standard library): /healthz, /metrics (Prometheus), /latest, /stream.mjpg.
 
 Binds loopback unless told otherwise; a non-loopback bind needs a token (checked at config time)
-and every request must then carry ``Authorization: Bearer <token>``.
+and every request must then carry ``Authorization: Bearer <token>``. Slow or idle clients are
+dropped after ``timeout_s``, and at most ``max_clients`` connections are served at once.
 """
 from __future__ import annotations
 
@@ -61,18 +62,45 @@ class _Handler(BaseHTTPRequestHandler):
                     self.wfile.write(b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: "
                                      + str(len(jpg)).encode() + b"\r\n\r\n" + jpg + b"\r\n")
                 time.sleep(0.05)
-        except (BrokenPipeError, ConnectionResetError):
+        except (BrokenPipeError, ConnectionResetError, TimeoutError):
             pass
 
 
+class _BoundedServer(ThreadingHTTPServer):
+    """At most ``max_clients`` connections at once; one more is closed at once and counted."""
+    daemon_threads = True
+    request_queue_size = 128  # the listen backlog: a burst of clients is accepted (and refused) at once
+
+    def __init__(self, address, handler, stats, max_clients: int):
+        self.stats, self.slots = stats, threading.BoundedSemaphore(max_clients)
+        super().__init__(address, handler)
+
+    def process_request(self, request, client_address):
+        if not self.slots.acquire(blocking=False):
+            self.stats.inc("http_refused")
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except Exception:
+            self.slots.release()
+            raise
+
+    def process_request_thread(self, request, client_address):
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self.slots.release()
+
+
 class HttpServer:
-    def __init__(self, bind: str, stats, token: str = "", jpeg=None):
+    def __init__(self, bind: str, stats, token: str = "", jpeg=None, timeout_s: float = 10.0, max_clients: int = 32):
         host, _, port = bind.rpartition(":")
         self.stats, self.token, self.jpeg = stats, token, jpeg
         self.stopping = threading.Event()
-        handler = type("Handler", (_Handler,), {"app": self})
-        self.httpd = ThreadingHTTPServer((host.strip("[]"), int(port)), handler)
-        self.httpd.daemon_threads = True
+        # timeout: a client that sends no complete request (or stops reading) within it is dropped
+        handler = type("Handler", (_Handler,), {"app": self, "timeout": timeout_s})
+        self.httpd = _BoundedServer((host.strip("[]"), int(port)), handler, stats, max_clients)
         self.address = "%s:%d" % self.httpd.server_address[:2]
         self._thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.1},
                                         name="http", daemon=True)

@@ -63,11 +63,17 @@ class ImageFolder:
         pass
 
 
-def open_source(uri: str, width: int = 0, height: int = 0, fps: float = 0.0):
-    """An opened capture object (may report not isOpened()); never raises for a missing device."""
+def open_source(uri: str, width: int = 0, height: int = 0, fps: float = 0.0, timeout_s: float = 5.0):
+    """An opened capture object (may report not isOpened()); never raises for a missing device.
+    A stream's open and each read give up after ``timeout_s`` (a server that stalls with its
+    connection open would otherwise block the read for ever)."""
     kind = source_kind(uri)
     if kind == "dir":
         return ImageFolder(uri)
+    if kind == "stream":
+        ms = int(timeout_s * 1000)
+        return cv2.VideoCapture(uri, cv2.CAP_FFMPEG, [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, ms,
+                                                     cv2.CAP_PROP_READ_TIMEOUT_MSEC, ms])
     cap = cv2.VideoCapture(int(uri) if uri.isdigit() else uri)
     if kind == "camera" and cap.isOpened():
         for prop, v in ((cv2.CAP_PROP_FRAME_WIDTH, width), (cv2.CAP_PROP_FRAME_HEIGHT, height),
@@ -85,14 +91,17 @@ class Capture(threading.Thread):
     """Reads frames into a one-slot mailbox; ``get()`` hands the newest one to the pipeline."""
 
     def __init__(self, uri: str, stats, loop: bool = False, realtime: str = "auto", width: int = 0,
-                 height: int = 0, fps: float = 0.0, reconnect_max_s: float = 30.0, opener=open_source):
+                 height: int = 0, fps: float = 0.0, reconnect_max_s: float = 30.0, opener=open_source,
+                 stall_s: float = 5.0):
         super().__init__(name="capture", daemon=True)
         self.uri, self.stats, self.loop = uri, stats, loop
         self.kind = source_kind(uri)
         self.realtime = self.kind in ("camera", "stream") if realtime == "auto" else realtime == "true"
         self.size_fps = (width, height, fps)
-        self.reconnect_max_s = reconnect_max_s
+        self.reconnect_max_s, self.stall_s = reconnect_max_s, stall_s
         self.opener = opener
+        self.last_frame_t = time.monotonic()  # when the source last gave a frame (or started)
+        self._stalled = False
         self.stop_event = threading.Event()
         self.ended = threading.Event()  # the file/folder ran out and we do not loop
         self.error = ""  # why a file can never give frames (set with `ended`)
@@ -116,8 +125,22 @@ class Capture(threading.Thread):
             self._cond.notify_all()
 
     # --- producer side -------------------------------------------------------------------
+    def check_stall(self) -> bool:
+        """Called by the consumer while it waits: a live source silent for ``stall_s`` degrades health."""
+        silent = time.monotonic() - self.last_frame_t
+        if self.kind in ("camera", "stream") and silent > self.stall_s and not self._stalled:
+            self._stalled = True
+            self.stats.fault("source", f"source stalled: no frame for {silent:.0f} s")
+            log.warning("source %s stalled: no frame for %.1f s", self.uri, silent)
+        return self._stalled
+
     def _put(self, image: np.ndarray):
         index, self._index = self._index, self._index + 1
+        self.last_frame_t = time.monotonic()
+        if self._stalled:
+            self._stalled = False
+            self.stats.fault("source", None)
+            log.info("source %s delivers frames again", self.uri)
         self.stats.inc("frames_read")
         with self._cond:
             if self.realtime:
@@ -141,7 +164,7 @@ class Capture(threading.Thread):
     def run(self):
         attempt = 0
         while not self.stop_event.is_set():
-            cap = self.opener(self.uri, *self.size_fps)
+            cap = self.opener(self.uri, *self.size_fps, self.stall_s)
             if not cap.isOpened():
                 cap.release()
                 if self._never_works(f"{self.uri} is not a video OpenCV can read"):

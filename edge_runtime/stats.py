@@ -9,7 +9,7 @@ import time
 BUCKETS_MS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000)
 STAGES = ("capture_age", "detect", "preprocess", "classify", "postprocess", "total")
 COUNTERS = ("frames_read", "frames_processed", "frames_dropped", "faces", "events", "reconnects",
-            "source_errors")
+            "source_errors", "sink_errors", "http_refused")
 
 
 def rss_bytes() -> int:
@@ -43,7 +43,8 @@ class Stats:
         self.started = time.time()
         self.counters = dict.fromkeys(COUNTERS, 0)
         self.latency = {s: Histogram() for s in STAGES}
-        self.status, self.reason = "starting", ""
+        self.status, self.reason = "starting", ""  # the source's health
+        self.faults: dict[str, str] = {}  # other parts' problems (a sink, a stalled source): each degrades health
         self.info: dict[str, str] = {}  # backend, artifact, sha256, runtime, detector, source
         self.latest: dict[int, dict] = {}  # track id -> its last event
         self.tracks_active = 0
@@ -61,6 +62,23 @@ class Stats:
         with self._lock:
             self.status, self.reason = status, reason
 
+    def fault(self, part: str, reason: str | None) -> None:
+        """Report (reason) or clear (None) a problem of one part; any open fault degrades health."""
+        with self._lock:
+            if reason:
+                self.faults[part] = reason
+            else:
+                self.faults.pop(part, None)
+
+    def health(self) -> tuple[str, str]:
+        with self._lock:
+            return self._health()
+
+    def _health(self) -> tuple[str, str]:
+        if self.faults and self.status == "ok":
+            return "degraded", "; ".join(self.faults.values())
+        return self.status, "; ".join([self.reason] * bool(self.reason) + list(self.faults.values()))
+
     def record_event(self, event: dict):
         with self._lock:
             self.counters["events"] += 1
@@ -73,8 +91,9 @@ class Stats:
         """A JSON-ready copy (MQTT stats, /healthz)."""
         with self._lock:
             up = time.time() - self.started
+            status, reason = self._health()
             return {
-                "status": self.status, "reason": self.reason, "uptime_s": round(up, 1),
+                "status": status, "reason": reason, "uptime_s": round(up, 1),
                 **self.counters, "tracks_active": self.tracks_active,
                 "fps": round(self.counters["frames_processed"] / up, 2) if up > 0 else 0.0,
                 "latency_ms_mean": {s: round(h.mean(), 3) for s, h in self.latency.items()},
@@ -91,7 +110,7 @@ class Stats:
             for name, v in self.counters.items():
                 lines += [f"# TYPE edge_{name}_total counter", f"edge_{name}_total {v}"]
             lines += ["# TYPE edge_tracks_active gauge", f"edge_tracks_active {self.tracks_active}",
-                      "# TYPE edge_healthy gauge", f"edge_healthy {int(self.status == 'ok')}",
+                      "# TYPE edge_healthy gauge", f"edge_healthy {int(self._health()[0] == 'ok')}",
                       "# TYPE edge_stage_latency_seconds histogram"]
             for stage, h in self.latency.items():
                 cum = 0
