@@ -76,11 +76,16 @@ def make_soft_labels(teachers: list[Path], out: Path, data_root=None, fraction: 
     mean = np.mean(probs, axis=0)
     meta = {"format": FORMAT, "labels": list(LABELS), "teachers": infos, "mirror_averaged": True,
             "faces": len(files), "ensemble_train_accuracy": float(np.mean(mean.argmax(1) == labels))}
-    buf = io.BytesIO()
-    np.savez_compressed(buf, files=np.array(files), labels=labels, probs=mean.astype(np.float16),
-                        meta=np.array(json.dumps(meta)))
-    atomic_write_bytes(out, buf.getvalue())
+    write_labels(out, files, labels, mean, meta)
     return meta
+
+
+def write_labels(path: Path, files: list[str], labels: np.ndarray, probs: np.ndarray, meta: dict) -> None:
+    """One npz (files, labels, float16 probabilities, JSON meta), written atomically."""
+    buf = io.BytesIO()
+    np.savez_compressed(buf, files=np.array(files), labels=labels, probs=probs.astype(np.float16),
+                        meta=np.array(json.dumps(meta)))
+    atomic_write_bytes(path, buf.getvalue())
 
 
 def load_soft_labels(path: Path) -> tuple[dict[str, np.ndarray], dict, str]:

@@ -41,6 +41,7 @@ class TrainConfig:
     saliency_per_class: int = 2  # correct and wrong examples per class in saliency.png
     teacher: str | None = None  # soft-label file from python -m train.distill (knowledge distillation)
     init: str | None = None  # a run folder of the same model and params whose weights training starts from
+    holdout: tuple | None = None  # (k, fold, fold_seed): train without that fold of the training split (train/kfold.py)
 
     @property
     def weights_seed(self) -> int:
@@ -394,6 +395,11 @@ def _train_into(cfg: TrainConfig, params: dict, recipe: Recipe, spec: Preprocess
     keras.utils.set_random_seed(cfg.weights_seed)
 
     data = load_dataset(data_root, spec, cfg.val_fraction, cfg.seed, cfg.fraction, cfg.progress)
+    if cfg.holdout:
+        from .kfold import fold_of
+        k, fold, fold_seed = cfg.holdout
+        data.train = data.train.take(np.flatnonzero(fold_of(data.train.labels, k, fold_seed) != fold))
+        print(f"out-of-fold teacher: fold {fold} of {k} held out; training on the other {len(data.train):,} faces")
     summary = data.summary()
     atomic_write_json(out_dir / "data_report.json", summary)
     n_skipped = sum(len(v) for v in summary["skipped"].values())
@@ -474,6 +480,7 @@ def _train_into(cfg: TrainConfig, params: dict, recipe: Recipe, spec: Preprocess
     run = {"model": cfg.model, "params": params, "recipe": asdict(recipe), "precision": precision,
            "seed": cfg.seed, "init_seed": cfg.weights_seed, "fraction": cfg.fraction, "teacher": teacher,
            "init": _init_facts(cfg.init), "reframe": reframed,
+           "holdout": dict(zip(("k", "fold", "fold_seed"), cfg.holdout)) if cfg.holdout else None,
            "saliency_per_class": cfg.saliency_per_class}
     return finish_run(model, run, data, spec, summary, history, train_seconds, bn, out_dir,
                       extra={"time_budget": budget.report()} if budget else None)
@@ -565,6 +572,7 @@ def finish_run(model, run: dict, data: Dataset, spec: PreprocessSpec, summary: d
         "teacher": run["teacher"],  # None unless distilled: the soft-label file and the runs it came from
         "init": run.get("init"),  # None unless fine-tuned: the run whose weights training started from
         "reframe": run.get("reframe"),  # None unless trained on faces in the device's framing
+        "holdout": run.get("holdout"),  # None unless an out-of-fold teacher: the fold it never saw
         "train_seconds": round(train_seconds, 1),  # fit + BatchNorm re-estimation
         "versions": package_versions(),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),

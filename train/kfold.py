@@ -1,0 +1,187 @@
+"""Out-of-fold soft labels for distillation: ``python -m train.kfold teach|assemble``.
+
+The validation split ``python -m train`` carves stays out of everything. The rest of ``train/`` is
+cut into k stratified folds. Teacher i trains on the other k-1 folds and labels only fold i (each
+face and its mirror image, averaged), so every training face gets a soft label from a model that
+never saw it: a teacher that labels its own training faces passes on its memorised mistakes.
+
+Each fold's labels are one small file (``models/kfold/k4-fold0.npz``: float16 probabilities, file
+names, and the teacher's facts: model sha256, split hashes, validation score), committed as it
+finishes, so the teachers can be trained across sessions. ``assemble`` checks that the folds cover
+the training split exactly once and writes the soft-label file ``python -m train --teacher`` reads.
+
+    python -m train.kfold teach --k 4 --fold 0 --epochs 40    # one teacher (repeat for folds 1..3)
+    python -m train.kfold assemble --k 4 --out runs/kfold-k4.npz
+    python -m train --teacher runs/kfold-k4.npz --out runs/student
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from edge_runtime.labels import LABELS, NUM_CLASSES
+from edge_runtime.manifest import ManifestError, read_manifest
+from edge_runtime.preprocess import PreprocessSpec, scale_pixels
+
+from .data import REPO, DataError, Split, load_dataset
+from .distill import FORMAT, write_labels
+
+FOLD_FORMAT = "fer-kfold-labels/1"
+FOLDS_DIR = REPO / "models" / "kfold"
+FOLD_SEED = 0  # fold membership; the validation split keeps python -m train's own seed
+
+
+def fold_of(labels: np.ndarray, k: int, seed: int = FOLD_SEED) -> np.ndarray:
+    """A fold number in [0, k) per face, stratified: each class is spread evenly over the folds."""
+    if not 2 <= k <= 20:
+        raise ValueError(f"k must be in [2, 20], not {k!r}")
+    rng = np.random.default_rng(seed)
+    out = np.empty(len(labels), np.int64)
+    for c in range(NUM_CLASSES):
+        idx = np.flatnonzero(labels == c)
+        out[idx[rng.permutation(len(idx))]] = np.arange(len(idx)) % k
+    return out
+
+
+def files_hash(files: list[str]) -> str:
+    return hashlib.sha256("\n".join(files).encode()).hexdigest()
+
+
+def fold_file(k: int, fold: int, folder: Path = FOLDS_DIR) -> Path:
+    return Path(folder) / f"k{k}-fold{fold}.npz"
+
+
+def label_fold(run_dir: Path, held: Split, spec: PreprocessSpec) -> np.ndarray:
+    """The teacher's probabilities on its held-out faces (canonical label order), face and mirror averaged."""
+    import keras
+    m = read_manifest(run_dir)
+    model = keras.models.load_model(Path(run_dir) / m["model_file"], compile=False)
+    x = scale_pixels(held.images, spec)
+    return (model.predict(x, batch_size=256, verbose=0) + model.predict(x[:, :, ::-1], batch_size=256, verbose=0)) / 2
+
+
+def read_fold(path: Path) -> tuple[list[str], np.ndarray, np.ndarray, dict]:
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            meta = json.loads(str(z["meta"]))
+            files, labels, probs = z["files"].tolist(), z["labels"], z["probs"].astype(np.float32)
+    except (OSError, KeyError, ValueError) as e:
+        raise DataError(f"{path}: not a fold file of python -m train.kfold ({e})") from e
+    if meta.get("format") != FOLD_FORMAT or probs.shape != (len(files), NUM_CLASSES):
+        raise DataError(f"{path}: not a {FOLD_FORMAT} file")
+    return files, labels, probs, meta
+
+
+def teach(k: int, fold: int, data_root, epochs: int | None, runs: Path, folder: Path, progress: bool,
+          fraction: float = 1.0, extra_recipe: dict | None = None) -> dict:
+    """Train teacher ``fold`` on the other folds, label its fold, write the fold file; -> its meta."""
+    from .fit import TrainConfig, train_run
+    if not 0 <= fold < k:
+        raise ValueError(f"--fold must be in [0, {k - 1}]")
+    recipe = {**({"epochs": epochs} if epochs else {}), **(extra_recipe or {})}
+    cfg = TrainConfig(model="cbilstm", recipe=recipe, holdout=(k, fold, FOLD_SEED), fraction=fraction,
+                      progress=progress)
+    _, _, spec = cfg.resolved()
+    run_dir = Path(runs) / f"k{k}-fold{fold}"
+    manifest = train_run(cfg, data_root, run_dir)
+    data = load_dataset(data_root, spec, cfg.val_fraction, cfg.seed, fraction, progress=False)
+    held = data.train.take(np.flatnonzero(fold_of(data.train.labels, k) == fold))
+    probs = label_fold(run_dir, held, spec)
+    meta = {"format": FOLD_FORMAT, "k": k, "fold": fold, "fold_seed": FOLD_SEED, "labels": list(LABELS),
+            "faces": len(held), "held_files_hash": files_hash(held.files),
+            "train_split_files_hash": data.train.files_hash(), "val_split_files_hash": data.val.files_hash(),
+            "val_fraction": cfg.val_fraction, "seed": cfg.seed, "fraction": fraction,
+            "held_accuracy": float(np.mean(probs.argmax(1) == held.labels)),
+            "teacher": {"run": str(run_dir), "model_sha256": manifest["model_sha256"],
+                        "recipe": manifest["recipe"], "val_accuracy": manifest["metrics"]["val_accuracy"],
+                        "train_seconds": manifest["train_seconds"]}}
+    write_labels(fold_file(k, fold, folder), held.files, held.labels, probs, meta)
+    return meta
+
+
+def assemble(k: int, out: Path, folder: Path = FOLDS_DIR, data_root=None) -> dict:
+    """Check the k fold files cover the training split (of ``data_root``) exactly once; write the
+    soft-label file."""
+    parts = [read_fold(fold_file(k, i, folder)) for i in range(k)]
+    metas = [p[3] for p in parts]
+    for i, m in enumerate(metas):
+        if (m["k"], m["fold"], m["fold_seed"]) != (k, i, FOLD_SEED) or m["labels"] != list(LABELS):
+            raise DataError(f"{fold_file(k, i, folder)} is fold {m['fold']} of k={m['k']}, not {i} of {k}")
+        if m["train_split_files_hash"] != metas[0]["train_split_files_hash"]:
+            raise DataError(f"fold {i} was cut from another training split than fold 0")
+    files = [f for p in parts for f in p[0]]
+    if len(set(files)) != len(files):
+        raise DataError("the folds overlap: a face has two soft labels")
+    m0 = metas[0]
+    data = load_dataset(data_root, PreprocessSpec(), m0["val_fraction"], m0["seed"], m0["fraction"], progress=False)
+    if set(files) != set(data.train.files) or data.train.files_hash() != m0["train_split_files_hash"]:
+        raise DataError(f"the folds cover {len(files):,} faces, not the {len(data.train):,} of the training split")
+    if set(files) & set(data.val.files):
+        raise DataError("a validation face has a soft label: the folds were cut from another split")
+    labels = np.concatenate([p[1] for p in parts])
+    probs = np.concatenate([p[2] for p in parts])
+    teachers = [{**m["teacher"], "fold": m["fold"], "held_accuracy": m["held_accuracy"],
+                 "faces": m["faces"], "model_sha256": m["teacher"]["model_sha256"]} for m in metas]
+    meta = {"format": FORMAT, "labels": list(LABELS), "teachers": teachers, "mirror_averaged": True,
+            "out_of_fold": {"k": k, "fold_seed": FOLD_SEED, "train_split_files_hash": metas[0]["train_split_files_hash"],
+                            "val_split_files_hash": metas[0]["val_split_files_hash"]},
+            "faces": len(files), "ensemble_train_accuracy": float(np.mean(probs.argmax(1) == labels))}
+    write_labels(out, files, labels, probs, meta)
+    return meta
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m train.kfold", description=__doc__.split("\n\n")[0],
+                                epilog="examples:\n  python -m train.kfold teach --k 4 --fold 0 --epochs 40\n"
+                                       "  python -m train.kfold assemble --k 4 --out runs/kfold-k4.npz\n"
+                                       "  python -m train --teacher runs/kfold-k4.npz --out runs/student",
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    t = sub.add_parser("teach", help="train one teacher and label its held-out fold")
+    t.add_argument("--fold", type=int, required=True, help="the fold this teacher labels (0 .. k-1)")
+    t.add_argument("--epochs", type=int, help="teacher epochs (default: the cbilstm recipe's)")
+    t.add_argument("--runs", type=Path, default=REPO / "runs" / "kfold", help="teacher run folders (default runs/kfold)")
+    t.add_argument("--fraction", type=float, default=1.0, help="stratified share of the data, for quick runs")
+    t.add_argument("--threads", type=int, help="TensorFlow CPU threads (default: all cores)")
+    a = sub.add_parser("assemble", help="check the folds and write the soft-label file for --teacher")
+    a.add_argument("--out", type=Path, required=True, help="soft-label file to write (.npz)")
+    for s in (t, a):
+        s.add_argument("--k", type=int, default=4, help="number of folds (default 4)")
+        s.add_argument("--dir", type=Path, default=FOLDS_DIR, help="fold files (default models/kfold)")
+        s.add_argument("--data", help="data root (default: $FER_DATA, else ../shared/data/fer2013)")
+        s.add_argument("--quiet", action="store_true", help="no progress bars")
+    args = p.parse_args(argv)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    try:
+        if not 2 <= args.k <= 20:
+            raise ValueError("--k must be in [2, 20]")
+        if args.cmd == "teach":
+            from edge_runtime.config import check_threads
+
+            from .fit import tf_threads
+            if args.threads is not None:
+                check_threads(args.threads, "--threads")
+            tf_threads(args.threads)
+            args.dir.mkdir(parents=True, exist_ok=True)
+            m = teach(args.k, args.fold, args.data, args.epochs, args.runs, args.dir, not args.quiet, args.fraction)
+            print(f"fold {m['fold']} of {m['k']}: teacher validation accuracy {m['teacher']['val_accuracy']:.2%}, "
+                  f"held-out fold accuracy {m['held_accuracy']:.2%} on {m['faces']:,} faces -> "
+                  f"{fold_file(args.k, args.fold, args.dir)}")
+        else:
+            m = assemble(args.k, args.out, args.dir, args.data)
+            print(f"{m['faces']:,} out-of-fold soft labels from {len(m['teachers'])} teachers "
+                  f"(accuracy {m['ensemble_train_accuracy']:.2%}) -> {args.out}")
+    except (DataError, ManifestError, OSError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
