@@ -188,9 +188,14 @@ def main(argv=None) -> int:
     for p in (json_path, md_path, plot_dir):
         if p:
             print(f"wrote {p}")
+    skipped = max((r.get("split") or {}).get("skipped", 0) for r in rows) if rows else 0
+    if skipped:
+        print(f"warning: {skipped} unreadable or truncated test image(s) were skipped (each row says how many)",
+              file=sys.stderr)
     failed = [r for r in rows if r.get("status") == "failed"]
     if failed:
         print(f"{len(failed)} row(s) failed: {', '.join(sorted({r['artifact'] for r in failed}))}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -38,8 +38,10 @@ REPO = Path(__file__).resolve().parents[1]
 
 def validation_faces(data_root: str | None, n: int, seed: int) -> tuple[list[tuple[Path, str]], dict]:
     """n faces of the validation split ``python -m train`` carves by default, and its identity."""
-    from train.data import load_dataset
+    from train.data import load_dataset, skipped_note
     ds = load_dataset(data_root, progress=False)
+    if note := skipped_note(train=ds.train):
+        print(f"warning: {note}", file=sys.stderr)
     idx = np.random.default_rng(seed).choice(len(ds.val), size=min(n, len(ds.val)), replace=False)
     faces = [(ds.root / ds.val.files[i], LABELS[int(ds.val.labels[i])]) for i in idx]
     return faces, {"root": str(ds.root), "split": "validation (train/ carve)", "val_fraction": ds.val_fraction,

@@ -63,7 +63,8 @@ def measure(manifest_dir: str, artifact: str, threads: int, data: str | None, te
     if not test_dir and recorded.get("fraction", 1.0) < 1.0:  # the subset export scored on
         split = test_subset(split, recorded["fraction"], recorded.get("seed", 1337))
     x = scale_pixels(split.images, spec)
-    row["split"] = {"name": split_name, "n": len(split), "files_hash": split.files_hash()}
+    row["split"] = {"name": split_name, "n": len(split), "files_hash": split.files_hash(),
+                    "skipped": len(split.skipped)}
     if not test_dir and recorded.get("test_files_hash"):
         row["split"]["same_as_export"] = split.files_hash() == recorded["test_files_hash"]
     # Keras (float) is batch-independent: score it in big batches; edge backends per face (SCORING_BATCH)

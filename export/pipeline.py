@@ -119,11 +119,14 @@ def check_out(out: Path, run_dir: Path) -> None:
 
 
 def load_data(cfg: ExportConfig, spec: PreprocessSpec):
-    from train.data import DataError, load_dataset, stratified_indices
+    from train.data import DataError, load_dataset, skipped_note, stratified_indices
     try:
         data = load_dataset(cfg.data, spec, seed=cfg.seed, fraction=cfg.fraction, progress=cfg.progress)
     except DataError as e:
         raise ExportError(str(e)) from e
+    note = skipped_note(train=data.train, test=data.test)
+    if note:
+        cfg.log(f"warning: {note}", err=True)
     missing = [lab for lab, n in data.test.counts().items() if n == 0]
     if missing:
         raise ExportError(f"test split {data.test_name} of {data.root} has no images of class(es) "

@@ -62,7 +62,8 @@ def test_broken_artifact_is_a_failed_row_not_a_crash(tiny_artifacts, tmp_path):
     victim.write_bytes(victim.read_bytes()[: victim.stat().st_size // 2])
     r = _bench("--artifacts", broken, "--only", "tflite-int8,onnx-fp32", "--json", tmp_path / "b.json",
                "--pipeline", "--detectors", "yunet-n")
-    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.returncode == 1, r.stderr[-2000:]  # a failed row fails the command, after the table is written
+    assert "1 row(s) failed: tflite-int8" in r.stderr
     rows = {row["artifact"]: row for row in json.loads((tmp_path / "b.json").read_text())["rows"]}
     assert rows["tflite-int8"]["status"] == "failed" and "truncated" in rows["tflite-int8"]["reason"]
     assert rows["onnx-fp32"]["status"] != "failed" and rows["onnx-fp32"]["accuracy"] > 0

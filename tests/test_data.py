@@ -62,13 +62,16 @@ def test_corrupt_and_odd_images(tiny_tree):
     root = tiny_tree()
     (root / "train" / "happy" / "broken.jpg").write_bytes(b"\xff\xd8not a jpeg at all")
     (root / "train" / "sad" / "empty.png").write_bytes(b"")
+    whole = sorted((root / "train" / "fear").glob("*.jpg"))[0].read_bytes()
+    (root / "train" / "fear" / "half.jpg").write_bytes(whole[: len(whole) // 2])  # a copy cut off half-way
     colour = np.zeros((100, 80, 3), np.uint8)
     colour[..., 2] = 200  # red, 100x80: must be converted to 48x48 gray
     cv2.imwrite(str(root / "train" / "angry" / "colour.png"), colour)
     (root / "train" / "angry" / "notes.txt").write_text("ignored: not an image")
     split = load_folder_split(root / "train", PreprocessSpec(size=48), progress=False)
     skipped = dict(split.skipped)
-    assert set(skipped) == {"train/happy/broken.jpg", "train/sad/empty.png"}
+    assert set(skipped) == {"train/happy/broken.jpg", "train/sad/empty.png", "train/fear/half.jpg"}
+    assert "truncated" in skipped["train/fear/half.jpg"]
     assert len(split) == 7 * 6 + 1
     i = split.files.index("train/angry/colour.png")
     assert split.images[i].shape == (48, 48)

@@ -27,7 +27,7 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_ROOT = REPO.parent / "shared" / "data" / "fer2013"
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".pgm", ".webp", ".tif", ".tiff"}
 EVAL_DIRS = ("test", "validation", "val", "publictest")
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: truncated JPEG/PNG files are skipped
 GET_DATA_HINT = ("get FER2013 (e.g. Kaggle 'msambare/fer2013' image folders or the original fer2013.csv) "
                  "and pass --data DIR or set FER_DATA")
 
@@ -82,6 +82,15 @@ class Dataset:
             "files_hash": {s: getattr(self, s).files_hash() for s in ("train", "val", "test")},
             "skipped": {s: [list(x) for x in getattr(self, s).skipped] for s in ("train", "test")},
         }
+
+
+def skipped_note(**splits: Split) -> str | None:
+    """One line counting the unreadable or truncated images each split skipped, or None."""
+    counts = {name: len(s.skipped) for name, s in splits.items() if s.skipped}
+    if not counts:
+        return None
+    return (f"skipped {sum(counts.values())} unreadable or truncated image(s) ("
+            + ", ".join(f"{n} in {name}" for name, n in counts.items()) + ")")
 
 
 def resolve_root(arg: str | os.PathLike | None = None) -> Path:
@@ -168,9 +177,26 @@ def _save_cached(key: str, split: Split) -> None:
     atomic_write_bytes(_cache_dir() / f"{key}.npz", buf.getvalue())
 
 
+def truncated(data: bytes, suffix: str) -> bool:
+    """A JPEG without its end marker or a PNG without IEND: cut off in a copy. OpenCV would decode
+    the part that arrived and fill the rest with grey, silently."""
+    tail = data[-32:]
+    if suffix in (".jpg", ".jpeg"):
+        return b"\xff\xd9" not in tail
+    if suffix == ".png":
+        return b"IEND" not in tail
+    return False
+
+
 def _decode(path: Path, spec: PreprocessSpec) -> tuple[np.ndarray | None, str]:
     try:
-        img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+        data = path.read_bytes()
+    except OSError as e:
+        return None, f"unreadable: {e.strerror or e}"
+    if truncated(data, path.suffix.lower()):
+        return None, "truncated image (no end marker)"
+    try:
+        img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
     except cv2.error as e:
         return None, f"opencv: {e.msg if hasattr(e, 'msg') else e}"
     if img is None or img.size == 0:

@@ -26,7 +26,7 @@ from edge_runtime.manifest import (ManifestError, atomic_write_bytes, preprocess
                                    verify_file)
 from edge_runtime.preprocess import scale_pixels
 
-from .data import DataError, Split, load_dataset
+from .data import DataError, Split, load_dataset, skipped_note
 
 FORMAT = "fer-soft-labels/1"
 
@@ -42,6 +42,8 @@ def teacher_probs(run_dir: Path, data_root, fraction: float = 1.0, seed: int = 1
     spec = preprocess_spec(m)
     # val_fraction 0: every face of train/, whatever split a student will carve later
     train = load_dataset(data_root, spec, val_fraction=0.0, seed=seed, fraction=fraction, progress=progress).train
+    if note := skipped_note(train=train):
+        print(f"warning: {note}", file=sys.stderr)
     x = scale_pixels(train.images, spec)
     import keras  # only now: a bad teacher or data path is reported without starting TensorFlow
     model = keras.models.load_model(path, compile=False)
