@@ -66,6 +66,16 @@ def available_runtimes() -> dict[str, bool]:
     return out
 
 
+QUANT_OPS = (b"QuantizeLinear", b"QLinear", b"MatMulInteger", b"ConvInteger")  # ONNX ops of a quantized graph
+
+
+def check_precision(name: str, claimed: str, quantized: bool) -> None:
+    """The manifest's precision must match the model file: fp32 has no integer tensors, the rest do."""
+    if (claimed == "fp32") == quantized:
+        found = "integer (quantized) tensors" if quantized else "only float tensors"
+        raise ManifestError(f"{name}: the manifest says precision {claimed!r} but the model file has {found}")
+
+
 class Backend:
     """Common part: label remapping and the artifact's identity."""
     format = "?"
@@ -103,6 +113,8 @@ class TFLiteBackend(Backend):
         self.out = self.interp.get_output_details()[0]
         self.in_q = self._check_quant("input", self.inp)
         self.out_q = self._check_quant("output", self.out)
+        check_precision(name, self.precision, any(np.dtype(t["dtype"]).kind in "iu" and len(t["shape"]) > 1
+                                                  for t in self.interp.get_tensor_details()))
         self.input_shape = tuple(int(d) for d in self.inp["shape"])
 
     def _check_quant(self, which: str, detail: dict):
@@ -167,6 +179,7 @@ class OnnxBackend(Backend):
             import onnxruntime as ort
         except ImportError as e:
             raise BackendError("onnxruntime is not installed: pip install onnxruntime") from e
+        check_precision(name, self.precision, any(op in path.read_bytes() for op in QUANT_OPS))
         opts = onnx_session_options(threads)
         have = ort.get_available_providers()
         wanted = providers or [p for p in (*self.GPU_PROVIDERS, "CPUExecutionProvider") if p in have]

@@ -1,5 +1,6 @@
 """A manifest is untrusted input: files outside its folder, wrong types and unbounded numbers are
-one line and exit 2 before any source is opened (the untrusted-input issue, item 1)."""
+one line and exit 2 before any source is opened, and a precision claim is checked against the
+model file (the untrusted-input issue, item 1)."""
 from __future__ import annotations
 
 import json
@@ -68,3 +69,31 @@ def test_a_symlinked_model_file_is_refused_even_when_its_sha256_matches(art, tmp
     shutil.move(f, outside)
     f.symlink_to(outside)
     refused(art, capsys, "symlink")
+
+
+@pytest.mark.parametrize("name, other, claim", [("onnx-fp32", "onnx-int8", "fp32"),
+                                                ("onnx-int8", "onnx-fp32", "int8")])
+def test_a_precision_claim_is_checked_against_the_model_file(art, capsys, name, other, claim):
+    """Another model file under an entry, with its sha256 and size updated to match: the file is
+    intact but not what the entry claims; the device refuses it instead of reporting a wrong precision."""
+    m = read_manifest(art)
+    entry, swapped = m["artifacts"][name], m["artifacts"][other]
+
+    def fn(doc):
+        doc["artifacts"][name].update(file=swapped["file"], sha256=swapped["sha256"], size=swapped["size"])
+        return doc
+    edit(art, fn)
+    assert entry["precision"] == claim
+    assert main(["--artifacts", str(art), "--source", "/dev/video97", "--backend", name]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"the manifest says precision '{claim}'" in err[0], err
+
+
+def test_a_tflite_precision_claim_is_checked_too(art, capsys):
+    """The int8 TFLite file, intact, listed as fp32."""
+    def fn(doc):
+        a = doc["artifacts"]["tflite-int8"]
+        a["precision"] = "fp32"
+        return doc
+    edit(art, fn)
+    refused(art, capsys, "the manifest says precision 'fp32' but the model file has integer")
