@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from .conftest import REPO, TINY_EXPORT_FRACTION
+from .conftest import REPO
 
 
 def run(module, *args, timeout=600):

@@ -97,3 +97,22 @@ def test_a_tflite_precision_claim_is_checked_too(art, capsys):
         return doc
     edit(art, fn)
     refused(art, capsys, "the manifest says precision 'fp32' but the model file has integer")
+
+
+@pytest.mark.parametrize("size", [10**6, 2**31])
+def test_a_huge_input_size_is_refused_under_a_memory_limit(art, size):
+    """The value that once exhausted the machine's memory, run with the address space capped at
+    2 GiB: one line and exit 2, no MemoryError, no traceback."""
+    import resource
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+    edit(art, _set(["preprocessing", "size"], size))
+
+    def cap():
+        resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30))
+    r = subprocess.run([sys.executable, "-m", "edge_runtime", "--artifacts", str(art), "--source", "/dev/video97"],
+                       capture_output=True, text=True, cwd=REPO, timeout=60, preexec_fn=cap)
+    assert r.returncode == 2 and "[8, 1024]" in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert len([ln for ln in r.stderr.splitlines() if "error" in ln.lower()]) == 1
