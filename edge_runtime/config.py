@@ -53,7 +53,9 @@ DEFAULTS: dict[str, dict] = {
     "events": {"path": "-", "every": 1},  # JSON Lines file or "-" (stdout); `update` every N frames
     # timeout_s: a client that sends no complete request (or stops reading) for this long is dropped
     "http": {"bind": "", "token": "", "stream": True, "timeout_s": 10.0, "max_clients": 32},
-    "mqtt": {"host": "", "port": 1883, "prefix": "fer-edge", "client_id": "", "stats_interval_s": 10.0},
+    # discovery: Home Assistant MQTT discovery configs under discovery_prefix (one device, its sensors)
+    "mqtt": {"host": "", "port": 1883, "prefix": "fer-edge", "client_id": "", "stats_interval_s": 10.0,
+             "discovery": False, "discovery_prefix": "homeassistant"},
     "run": {"max_frames": 0, "log_level": "info"},
 }
 
@@ -153,9 +155,10 @@ def check(cfg: dict) -> dict:
         raise ConfigError("detector.score must be in (0, 1)")
     if not 0.0 <= cfg["tracker"]["smoothing"] < 1.0:
         raise ConfigError("tracker.smoothing must be in [0, 1)")
-    prefix = cfg["mqtt"]["prefix"]
-    if not prefix.strip("/") or any(c in prefix for c in "+#\0") or len(prefix) > 200:
-        raise ConfigError(f"mqtt.prefix {prefix!r} must be a topic without wildcards (+, #), 1-200 characters")
+    for key in ("prefix", "discovery_prefix"):
+        prefix = cfg["mqtt"][key]
+        if not prefix.strip("/") or any(c in prefix for c in "+#\0") or len(prefix) > 200:
+            raise ConfigError(f"mqtt.{key} {prefix!r} must be a topic without wildcards (+, #), 1-200 characters")
     bind = cfg["http"]["bind"]
     if bind:
         host, _, port = bind.rpartition(":")

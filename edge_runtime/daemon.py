@@ -65,7 +65,7 @@ class Daemon:
         if cfg["mqtt"]["host"]:
             q = cfg["mqtt"]
             self.sinks.append(MqttSink(q["host"], q["port"], q["prefix"], self.stats, q["client_id"],
-                                       q["stats_interval_s"]))
+                                       q["stats_interval_s"], q["discovery"], q["discovery_prefix"]))
         if cfg["http"]["bind"]:
             from .http import HttpServer
             h = cfg["http"]
@@ -158,6 +158,8 @@ class Daemon:
                   "raw_label": LABELS[int(np.argmax(t.raw))], "probs": _probs(t.smooth), "raw": _probs(t.raw),
                   "first_frame": t.first_frame, "last_frame": t.last_frame,
                   "latency_ms": {k: round(v, 3) for k, v in latency.items()}}
+            if kind == "end":
+                ev["summary"] = t.summary(LABELS)
             self.stats.record_event(ev)
             if kind != "update" or index % every == 0:
                 for s in self.sinks:
@@ -181,6 +183,7 @@ class Daemon:
         self.capture.stop()
         self.capture.join(SHUTDOWN_JOIN_S)
         self._emit(self.tracker.end_all(), self._last_view[0] if self._last_view else -1, {})
+        self.stats.tracks_active = 0
         for s in self.sinks:
             try:
                 s.close()

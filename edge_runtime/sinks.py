@@ -120,29 +120,49 @@ class JsonlSink:
 
 
 class MqttSink:
-    """``<prefix>/events`` (each event), ``<prefix>/stats`` (every stats_interval_s),
-    ``<prefix>/availability`` = online (retained), with a last will of ``offline``."""
+    """``<prefix>/events`` (each event), ``<prefix>/stats`` and ``<prefix>/state`` (every
+    stats_interval_s; state is what Home Assistant shows: faces, dominant emotion, each emotion's
+    share over the last minute), ``<prefix>/availability`` = online (retained), with a last will of
+    ``offline``. With ``discovery``, Home Assistant MQTT discovery configs (retained) make one device
+    with those sensors, re-published whenever Home Assistant announces itself on ``<discovery>/status``."""
 
     def __init__(self, host: str, port: int, prefix: str, stats, client_id: str = "",
-                 stats_interval_s: float = 10.0):
+                 stats_interval_s: float = 10.0, discovery: bool = False, discovery_prefix: str = "homeassistant"):
         import paho.mqtt.client as mqtt
         self.prefix, self.stats, self.interval = prefix.rstrip("/"), stats, stats_interval_s
+        self.discovery_prefix = discovery_prefix.rstrip("/") if discovery else ""
+        self.node_id = node_id(client_id)
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id or "")
         self.client.will_set(f"{self.prefix}/availability", "offline", qos=1, retain=True)
         self.client.reconnect_delay_set(1, 30)  # paho's own capped backoff when the broker drops
         self.client.on_connect = self._on_connect
+        self.client.on_message = self._on_message
         self._stop = threading.Event()
         self.client.connect_async(host, port, keepalive=30)
         self.client.loop_start()
         self._ticker = threading.Thread(target=self._tick, name="mqtt-stats", daemon=True)
         self._ticker.start()
-        log.info("MQTT to %s:%d, topics %s/#", host, port, self.prefix)
+        log.info("MQTT to %s:%d, topics %s/#%s", host, port, self.prefix,
+                 f", Home Assistant discovery under {self.discovery_prefix}/" if discovery else "")
 
     def _on_connect(self, client, userdata, flags, reason_code, properties=None):
         if reason_code.is_failure:
             log.warning("MQTT connect refused: %s", reason_code)
             return
         client.publish(f"{self.prefix}/availability", "online", qos=1, retain=True)
+        if self.discovery_prefix:
+            client.subscribe(f"{self.discovery_prefix}/status", qos=1)
+            self.publish_discovery()
+
+    def _on_message(self, client, userdata, msg):
+        if msg.topic == f"{self.discovery_prefix}/status" and msg.payload == b"online":
+            self.publish_discovery()  # Home Assistant restarted: it forgets non-retained state
+            self.publish_stats()
+
+    def publish_discovery(self):
+        for topic, payload in discovery_configs(self.prefix, self.discovery_prefix, self.node_id,
+                                                self.stats.info).items():
+            self.client.publish(topic, json.dumps(payload), qos=1, retain=True)
 
     def _tick(self):
         while not self._stop.wait(self.interval):
@@ -150,6 +170,7 @@ class MqttSink:
 
     def publish_stats(self):
         self.client.publish(f"{self.prefix}/stats", json.dumps(self.stats.snapshot()), qos=0)
+        self.client.publish(f"{self.prefix}/state", json.dumps(self.stats.mood()), qos=0, retain=True)
 
     def emit(self, event: dict):
         self.client.publish(f"{self.prefix}/events", json.dumps(event, separators=(",", ":")), qos=0)
@@ -165,3 +186,36 @@ class MqttSink:
             log.warning("MQTT offline not delivered (%s); the last will covers it", e)
         self.client.disconnect()
         self.client.loop_stop()
+
+
+def node_id(client_id: str = "") -> str:
+    """This daemon's id in discovery topics and unique ids: the client id, else the host name."""
+    import re
+    import socket
+    return re.sub(r"[^A-Za-z0-9_-]", "_", client_id or socket.gethostname())[:64] or "fer_edge"
+
+
+def discovery_configs(prefix: str, discovery_prefix: str, node: str, info: dict) -> dict[str, dict]:
+    """Home Assistant MQTT discovery: topic -> config, one sensor each for the dominant emotion,
+    the number of faces and each emotion's share, all reading the one JSON ``<prefix>/state``."""
+    from importlib import metadata
+
+    from .labels import LABELS
+    try:
+        version = metadata.version("fer-edge")
+    except metadata.PackageNotFoundError:
+        version = "dev"
+    device = {"identifiers": [f"fer_edge_{node}"], "name": f"fer-edge {node}", "manufacturer": "fer-edge",
+              "model": f"facial emotion ({info.get('artifact', 'model')}, {info.get('detector', 'detector')})",
+              "sw_version": version}
+    common = {"state_topic": f"{prefix}/state", "availability_topic": f"{prefix}/availability",
+              "payload_available": "online", "payload_not_available": "offline", "device": device}
+    sensors = {"emotion": {"name": "Emotion", "value_template": "{{ value_json.dominant }}",
+                           "icon": "mdi:emoticon-outline"},
+               "faces": {"name": "Faces", "value_template": "{{ value_json.faces }}", "state_class": "measurement",
+                         "icon": "mdi:account-group"}}
+    for lab in LABELS:
+        sensors[f"share_{lab}"] = {"name": f"{lab.capitalize()} share", "unit_of_measurement": "%",
+                                   "value_template": "{{ value_json.shares.%s }}" % lab, "state_class": "measurement"}
+    return {f"{discovery_prefix}/sensor/{node}/{obj}/config": {**common, **cfg, "unique_id": f"fer_edge_{node}_{obj}"}
+            for obj, cfg in sensors.items()}

@@ -4,10 +4,15 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections import deque
+
+from .labels import LABELS
 
 # Latency buckets in milliseconds (Prometheus exports them as seconds).
 BUCKETS_MS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000)
 STAGES = ("capture_age", "detect", "preprocess", "classify", "postprocess", "total")
+ENDED_KEEP_S = 60.0  # /latest keeps a track's end event (with its summary) this long after it ended
+MOOD_WINDOW_S = 60.0  # the share of each emotion is over the faces seen in this many seconds
 COUNTERS = ("frames_read", "frames_processed", "frames_dropped", "faces", "events", "reconnects",
             "source_errors", "sink_errors", "http_refused")
 
@@ -47,6 +52,8 @@ class Stats:
         self.faults: dict[str, str] = {}  # other parts' problems (a sink, a stalled source): each degrades health
         self.info: dict[str, str] = {}  # backend, artifact, sha256, runtime, detector, source
         self.latest: dict[int, dict] = {}  # track id -> its last event
+        self.ended: deque = deque(maxlen=32)  # (time, end event) of recently ended tracks
+        self._seen: deque = deque(maxlen=200_000)  # (time, label) per face per frame, for mood()
         self.tracks_active = 0
 
     def inc(self, name: str, n: int = 1):
@@ -82,10 +89,13 @@ class Stats:
     def record_event(self, event: dict):
         with self._lock:
             self.counters["events"] += 1
+            now = time.time()
             if event["type"] == "end":
                 self.latest.pop(event["track"], None)
+                self.ended.append((now, event))
             else:
                 self.latest[event["track"]] = event
+                self._seen.append((now, event["label"]))
 
     def snapshot(self) -> dict:
         """A JSON-ready copy (MQTT stats, /healthz)."""
@@ -101,8 +111,25 @@ class Stats:
             }
 
     def latest_events(self) -> list[dict]:
+        """The live tracks' last events, then the end events (with summaries) of the last minute."""
         with self._lock:
-            return list(self.latest.values())
+            cutoff = time.time() - ENDED_KEEP_S
+            return list(self.latest.values()) + [e for t, e in self.ended if t >= cutoff]
+
+    def mood(self) -> dict:
+        """What a home-automation sensor shows: faces now, and each emotion's share of the faces
+        seen over the last MOOD_WINDOW_S seconds (percent), with the most common one."""
+        with self._lock:
+            cutoff = time.time() - MOOD_WINDOW_S
+            while self._seen and self._seen[0][0] < cutoff:
+                self._seen.popleft()
+            counts = dict.fromkeys(LABELS, 0)
+            for _, label in self._seen:
+                counts[label] += 1
+            total = sum(counts.values())
+            dominant = max(counts, key=counts.get) if total else "none"
+            return {"faces": self.tracks_active, "dominant": dominant, "window_s": MOOD_WINDOW_S,
+                    "shares": {k: round(100.0 * v / total, 1) if total else 0.0 for k, v in counts.items()}}
 
     def prometheus(self) -> str:
         lines = []

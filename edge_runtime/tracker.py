@@ -8,6 +8,7 @@ another just left starts a new track instead of inheriting its history.
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -31,6 +32,24 @@ class Track:
     look: np.ndarray | None = None  # unit-norm zero-mean thumbnail
     velocity: np.ndarray = field(default_factory=lambda: np.zeros(2))  # box centre, px per frame
     missed: int = 0
+    votes: np.ndarray | None = None  # frames per (smoothed) label: the track's summary
+    t_first: float = field(default_factory=time.time)
+    t_last: float = field(default_factory=time.time)
+
+    def vote(self) -> None:
+        if self.votes is None:
+            self.votes = np.zeros(len(self.smooth), np.int64)
+        self.votes[int(np.argmax(self.smooth))] += 1
+        self.t_last = time.time()
+
+    def summary(self, labels) -> dict:
+        """Per person, not per frame: how long, how often seen, and the share of each emotion."""
+        votes = self.votes if self.votes is not None else np.zeros(len(labels), np.int64)
+        seen = int(votes.sum())
+        return {"duration_s": round(self.t_last - self.t_first, 3), "frames_seen": seen,
+                "frames_spanned": self.last_frame - self.first_frame + 1,
+                "dominant": labels[int(np.argmax(votes))] if seen else None,
+                "shares": {lab: round(float(v) / max(seen, 1), 4) for lab, v in zip(labels, votes)}}
 
     def predicted(self, frame: int) -> np.ndarray:
         b = np.asarray(self.box, np.float64).copy()
@@ -85,11 +104,13 @@ class Tracker:
             if looks is not None:
                 t.look = looks[di]
             t.smooth = self.alpha * t.smooth + (1 - self.alpha) * probs[di]
+            t.vote()
             out.append(("update", t))
         for di in range(len(boxes)):
             if di not in matched_d:
                 t = Track(self._next_id, boxes[di], crops[di], probs[di], probs[di].copy(), frame, frame,
                           dets.landmarks[di], float(dets.scores[di]), None if looks is None else looks[di])
+                t.vote()
                 self.tracks[t.id] = t
                 self._next_id += 1
                 out.append(("new", t))

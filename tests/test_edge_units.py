@@ -285,3 +285,31 @@ def test_a_file_that_never_gives_a_frame_exits_2(edge_artifacts, tmp_path, capsy
     assert main(["--artifacts", str(edge_artifacts), "--source", str(src), "--events", str(tmp_path / "e.jsonl")]) == 2
     err = [ln for ln in capsys.readouterr().err.splitlines() if "error" in ln]
     assert len(err) == 1 and str(src) in err[0], err
+
+
+def test_a_track_end_carries_its_summary_in_jsonl_and_latest(tmp_path):
+    """Per person, not per frame: the end event says how long, how many frames, the dominant emotion
+    and each emotion's share of the track's frames; /latest keeps it for a minute."""
+    from edge_runtime.labels import LABELS
+    from edge_runtime.synthetic import make_video
+    video = tmp_path / "v.avi"
+    make_video(video, SHARED, n_faces=2, frames=9, face=140, seed=2)
+    cfg = build(flags={"source": {"uri": str(video)}, "events": {"path": str(tmp_path / "ev.jsonl")}})
+    d = Daemon(cfg)
+    assert d.run() == 0
+    events = read_events(tmp_path / "ev.jsonl")
+    ends = [e for e in events if e["type"] == "end"]
+    assert len(ends) == 2
+    for end in ends:
+        s = end["summary"]
+        own = [e for e in events if e["track"] == end["track"] and e["type"] != "end"]
+        assert s["frames_seen"] == len(own) == 9 and s["frames_spanned"] == 9
+        assert s["duration_s"] >= 0 and set(s["shares"]) == set(LABELS)
+        assert abs(sum(s["shares"].values()) - 1) < 1e-3
+        counts = {lab: sum(e["label"] == lab for e in own) for lab in LABELS}
+        assert s["dominant"] == max(counts, key=counts.get)
+        assert all(abs(s["shares"][lab] - counts[lab] / 9) < 1e-3 for lab in LABELS)
+    latest = d.stats.latest_events()
+    assert sorted(e["track"] for e in latest if e["type"] == "end") == sorted(e["track"] for e in ends)
+    mood = d.stats.mood()
+    assert mood["faces"] == 0 and abs(sum(mood["shares"].values()) - 100) < 0.5

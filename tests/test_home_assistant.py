@@ -1,0 +1,102 @@
+"""Home Assistant through MQTT discovery, against a real Mosquitto broker: the daemon publishes one
+device with its sensors (retained), a JSON state that follows the faces, and publishes the configs
+again when Home Assistant announces itself. No TensorFlow in the daemon."""
+from __future__ import annotations
+
+import json
+import signal
+import threading
+import uuid
+
+import paho.mqtt.client as mqtt
+import pytest
+
+from edge_runtime.labels import LABELS
+from edge_runtime.synthetic import make_video
+from tests.conftest import SHARED
+from tests.edge_support import mosquitto, no_tf_path, start_daemon, wait_for  # noqa: F401
+
+
+class Listener:
+    """Every message under the given topic filters, in arrival order, with the retain flag."""
+
+    def __init__(self, host, port, *filters):
+        self.msgs: list[tuple[str, bytes, bool]] = []
+        self.c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+        self.c.on_message = lambda c, u, m: self.msgs.append((m.topic, m.payload, bool(m.retain)))
+        ready = threading.Event()
+        self.c.on_subscribe = lambda *a: ready.set()
+        self.c.on_connect = lambda c, *a: c.subscribe([(f, 1) for f in filters])
+        self.c.connect(host, port)
+        self.c.loop_start()
+        assert ready.wait(10)
+
+    def configs(self) -> dict[str, dict]:
+        return {t: json.loads(p) for t, p, _ in self.msgs if t.endswith("/config")}
+
+    def count(self, suffix: str) -> int:
+        return sum(t.endswith(suffix) for t, _, _ in self.msgs)
+
+    def close(self):
+        self.c.disconnect()
+        self.c.loop_stop()
+
+
+@pytest.fixture(scope="module")
+def faces_video(tmp_path_factory):
+    path = tmp_path_factory.mktemp("ha") / "three.avi"
+    make_video(path, SHARED, n_faces=3, frames=20, face=140, seed=11)
+    return path
+
+
+def test_discovery_configs_state_and_rediscovery(mosquitto, faces_video, no_tf_path, tmp_path):
+    host, port = mosquitto
+    run = uuid.uuid4().hex[:8]
+    prefix, disc = f"fer-{run}", f"ha-{run}"  # this test's own topics on the shared broker
+    (tmp_path / "edge.toml").write_text(f'[mqtt]\nstats_interval_s = 0.5\ndiscovery_prefix = "{disc}"\n'
+                                        'client_id = "living room"\n')
+    sub = Listener(host, port, f"{disc}/#", f"{prefix}/#")
+    proc = start_daemon(no_tf_path, "--source", faces_video, "--loop", "--config", tmp_path / "edge.toml",
+                        "--mqtt", f"{host}:{port}", "--mqtt-prefix", prefix, "--ha-discovery",
+                        "--events", tmp_path / "ev.jsonl", stderr_path=tmp_path / "err")
+    try:
+        configs = wait_for(lambda: len(c := sub.configs()) == 2 + len(LABELS) and c, 60)
+        node = "living_room"
+        assert set(configs) == ({f"{disc}/sensor/{node}/{o}/config" for o in ("emotion", "faces")}
+                                | {f"{disc}/sensor/{node}/share_{lab}/config" for lab in LABELS})
+        ids = [c["unique_id"] for c in configs.values()]
+        assert len(set(ids)) == len(ids) and all(i.startswith(f"fer_edge_{node}_") for i in ids)
+        for c in configs.values():
+            assert {"name", "unique_id", "state_topic", "value_template", "availability_topic", "device"} <= set(c)
+            assert c["state_topic"] == f"{prefix}/state" and c["availability_topic"] == f"{prefix}/availability"
+            assert (c["payload_available"], c["payload_not_available"]) == ("online", "offline")
+            assert c["device"]["identifiers"] == [f"fer_edge_{node}"] and c["device"]["name"]
+            assert c["value_template"].startswith("{{ value_json.")
+        late = Listener(host, port, f"{disc}/#")  # a Home Assistant that connects later still finds them
+        wait_for(lambda: len(late.configs()) == len(configs), 10)
+        assert all(retain for t, _, retain in late.msgs) and late.configs() == configs
+        late.close()
+        shares = configs[f"{disc}/sensor/{node}/share_happy/config"]
+        assert shares["unit_of_measurement"] == "%" and shares["value_template"] == "{{ value_json.shares.happy }}"
+
+        # the state follows the events: three faces in view, shares over the window add up to 100 %
+        def state():
+            states = [json.loads(p) for t, p, _ in sub.msgs if t == f"{prefix}/state"]
+            return states and states[-1]["faces"] == 3 and states[-1]
+        s = wait_for(state, 30)
+        assert s["dominant"] in LABELS and abs(sum(s["shares"].values()) - 100) < 0.5
+        events = [json.loads(p) for t, p, _ in sub.msgs if t == f"{prefix}/events"]
+        labels = {e["label"] for e in events if e["type"] != "end"}
+        assert s["dominant"] in labels and {k for k, v in s["shares"].items() if v > 0} <= labels
+        assert sub.count(f"{prefix}/availability") >= 1
+
+        # Home Assistant restarts and says so: the configs come again
+        before = sub.count("/config")
+        sub.c.publish(f"{disc}/status", "online", qos=1)
+        wait_for(lambda: sub.count("/config") >= before + len(configs), 20)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        rc = proc.wait(15)
+        sub.close()
+    assert rc == 0, (tmp_path / "err").read_text()
+    (tmp_path / "discovery-payloads.json").write_text(json.dumps(configs, indent=1))  # kept with the test's outputs
