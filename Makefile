@@ -27,27 +27,34 @@ $(WHEELS)/.done: pyproject.toml | $(BIN)/python
 	$(BIN)/pip download -q -d $(WHEELS) '.[edge]' 'setuptools>=77'  # setuptools: to build the wheel offline
 	touch $@
 
-# System packages the tests use: Mosquitto (a real MQTT broker).
+# System packages the tests use: Mosquitto (a real MQTT broker) and Chromium (a real browser for the page).
 system-packages:
-	@if ! command -v mosquitto >/dev/null && [ ! -x /usr/sbin/mosquitto ]; then \
+	@missing=""; \
+	command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ] || missing="$$missing mosquitto"; \
+	command -v chromium >/dev/null || missing="$$missing chromium"; \
+	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto >/dev/null; \
-	  else echo "make test needs Mosquitto: run 'sudo apt-get install mosquitto' (or your system's package)"; exit 1; fi; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	  else echo "make test needs:$$missing: run 'sudo apt-get install$$missing' (or your system's packages)"; exit 1; fi; \
 	fi
 
 test: $(STAMP) $(WHEELS)/.done system-packages
 	$(BIN)/python -m pytest -q tests
 
 # export the shipped default -> benchmark it beside the fer peer -> run the daemon on a generated video
+# (annotated clip + contact sheet)
 MODEL ?= models/cbilstm
 OUT ?= artifacts/$(notdir $(MODEL))
 demo: $(STAMP)
 	$(BIN)/python -m export --int8 --model $(MODEL) --data $(DATA) --out $(OUT)
 	$(BIN)/python -m benchmarks --artifacts $(OUT) --data $(DATA) --threads 1 --peer fer --quick \
 		--md $(OUT)/benchmark.md --json $(OUT)/benchmark.json --plots $(OUT)/plots
-	$(BIN)/python -m edge_runtime.synthetic $(OUT)/demo.avi --data $(DATA) --faces 2 --frames 150
-	$(BIN)/python -m edge_runtime --artifacts $(OUT) --source $(OUT)/demo.avi --events $(OUT)/demo-events.jsonl
+	$(BIN)/python -m edge_runtime.synthetic $(OUT)/demo.avi --data $(DATA) --moving --faces 3 --frames 150
+	$(BIN)/python -m edge_runtime --artifacts $(OUT) --source $(OUT)/demo.avi --events $(OUT)/demo-events.jsonl \
+		--annotate $(OUT)/demo-annotated.mp4
+	$(BIN)/python -m edge_runtime.annotate sheet $(OUT)/demo-annotated.mp4 $(OUT)/demo-sheet.png
 	@echo "demo outputs in $(OUT): manifest.json, export_report.md, benchmark.md, plots/, demo-events.jsonl"
+	@echo "what the daemon saw: $(OUT)/demo-annotated.mp4 and $(OUT)/demo-sheet.png"
 
 # Regenerate the default model shipped inside edge_runtime (export + gate from models/cbilstm).
 PACKAGED := edge_runtime/models/cbilstm

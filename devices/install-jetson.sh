@@ -9,13 +9,16 @@ SRC=$(cd "$(dirname "$0")/.." && pwd)
 [ -f "$ARTIFACTS/manifest.json" ] || { echo "no manifest.json in $ARTIFACTS (run python -m export first)" >&2; exit 2; }
 
 apt-get update -qq
-apt-get install -y -qq python3-venv python3-pip >/dev/null
+# python3-opencv: JetPack's OpenCV, built with GStreamer (CSI cameras: --source "gst:nvarguscamerasrc ! ...")
+apt-get install -y -qq python3-venv python3-pip python3-opencv >/dev/null
 id fer-edge >/dev/null 2>&1 || useradd --system --no-create-home --shell /usr/sbin/nologin -G video fer-edge
 
 install -d /opt/fer-edge /etc/fer-edge /var/lib/fer-edge
-python3 -m venv /opt/fer-edge/venv
+python3 -m venv --system-site-packages /opt/fer-edge/venv
 /opt/fer-edge/venv/bin/pip install -q --upgrade pip
 /opt/fer-edge/venv/bin/pip install -q "$SRC[edge]"
+# the PyPI OpenCV has no GStreamer: remove it so `import cv2` finds JetPack's (system site packages)
+/opt/fer-edge/venv/bin/pip uninstall -y -q opencv-python-headless
 # CUDA/TensorRT providers; without this wheel the daemon logs the fallback and runs on CPU
 /opt/fer-edge/venv/bin/pip install -q --extra-index-url "$ORT_INDEX" onnxruntime-gpu \
   || echo "warning: onnxruntime-gpu not installed; ONNX will run on CPU" >&2

@@ -9,11 +9,12 @@ SRC=$(cd "$(dirname "$0")/.." && pwd)
 [ -f "$ARTIFACTS/manifest.json" ] || { echo "no manifest.json in $ARTIFACTS (run python -m export first)" >&2; exit 2; }
 
 apt-get update -qq
-apt-get install -y -qq python3-venv python3-pip libgl1 >/dev/null
+# python3-picamera2: camera modules on the CSI port go through libcamera, which OpenCV cannot open
+apt-get install -y -qq python3-venv python3-pip libgl1 python3-picamera2 >/dev/null
 id fer-edge >/dev/null 2>&1 || useradd --system --no-create-home --shell /usr/sbin/nologin -G video fer-edge
 
 install -d /opt/fer-edge /etc/fer-edge /var/lib/fer-edge
-python3 -m venv /opt/fer-edge/venv
+python3 -m venv --system-site-packages /opt/fer-edge/venv  # sees apt's picamera2, as its manual advises
 /opt/fer-edge/venv/bin/pip install -q --upgrade pip
 # ai-edge-litert has aarch64 wheels; tflite-runtime is the fallback the backend also accepts
 /opt/fer-edge/venv/bin/pip install -q "$SRC[edge]" || /opt/fer-edge/venv/bin/pip install -q "$SRC" tflite-runtime paho-mqtt

@@ -42,7 +42,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                                      "an artifact name such as onnx-fp32")
     a("--precision", metavar="P", help="restrict --backend to one precision: int8, fp32, ... (as in the manifest)")
     a("--threads", type=int, metavar="N", help="inference, detector and OpenCV threads, 1 .. the CPUs (default 1)")
-    a("--source", metavar="SRC", help="camera index (0), /dev/videoN, video file, rtsp://... or image folder")
+    a("--source", metavar="SRC", help="camera index (0), /dev/videoN, picamera2[:N] (Raspberry Pi camera module), "
+                                      "gst:PIPELINE (GStreamer, e.g. a Jetson CSI camera), video file, rtsp://... "
+                                      "or image folder")
     a("--loop", action="store_true", default=None, help="restart a file/folder at its end instead of exiting")
     a("--detector", choices=["yunet", "haar"], help="face detector (default yunet: shipped with the package)")
     a("--config", metavar="TOML", help="config file (e.g. /etc/fer-edge/edge.toml)")
@@ -55,6 +57,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     a("--ha-discovery", action="store_true", default=None,
       help="publish Home Assistant MQTT discovery configs (a device with emotion, faces and share sensors)")
     a("--max-frames", type=int, metavar="N", help="stop after N processed frames")
+    a("--annotate", metavar="VIDEO", help="also write the processed frames with boxes, track ids, labels and "
+                                          "probability bars to this .mp4 or .avi")
     a("--log-level", choices=["debug", "info", "warning", "error"])
     return p.parse_args(argv)
 
@@ -66,7 +70,7 @@ def flags_to_layer(ns: argparse.Namespace) -> dict:
              "source": ("source", "uri"), "loop": ("source", "loop"), "detector": ("detector", "type"),
              "events": ("events", "path"), "http": ("http", "bind"), "token": ("http", "token"),
              "mqtt_prefix": ("mqtt", "prefix"), "ha_discovery": ("mqtt", "discovery"), "max_frames": ("run", "max_frames"),
-             "log_level": ("run", "log_level")}
+             "log_level": ("run", "log_level"), "annotate": ("run", "annotate")}
     layer: dict[str, dict] = {}
     for attr, (section, key) in table.items():
         v = getattr(ns, attr)

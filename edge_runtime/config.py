@@ -56,7 +56,8 @@ DEFAULTS: dict[str, dict] = {
     # discovery: Home Assistant MQTT discovery configs under discovery_prefix (one device, its sensors)
     "mqtt": {"host": "", "port": 1883, "prefix": "fer-edge", "client_id": "", "stats_interval_s": 10.0,
              "discovery": False, "discovery_prefix": "homeassistant"},
-    "run": {"max_frames": 0, "log_level": "info"},
+    "run": {"max_frames": 0, "log_level": "info",
+            "annotate": ""},              # write the processed frames, annotated, to this .mp4/.avi ("" = off)
 }
 
 

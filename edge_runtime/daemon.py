@@ -15,12 +15,11 @@ import numpy as np
 
 from .api import EmotionRecognizer
 from .config import ConfigError
-from .detectors import to_bgr
+from .annotate import VideoOut, draw
 from .geometry import CropSpec, landmark_list
 from .labels import LABELS
-from .preprocess import to_gray
 from .sinks import JsonlSink, MqttSink
-from .sources import Capture, source_kind
+from .sources import Capture, SourceError, check_source, source_kind
 from .stats import Stats
 from .tracker import Tracker, thumbnails
 
@@ -40,6 +39,10 @@ class Daemon:
         m, src = cfg["model"], cfg["source"]
         if source_kind(str(src["uri"])) == "file" and not _exists(src["uri"]):
             raise ConfigError(f"source {src['uri']} does not exist")
+        try:
+            check_source(str(src["uri"]))
+        except SourceError as e:
+            raise ConfigError(str(e)) from None
         d, c = cfg["detector"], cfg["crop"]
         self.recognizer = EmotionRecognizer(
             m["artifacts"] or None, m["backend"], m["precision"] or None, m["threads"], m["providers"] or None,
@@ -71,6 +74,7 @@ class Daemon:
             h = cfg["http"]
             self.http = HttpServer(h["bind"], self.stats, h["token"], self.jpeg if h["stream"] else None,
                                    h["timeout_s"], h["max_clients"])
+        self.annotate = VideoOut(cfg["run"]["annotate"], src["fps"] or 15.0) if cfg["run"]["annotate"] else None
         self.capture = Capture(str(src["uri"]), self.stats, src["loop"], src["realtime"], src["width"],
                                src["height"], src["fps"], src["reconnect_max_s"], stall_s=src["stall_s"])
 
@@ -145,6 +149,8 @@ class Daemon:
         self.stats.inc("faces", len(r.detections))
         self.stats.tracks_active = len(self.tracker.tracks)
         self._last_view = (frame.index, frame.image, list(self.tracker.tracks.values()))
+        if self.annotate is not None:
+            self.annotate.write(draw(frame.image, self._last_view[2]))
         return events
 
     def _emit(self, changes, index: int, latency: dict) -> list[dict]:
@@ -191,6 +197,9 @@ class Daemon:
                 log.warning("closing %s failed: %s", type(s).__name__, e)
         if self.http:
             self.http.close()
+        if self.annotate is not None:
+            self.annotate.close()
+            log.info("annotated video: %s (%d frames)", self.annotate.path, self.annotate.frames)
         snap = self.stats.snapshot()
         secs = time.monotonic() - getattr(self, "_t_start", time.monotonic())
         fps = snap["frames_processed"] / secs if secs > 0 else 0.0
@@ -205,13 +214,7 @@ class Daemon:
             return None
         if self._jpeg_cache[0] == view[0]:
             return self._jpeg_cache[1]
-        img = to_bgr(view[1] if view[1].dtype == np.uint8 else to_gray(view[1])).copy()
-        for t in view[2]:
-            x, y, w, h = (int(v) for v in t.box)
-            cv2.rectangle(img, (x, y), (x + w, y + h), (0, 255, 0), 2)
-            cv2.putText(img, f"{t.id} {LABELS[int(np.argmax(t.smooth))]}", (x, max(12, y - 4)),
-                        cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 255, 0), 1)
-        jpg = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, 80])[1].tobytes()
+        jpg = cv2.imencode(".jpg", draw(view[1], view[2]), [cv2.IMWRITE_JPEG_QUALITY, 80])[1].tobytes()
         self._jpeg_cache = (view[0], jpg)
         return jpg
 

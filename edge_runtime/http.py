@@ -1,7 +1,7 @@
-"""HTTP (standard library): /healthz, /metrics (Prometheus), /latest, /stream.mjpg.
+"""HTTP (standard library): / (a live page), /healthz, /metrics (Prometheus), /latest, /stream.mjpg.
 
 Binds loopback unless told otherwise; a non-loopback bind needs a token (checked at config time)
-and every request must then carry ``Authorization: Bearer <token>``. Slow or idle clients are
+and every request must then carry ``Authorization: Bearer <token>`` (or ``?token=``, for the page). Slow or idle clients are
 dropped after ``timeout_s``, and at most ``max_clients`` connections are served at once.
 """
 from __future__ import annotations
@@ -12,8 +12,11 @@ import logging
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import parse_qs
 
 log = logging.getLogger(__name__)
+PAGE = Path(__file__).resolve().parent / "web" / "index.html"  # the live page: MJPEG view + track table
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -30,13 +33,22 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
+    def _authorized(self, query: str) -> bool:
+        """``Authorization: Bearer <token>``, or ``?token=<token>`` (a browser's <img> sends no headers)."""
+        want = self.app.token.encode()
+        got = self.headers.get("Authorization", "")
+        if got.startswith("Bearer ") and hmac.compare_digest(got[7:].encode(), want):
+            return True
+        given = parse_qs(query).get("token", [""])[0]
+        return hmac.compare_digest(given.encode(), want)
+
     def do_GET(self):  # noqa: N802 - http.server API
         app = self.app
-        if app.token:
-            got = self.headers.get("Authorization", "")
-            if not hmac.compare_digest(got.encode(), f"Bearer {app.token}".encode()):
-                return self._send(401, b"unauthorized\n", "text/plain")
-        path = self.path.split("?")[0]
+        path, _, query = self.path.partition("?")
+        if app.token and not self._authorized(query):
+            return self._send(401, b"unauthorized\n", "text/plain")
+        if path in ("/", "/index.html"):
+            return self._send(200, PAGE.read_bytes(), "text/html; charset=utf-8")
         if path == "/healthz":
             snap = app.stats.snapshot()
             body = {"status": snap["status"], "reason": snap["reason"], "uptime_s": snap["uptime_s"]}
@@ -105,7 +117,7 @@ class HttpServer:
         self._thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.1},
                                         name="http", daemon=True)
         self._thread.start()
-        log.info("HTTP on http://%s (/healthz /metrics /latest%s)", self.address, " /stream.mjpg" if jpeg else "")
+        log.info("HTTP on http://%s (/ /healthz /metrics /latest%s)", self.address, " /stream.mjpg" if jpeg else "")
 
     def close(self):
         self.stopping.set()

@@ -1,6 +1,8 @@
 """Frame sources and the capture thread that keeps only the newest frame.
 
-A source is a camera (index or /dev/videoN), a stream URL, a video file or a folder of images.
+A source is a camera (index or /dev/videoN), a Raspberry Pi camera module (``picamera2`` or
+``picamera2:N``, through Picamera2/libcamera), a GStreamer pipeline (``gst:...``, e.g. a Jetson CSI
+camera), a stream URL, a video file or a folder of images.
 Live sources (cameras, streams) overwrite an unconsumed frame and count it as dropped, so the
 pipeline always works on the newest picture; files and folders are read in full (back-pressure)
 unless ``realtime`` is forced, which paces them at their FPS and drops like a camera.
@@ -29,8 +31,12 @@ class Frame:
     t_capture: float  # time.monotonic() when read
 
 
+class SourceError(Exception):
+    """A source that can never open on this machine (a missing library or build option): exit 2."""
+
+
 def source_kind(uri: str) -> str:
-    if uri.isdigit() or uri.startswith("/dev/video"):
+    if uri.isdigit() or uri.startswith("/dev/video") or is_picamera(uri) or uri.startswith("gst:"):
         return "camera"
     if "://" in uri:
         return "stream"
@@ -63,6 +69,72 @@ class ImageFolder:
         pass
 
 
+def is_picamera(uri: str) -> bool:
+    return uri == "picamera2" or (uri.startswith("picamera2:") and uri[10:].isdigit())
+
+
+PICAMERA_HINT = ("--source picamera2 needs Picamera2 (libcamera): on Raspberry Pi OS, sudo apt install "
+                 "python3-picamera2 and make the venv with --system-site-packages (devices/install-pi.sh does both)")
+GST_HINT = ("--source gst:... needs an OpenCV built with GStreamer, which the PyPI wheels are not: on a Jetson, "
+            "use JetPack's python3-opencv in a venv made with --system-site-packages (devices/install-jetson.sh)")
+
+
+def check_source(uri: str) -> None:
+    """Fail now, with the fix, for a source this machine can never open (before any model loads)."""
+    if is_picamera(uri):
+        try:
+            import picamera2  # noqa: F401
+        except ImportError:
+            raise SourceError(PICAMERA_HINT) from None
+    elif uri.startswith("gst:"):
+        info = cv2.getBuildInformation()
+        if not any(ln.split(":", 1)[1].strip().startswith("YES") for ln in info.splitlines()
+                   if ln.strip().startswith("GStreamer:")):
+            raise SourceError(GST_HINT)
+
+
+class PicameraCapture:
+    """cv2.VideoCapture look-alike over Picamera2 (the documented calls only: Picamera2(camera_num),
+    create_video_configuration, configure, start, capture_array, stop, close). Frames are BGR: the
+    "RGB888" format stores pixels in B, G, R order, as OpenCV expects."""
+
+    def __init__(self, index: int, width: int = 0, height: int = 0, fps: float = 0.0):
+        from picamera2 import Picamera2
+        self.cam, self.fps = None, fps
+        try:
+            cam = Picamera2(index)
+            main = {"format": "RGB888", **({"size": (int(width), int(height))} if width and height else {})}
+            controls = {"FrameRate": float(fps)} if fps else {}
+            cam.configure(cam.create_video_configuration(main=main, controls=controls))
+            cam.start()
+            self.cam = cam
+        except Exception as e:  # no such camera, busy, or libcamera refused: lost like a USB camera
+            log.warning("picamera2:%d cannot start: %s", index, e)
+
+    def isOpened(self) -> bool:  # noqa: N802 - mirrors cv2.VideoCapture
+        return self.cam is not None
+
+    def read(self):
+        try:
+            img = self.cam.capture_array("main")
+        except Exception as e:  # the camera went away mid-stream
+            log.warning("picamera2 capture failed: %s", e)
+            return False, None
+        return img is not None, img
+
+    def get(self, prop):
+        return float(self.fps) if prop == cv2.CAP_PROP_FPS else 0.0
+
+    def release(self):
+        if self.cam is not None:
+            for step in (self.cam.stop, self.cam.close):
+                try:
+                    step()
+                except Exception:  # closing a camera that already failed
+                    pass
+            self.cam = None
+
+
 def open_source(uri: str, width: int = 0, height: int = 0, fps: float = 0.0, timeout_s: float = 5.0):
     """An opened capture object (may report not isOpened()); never raises for a missing device.
     A stream's open and each read give up after ``timeout_s`` (a server that stalls with its
@@ -70,6 +142,10 @@ def open_source(uri: str, width: int = 0, height: int = 0, fps: float = 0.0, tim
     kind = source_kind(uri)
     if kind == "dir":
         return ImageFolder(uri)
+    if is_picamera(uri):
+        return PicameraCapture(int(uri.partition(":")[2] or 0), width, height, fps)
+    if uri.startswith("gst:"):
+        return cv2.VideoCapture(uri[4:], cv2.CAP_GSTREAMER)
     if kind == "stream":
         ms = int(timeout_s * 1000)
         return cv2.VideoCapture(uri, cv2.CAP_FFMPEG, [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, ms,

@@ -209,8 +209,16 @@ def main(argv=None) -> int:
     p.add_argument("--frames", type=int, default=150)
     p.add_argument("--size", default="640x480", help="frame size WxH")
     p.add_argument("--face", type=int, default=120, help="face size in pixels")
+    p.add_argument("--moving", action="store_true",
+                   help="2-4 faces (at most --faces) of 64-200 px drifting, crossing, entering and leaving")
     a = p.parse_args(argv)
     w, h = (int(v) for v in a.size.lower().split("x"))
+    if a.moving:
+        faces = pick_faces(a.data, max(8, a.frames // 20), seed=0)
+        truth = write_scene(a.out, moving_scene(faces, a.frames, (w, h), max_faces=max(2, a.faces)))
+        ids = {f["id"] for fr in truth["per_frame"] for f in fr}
+        print(f"wrote {a.out}: {a.frames} frames {w}x{h}, {len(ids)} faces moving through")
+        return 0
     truth = make_video(a.out, a.data, a.faces, a.frames, (w, h), a.face)
     print(f"wrote {a.out}: {a.frames} frames {w}x{h}, faces {[f['label'] for f in truth['faces']]}")
     return 0

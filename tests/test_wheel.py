@@ -46,7 +46,7 @@ def test_wheel_installs_offline_and_runs_without_tensorflow(tmp_path):
     wheel = next(dist.glob("fer_edge-*.whl"))
     names = zipfile.ZipFile(wheel).namelist()
     for must in ("edge_runtime/models/yunet_n.onnx", "edge_runtime/models/NOTICE", "edge_runtime/crops.json",
-                 "edge_runtime/models/cbilstm/manifest.json"):
+                 "edge_runtime/models/cbilstm/manifest.json", "edge_runtime/web/index.html"):
         assert must in names, must
     assert sum(n.startswith("edge_runtime/models/cbilstm/") and n.endswith((".tflite", ".onnx")) for n in names) == 3
     assert not any(n.endswith(".keras") for n in names)

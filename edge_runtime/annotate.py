@@ -1,0 +1,126 @@
+"""Pictures of what the daemon sees: frames with each face's box, track id, label and a small bar
+per emotion; annotated videos (``--annotate out.mp4``) and a PNG contact sheet of such a video.
+
+    python -m edge_runtime.annotate sheet demo-annotated.avi demo-sheet.png --frames 8
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from .config import ConfigError
+from .detectors import to_bgr
+from .labels import LABELS
+from .preprocess import to_gray
+
+GREEN, WHITE, DARK = (80, 220, 80), (255, 255, 255), (40, 40, 40)
+FOURCC = {".avi": "MJPG", ".mp4": "mp4v"}  # both in every OpenCV build from PyPI
+
+
+def draw(image: np.ndarray, tracks) -> np.ndarray:
+    """A BGR copy of ``image`` with, per track: its box, "id label score" and one bar per emotion."""
+    img = to_bgr(image if image.dtype == np.uint8 else to_gray(image)).copy()
+    h, w = img.shape[:2]
+    for t in tracks:
+        x, y, bw, bh = (int(round(float(v))) for v in t.box)
+        probs = np.asarray(t.smooth, np.float64)
+        k = int(np.argmax(probs))
+        cv2.rectangle(img, (x, y), (x + bw, y + bh), GREEN, 2)
+        text = f"{t.id} {LABELS[k]} {probs[k]:.0%}"
+        (tw, th), _ = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, 0.5, 1)
+        ty, tx = max(th + 4, y - 4), min(max(0, x), max(0, w - tw - 4))  # the label stays in the picture
+        cv2.rectangle(img, (tx, ty - th - 4), (tx + tw + 4, ty + 2), DARK, -1)
+        cv2.putText(img, text, (tx + 2, ty - 2), cv2.FONT_HERSHEY_SIMPLEX, 0.5, WHITE, 1, cv2.LINE_AA)
+        _bars(img, probs, x + bw + 4 if x + bw + 80 < w else max(0, x - 80), y, min(bh, 7 * 12))
+    return img
+
+
+def _bars(img: np.ndarray, probs: np.ndarray, x: int, y: int, height: int) -> None:
+    """Seven bars, one per emotion (a letter each), length = probability, beside the face."""
+    row = max(8, height // len(LABELS))
+    for i, (lab, p) in enumerate(zip(LABELS, probs)):
+        yy = y + i * row
+        if yy + row > img.shape[0]:
+            break
+        cv2.rectangle(img, (x, yy + 1), (x + 64, yy + row - 1), DARK, -1)
+        cv2.rectangle(img, (x, yy + 1), (x + int(round(64 * float(p))), yy + row - 1), GREEN, -1)
+        cv2.putText(img, lab[:2], (x + 66, yy + row - 2), cv2.FONT_HERSHEY_PLAIN, 0.7, WHITE, 1, cv2.LINE_AA)
+
+
+class VideoOut:
+    """An annotated video, opened at the first frame (its size is known then)."""
+
+    def __init__(self, path: str | Path, fps: float = 15.0):
+        self.path = Path(path)
+        if self.path.suffix.lower() not in FOURCC:
+            raise ConfigError(f"--annotate {self.path}: use a .mp4 or .avi file")
+        if not self.path.parent.is_dir():
+            raise ConfigError(f"--annotate {self.path}: folder {self.path.parent} does not exist")
+        self.fps, self.writer, self.frames = fps, None, 0
+
+    def write(self, frame: np.ndarray) -> None:
+        if self.writer is None:
+            h, w = frame.shape[:2]
+            self.writer = cv2.VideoWriter(str(self.path), cv2.VideoWriter_fourcc(*FOURCC[self.path.suffix.lower()]),
+                                          self.fps, (w, h))
+            if not self.writer.isOpened():
+                raise OSError(f"OpenCV cannot write {self.path}")
+        self.writer.write(frame)
+        self.frames += 1
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.release()
+
+
+def contact_sheet(video: str | Path, out: str | Path, frames: int = 8, columns: int = 4, width: int = 320) -> int:
+    """``frames`` frames spread over ``video``, as one PNG grid of ``columns`` (each ``width`` px wide)."""
+    cap = cv2.VideoCapture(str(video))
+    total = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
+    if not cap.isOpened() or total <= 0:
+        raise ValueError(f"{video} is not a video OpenCV can read")
+    picks = np.linspace(0, total - 1, min(frames, total)).round().astype(int)
+    tiles = []
+    for i in picks:
+        cap.set(cv2.CAP_PROP_POS_FRAMES, int(i))
+        ok, img = cap.read()
+        if ok:
+            img = cv2.resize(img, (width, int(round(img.shape[0] * width / img.shape[1]))), interpolation=cv2.INTER_AREA)
+            cv2.putText(img, f"frame {i}", (6, img.shape[0] - 8), cv2.FONT_HERSHEY_SIMPLEX, 0.45, WHITE, 1, cv2.LINE_AA)
+            tiles.append(img)
+    cap.release()
+    if not tiles:
+        raise ValueError(f"no frame of {video} could be read")
+    blank = np.zeros_like(tiles[0])
+    tiles += [blank] * (-len(tiles) % columns)
+    rows = [np.hstack(tiles[r:r + columns]) for r in range(0, len(tiles), columns)]
+    if not cv2.imwrite(str(out), np.vstack(rows)):
+        raise OSError(f"cannot write {out}")
+    return len(picks)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m edge_runtime.annotate", description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="cmd", required=True)
+    s = sub.add_parser("sheet", help="a PNG contact sheet of frames spread over a video")
+    s.add_argument("video")
+    s.add_argument("out", help="PNG file to write")
+    s.add_argument("--frames", type=int, default=8, help="frames on the sheet (1..64, default 8)")
+    a = p.parse_args(argv)
+    try:
+        if not 1 <= a.frames <= 64:
+            raise ValueError("--frames must be in [1, 64]")
+        n = contact_sheet(a.video, a.out, a.frames)
+    except (ValueError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"wrote {a.out} ({n} frames of {a.video})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

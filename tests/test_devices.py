@@ -1,0 +1,73 @@
+"""Cameras a PyPI OpenCV cannot open: the Raspberry Pi camera module through Picamera2 (tested
+against tests/standins/picamera2, a STAND-IN implementing the documented calls, as no camera module
+exists here) and GStreamer pipelines (Jetson CSI cameras), whose absence is one line and exit 2."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+
+from edge_runtime.labels import LABELS
+from edge_runtime.synthetic import make_video
+from tests.conftest import REPO, SHARED
+from tests.edge_support import daemon_cmd, daemon_env, free_port, no_tf_path, read_events, wait_for  # noqa: F401
+
+STANDINS = REPO / "tests" / "standins"
+
+
+def standin_env(no_tf, tmp_path, video, cameras=1) -> dict:
+    env = daemon_env(no_tf)
+    env["PYTHONPATH"] = os.pathsep.join([str(STANDINS), env["PYTHONPATH"]])
+    env.update(PICAMERA2_STANDIN_VIDEO=str(video), PICAMERA2_STANDIN_LOG=str(tmp_path / "calls.jsonl"),
+               PICAMERA2_STANDIN_CAMERAS=str(cameras))
+    return env
+
+
+def calls(tmp_path) -> list[dict]:
+    p = tmp_path / "calls.jsonl"
+    return [json.loads(ln) for ln in p.read_text().splitlines()] if p.exists() else []
+
+
+def test_picamera2_source_runs_the_pipeline_with_the_profiles_resolution(no_tf_path, tmp_path):
+    video = tmp_path / "cam.avi"
+    make_video(video, SHARED, n_faces=2, frames=10, face=150, seed=4)
+    r = subprocess.run(daemon_cmd("--profile", REPO / "devices" / "raspberry-pi-4.toml", "--threads", "1", "--source", "picamera2",
+                                  "--events", tmp_path / "ev.jsonl", "--max-frames", "12"),
+                       env=standin_env(no_tf_path, tmp_path, video), cwd=REPO, capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0, r.stderr
+    log = calls(tmp_path)
+    assert [c["call"] for c in log] == ["init", "configure", "start", "stop", "close"]
+    assert log[1]["main"] == {"format": "RGB888", "size": [640, 480]}  # raspberry-pi-4.toml: 640x480 at 15 fps
+    assert log[1]["controls"] == {"FrameRate": 15.0}
+    events = read_events(tmp_path / "ev.jsonl")
+    assert len({e["track"] for e in events}) == 2 and all(e["label"] in LABELS for e in events)
+    assert max(e["frame"] for e in events) == 11
+
+
+def test_a_missing_second_camera_is_retried_like_a_lost_camera(no_tf_path, tmp_path):
+    video = tmp_path / "cam.avi"
+    make_video(video, SHARED, n_faces=1, frames=5, seed=4)
+    port = free_port()
+    proc = subprocess.Popen(daemon_cmd("--source", "picamera2:1", "--http", f"127.0.0.1:{port}",
+                                       "--events", tmp_path / "ev.jsonl"),
+                            env=standin_env(no_tf_path, tmp_path, video, cameras=1), cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: sum(c["call"] == "init-failed" for c in calls(tmp_path)) >= 2, 30)  # backoff, retried
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=15)
+    assert proc.returncode == 0, err
+    assert "picamera2:1 cannot start" in err and "lost (cannot open picamera2:1)" in err, err[-3000:]
+    assert "Traceback" not in err
+
+
+def test_without_picamera2_or_gstreamer_the_daemon_says_how_to_fix_it(no_tf_path):
+    for source, words in (("picamera2", "apt install python3-picamera2"),
+                          ("gst:nvarguscamerasrc ! video/x-raw(memory:NVMM) ! nvvidconv ! appsink", "GStreamer")):
+        r = subprocess.run(daemon_cmd("--source", source), env=daemon_env(no_tf_path), cwd=REPO,
+                           capture_output=True, text=True, timeout=60)
+        lines = r.stderr.strip().splitlines()
+        assert r.returncode == 2 and len(lines) == 1 and words in lines[0], r.stderr

@@ -1,0 +1,110 @@
+"""GET / in a real headless browser (Debian's Chromium): the self-contained page shows the live
+view and a table of the tracks the daemon sees, refreshed in place, behind the same token as the
+other endpoints. The screenshot is kept with the test's outputs (tmp_path/page.png)."""
+from __future__ import annotations
+
+import re
+import shutil
+import signal
+import subprocess
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from edge_runtime.labels import LABELS
+from edge_runtime.synthetic import make_video
+from tests.conftest import SHARED
+from tests.edge_support import free_port, no_tf_path, start_daemon, wait_for  # noqa: F401
+
+TOKEN = "s3cret-token"
+
+
+def chromium() -> str:
+    exe = shutil.which("chromium") or shutil.which("chromium-browser")
+    assert exe, "Chromium is not installed (apt-get install chromium; make test does it)"
+    return exe
+
+
+def browse(url: str, tmp_path: Path, *extra: str, budget_ms: int = 3000) -> subprocess.CompletedProcess:
+    return subprocess.run([chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+                           f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1150,720",
+                           f"--virtual-time-budget={budget_ms}", *extra, url],
+                          capture_output=True, text=True, timeout=90)
+
+
+@pytest.fixture(scope="module")
+def page_video(tmp_path_factory):
+    path = tmp_path_factory.mktemp("page") / "two.avi"
+    make_video(path, SHARED, n_faces=2, frames=30, face=150, seed=8)
+    return path
+
+
+def test_the_page_shows_the_live_tracks_in_a_real_browser(page_video, no_tf_path, tmp_path):
+    port = free_port()
+    proc = start_daemon(no_tf_path, "--source", page_video, "--loop", "--http", f"127.0.0.1:{port}",
+                        "--token", TOKEN, "--events", tmp_path / "ev.jsonl", stderr_path=tmp_path / "err")
+    base = f"http://127.0.0.1:{port}/"
+    try:
+        def status(url):
+            try:
+                with urllib.request.urlopen(url, timeout=5) as r:
+                    return r.status, r.read()
+            except urllib.error.HTTPError as e:
+                return e.code, b""
+            except OSError:
+                return None, b""
+        wait_for(lambda: status(f"{base}healthz?token={TOKEN}")[0] == 200, 60)
+        assert status(base)[0] == 401  # the page is behind the token like every endpoint
+        code, html = status(f"{base}?token={TOKEN}")
+        assert code == 200 and b"<table" in html
+        assert not re.search(rb'(src|href)=["\']?(https?:)?//', html)  # self-contained: no external assets
+
+        r = browse(f"{base}?token={TOKEN}", tmp_path, "--dump-dom")
+        assert r.returncode == 0, r.stderr[-2000:]
+        rows = re.findall(r'<tr data-track="(\d+)"( class="ended")?><td>\d+</td><td>(\w+)</td>', r.stdout)
+        live = [(int(t), lab) for t, ended, lab in rows if not ended]
+        assert len(live) == 2 and all(lab in LABELS for _, lab in live), r.stdout[-3000:]
+        assert re.search(r'id="health" class="ok">ok<', r.stdout)
+        assert re.search(r'<img id="view"[^>]*src="stream\.mjpg\?token=', r.stdout)
+
+        shot = tmp_path / "page.png"
+        r = browse(f"{base}?token={TOKEN}", tmp_path, f"--screenshot={shot}")
+        assert r.returncode == 0 and shot.stat().st_size > 20_000, r.stderr[-2000:]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        rc = proc.wait(15)
+    assert rc == 0, (tmp_path / "err").read_text()
+
+
+def test_annotate_writes_the_processed_frames_with_boxes_and_a_contact_sheet(page_video, no_tf_path, tmp_path):
+    import sys
+
+    import cv2
+    import numpy as np
+
+    from tests.edge_support import read_events, run_daemon
+    out = tmp_path / "seen.mp4"
+    r = run_daemon(no_tf_path, "--source", page_video, "--events", tmp_path / "ev.jsonl", "--annotate", out)
+    assert r.returncode == 0, r.stderr
+    cap = cv2.VideoCapture(str(out))
+    assert int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == 30
+    ok, frame = cap.read()
+    cap.release()
+    events = [e for e in read_events(tmp_path / "ev.jsonl") if e["frame"] == 0]
+    assert len(events) == 2
+    green = (frame[:, :, 1] > 180) & (frame[:, :, 0] < 140) & (frame[:, :, 2] < 140)
+    for e in events:  # each face's box is drawn where the event says it is
+        x, y, w, h = e["box"]
+        edge = green[max(0, y - 2):y + 3, x:x + w]
+        assert edge.mean() > 0.5, (e["box"], edge.mean())
+    bad = run_daemon(no_tf_path, "--source", page_video, "--annotate", tmp_path / "seen.gif")
+    assert bad.returncode == 2 and "use a .mp4 or .avi" in bad.stderr
+
+    sheet = tmp_path / "sheet.png"
+    r = subprocess.run([sys.executable, "-m", "edge_runtime.annotate", "sheet", str(out), str(sheet), "--frames", "6"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    img = cv2.imread(str(sheet))
+    assert img.shape == (2 * 240, 4 * 320, 3) and np.count_nonzero(img) > 0  # 6 frames on a 4-wide grid
