@@ -38,7 +38,7 @@ class BackendError(Exception):
     """The requested backend cannot run here (runtime missing, no usable artifact)."""
 
 
-def _tflite_interpreter_class():
+def tflite_interpreter_class():
     try:
         from ai_edge_litert.interpreter import Interpreter
         return Interpreter, "ai_edge_litert"
@@ -54,7 +54,7 @@ def _tflite_interpreter_class():
 def available_runtimes() -> dict[str, bool]:
     out = {}
     try:
-        _tflite_interpreter_class()
+        tflite_interpreter_class()
         out["tflite"] = True
     except BackendError:
         out["tflite"] = False
@@ -106,7 +106,7 @@ class TFLiteBackend(Backend):
 
     def __init__(self, path: Path, name: str, entry: dict, labels: list[str], threads: int = 1):
         super().__init__(name, entry, labels)
-        Interpreter, self.runtime = _tflite_interpreter_class()
+        Interpreter, self.runtime = tflite_interpreter_class()
         self.interp = Interpreter(model_path=str(path), num_threads=max(1, threads))
         self.interp.allocate_tensors()
         self.inp = self.interp.get_input_details()[0]

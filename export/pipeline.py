@@ -139,8 +139,8 @@ def load_data(cfg: ExportConfig, spec: PreprocessSpec):
 # ---------------------------------------------------------------- artifacts
 def describe_io(path: Path, fmt: str) -> tuple[dict, dict]:
     if fmt == "tflite":
-        from edge_runtime.backends import _tflite_interpreter_class
-        Interpreter, _ = _tflite_interpreter_class()
+        from edge_runtime.backends import tflite_interpreter_class
+        Interpreter, _ = tflite_interpreter_class()
         it = Interpreter(model_path=str(path))
 
         def d(x):

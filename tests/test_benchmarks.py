@@ -117,3 +117,19 @@ def test_bad_input_one_line_exit_2(tmp_path):
     assert r.returncode == 2 and "--detectors" in r.stderr and len(r.stderr.strip().splitlines()) == 1
     r = _bench("--artifacts", tmp_path, "--pipeline", "--frames", "10")
     assert r.returncode == 2 and "--frames" in r.stderr
+
+
+def test_cost_reports_int8_size_latency_and_epoch_time(tmp_path, shared_root):
+    out = tmp_path / "cost.json"
+    r = subprocess.run([sys.executable, "-m", "benchmarks.cost", "--data", str(shared_root), "--json", str(out),
+                        "stem=8-p-16,lstm_units=8,row_features=16", "stem=8-p-16-16-p-32-e,lstm_units=8,row_features=16"],
+                       cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    rows = json.loads(out.read_text())
+    assert [row["variant"]["stem"] for row in rows] == ["8-p-16", "8-p-16-16-p-32-e"]  # SE converts to int8
+    for row in rows:
+        assert row["int8_kb"] > 1 and 0 < row["int8_ms_p50"] < 50 and row["epoch_s_est"] > 0
+    assert rows[1]["parameters"] != rows[0]["parameters"]
+    bad = subprocess.run([sys.executable, "-m", "benchmarks.cost", "--data", str(shared_root), "widths=3"],
+                         cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and "no parameter(s) ['widths']" in bad.stderr

@@ -12,7 +12,7 @@ from edge_runtime.config import check_threads
 from .data import DataError
 
 
-def _kv(text: str) -> tuple[str, object]:
+def key_value(text: str) -> tuple[str, object]:
     if "=" not in text:
         raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
     k, v = text.split("=", 1)
@@ -48,9 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, help="peak learning rate (default: the model's recipe)")
     p.add_argument("--patience", type=int, help="early-stopping patience in epochs on validation accuracy")
     p.add_argument("--no-augment", action="store_true", help="train without augmentation")
-    p.add_argument("--param", action="append", type=_kv, default=[], metavar="KEY=VALUE",
+    p.add_argument("--param", action="append", type=key_value, default=[], metavar="KEY=VALUE",
                    help="architecture override, e.g. --param row_hidden=64 (JSON values; repeatable)")
-    p.add_argument("--set", action="append", type=_kv, default=[], metavar="KEY=VALUE", dest="recipe_set",
+    p.add_argument("--set", action="append", type=key_value, default=[], metavar="KEY=VALUE", dest="recipe_set",
                    help="training-recipe override, e.g. --set schedule=cosine --set label_smoothing=0.1")
     p.add_argument("--params", type=Path, help="JSON file of overrides, e.g. best_params.json from "
                                                "python -m train.grid (model, architecture and recipe keys)")

@@ -130,7 +130,7 @@ def resolve_precision(precision: str) -> str:
 @contextmanager
 def dtype_policy(precision: str):
     """Build models under a resolved Keras dtype policy; the process-wide policy is float32 again
-    afterwards (several models are built in one process: tests, train.cost)."""
+    afterwards (several models are built in one process: tests, benchmarks.cost)."""
     import keras
     keras.mixed_precision.set_global_policy(precision)
     try:

@@ -1,4 +1,4 @@
-"""What a candidate architecture costs before you train it: ``python -m train.cost``.
+"""What a candidate architecture costs before you train it: ``python -m benchmarks.cost``.
 
 For each variant: parameters, full-int8 TFLite size and per-face latency (LiteRT, batch 1,
 untrained weights calibrated on real faces - latency hardly depends on the weights), and the
@@ -19,8 +19,8 @@ import numpy as np
 
 def _variant(text: str) -> dict:
     """'stem=16-32s-p-64,lstm_units=96' -> {'stem': '16-32s-p-64', 'lstm_units': 96}."""
-    from .__main__ import _kv  # the same KEY=VALUE parsing as python -m train --param
-    return dict(_kv(part) for part in filter(None, text.split(",")))
+    from train.__main__ import key_value  # the same KEY=VALUE parsing as python -m train --param
+    return dict(key_value(part) for part in filter(None, text.split(",")))
 
 
 class _Ctx:
@@ -38,12 +38,12 @@ class _Ctx:
 
 def measure(model_name: str, params: dict, faces: np.ndarray, labels: np.ndarray, batch_size: int,
             train_images: int, steps: int = 10, precision: str = "float32") -> dict:
-    from benchmarks.latency import per_face_latency
     from export.study import tflite_runner
     from export.tflite import convert_int8
+    from train.fit import dtype_policy
+    from train.models import build
 
-    from .fit import dtype_policy
-    from .models import build
+    from .latency import per_face_latency
     unrolled = build(model_name, params, unroll=True)
     blob = convert_int8(_Ctx(unrolled, faces[:200]))
     run, _ = tflite_runner(blob, xnnpack=True)
@@ -66,10 +66,10 @@ def measure(model_name: str, params: dict, faces: np.ndarray, labels: np.ndarray
 
 def main(argv=None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    from .models import DEFAULT_MODEL, REGISTRY
+    from train.models import DEFAULT_MODEL, REGISTRY
     p = argparse.ArgumentParser(
-        prog="python -m train.cost", description=__doc__.split("\n\n")[1].replace("\n", " "),
-        epilog="example:\n  python -m train.cost stem=16-32s-32-p-64-64-p-128-128 stem=32-32-p-64-64-p-128-128\n"
+        prog="python -m benchmarks.cost", description=__doc__.split("\n\n")[1].replace("\n", " "),
+        epilog="example:\n  python -m benchmarks.cost stem=16-32s-32-p-64-64-p-128-128 stem=32-32-p-64-64-p-128-128\n"
                "Figures are for this machine and its current load; compare variants from one run.",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("variants", nargs="*", type=_variant, metavar="KEY=VALUE[,KEY=VALUE]",
@@ -80,8 +80,8 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     from edge_runtime.preprocess import scale_pixels
 
-    from .data import DataError, load_dataset
-    from .fit import TrainConfig, resolve_precision
+    from train.data import DataError, load_dataset
+    from train.fit import TrainConfig, resolve_precision
     rows, datasets = [], {}
     try:
         for variant in args.variants or [{}]:
