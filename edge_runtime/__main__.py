@@ -78,13 +78,14 @@ def flags_to_layer(ns: argparse.Namespace) -> dict:
             layer.setdefault(section, {})[key] = v
     if ns.mqtt:
         host, _, port = ns.mqtt.rpartition(":")
-        if not host or not port.isdigit():
-            raise ConfigError(f"--mqtt {ns.mqtt!r} should be HOST:PORT")
-        layer.setdefault("mqtt", {}).update(host=host, port=int(port))
+        if not host.strip("[]") or not port.isdigit():
+            raise ConfigError(f"--mqtt {ns.mqtt!r} should be HOST:PORT (an IPv6 address in brackets)")
+        layer.setdefault("mqtt", {}).update(host=host.strip("[]"), port=int(port))
     return layer
 
 
 def main(argv=None) -> int:
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # a log rotation while the model loads must not kill us
     ns = parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")

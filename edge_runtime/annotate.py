@@ -61,14 +61,19 @@ class VideoOut:
         if not self.path.parent.is_dir():
             raise ConfigError(f"--annotate {self.path}: folder {self.path.parent} does not exist")
         self.fps, self.writer, self.frames = fps, None, 0
+        if self.path.is_dir() or not self._open((64, 48)):  # can it be written at all? (before the camera opens)
+            raise ConfigError(f"--annotate {self.path}: OpenCV cannot write this file")
+        self.writer.release()
+        self.writer = None
+
+    def _open(self, size) -> bool:
+        fourcc = cv2.VideoWriter_fourcc(*FOURCC[self.path.suffix.lower()])
+        self.writer = cv2.VideoWriter(str(self.path), fourcc, self.fps, size)
+        return self.writer.isOpened()
 
     def write(self, frame: np.ndarray) -> None:
-        if self.writer is None:
-            h, w = frame.shape[:2]
-            self.writer = cv2.VideoWriter(str(self.path), cv2.VideoWriter_fourcc(*FOURCC[self.path.suffix.lower()]),
-                                          self.fps, (w, h))
-            if not self.writer.isOpened():
-                raise OSError(f"OpenCV cannot write {self.path}")
+        if self.writer is None and not self._open((frame.shape[1], frame.shape[0])):
+            raise ConfigError(f"--annotate {self.path}: OpenCV cannot write this file")
         self.writer.write(frame)
         self.frames += 1
 
@@ -79,6 +84,8 @@ class VideoOut:
 
 def contact_sheet(video: str | Path, out: str | Path, frames: int = 8, columns: int = 4, width: int = 320) -> int:
     """``frames`` frames spread over ``video``, as one PNG grid of ``columns`` (each ``width`` px wide)."""
+    if Path(out).suffix.lower() not in (".png", ".jpg", ".jpeg"):
+        raise ValueError(f"{out}: the sheet is an image: name it .png (or .jpg)")
     cap = cv2.VideoCapture(str(video))
     total = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
     if not cap.isOpened() or total <= 0:
@@ -98,7 +105,11 @@ def contact_sheet(video: str | Path, out: str | Path, frames: int = 8, columns: 
     blank = np.zeros_like(tiles[0])
     tiles += [blank] * (-len(tiles) % columns)
     rows = [np.hstack(tiles[r:r + columns]) for r in range(0, len(tiles), columns)]
-    if not cv2.imwrite(str(out), np.vstack(rows)):
+    try:
+        written = cv2.imwrite(str(out), np.vstack(rows))
+    except cv2.error:
+        written = False
+    if not written:
         raise OSError(f"cannot write {out}")
     return len(picks)
 

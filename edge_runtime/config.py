@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 import ipaddress
 import os
+import re
 import tomllib
 from pathlib import Path
 
@@ -158,8 +159,15 @@ def check(cfg: dict) -> dict:
         raise ConfigError("tracker.smoothing must be in [0, 1)")
     for key in ("prefix", "discovery_prefix"):
         prefix = cfg["mqtt"][key]
-        if not prefix.strip("/") or any(c in prefix for c in "+#\0") or len(prefix) > 200:
-            raise ConfigError(f"mqtt.{key} {prefix!r} must be a topic without wildcards (+, #), 1-200 characters")
+        if not prefix.strip("/") or any(c in prefix for c in "+#\0") or len(prefix) > 200 or prefix.startswith("$"):
+            raise ConfigError(f"mqtt.{key} {prefix!r} must be a topic without wildcards (+, #), not starting "
+                              "with $ (broker-reserved), 1-200 characters")
+    cid = cfg["mqtt"]["client_id"]
+    if len(cid.encode()) > 64 or not cid.isprintable():
+        raise ConfigError(f"mqtt.client_id {cid!r} must be printable and at most 64 bytes")
+    token = cfg["http"]["token"]
+    if token and not re.fullmatch(r"[A-Za-z0-9._~+/-]+=*", token):
+        raise ConfigError("http.token may hold only letters, digits and -._~+/ (a bearer token, RFC 6750)")
     bind = cfg["http"]["bind"]
     if bind:
         host, _, port = bind.rpartition(":")

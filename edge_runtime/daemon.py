@@ -19,7 +19,7 @@ from .annotate import VideoOut, draw
 from .geometry import CropSpec, landmark_list
 from .labels import LABELS
 from .sinks import JsonlSink, MqttSink
-from .sources import Capture, SourceError, check_source, source_kind
+from .sources import Capture, SourceError, check_source, is_picamera, source_kind
 from .stats import Stats
 from .tracker import Tracker, thumbnails
 
@@ -37,6 +37,8 @@ class Daemon:
         self.stats = Stats()
         self.stop_event = threading.Event()
         m, src = cfg["model"], cfg["source"]
+        if str(src["uri"]).startswith("picamera2") and not is_picamera(str(src["uri"])):
+            raise ConfigError(f"source {src['uri']}: use picamera2 or picamera2:N with a camera number, e.g. picamera2:1")
         if source_kind(str(src["uri"])) == "file" and not _exists(src["uri"]):
             raise ConfigError(f"source {src['uri']} does not exist")
         try:
@@ -61,7 +63,10 @@ class Daemon:
         self.exit_code, self.exit_reason = 0, ""
         self._reopen = threading.Event()
         self._sink_warned: dict[str, float] = {}
-        self.sinks = [JsonlSink(cfg["events"]["path"], self.stats, on_closed=self._output_closed)]
+        try:
+            self.sinks = [JsonlSink(cfg["events"]["path"], self.stats, on_closed=self._output_closed)]
+        except OSError as e:
+            raise ConfigError(f"events file {cfg['events']['path']}: {e.strerror or e}") from None
         self._last_view = None  # (frame index, image, tracks) for /stream.mjpg, encoded on demand
         self._jpeg_cache = (None, None)
         self.http = None

@@ -9,6 +9,8 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+import socket
+import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -41,6 +43,11 @@ class _Handler(BaseHTTPRequestHandler):
             return True
         given = parse_qs(query).get("token", [""])[0]
         return hmac.compare_digest(given.encode(), want)
+
+    def parse_request(self) -> bool:
+        ok = super().parse_request()
+        self.server.request_done(self.connection)  # complete: the slow-client deadline no longer applies
+        return ok
 
     def do_GET(self):  # noqa: N802 - http.server API
         app = self.app
@@ -78,23 +85,38 @@ class _Handler(BaseHTTPRequestHandler):
             pass
 
 
+BUSY = b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+
+
 class _BoundedServer(ThreadingHTTPServer):
-    """At most ``max_clients`` connections at once; one more is closed at once and counted."""
+    """At most ``max_clients`` connections at once (one more gets 503 and is closed), and a client
+    whose request line and headers are not complete ``timeout_s`` after it connected is cut off,
+    however slowly it drips them."""
     daemon_threads = True
     request_queue_size = 128  # the listen backlog: a burst of clients is accepted (and refused) at once
 
-    def __init__(self, address, handler, stats, max_clients: int):
-        self.stats, self.slots = stats, threading.BoundedSemaphore(max_clients)
+    def __init__(self, address, handler, stats, max_clients: int, timeout_s: float):
+        self.stats, self.slots, self.timeout_s = stats, threading.BoundedSemaphore(max_clients), timeout_s
+        self.pending: dict = {}  # socket -> deadline for its request to be complete
+        self.pending_lock = threading.Lock()
         super().__init__(address, handler)
 
     def process_request(self, request, client_address):
         if not self.slots.acquire(blocking=False):
             self.stats.inc("http_refused")
+            try:
+                request.setblocking(False)
+                request.send(BUSY)
+            except OSError:
+                pass
             self.shutdown_request(request)
             return
+        with self.pending_lock:
+            self.pending[request] = time.monotonic() + self.timeout_s
         try:
             super().process_request(request, client_address)
         except Exception:
+            self.request_done(request)
             self.slots.release()
             raise
 
@@ -102,7 +124,31 @@ class _BoundedServer(ThreadingHTTPServer):
         try:
             super().process_request_thread(request, client_address)
         finally:
+            self.request_done(request)
             self.slots.release()
+
+    def request_done(self, request) -> None:
+        with self.pending_lock:
+            self.pending.pop(request, None)
+
+    def reap(self, stopping: threading.Event) -> None:
+        """Cut off clients whose request is still incomplete at its deadline (the handler's own
+        timeout is per read: a client sending a byte a second would never reach it)."""
+        while not stopping.wait(0.25):
+            now = time.monotonic()
+            with self.pending_lock:
+                late = [r for r, deadline in self.pending.items() if deadline < now]
+                for r in late:
+                    self.pending.pop(r)
+            for r in late:
+                try:
+                    r.shutdown(socket.SHUT_RDWR)  # the handler's blocked read returns; it ends
+                except OSError:
+                    pass
+
+    def handle_error(self, request, client_address):
+        """A client that hangs up mid-reply is routine: a debug line, not a traceback."""
+        log.debug("HTTP client %s: %s", client_address[0], sys.exc_info()[1])
 
 
 class HttpServer:
@@ -112,11 +158,19 @@ class HttpServer:
         self.stopping = threading.Event()
         # timeout: a client that sends no complete request (or stops reading) within it is dropped
         handler = type("Handler", (_Handler,), {"app": self, "timeout": timeout_s})
-        self.httpd = _BoundedServer((host.strip("[]"), int(port)), handler, stats, max_clients)
+        host = host.strip("[]")
+        server = _BoundedServer
+        if ":" in host:  # an IPv6 address
+            server = type("BoundedServer6", (_BoundedServer,), {"address_family": socket.AF_INET6})
+        try:
+            self.httpd = server((host, int(port)), handler, stats, max_clients, timeout_s)
+        except OSError as e:
+            raise OSError(f"http.bind {bind}: {e.strerror or e}") from None
         self.address = "%s:%d" % self.httpd.server_address[:2]
         self._thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.1},
                                         name="http", daemon=True)
         self._thread.start()
+        threading.Thread(target=self.httpd.reap, args=(self.stopping,), name="http-reaper", daemon=True).start()
         log.info("HTTP on http://%s (/ /healthz /metrics /latest%s)", self.address, " /stream.mjpg" if jpeg else "")
 
     def close(self):

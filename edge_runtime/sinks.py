@@ -137,6 +137,10 @@ class MqttSink:
         self.client.reconnect_delay_set(1, 30)  # paho's own capped backoff when the broker drops
         self.client.on_connect = self._on_connect
         self.client.on_message = self._on_message
+        self.client.on_connect_fail = self._on_connect_fail
+        self.client.on_disconnect = self._on_disconnect
+        self.where = f"{host}:{port}"
+        self._down = False
         self._stop = threading.Event()
         self.client.connect_async(host, port, keepalive=30)
         self.client.loop_start()
@@ -145,10 +149,28 @@ class MqttSink:
         log.info("MQTT to %s:%d, topics %s/#%s", host, port, self.prefix,
                  f", Home Assistant discovery under {self.discovery_prefix}/" if discovery else "")
 
+    def _broker_down(self, reason: str):
+        """Health degraded until the broker is back (paho keeps reconnecting with its backoff)."""
+        self.stats.fault("mqtt", f"MQTT broker {self.where}: {reason}")
+        if not self._down:
+            log.warning("MQTT broker %s: %s; events are not published until it is back", self.where, reason)
+        self._down = True
+
+    def _on_connect_fail(self, client, userdata):
+        self._broker_down("unreachable")
+
+    def _on_disconnect(self, client, userdata, flags, reason_code, properties=None):
+        if not self._stop.is_set():
+            self._broker_down(f"disconnected ({reason_code})")
+
     def _on_connect(self, client, userdata, flags, reason_code, properties=None):
         if reason_code.is_failure:
-            log.warning("MQTT connect refused: %s", reason_code)
+            self._broker_down(f"connection refused ({reason_code})")
             return
+        if self._down:
+            log.info("MQTT broker %s connected again", self.where)
+        self._down = False
+        self.stats.fault("mqtt", None)
         client.publish(f"{self.prefix}/availability", "online", qos=1, retain=True)
         if self.discovery_prefix:
             client.subscribe(f"{self.discovery_prefix}/status", qos=1)

@@ -186,14 +186,77 @@ def test_slow_clients_are_timed_out_and_capped():
             socks.append(s)
         wait_for(lambda: stats.counters["http_refused"] >= 22, 5)
         time.sleep(1.5)
-        for s in socks:  # every one of them is closed by the server by now
-            assert s.recv(100) == b""
+        answers = [s.recv(200) for s in socks]  # every one of them is closed by the server by now
+        assert sum(a.startswith(b"HTTP/1.1 503") for a in answers) >= 22  # the refused ones are told so
+        assert all(a == b"" or a.startswith(b"HTTP/1.1 503") for a in answers)
+        assert all(s.recv(10) == b"" for s in socks)
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as r:
             assert r.status == 200
     finally:
         for s in socks:
             s.close()
         srv.close()
+
+
+def test_an_ipv6_loopback_bind_serves():
+    from edge_runtime.http import HttpServer
+    from edge_runtime.stats import Stats
+    stats = Stats()
+    stats.set_health("ok")
+    srv = HttpServer("[::1]:0", stats)
+    try:
+        port = int(srv.address.rsplit(":", 1)[1])
+        with urllib.request.urlopen(f"http://[::1]:{port}/healthz", timeout=5) as r:
+            assert r.status == 200
+    finally:
+        srv.close()
+
+
+def test_a_client_that_drips_its_headers_is_cut_off_at_the_deadline():
+    """The socket timeout is per read; a byte now and then must not hold a slot for ever."""
+    from edge_runtime.http import HttpServer
+    from edge_runtime.stats import Stats
+    stats = Stats()
+    stats.set_health("ok")
+    srv = HttpServer("127.0.0.1:0", stats, timeout_s=1.0, max_clients=2)
+    port = int(srv.address.rsplit(":", 1)[1])
+    s = socket.create_connection(("127.0.0.1", port), timeout=5)
+    try:
+        s.sendall(b"GET /healthz HTTP/1.1\r\n")
+        t0, closed = time.monotonic(), False
+        while time.monotonic() - t0 < 4:
+            try:
+                s.sendall(b"X-Drip: 1\r\n")
+            except OSError:
+                closed = True
+                break
+            s.settimeout(0.3)
+            try:
+                if s.recv(100) == b"":
+                    closed = True
+                    break
+            except TimeoutError:
+                pass
+        assert closed and time.monotonic() - t0 < 2.5, time.monotonic() - t0
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as r:
+            assert r.status == 200  # the slot is free again
+    finally:
+        s.close()
+        srv.close()
+
+
+def test_a_broker_that_is_down_degrades_health(video, no_tf_path, tmp_path):
+    port, dead = free_port(), free_port()  # nothing listens on `dead`
+    proc = popen(no_tf_path, "--source", video, "--loop", "--events", tmp_path / "ev.jsonl", "--http",
+                 f"127.0.0.1:{port}", "--mqtt", f"127.0.0.1:{dead}", stderr_path=tmp_path / "err")
+    try:
+        h = wait_for(lambda: (x := health(port)).get("status") == "degraded" and x, 60)
+        assert f"MQTT broker 127.0.0.1:{dead}" in h["reason"]
+    finally:
+        rc = stop(proc)
+    err = (tmp_path / "err").read_text()
+    assert rc == 0 and "Traceback" not in err, err
+    assert err.count("events are not published until it is back") == 1  # once, not per retry
 
 
 def test_a_failing_sink_does_not_stop_the_others(video, tmp_path, caplog):
@@ -225,6 +288,10 @@ def test_a_failing_sink_does_not_stop_the_others(video, tmp_path, caplog):
     ({"mqtt": {"prefix": "home/#"}}, "wildcards"),
     ({"mqtt": {"prefix": "a/+/b"}}, "wildcards"),
     ({"mqtt": {"prefix": "/"}}, "mqtt.prefix"),
+    ({"mqtt": {"prefix": "$SYS/x"}}, "broker-reserved"),
+    ({"mqtt": {"client_id": "a\x00b"}}, "mqtt.client_id"),
+    ({"http": {"bind": "127.0.0.1:8080", "token": "密码€"}}, "http.token"),
+    ({"http": {"bind": "127.0.0.1:8080", "token": "two words"}}, "http.token"),
 ])
 def test_new_settings_are_bounded(layer, message):
     with pytest.raises(ConfigError, match=message.replace(".", r"\.")):

@@ -65,7 +65,7 @@ def test_a_missing_second_camera_is_retried_like_a_lost_camera(no_tf_path, tmp_p
 
 
 def test_without_picamera2_or_gstreamer_the_daemon_says_how_to_fix_it(no_tf_path):
-    for source, words in (("picamera2", "apt install python3-picamera2"),
+    for source, words in (("picamera2", "apt install python3-picamera2"), ("picamera2:x", "a camera number"),
                           ("gst:nvarguscamerasrc ! video/x-raw(memory:NVMM) ! nvvidconv ! appsink", "GStreamer")):
         r = subprocess.run(daemon_cmd("--source", source), env=daemon_env(no_tf_path), cwd=REPO,
                            capture_output=True, text=True, timeout=60)

@@ -101,10 +101,16 @@ def test_annotate_writes_the_processed_frames_with_boxes_and_a_contact_sheet(pag
         assert edge.mean() > 0.5, (e["box"], edge.mean())
     bad = run_daemon(no_tf_path, "--source", page_video, "--annotate", tmp_path / "seen.gif")
     assert bad.returncode == 2 and "use a .mp4 or .avi" in bad.stderr
+    (tmp_path / "folder.avi").mkdir()
+    bad = run_daemon(no_tf_path, "--source", page_video, "--annotate", tmp_path / "folder.avi")
+    assert bad.returncode == 2 and "cannot write this file" in bad.stderr and "Traceback" not in bad.stderr
 
     sheet = tmp_path / "sheet.png"
     r = subprocess.run([sys.executable, "-m", "edge_runtime.annotate", "sheet", str(out), str(sheet), "--frames", "6"],
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
+    bad = subprocess.run([sys.executable, "-m", "edge_runtime.annotate", "sheet", str(out), str(tmp_path / "s.txt")],
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "name it .png" in bad.stderr and "Traceback" not in bad.stderr
     img = cv2.imread(str(sheet))
     assert img.shape == (2 * 240, 4 * 320, 3) and np.count_nonzero(img) > 0  # 6 frames on a 4-wide grid
