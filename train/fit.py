@@ -96,12 +96,17 @@ RECIPE_BOUNDS = {"epochs": (int, 1, 10_000), "batch_size": (int, 1, 65_536), "lr
                  "patience": (int, 1, 10_000), "time_budget_min": (float, 0.0, 100_000.0)}
 
 
+FLAGS = {"epochs": "--epochs", "batch_size": "--batch-size", "lr": "--lr", "patience": "--patience",
+         "time_budget_min": "--time, minutes"}
+
+
 def check_recipe_numbers(recipe: Recipe) -> None:
     for key, (kind, lo, hi) in RECIPE_BOUNDS.items():
         v = getattr(recipe, key)
         ok = isinstance(v, (int, float)) and not isinstance(v, bool) and (kind is float or float(v).is_integer())
         if not ok or not lo <= float(v) <= hi:  # also refuses NaN and inf
-            raise ValueError(f"{key} must be {'an integer' if kind is int else 'a number'} in [{lo:g}, {hi:g}], "
+            name = f"{key} ({FLAGS[key]})" if key in FLAGS else key
+            raise ValueError(f"{name} must be {'an integer' if kind is int else 'a number'} in [{lo:g}, {hi:g}], "
                              f"not {v!r}")
 
 
