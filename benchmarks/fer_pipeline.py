@@ -14,8 +14,9 @@ def main(argv=None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     import cv2
     import tensorflow as tf
-    tf.config.threading.set_intra_op_parallelism_threads(1)
-    tf.config.threading.set_inter_op_parallelism_threads(1)
+
+    from train.threads import tf_threads
+    tf_threads(1)
     cv2.setNumThreads(1)
     from fer.fer import FER
     from importlib.resources import files

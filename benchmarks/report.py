@@ -4,9 +4,9 @@ from __future__ import annotations
 import io
 import os
 import platform
-from importlib import metadata
 
 from edge_runtime.manifest import atomic_write_bytes
+from edge_runtime.versions import package_versions
 
 COLUMNS = [  # (key, header, format)
     ("name", "artifact", "{}"), ("precision", "prec", "{}"), ("runtime_short", "backend", "{}"),
@@ -110,13 +110,7 @@ def machine_info() -> dict:
     except OSError:
         pass
     cpu = cpu or platform.processor()
-    versions = {}
-    for pkg in ("numpy", "opencv-python-headless", "ai-edge-litert", "tflite-runtime", "onnxruntime",
-                "onnxruntime-gpu", "tensorflow", "keras"):
-        try:
-            versions[pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            pass
+    versions = {k: v for k, v in package_versions().items() if k not in ("python", "platform")}
     return {"cpu": cpu, "cores": os.cpu_count(), "machine": platform.machine(),
             "cpu_flags": [f for f in SPEED_FLAGS if f in flags], "system": platform.platform(),
             "python": platform.python_version(), "versions": versions}

@@ -25,9 +25,10 @@ from .latency import per_face_latency, throughput
 def _keras_predictor(path: Path, threads: int):
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     import tensorflow as tf
-    tf.config.threading.set_intra_op_parallelism_threads(threads)
-    tf.config.threading.set_inter_op_parallelism_threads(threads)
     import keras
+
+    from train.threads import tf_threads
+    tf_threads(threads)
     model = keras.models.load_model(path)
 
     def predict(x):

@@ -96,7 +96,7 @@ class Backend:
         raise NotImplementedError
 
 
-def _quantize(x: np.ndarray, scale: float, zero_point: int, dtype) -> np.ndarray:
+def quantize(x: np.ndarray, scale: float, zero_point: int, dtype) -> np.ndarray:
     info = np.iinfo(dtype)
     return np.clip(np.round(x / scale) + zero_point, info.min, info.max).astype(dtype)
 
@@ -142,7 +142,7 @@ class TFLiteBackend(Backend):
             if len(chunk) < per_call:
                 chunk = np.concatenate([chunk, np.zeros((per_call - len(chunk),) + chunk.shape[1:], np.float32)])
             if self.in_q:
-                chunk = _quantize(chunk, *self.in_q)
+                chunk = quantize(chunk, *self.in_q)
             self.interp.set_tensor(self.inp["index"], chunk)
             self.interp.invoke()
             y = self.interp.get_tensor(self.out["index"])

@@ -9,19 +9,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from edge_runtime.labels import LABELS
+from train.scores import macro_f1
 
 USABLE, REJECTED, FAILED = "usable", "rejected", "failed"
-
-
-def macro_f1(y_true: np.ndarray, y_pred: np.ndarray, n: int = len(LABELS)) -> float:
-    f1 = []
-    for k in range(n):
-        tp = np.sum((y_pred == k) & (y_true == k))
-        fp = np.sum((y_pred == k) & (y_true != k))
-        fn = np.sum((y_pred != k) & (y_true == k))
-        f1.append(0.0 if tp == 0 else 2 * tp / (2 * tp + fp + fn))
-    return float(np.mean(f1))
 
 
 def score(probs: np.ndarray, y_true: np.ndarray, ref_probs: np.ndarray | None = None,

@@ -32,6 +32,7 @@ from edge_runtime.labels import LABELS
 from edge_runtime.manifest import (SCHEMA_VERSION, ManifestError, atomic_write_json, atomic_write_text,
                                    read_manifest, sha256_file)
 from edge_runtime.preprocess import PreprocessSpec, scale_pixels
+from edge_runtime.versions import package_versions
 
 from . import formats as F
 from . import gate as G
@@ -119,7 +120,7 @@ def check_out(out: Path, run_dir: Path) -> None:
 
 
 def load_data(cfg: ExportConfig, spec: PreprocessSpec):
-    from train.data import DataError, load_dataset, skipped_note, stratified_indices
+    from train.data import DataError, load_dataset, skipped_note
     try:
         data = load_dataset(cfg.data, spec, seed=cfg.seed, fraction=cfg.fraction, progress=cfg.progress)
     except DataError as e:
@@ -131,9 +132,14 @@ def load_data(cfg: ExportConfig, spec: PreprocessSpec):
     if missing:
         raise ExportError(f"test split {data.test_name} of {data.root} has no images of class(es) "
                           f"{', '.join(missing)}")
-    n = max(len(LABELS), min(cfg.calibration, len(data.train)))
-    calib = data.train.take(stratified_indices(data.train.labels, n / len(data.train), cfg.seed)[0])
-    return data, calib
+    return data, calibration_set(data.train, cfg.calibration, cfg.seed)
+
+
+def calibration_set(train, n: int, seed: int = 1337):
+    """The stratified training faces that calibrate int8 ranges (export and export.study alike)."""
+    from train.data import stratified_indices
+    n = max(len(LABELS), min(n, len(train)))
+    return train.take(stratified_indices(train.labels, n / len(train), seed)[0])
 
 
 # ---------------------------------------------------------------- artifacts
@@ -169,20 +175,6 @@ def ms_per_face(backend, x: np.ndarray, runs: int) -> float:
         backend.predict(one)
         t.append(time.perf_counter() - t0)
     return round(1000 * float(np.median(t)), 4)
-
-
-def versions() -> dict:
-    import platform
-    from importlib import metadata
-    out = {"python": platform.python_version()}
-    for pkg in ("tensorflow", "keras", "tf2onnx", "onnx", "onnxruntime", "ai-edge-litert", "numpy",
-                "opencv-python-headless"):
-        try:
-            out[pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            pass
-    out["platform"] = platform.platform()
-    return out
 
 
 # ---------------------------------------------------------------- the worker
@@ -348,7 +340,7 @@ def run_export(cfg: ExportConfig) -> tuple[dict, int]:
                      "timing_note": f"{cfg.threads} thread(s), load average {os.getloadavg()[0]:.1f}"},
             "reference": {"accuracy": ref["accuracy"], "macro_f1": ref["macro_f1"]},
             "artifacts": {n: artifacts[n] for n in order if n in artifacts},
-            "versions": versions(),
+            "versions": package_versions(),
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "command": " ".join(["python -m export", *sys.argv[1:]]),
             "export_seconds": None,

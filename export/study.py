@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from edge_runtime.backends import quantize
+
 
 def _time(fn, x, runs):
     for _ in range(10):
@@ -39,8 +41,7 @@ def tflite_runner(data: bytes, xnnpack: bool):
     def run(x):
         if np.dtype(i["dtype"]).kind in "iu":
             s, z = i["quantization"]
-            info = np.iinfo(i["dtype"])
-            x = np.clip(np.round(x / s) + z, info.min, info.max).astype(i["dtype"])
+            x = quantize(x, s, z, i["dtype"])
         it.set_tensor(i["index"], x)
         it.invoke()
         y = it.get_tensor(o["index"])
@@ -91,12 +92,14 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     import tensorflow as tf
-    tf.config.threading.set_intra_op_parallelism_threads(1)
+
+    from train.threads import tf_threads
+    tf_threads(1)
     from edge_runtime.preprocess import PreprocessSpec, scale_pixels
-    from train.data import load_dataset, stratified_indices
+    from train.data import load_dataset
     from . import onnx as O
     from . import tflite as T
-    from .pipeline import resolve_source
+    from .pipeline import calibration_set, resolve_source
     from .worker import Context
 
     run_dir, run = resolve_source(args.model)
@@ -105,7 +108,7 @@ def main(argv=None) -> int:
     rng = np.random.default_rng(0)
     idx = np.sort(rng.choice(len(data.test), min(args.n, len(data.test)), replace=False))
     x, y = scale_pixels(data.test.images[idx], spec), data.test.labels[idx]
-    cal = data.train.take(stratified_indices(data.train.labels, args.calibration / len(data.train), 1)[0])
+    cal = calibration_set(data.train, args.calibration)  # the very faces python -m export calibrates on
     with tempfile.TemporaryDirectory() as d:
         np.save(Path(d) / "c.npy", cal.images)
         ctx = Context(Path(d), {"model_file": str(run_dir / "model.keras"), "model_name": run["model"],

@@ -79,10 +79,8 @@ def main(argv=None) -> int:
     staging, names = Path(argv[0]), argv[1:]
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     job = json.loads((staging / "job.json").read_text())
-    if job.get("threads"):
-        import tensorflow as tf
-        tf.config.threading.set_intra_op_parallelism_threads(job["threads"])
-        tf.config.threading.set_inter_op_parallelism_threads(job["threads"])
+    from train.threads import tf_threads
+    tf_threads(job.get("threads"))
     from .formats import BY_NAME, REFERENCE, converter
     ctx = Context(staging, job)
     for name in names:

@@ -266,3 +266,17 @@ def test_cbilstm_stem_spec_gives_the_documented_shapes():
                                    se.get_layer("se4_excite").output]).predict(x, verbose=0)
     assert feats[1].shape == (2, 1, 1, 16) and ((feats[1] > 0) & (feats[1] < 1)).all()
     assert np.allclose(feats[2], feats[0] * feats[1], atol=1e-6)
+
+
+def test_macro_f1_is_scikit_learns_with_every_class_counted():
+    """One numpy definition serves the reports, the export gate and the benchmarks: it must equal
+    f1_score(average="macro", labels=range(7), zero_division=0), absent classes included."""
+    from sklearn.metrics import f1_score
+
+    from train.scores import macro_f1
+    rng = np.random.default_rng(0)
+    for trial in range(20):
+        y_true = rng.integers(0, 7 if trial % 2 else 4, 300)  # odd trials: a class or three never occur
+        y_pred = np.where(rng.random(300) < 0.6, y_true, rng.integers(0, 7, 300))
+        want = f1_score(y_true, y_pred, average="macro", labels=range(7), zero_division=0)
+        assert abs(macro_f1(y_true, y_pred) - want) < 1e-12

@@ -113,7 +113,8 @@ def main(argv=None) -> int:
         cfg.resolved()  # validate overrides before TensorFlow starts
         if args.threads is not None:
             check_threads(args.threads, "--threads")
-        from .fit import tf_threads, train_run
+        from .fit import train_run
+        from .threads import tf_threads
         tf_threads(args.threads)
         out = Path(args.out or f"runs/{cfg.model}")
         m = train_run(cfg, args.data, out)

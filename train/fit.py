@@ -9,7 +9,6 @@ from __future__ import annotations
 import csv
 import io
 import os
-import platform
 import sys
 import time
 from contextlib import contextmanager
@@ -22,8 +21,10 @@ import numpy as np
 from edge_runtime.labels import LABELS, NUM_CLASSES
 from edge_runtime.manifest import SCHEMA_VERSION, atomic_write_json, atomic_write_text, sha256_file
 from edge_runtime.preprocess import PreprocessSpec, scale_pixels
+from edge_runtime.versions import package_versions
 
 from . import reports
+from .scores import metrics
 from .data import Dataset, load_dataset
 from .models import DISTILL_WEIGHT, Recipe, build, get_entry, parse_stem
 
@@ -142,14 +143,6 @@ def dtype_policy(precision: str):
         yield
     finally:
         keras.mixed_precision.set_global_policy("float32")
-
-
-def package_versions() -> dict:
-    import cv2
-    import keras
-    import tensorflow as tf
-    return {"python": platform.python_version(), "tensorflow": tf.__version__, "keras": keras.__version__,
-            "numpy": np.__version__, "opencv": cv2.__version__, "platform": platform.platform()}
 
 
 def class_weights(labels: np.ndarray, mode: str) -> np.ndarray:
@@ -538,7 +531,7 @@ def finish_run(model, run: dict, data: Dataset, spec: PreprocessSpec, summary: d
     probs = model.predict(x_test, batch_size=256, verbose=0)
     y_pred = probs.argmax(1)
     y_true = data.test.labels
-    test_metrics = reports.metrics(y_true, y_pred)
+    test_metrics = metrics(y_true, y_pred)
     report = reports.write_classification_report(y_true, y_pred, out_dir)
     reports.learning_curves(history, out_dir / "curves.png")
     cm = reports.confusion_heatmap(y_true, y_pred, out_dir / "confusion_matrix.png",
@@ -588,10 +581,5 @@ def finish_run(model, run: dict, data: Dataset, spec: PreprocessSpec, summary: d
     return manifest
 
 
-def tf_threads(n: int | None) -> None:
-    if n:
-        import tensorflow as tf
-        tf.config.threading.set_intra_op_parallelism_threads(n)
-        tf.config.threading.set_inter_op_parallelism_threads(n)
 
 

@@ -43,14 +43,8 @@ SETTINGS_FILE = "search.json"
 
 def _limit_tf_threads(n: int | None) -> None:
     """Cap TF's CPU threads if this process has not started TensorFlow yet (fresh workers)."""
-    if not n:
-        return
-    import tensorflow as tf
-    try:
-        tf.config.threading.set_intra_op_parallelism_threads(n)
-        tf.config.threading.set_inter_op_parallelism_threads(n)
-    except RuntimeError:  # TF already initialised in this process: keep its pools
-        pass
+    from .threads import tf_threads
+    tf_threads(n)
 
 
 def _keras_model(model_name: str = "thesis", **kwargs):

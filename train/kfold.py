@@ -164,7 +164,7 @@ def main(argv=None) -> int:
         if args.cmd == "teach":
             from edge_runtime.config import check_threads
 
-            from .fit import tf_threads
+            from .threads import tf_threads
             if args.threads is not None:
                 check_threads(args.threads, "--threads")
             tf_threads(args.threads)

@@ -12,7 +12,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-from sklearn.metrics import classification_report, confusion_matrix, f1_score  # noqa: E402
+from sklearn.metrics import classification_report, confusion_matrix  # noqa: E402
 
 from edge_runtime.labels import LABELS  # noqa: E402
 from edge_runtime.manifest import atomic_write_bytes, atomic_write_json, atomic_write_text  # noqa: E402
@@ -102,10 +102,6 @@ def per_class_error(cm: np.ndarray, path) -> None:
     save_fig(fig, path)
 
 
-def metrics(y_true, y_pred) -> dict:
-    return {"accuracy": float(np.mean(np.asarray(y_true) == np.asarray(y_pred))),
-            "macro_f1": float(f1_score(y_true, y_pred, average="macro", labels=range(len(LABELS)),
-                                       zero_division=0))}
 
 
 def write_classification_report(y_true, y_pred, out_dir) -> dict:
