@@ -19,7 +19,7 @@ from pathlib import Path
 
 from edge_runtime.manifest import ManifestError, atomic_write_json, preprocess_spec, read_manifest, verify_file
 
-from .data import DataError, load_dataset
+from .data import DataError, load_dataset, skipped_note
 
 COPIED = ("history.csv", "class_distribution.png", "samples.png")  # unchanged by the re-estimation
 
@@ -47,6 +47,8 @@ def recalibrate_run(run_dir, out_dir, data_root=None, progress: bool = True) -> 
     d = m["data"]
     data = load_dataset(data_root, spec, d["val_fraction"], m["seed"], d["fraction"], progress)
     summary = data.summary()
+    if note := skipped_note(train=data.train, test=data.test):
+        print(f"warning: {note}", file=sys.stderr)
     if summary["files_hash"] != d["files_hash"]:
         raise DataError(f"the data at {summary['root']} differ from the data {run_dir} was trained on "
                         "(file hash mismatch): pass --data with the run's data")
