@@ -16,6 +16,10 @@ remapped when the manifest's ``labels`` list another order (e.g. a peer model).
 from __future__ import annotations
 
 import logging
+import os
+import sys
+import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -49,6 +53,35 @@ def tflite_interpreter_class():
         return Interpreter, "tflite_runtime"
     except ImportError as e:
         raise BackendError("no TFLite runtime: pip install ai-edge-litert (or tflite-runtime)") from e
+
+
+BANNER = "INFO: Created TensorFlow Lite XNNPACK delegate for CPU."
+
+
+@contextmanager
+def without_litert_banner():
+    """LiteRT writes BANNER to file descriptor 2 when it builds an interpreter, and no API turns it
+    off; an error that follows would then not be one line. Capture fd 2 meanwhile and pass on every
+    other line (another thread's output included)."""
+    try:
+        fd = sys.stderr.fileno()
+    except (AttributeError, OSError, ValueError):  # stderr replaced (pytest's capture): nothing to do
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(fd)
+    with tempfile.TemporaryFile() as tmp:
+        os.dup2(tmp.fileno(), fd)
+        try:
+            yield
+        finally:
+            os.dup2(saved, fd)
+            os.close(saved)
+            tmp.seek(0)
+            rest = [ln for ln in tmp.read().decode(errors="replace").splitlines(keepends=True)
+                    if ln.strip() != BANNER]
+            if rest:
+                os.write(fd, "".join(rest).encode())
 
 
 def available_runtimes() -> dict[str, bool]:
@@ -107,8 +140,9 @@ class TFLiteBackend(Backend):
     def __init__(self, path: Path, name: str, entry: dict, labels: list[str], threads: int = 1):
         super().__init__(name, entry, labels)
         Interpreter, self.runtime = tflite_interpreter_class()
-        self.interp = Interpreter(model_path=str(path), num_threads=max(1, threads))
-        self.interp.allocate_tensors()
+        with without_litert_banner():
+            self.interp = Interpreter(model_path=str(path), num_threads=max(1, threads))
+            self.interp.allocate_tensors()
         self.inp = self.interp.get_input_details()[0]
         self.out = self.interp.get_output_details()[0]
         self.in_q = self._check_quant("input", self.inp)
