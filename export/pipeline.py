@@ -230,13 +230,14 @@ def _clean_stale_staging(out: Path) -> None:
 
 
 def run_export(cfg: ExportConfig) -> tuple[dict, int]:
-    """-> (manifest, exit code). Raises ExportError for user errors."""
+    """-> (manifest, exit code). Raises ExportError for user errors. Steps: resolve the source and
+    the data, stage the job, convert and score every format, time them, build the manifest, then
+    commit it (or set it aside when the export failed)."""
     log = cfg.log
     t_start = time.perf_counter()
     fmts = F.select(cfg.int8, cfg.formats, cfg.extras)
     run_dir, run = resolve_source(cfg.model)
     spec = PreprocessSpec.from_dict(run["preprocessing"])
-    stem = run["model"]
     out = Path(cfg.out) if cfg.out else Path("artifacts") / run_dir.name
     check_out(out, run_dir)
     log(f"export: {run_dir} ({run['model']}, input {spec.size}x{spec.size}) -> {out}/ "
@@ -255,102 +256,14 @@ def run_export(cfg: ExportConfig) -> tuple[dict, int]:
         raise Interrupted(signum)
     old = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
-        np.save(staging / "test.npy", data.test.images)
-        np.save(staging / "calibration.npy", calib.images)
-        model_sha = sha256_file(run_dir / "model.keras")
-        job = {"model_file": str(run_dir / "model.keras"), "model_name": run["model"], "params": run["params"],
-               "preprocessing": spec.to_dict(), "test_file": "test.npy", "calibration_file": "calibration.npy"}
-        atomic_write_json(staging / "job.json", job)
-        x_test = scale_pixels(data.test.images, spec)
-        y_test = data.test.labels
-        eval_manifest = {"_dir": str(staging), "labels": run["labels"], "artifacts": {}}
-        artifacts: dict[str, dict] = {}
-        ref: dict = {}
-
-        # the Keras reference row: a copy of the source model, scored by Keras itself
-        keras_name = f"{stem}_keras.{model_sha[:8]}.keras"
-        shutil.copyfile(run_dir / "model.keras", staging / keras_name)
-        artifacts[F.REFERENCE] = {"file": keras_name, "format": "keras", "precision": "fp32",
-                                  "sha256": model_sha, "size": (staging / keras_name).stat().st_size,
-                                  "status": G.USABLE, "notes": "the source model; the reference every drop "
-                                                               "is measured against (no edge backend)"}
-        pending = [F.REFERENCE] + [f.name for f in fmts]
-        current = None
-        while pending:
-            for ev in worker.events(pending):
-                kind = ev["event"]
-                if kind == "start":
-                    current = ev["name"]
-                    if current != F.REFERENCE:
-                        log(f"  converting {current} ...")
-                elif kind == "reference":
-                    ref["probs"] = np.load(staging / ev["file"])
-                    s = G.score(ref["probs"], y_test)
-                    ref.update(s)
-                    artifacts[F.REFERENCE].update(
-                        {"input": {"shape": [-1, *ev["input_shape"]], "dtype": "float32"},
-                         "output": {"shape": [-1, len(LABELS)], "dtype": "float32"},
-                         "accuracy": s["accuracy"], "macro_f1": s["macro_f1"], "agreement": 1.0,
-                         "drop_pp": 0.0, "parameters": ev["parameters"]})
-                    log(f"{'keras':15s} reference  {_size(artifacts[F.REFERENCE]['size'])}  "
-                        f"{ev['seconds']:5.1f} s  acc {100 * s['accuracy']:.2f} %  F1 {s['macro_f1']:.3f}")
-                    pending.remove(F.REFERENCE)
-                    current = None
-                elif kind == "done":
-                    entry = _evaluate(F.BY_NAME[ev["name"]], staging / ev["file"], ev["seconds"], stem,
-                                      eval_manifest, x_test, y_test, ref, cfg)
-                    artifacts[ev["name"]] = entry
-                    pending.remove(ev["name"])
-                    current = None
-                    log(_line(ev["name"], entry))
-                elif kind == "failed":
-                    artifacts[ev["name"]] = _failed(F.BY_NAME[ev["name"]], ev["reason"], ev["seconds"])
-                    pending.remove(ev["name"])
-                    current = None
-                    log(_line(ev["name"], artifacts[ev["name"]]))
-                elif kind == "exit" and current is not None:
-                    # the worker died inside a converter: that format failed, the rest go on
-                    reason = _exit_reason(ev["returncode"])
-                    if current == F.REFERENCE:
-                        raise ExportError(f"cannot run the Keras model {run_dir / 'model.keras'}: {reason} "
-                                          f"(see {worker.log_path})")
-                    artifacts[current] = _failed(F.BY_NAME[current], reason, None)
-                    pending.remove(current)
-                    log(_line(current, artifacts[current]))
-                    current = None
-                elif kind == "exit" and pending:
-                    raise ExportError(f"conversion worker stopped early ({_exit_reason(ev['returncode'])})")
-
-        _time_all(artifacts, eval_manifest, x_test, cfg)
-        order = [F.REFERENCE] + [f.name for f in fmts]
-        manifest = {
-            "schema": SCHEMA_VERSION,
-            "kind": "artifacts",
-            "model": run["model"],
-            "labels": list(run["labels"]),
-            "preprocessing": spec.to_dict(),
-            "source": {"run_dir": str(run_dir), "model_file": "model.keras", "sha256": model_sha,
-                       "params": run["params"], "run_test_metrics": run.get("metrics", {}).get("test")},
-            "data": {"root": str(data.root), "layout": data.layout, "test_split": data.test_name,
-                     "test_size": len(data.test), "test_files_hash": data.test.files_hash(),
-                     "test_class_counts": data.test.counts(), "fraction": cfg.fraction,
-                     "calibration": {"size": len(calib), "split": "train", "stratified": True,
-                                     "files_hash": calib.files_hash()}},
-            "gate": {"max_drop_pp": cfg.max_drop, "rule": "|reference accuracy - artifact accuracy| <= max_drop_pp",
-                     "timing_note": f"{cfg.threads} thread(s), load average {os.getloadavg()[0]:.1f}"},
-            "reference": {"accuracy": ref["accuracy"], "macro_f1": ref["macro_f1"]},
-            "artifacts": {n: artifacts[n] for n in order if n in artifacts},
-            "versions": package_versions(),
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "command": " ".join(["python -m export", *sys.argv[1:]]),
-            "export_seconds": None,
-        }
+        model_sha = _stage_job(staging, run_dir, run, spec, data, calib)
+        conv = _Conversions(staging, run_dir, run, spec, data, cfg, model_sha)
+        conv.run(worker, [f.name for f in fmts])
+        _time_all(conv.artifacts, conv.eval_manifest, conv.x_test, cfg)
+        manifest = _manifest(run_dir, run, spec, data, calib, cfg, model_sha, conv, fmts)
         manifest["export_seconds"] = round(time.perf_counter() - t_start, 1)
         committed = exit_code(manifest, cfg.allow_partial) == 0
-        if committed:
-            _commit(staging, out, manifest)
-        else:
-            _set_aside(staging, out, manifest)
+        (_commit if committed else _set_aside)(staging, out, manifest)
     except Interrupted as e:
         e.live = _live(out)  # no commit happened: the live manifest, if any, is the previous one
         raise
@@ -367,6 +280,112 @@ def run_export(cfg: ExportConfig) -> tuple[dict, int]:
         log(f"nothing committed ({_live(out)}); this export's manifest, reports and files are in "
             f"{out / REJECTED_DIR}/", err=True)
     return manifest, code
+
+
+def _stage_job(staging: Path, run_dir: Path, run: dict, spec: PreprocessSpec, data, calib) -> str:
+    """The worker's inputs: faces, calibration set, job.json; -> the source model's sha256."""
+    np.save(staging / "test.npy", data.test.images)
+    np.save(staging / "calibration.npy", calib.images)
+    job = {"model_file": str(run_dir / "model.keras"), "model_name": run["model"], "params": run["params"],
+           "preprocessing": spec.to_dict(), "test_file": "test.npy", "calibration_file": "calibration.npy"}
+    atomic_write_json(staging / "job.json", job)
+    return sha256_file(run_dir / "model.keras")
+
+
+class _Conversions:
+    """The Keras reference and every format, converted by the worker and scored here as they finish;
+    a format that fails or crashes its converter is a failed row, and the rest go on."""
+
+    def __init__(self, staging: Path, run_dir: Path, run: dict, spec: PreprocessSpec, data, cfg: ExportConfig,
+                 model_sha: str):
+        self.staging, self.run_dir, self.stem, self.cfg, self.log = staging, run_dir, run["model"], cfg, cfg.log
+        self.x_test, self.y_test = scale_pixels(data.test.images, spec), data.test.labels
+        self.eval_manifest = {"_dir": str(staging), "labels": run["labels"], "artifacts": {}}
+        self.ref: dict = {}
+        # the Keras reference row: a copy of the source model, scored by Keras itself
+        keras_name = f"{self.stem}_keras.{model_sha[:8]}.keras"
+        shutil.copyfile(run_dir / "model.keras", staging / keras_name)
+        self.artifacts: dict[str, dict] = {F.REFERENCE: {
+            "file": keras_name, "format": "keras", "precision": "fp32", "sha256": model_sha,
+            "size": (staging / keras_name).stat().st_size, "status": G.USABLE,
+            "notes": "the source model; the reference every drop is measured against (no edge backend)"}}
+
+    def run(self, worker: Worker, names: list[str]) -> None:
+        self.pending, self.current = [F.REFERENCE] + names, None
+        while self.pending:  # the worker restarts after a crash with what is left
+            for ev in worker.events(self.pending):
+                self.on(ev, worker)
+
+    def _finished(self, name: str, entry: dict | None = None) -> None:
+        if entry is not None:
+            self.artifacts[name] = entry
+            self.log(_line(name, entry))
+        self.pending.remove(name)
+        self.current = None
+
+    def on(self, ev: dict, worker: Worker) -> None:
+        kind = ev["event"]
+        if kind == "start":
+            self.current = ev["name"]
+            if self.current != F.REFERENCE:
+                self.log(f"  converting {self.current} ...")
+        elif kind == "reference":
+            self._reference(ev)
+            self._finished(F.REFERENCE)
+        elif kind == "done":
+            self._finished(ev["name"], _evaluate(F.BY_NAME[ev["name"]], self.staging / ev["file"], ev["seconds"],
+                                                 self.stem, self.eval_manifest, self.x_test, self.y_test,
+                                                 self.ref, self.cfg))
+        elif kind == "failed":
+            self._finished(ev["name"], _failed(F.BY_NAME[ev["name"]], ev["reason"], ev["seconds"]))
+        elif kind == "exit" and self.current is not None:
+            # the worker died inside a converter: that format failed, the rest go on
+            reason = _exit_reason(ev["returncode"])
+            if self.current == F.REFERENCE:
+                raise ExportError(f"cannot run the Keras model {self.run_dir / 'model.keras'}: {reason} "
+                                  f"(see {worker.log_path})")
+            self._finished(self.current, _failed(F.BY_NAME[self.current], reason, None))
+        elif kind == "exit" and self.pending:
+            raise ExportError(f"conversion worker stopped early ({_exit_reason(ev['returncode'])})")
+
+    def _reference(self, ev: dict) -> None:
+        self.ref["probs"] = np.load(self.staging / ev["file"])
+        s = G.score(self.ref["probs"], self.y_test)
+        self.ref.update(s)
+        self.artifacts[F.REFERENCE].update(
+            {"input": {"shape": [-1, *ev["input_shape"]], "dtype": "float32"},
+             "output": {"shape": [-1, len(LABELS)], "dtype": "float32"},
+             "accuracy": s["accuracy"], "macro_f1": s["macro_f1"], "agreement": 1.0,
+             "drop_pp": 0.0, "parameters": ev["parameters"]})
+        self.log(f"{'keras':15s} reference  {_size(self.artifacts[F.REFERENCE]['size'])}  "
+                 f"{ev['seconds']:5.1f} s  acc {100 * s['accuracy']:.2f} %  F1 {s['macro_f1']:.3f}")
+
+
+def _manifest(run_dir: Path, run: dict, spec: PreprocessSpec, data, calib, cfg: ExportConfig, model_sha: str,
+              conv: _Conversions, fmts) -> dict:
+    order = [F.REFERENCE] + [f.name for f in fmts]
+    return {
+        "schema": SCHEMA_VERSION,
+        "kind": "artifacts",
+        "model": run["model"],
+        "labels": list(run["labels"]),
+        "preprocessing": spec.to_dict(),
+        "source": {"run_dir": str(run_dir), "model_file": "model.keras", "sha256": model_sha,
+                   "params": run["params"], "run_test_metrics": run.get("metrics", {}).get("test")},
+        "data": {"root": str(data.root), "layout": data.layout, "test_split": data.test_name,
+                 "test_size": len(data.test), "test_files_hash": data.test.files_hash(),
+                 "test_class_counts": data.test.counts(), "fraction": cfg.fraction,
+                 "calibration": {"size": len(calib), "split": "train", "stratified": True,
+                                 "files_hash": calib.files_hash()}},
+        "gate": {"max_drop_pp": cfg.max_drop, "rule": "|reference accuracy - artifact accuracy| <= max_drop_pp",
+                 "timing_note": f"{cfg.threads} thread(s), load average {os.getloadavg()[0]:.1f}"},
+        "reference": {"accuracy": conv.ref["accuracy"], "macro_f1": conv.ref["macro_f1"]},
+        "artifacts": {n: conv.artifacts[n] for n in order if n in conv.artifacts},
+        "versions": package_versions(),
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "command": " ".join(["python -m export", *sys.argv[1:]]),
+        "export_seconds": None,
+    }
 
 
 REJECTED_DIR = "rejected"  # where a failed export's results are kept, beside the live deployment
