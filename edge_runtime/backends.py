@@ -213,7 +213,8 @@ class OnnxBackend(Backend):
             import onnxruntime as ort
         except ImportError as e:
             raise BackendError("onnxruntime is not installed: pip install onnxruntime") from e
-        check_precision(name, self.precision, any(op in path.read_bytes() for op in QUANT_OPS))
+        blob = path.read_bytes()
+        check_precision(name, self.precision, any(op in blob for op in QUANT_OPS))
         opts = onnx_session_options(threads)
         have = ort.get_available_providers()
         wanted = providers or [p for p in (*self.GPU_PROVIDERS, "CPUExecutionProvider") if p in have]

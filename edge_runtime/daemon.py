@@ -155,7 +155,13 @@ class Daemon:
         self.stats.tracks_active = len(self.tracker.tracks)
         self._last_view = (frame.index, frame.image, list(self.tracker.tracks.values()))
         if self.annotate is not None:
-            self.annotate.write(draw(frame.image, self._last_view[2]))
+            try:
+                self.annotate.write(draw(frame.image, self._last_view[2]))
+            except (ConfigError, OSError, cv2.error) as e:  # a disk or codec problem: stop annotating, go on
+                log.warning("annotated video stopped: %s", e)
+                self.stats.fault("annotate", f"annotated video stopped: {e}")
+                self.annotate.close()
+                self.annotate = None
         return events
 
     def _emit(self, changes, index: int, latency: dict) -> list[dict]:

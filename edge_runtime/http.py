@@ -9,24 +9,35 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+import re
 import socket
 import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from urllib.parse import parse_qs
+from urllib.parse import unquote
 
 log = logging.getLogger(__name__)
 PAGE = Path(__file__).resolve().parent / "web" / "index.html"  # the live page: MJPEG view + track table
+TOKEN_IN_QUERY = re.compile(r"token=[^&\s]*")
+
+
+def query_token(query: str) -> str:
+    """``token`` from a query string; "+" stays "+" (a bearer token may hold it; forms' "+ = space" does not apply)."""
+    for part in query.split("&"):
+        key, _, value = part.partition("=")
+        if key == "token":
+            return unquote(value)
+    return ""
 
 
 class _Handler(BaseHTTPRequestHandler):
     server_version = "fer-edge"
     app: "HttpServer"  # set on the subclass
 
-    def log_message(self, fmt, *args):  # route access logs to logging at debug level
-        log.debug("%s " + fmt, self.client_address[0], *args)
+    def log_message(self, fmt, *args):  # route access logs to logging at debug level, tokens masked
+        log.debug("%s " + fmt, self.client_address[0], *(TOKEN_IN_QUERY.sub("token=***", str(a)) for a in args))
 
     def _send(self, code: int, body: bytes, ctype: str):
         self.send_response(code)
@@ -41,7 +52,7 @@ class _Handler(BaseHTTPRequestHandler):
         got = self.headers.get("Authorization", "")
         if got.startswith("Bearer ") and hmac.compare_digest(got[7:].encode(), want):
             return True
-        given = parse_qs(query).get("token", [""])[0]
+        given = query_token(query)
         return hmac.compare_digest(given.encode(), want)
 
     def parse_request(self) -> bool:
@@ -147,8 +158,12 @@ class _BoundedServer(ThreadingHTTPServer):
                     pass
 
     def handle_error(self, request, client_address):
-        """A client that hangs up mid-reply is routine: a debug line, not a traceback."""
-        log.debug("HTTP client %s: %s", client_address[0], sys.exc_info()[1])
+        """A client that hangs up mid-reply is routine: a debug line. Anything else is a bug: logged whole."""
+        err = sys.exc_info()[1]
+        if isinstance(err, (ConnectionError, TimeoutError)):
+            log.debug("HTTP client %s: %s", client_address[0], err)
+        else:
+            log.exception("HTTP request from %s failed", client_address[0])
 
 
 class HttpServer:

@@ -1,6 +1,7 @@
 """Event sinks: JSON Lines (file or stdout) and MQTT (events, periodic stats, availability)."""
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -55,9 +56,16 @@ class JsonlSink:
             return
         if self._f is None:  # reopening failed earlier: try again with each event
             self._f = self._open()
-        start = self._f.tell()
+        if not self._f.seekable():  # a pipe or FIFO: blocking writes, all or an error
+            view = memoryview(data)
+            while view:
+                view = view[self._f.write(view):]
+            return
+        start = os.fstat(self._f.fileno()).st_size  # appends land at the end, wherever tell() points
         try:
-            self._f.write(data)
+            written = self._f.write(data)
+            if written != len(data):  # a short write: the disk filled up mid-line
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         except OSError:
             try:
                 self._f.truncate(start)  # no half line: the file stays valid JSON Lines

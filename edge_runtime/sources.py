@@ -101,6 +101,7 @@ class PicameraCapture:
     def __init__(self, index: int, width: int = 0, height: int = 0, fps: float = 0.0):
         from picamera2 import Picamera2
         self.cam, self.fps = None, fps
+        cam = None
         try:
             cam = Picamera2(index)
             main = {"format": "RGB888", **({"size": (int(width), int(height))} if width and height else {})}
@@ -110,6 +111,11 @@ class PicameraCapture:
             self.cam = cam
         except Exception as e:  # no such camera, busy, or libcamera refused: lost like a USB camera
             log.warning("picamera2:%d cannot start: %s", index, e)
+            if cam is not None:
+                try:
+                    cam.close()  # free the camera for the retry
+                except Exception:
+                    pass
 
     def isOpened(self) -> bool:  # noqa: N802 - mirrors cv2.VideoCapture
         return self.cam is not None

@@ -263,7 +263,11 @@ def run_export(cfg: ExportConfig) -> tuple[dict, int]:
         manifest = _manifest(run_dir, run, spec, data, calib, cfg, model_sha, conv, fmts)
         manifest["export_seconds"] = round(time.perf_counter() - t_start, 1)
         committed = exit_code(manifest, cfg.allow_partial) == 0
-        (_commit if committed else _set_aside)(staging, out, manifest)
+        held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
+        try:  # the commit runs whole: a signal now is delivered after it, and the message names the new manifest
+            (_commit if committed else _set_aside)(staging, out, manifest)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, held)
     except Interrupted as e:
         e.live = _live(out)  # no commit happened: the live manifest, if any, is the previous one
         raise

@@ -351,3 +351,56 @@ def test_systemd_does_not_restart_what_can_never_work(bad_inputs, no_tf_path):
                            capture_output=True, text=True, timeout=60)
         errors = [ln for ln in r.stderr.splitlines() if "error" in ln.lower()]
         assert r.returncode in prevent and len(errors) == 1 and "Traceback" not in r.stderr, (name, r.stderr)
+
+
+def test_the_events_sink_writes_to_a_pipe(tmp_path):
+    """A FIFO (or `--events /dev/stdout | jq`) cannot seek: every event still arrives, whole."""
+    import os
+
+    from edge_runtime.sinks import JsonlSink
+    from edge_runtime.stats import Stats
+    fifo = tmp_path / "events.fifo"
+    os.mkfifo(fifo)
+    got = []
+    reader = threading.Thread(target=lambda: got.extend(open(fifo).read().splitlines()))
+    reader.start()
+    stats = Stats()
+    sink = JsonlSink(str(fifo), stats)
+    for i in range(50):
+        sink.emit({"type": "update", "i": i})
+    sink.close()
+    reader.join(10)
+    assert [json.loads(x)["i"] for x in got] == list(range(50)) and stats.counters["sink_errors"] == 0
+
+
+def test_a_short_write_leaves_no_half_line(tmp_path):
+    """A file-size limit makes write() stop mid-line, as a filling disk does: the partial line is
+    cut back, the event is counted as dropped, and the file stays valid JSON Lines."""
+    import subprocess
+    import sys
+    path = tmp_path / "ev.jsonl"
+    code = f"""
+import resource, signal
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (300, 300))
+from edge_runtime.sinks import JsonlSink
+from edge_runtime.stats import Stats
+stats = Stats()
+sink = JsonlSink({str(path)!r}, stats)
+for i in range(40):
+    sink.emit({{"type": "update", "i": i, "pad": "x" * 20}})
+sink.close()
+print(stats.counters["sink_errors"])
+"""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert int(r.stdout.strip()) > 0
+    lines = path.read_text().splitlines(keepends=True)
+    assert lines and all(ln.endswith("\n") for ln in lines)
+    assert [json.loads(ln)["i"] for ln in lines] == list(range(len(lines)))
+
+
+def test_a_plus_in_a_query_token_is_a_plus():
+    from edge_runtime.http import query_token
+    assert query_token("token=a+b/c%3D&x=1") == "a+b/c="
+    assert query_token("x=1") == ""

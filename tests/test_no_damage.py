@@ -115,3 +115,31 @@ def test_an_interrupted_training_leaves_the_previous_run_as_it_was(tiny_run, sha
     assert snapshot(out) == before
     m = json.loads((out / "manifest.json").read_text())
     assert m["model_sha256"] == sha256_file(out / "model.keras")
+
+
+def test_a_swap_killed_between_its_renames_is_recovered(tmp_path):
+    """The old run moved aside, the new one not yet in place, the process killed: the next training
+    promotes the finished new run (or restores the old one if the new one is not whole)."""
+    from train.fit import _recover_interrupted_swap
+    dead = 2 ** 22 + 12345  # no such process
+    out = tmp_path / "run"
+    new, old = tmp_path / f".run.training-{dead}", tmp_path / f".run.replaced-{dead}"
+    for d, tag in ((new, "new"), (old, "old")):
+        d.mkdir()
+        (d / "manifest.json").write_text(json.dumps({"tag": tag}))
+    (new / "model.keras").write_bytes(b"k")
+    _recover_interrupted_swap(out)
+    assert json.loads((out / "manifest.json").read_text())["tag"] == "new" and not new.exists() and not old.exists()
+
+    shutil.rmtree(out)
+    new.mkdir()  # a new run that died mid-training: not whole
+    old.mkdir()
+    (old / "manifest.json").write_text(json.dumps({"tag": "old"}))
+    _recover_interrupted_swap(out)
+    assert json.loads((out / "manifest.json").read_text())["tag"] == "old" and not new.exists()
+
+
+def test_whole_number_floats_become_integers_before_training():
+    from train.fit import TrainConfig
+    _, recipe, _ = TrainConfig(model="cbilstm", recipe={"epochs": 10.0, "batch_size": 32.0}).resolved()
+    assert (recipe.epochs, recipe.batch_size) == (10, 32) and isinstance(recipe.epochs, int)

@@ -180,7 +180,7 @@ def _save_cached(key: str, split: Split) -> None:
 def truncated(data: bytes, suffix: str) -> bool:
     """A JPEG without its end marker or a PNG without IEND: cut off in a copy. OpenCV would decode
     the part that arrived and fill the rest with grey, silently."""
-    tail = data[-32:]
+    tail = data[-4096:]  # FF D9 cannot occur inside JPEG scan data (0xFF is stuffed), so a wide tail is safe
     if suffix in (".jpg", ".jpeg"):
         return b"\xff\xd9" not in tail
     if suffix == ".png":

@@ -60,7 +60,7 @@ class TrainConfig:
         if unknown:
             raise ValueError(f"unknown training settings {sorted(unknown)}")
         recipe = replace(entry.recipe, **self.recipe)
-        check_recipe_numbers(recipe)
+        recipe = check_recipe_numbers(recipe)
         if not 0.0 <= float(self.val_fraction) <= 0.5 or not 0.0 < float(self.fraction) <= 1.0:
             raise ValueError(f"--val-fraction must be in [0, 0.5] and --fraction in (0, 1], "
                              f"not {self.val_fraction!r} / {self.fraction!r}")
@@ -101,7 +101,9 @@ FLAGS = {"epochs": "--epochs", "batch_size": "--batch-size", "lr": "--lr", "pati
          "time_budget_min": "--time, minutes"}
 
 
-def check_recipe_numbers(recipe: Recipe) -> None:
+def check_recipe_numbers(recipe: Recipe) -> Recipe:
+    """The recipe with every number checked against RECIPE_BOUNDS (integers as int: 10.0 -> 10)."""
+    ints = {}
     for key, (kind, lo, hi) in RECIPE_BOUNDS.items():
         v = getattr(recipe, key)
         ok = isinstance(v, (int, float)) and not isinstance(v, bool) and (kind is float or float(v).is_integer())
@@ -109,6 +111,9 @@ def check_recipe_numbers(recipe: Recipe) -> None:
             name = f"{key} ({FLAGS[key]})" if key in FLAGS else key
             raise ValueError(f"{name} must be {'an integer' if kind is int else 'a number'} in [{lo:g}, {hi:g}], "
                              f"not {v!r}")
+        if kind is int:
+            ints[key] = int(v)
+    return replace(recipe, **ints)
 
 
 PRECISIONS = ("float32", "mixed_bfloat16", "auto")
@@ -348,6 +353,33 @@ def _pick_saliency(y_true, y_pred, per_class: int, seed: int) -> list[int]:
     return picks
 
 
+def _recover_interrupted_swap(out_dir: Path) -> None:
+    """Leftovers of trainings that died: a swap killed between its two renames left no run folder,
+    the finished new run (promoted) and the old one (restored if the new one is not whole).
+    Everything else left by dead processes is removed; a live training's folder is left alone."""
+    import shutil
+
+    def dead(p: Path) -> bool:
+        try:
+            os.kill(int(p.name.rsplit("-", 1)[1]), 0)
+        except (ValueError, ProcessLookupError):
+            return True
+        except PermissionError:
+            pass
+        return False
+    training = [p for p in out_dir.parent.glob(f".{out_dir.name}.training-*") if dead(p)]
+    replaced = [p for p in out_dir.parent.glob(f".{out_dir.name}.replaced-*") if dead(p)]
+    if not out_dir.exists():
+        whole = [p for p in training if (p / "manifest.json").is_file() and (p / "model.keras").is_file()]
+        if whole:
+            os.replace(whole[0], out_dir)
+        elif replaced:
+            os.replace(replaced[0], out_dir)
+    for p in training + replaced:
+        if p.exists():
+            shutil.rmtree(p, ignore_errors=True)
+
+
 @contextmanager
 def staged_run_folder(out_dir):
     """Yield a hidden sibling folder to write the run into; on success it replaces ``out_dir`` whole,
@@ -356,13 +388,7 @@ def staged_run_folder(out_dir):
     import shutil
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    for stale in out_dir.parent.glob(f".{out_dir.name}.training-*"):
-        try:
-            os.kill(int(stale.name.rsplit("-", 1)[1]), 0)  # another training still writes there
-        except (ValueError, ProcessLookupError):
-            shutil.rmtree(stale, ignore_errors=True)
-        except PermissionError:
-            pass
+    _recover_interrupted_swap(out_dir)
     work = out_dir.parent / f".{out_dir.name}.training-{os.getpid()}"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir()
@@ -490,7 +516,7 @@ def _init_facts(run_dir) -> dict | None:
     from edge_runtime.manifest import read_manifest
     m = read_manifest(run_dir)
     return {"run": str(Path(run_dir).resolve()), "model_sha256": m["model_sha256"],
-            "test_accuracy": m["metrics"]["test"]["accuracy"]}
+            "test_accuracy": ((m.get("metrics") or {}).get("test") or {}).get("accuracy")}
 
 
 def recalibrate(model, data: Dataset, spec: PreprocessSpec, progress: bool = False) -> dict | None:
