@@ -28,8 +28,11 @@ def build_parser() -> argparse.ArgumentParser:
         description="Measure every artifact in an export manifest (and a peer model) on the test split: "
                     "accuracy, macro-F1, drop vs Keras, size, load time, per-face latency p50/p90/p99 at "
                     "batch 1, throughput at batch 32, peak RSS; optionally the end-to-end daemon FPS.",
-        epilog="example:\n  python -m benchmarks --artifacts artifacts/cbilstm --threads 1,2 --peer fer "
-               "--results my-machine --plots benchmarks/results/my-machine",
+        epilog="examples:\n  python -m benchmarks --artifacts artifacts/cbilstm --threads 1,2 --peer fer "
+               "--results my-machine\n"
+               "  python -m benchmarks --artifacts artifacts/cbilstm --only tflite-int8 --threads 1 --pipeline\n\n"
+               "exit codes: 0 every row measured; 1 a row failed (named; the table is still written);\n"
+               "2 bad arguments or manifest (one line on stderr)",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--artifacts", default="artifacts/cbilstm", help="folder with manifest.json from python -m export")
     p.add_argument("--test-dir", help="score this image-folder split (<dir>/<emotion>/*.jpg) instead of the "

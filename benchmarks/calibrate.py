@@ -109,8 +109,8 @@ def search(grays, dets, labels, start: CropSpec, backend, pre, levels) -> list[t
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.calibrate", description=__doc__.split("\n")[0],
-                                epilog="example:\n  python -m benchmarks.calibrate --artifacts artifacts/cbilstm "
-                                       "--detector yunet --write", formatter_class=argparse.RawDescriptionHelpFormatter)
+                                epilog="examples:\n  python -m benchmarks.calibrate --artifacts artifacts/cbilstm "
+                                       "--detector yunet --write\n\nexit codes: 0 done; 2 bad arguments or data (one line on stderr)", formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--artifacts", default="artifacts/cbilstm", help="folder with manifest.json from python -m export")
     p.add_argument("--detector", default="yunet", choices=DETECTORS)
     p.add_argument("--model", default="", help="detector model (yunet: default the packaged one)")

@@ -69,8 +69,9 @@ def main(argv=None) -> int:
     from train.models import DEFAULT_MODEL, REGISTRY
     p = argparse.ArgumentParser(
         prog="python -m benchmarks.cost", description=__doc__.split("\n\n")[1].replace("\n", " "),
-        epilog="example:\n  python -m benchmarks.cost stem=16-32s-32-p-64-64-p-128-128 stem=32-32-p-64-64-p-128-128\n"
-               "Figures are for this machine and its current load; compare variants from one run.",
+        epilog="examples:\n  python -m benchmarks.cost stem=16-32s-32-p-64-64-p-128-128 stem=32-32-p-64-64-p-128-128\n"
+               "Figures are for this machine and its current load; compare variants from one run.\n\n"
+               "exit codes: 0 done; 2 bad arguments or data (one line on stderr)",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("variants", nargs="*", type=_variant, metavar="KEY=VALUE[,KEY=VALUE]",
                    help="architecture overrides, one row each (none: the model as registered)")

@@ -24,7 +24,7 @@ examples:
       --http 127.0.0.1:8080 --mqtt broker.local:1883
 
 Settings are layered: built-in defaults < --profile < --config < flags. Unknown keys are errors.
-Exit codes: 0 done (end of file, --max-frames, SIGTERM/SIGINT); 1 the only output (stdout) was
+exit codes: 0 done (end of file, --max-frames, SIGTERM/SIGINT); 1 the only output (stdout) was
 closed; 2 bad configuration or model (sha256 mismatch, truncated file, missing runtime) — reported
 before any camera is opened — or a file source that is not a video. SIGHUP reopens the events file.
 A full disk, a lost or stalled camera or stream, a lost broker: health "degraded" (/healthz), it goes on.

@@ -29,10 +29,12 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m train",
         description="Train a facial-emotion model on FER2013 and write a run folder "
                     "(model.keras, manifest.json, history.csv, reports and plots).",
-        epilog=f"models:\n{models}\n\nexample:\n  python -m train --model thesis --epochs 30 --out runs/thesis\n"
+        epilog=f"models:\n{models}\n\nexamples:\n  python -m train --model thesis --epochs 30 --out runs/thesis\n"
                "  python -m train --params runs/grid/best_params.json --out runs/grid-best\n"
                "  python -m train --init models/cbilstm --val-fraction 0 --epochs 10 --lr 3e-4 --set reframe=0.5 "
-               "--out runs/cbilstm-device",
+               "--out runs/cbilstm-device\n\n"
+               "exit codes: 0 trained, scored and written; 2 bad arguments or data (one line on stderr); an existing\n"
+               "--out folder is replaced only when the new run is complete",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", help="data root: train/+test/, train/+validation/ or fer2013.csv "
                                   "(default: $FER_DATA, else ../shared/data/fer2013)")

@@ -121,8 +121,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m train.distill",
         description="Compute a teacher ensemble's soft labels on train/ for knowledge distillation. "
                     "Train a student on them with: python -m train --teacher FILE",
-        epilog="example:\n  python -m train.distill runs/cbilstm-d runs/cbilstm-e --out runs/teacher.npz\n"
-               "  python -m train --teacher runs/teacher.npz --out runs/student",
+        epilog="examples:\n  python -m train.distill runs/cbilstm-d runs/cbilstm-e --out runs/teacher.npz\n"
+               "  python -m train --teacher runs/teacher.npz --out runs/student\n\n"
+               "exit codes: 0 done; 2 bad arguments or data (one line on stderr)",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("teachers", nargs="+", type=Path, help="teacher run folders (model.keras + manifest.json)")
     p.add_argument("--out", type=Path, required=True, help="soft-label file to write (.npz)")

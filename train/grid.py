@@ -391,6 +391,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="outputs in --out: cv_results.csv (per cell: mean/std test score, per-fold scores, fit time, "
                "rank), results.txt ('mean (std) with: {params}' + best line), heatmap.png, best_params.json, "
                "search.json (settings)\n\n"
+               "exit codes: 0 done; 2 bad arguments, grid or data (one line on stderr); after Ctrl-C, --resume continues\n\n"
                "examples:\n"
                "  python -m train.grid --fraction 0.2 --epochs 5                 # the thesis grid, quick\n"
                "  python -m train.grid --grid lr=1e-3,3e-4 --grid batch_size=32,64\n"

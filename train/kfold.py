@@ -140,7 +140,8 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m train.kfold", description=__doc__.split("\n\n")[0],
                                 epilog="examples:\n  python -m train.kfold teach --k 4 --fold 0 --epochs 40\n"
                                        "  python -m train.kfold assemble --k 4 --out runs/kfold-k4.npz\n"
-                                       "  python -m train --teacher runs/kfold-k4.npz --out runs/student",
+                                       "  python -m train --teacher runs/kfold-k4.npz --out runs/student\n\n"
+                                       "exit codes: 0 done; 2 bad arguments or data (one line on stderr)",
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
     t = sub.add_parser("teach", help="train one teacher and label its held-out fold")

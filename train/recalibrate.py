@@ -82,7 +82,7 @@ def main(argv=None) -> int:
         description="Re-estimate the BatchNorm statistics of a trained run on its clean training faces "
                     "(what python -m train does after fitting when the recipe sets bn_recalibration) and "
                     "write the result as a new run folder, scored once on the test split.",
-        epilog="example:\n  python -m train.recalibrate runs/cbilstm-r --out runs/cbilstm-r-bn",
+        epilog="examples:\n  python -m train.recalibrate runs/cbilstm-r --out runs/cbilstm-r-bn\n\nexit codes: 0 done; 2 bad arguments or data (one line on stderr)",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run", type=Path, help="run folder written by python -m train")
     p.add_argument("--out", type=Path, help="new run folder to write (default: RUN-bn)")
