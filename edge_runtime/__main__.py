@@ -28,7 +28,8 @@ exit codes: 0 done (end of file, --max-frames, SIGTERM/SIGINT); 1 the only outpu
 closed; 2 bad configuration or model (sha256 mismatch, truncated file, missing runtime) — reported
 before any camera is opened — or a file source that is not a video. SIGHUP reopens the events file.
 A full disk, a lost or stalled camera or stream, a lost broker: health "degraded" (/healthz), it goes on.
-Events are JSON Lines (new/update/end per face track); HTTP serves /healthz /metrics /latest /stream.mjpg.
+Events are JSON Lines (new/update/end per face track); HTTP serves / (a live page), /healthz, /metrics,
+/latest and /stream.mjpg; --ha-discovery announces the daemon to Home Assistant over MQTT.
 """
 
 

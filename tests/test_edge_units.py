@@ -67,7 +67,8 @@ def test_help_names_every_flag(capsys):
     assert e.value.code == 0
     out = capsys.readouterr().out
     for flag in ("--artifacts", "--backend", "--threads", "--source", "--config", "--profile", "--events",
-                 "--http", "--mqtt", "--max-frames", "--loop", "--token", "Exit codes"):
+                 "--http", "--mqtt", "--max-frames", "--loop", "--token", "--annotate", "--ha-discovery", "picamera2",
+                 "gst:", "exit codes:"):
         assert flag in out
 
 
