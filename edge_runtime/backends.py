@@ -65,12 +65,18 @@ def without_litert_banner():
     other line (another thread's output included)."""
     try:
         fd = sys.stderr.fileno()
-    except (AttributeError, OSError, ValueError):  # stderr replaced (pytest's capture): nothing to do
+        sys.stderr.flush()
+        saved = os.dup(fd)
+    except (AttributeError, OSError, ValueError):  # stderr replaced (pytest's capture) or closed: leave it
         yield
         return
-    sys.stderr.flush()
-    saved = os.dup(fd)
-    with tempfile.TemporaryFile() as tmp:
+    try:
+        tmp = tempfile.TemporaryFile()
+    except OSError:  # no writable temp folder: the banner is a small price
+        os.close(saved)
+        yield
+        return
+    with tmp:
         os.dup2(tmp.fileno(), fd)
         try:
             yield
