@@ -29,7 +29,9 @@ class JsonlSink:
         self._failing, self._warned, self.closed = False, 0.0, False
 
     def _open(self):
-        return open(self.path, "ab", buffering=0)  # unbuffered: a failed write leaves nothing queued
+        f = open(self.path, "ab", buffering=0)  # unbuffered: a failed write leaves nothing queued
+        self._seekable = f.seekable()  # a file (cut back on failure) or a pipe/FIFO: asked once, not per event
+        return f
 
     def emit(self, event: dict):
         data = (json.dumps(event, separators=(",", ":")) + "\n").encode()
@@ -56,7 +58,7 @@ class JsonlSink:
             return
         if self._f is None:  # reopening failed earlier: try again with each event
             self._f = self._open()
-        if not self._f.seekable():  # a pipe or FIFO: blocking writes, all or an error
+        if not self._seekable:  # a pipe or FIFO: blocking writes, all or an error
             view = memoryview(data)
             while view:
                 view = view[self._f.write(view):]
