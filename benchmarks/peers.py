@@ -11,7 +11,7 @@ import importlib.util
 import shutil
 from pathlib import Path
 
-from edge_runtime.manifest import SCHEMA_VERSION, atomic_write_json, sha256_file
+from edge_runtime.manifest import SCHEMA_VERSION, sha256_file, write_manifest
 from edge_runtime.preprocess import PreprocessSpec
 
 FER_LABELS = ["angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"]
@@ -52,7 +52,7 @@ def peer_manifest_dir(name: str, cache: Path) -> Path:
     dst = out / src.name
     if not dst.is_file() or sha256_file(dst) != sha256_file(src):
         shutil.copyfile(src, dst)
-    atomic_write_json(out / "manifest.json", {
+    write_manifest(out, {
         "schema": SCHEMA_VERSION, "kind": "peer", "model": name, "description": peer["description"],
         "labels": peer["labels"], "preprocessing": peer["preprocessing"].to_dict(),
         "artifacts": {peer["artifact"]: {

@@ -12,6 +12,7 @@ package's own pipeline on the same video in its own process.
 """
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import logging
@@ -37,7 +38,7 @@ REPO = Path(__file__).resolve().parents[1]
 MATCH_IOU = 0.3
 SHARED_YUNET = REPO.parent / "shared" / "models" / "yunet"
 # detector rows: name -> config [detector] layer (yunet-s is converted from ../shared on first use)
-DETECTOR_ROWS = {"yunet-n": {"type": "yunet"}, "yunet-s": {"type": "yunet", "model": "@yunet_s"},
+DETECTOR_ROWS = {"yunet-n": {"type": "yunet"}, "yunet-s": {"type": "yunet", "yunet": {"model": "@yunet_s"}},
                  "haar": {"type": "haar"}}
 SCENES = ("one-face", "moving")
 SCENE_VERSION = 2  # bump when edge_runtime.synthetic draws scenes differently (the video cache key)
@@ -209,14 +210,13 @@ def run_pipeline(art_dir, video: str | None, threads: list[int], quick: bool = F
     cache = REPO / ".cache" / "bench"
     cache.mkdir(parents=True, exist_ok=True)
     logging.getLogger("edge_runtime").setLevel(logging.WARNING)
-    names = [n for n, e in manifest["artifacts"].items()
-             if e.get("format") in ("tflite", "onnx") and (not only or n in only)]
+    names = [n for n, e in manifest.artifacts.items() if e.format in ("tflite", "onnx") and (not only or n in only)]
     if not only:  # the device's own choice, not every backend
         names = [select_artifact(manifest, "auto")]
     videos = {"user": Path(video)} if video else {}
     if not video:
         from train.data import find_layout, resolve_root
-        root = resolve_root(data_root or (manifest.get("data") or {}).get("root"))
+        root = resolve_root(data_root or (manifest.data or {}).get("root"))
         _, _, eval_dir, _ = find_layout(root)
         n = frames or (60 if quick else 2000)
         faces = split_faces(root, eval_dir, 2 * n, seed)
@@ -227,13 +227,13 @@ def run_pipeline(art_dir, video: str | None, threads: list[int], quick: bool = F
         truth = json.loads(truth_path.read_text()) if truth_path.is_file() else None
         ceilings: dict[str, list] = {}  # per artifact: the model on the true squares, any detector
         for det_name in detectors or list(DETECTOR_ROWS):
-            det = dict(DETECTOR_ROWS[det_name])
+            det = copy.deepcopy(DETECTOR_ROWS[det_name])
             for name in names:
                 for t in threads:
                     row = {"scene": scene, "detector": det_name, "artifact": name, "threads": t, "video": str(path)}
                     try:
-                        if det.get("model") == "@yunet_s":
-                            det["model"] = str(yunet_s_model(cache))
+                        if det.get("yunet", {}).get("model") == "@yunet_s":
+                            det["yunet"]["model"] = str(yunet_s_model(cache))
                         timing, per_frame, daemon = daemon_row(Path(art_dir), name, t, det, path,
                                                                cache / f"events-{os.getpid()}.jsonl")
                         row.update(status="ok", **timing)

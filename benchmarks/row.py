@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_runtime.manifest import artifact_path, preprocess_spec, read_manifest, verify_file
+from edge_runtime.manifest import artifact_path, read_manifest, verify_file
 from edge_runtime.preprocess import scale_pixels
 
 from .accuracy import evaluate
@@ -43,23 +43,22 @@ def measure(manifest_dir: str, artifact: str, threads: int, data: str | None, te
     from train.data import load_test_split, test_subset
 
     m = read_manifest(manifest_dir)
-    entry = m["artifacts"][artifact]
+    entry = m.artifacts[artifact]
     path = artifact_path(m, artifact)
-    row = {"artifact": artifact, "model": m.get("model"), "format": entry.get("format"),
-           "precision": entry.get("precision"), "threads": threads,
-           "status": entry.get("status", "usable"), "size_kb": path.stat().st_size / 1024 if path.exists() else None}
+    row = {"artifact": artifact, "model": m.model, "format": entry.format, "precision": entry.precision,
+           "threads": threads, "status": entry.status, "size_kb": path.stat().st_size / 1024 if path.exists() else None}
     t0 = time.perf_counter()
-    if entry.get("format") == "keras":
-        verify_file(path, entry["sha256"], entry.get("size"))  # the reference is checked like every artifact
+    if entry.format == "keras":
+        verify_file(path, entry.sha256, entry.size)  # the reference is checked like every artifact
         predict, runtime = _keras_predictor(path, threads)
     else:
         backend = load_backend(m, artifact, threads=threads)
         predict, runtime = backend.predict, backend.runtime
     row["load_ms"] = (time.perf_counter() - t0) * 1e3
     row["runtime"] = runtime
-    spec = preprocess_spec(m)
+    spec = m.preprocessing
     # a peer is scored on the split our export recorded, so both rows see the same faces
-    recorded = (read_manifest(split_from) if split_from else m).get("data") or {}
+    recorded = (read_manifest(split_from) if split_from else m).data or {}
     split, split_name = load_test_split(test_dir or data or recorded.get("root"), spec)
     if not test_dir and recorded.get("fraction", 1.0) < 1.0:  # the subset export scored on
         split = test_subset(split, recorded["fraction"], recorded.get("seed", 1337))
@@ -69,7 +68,7 @@ def measure(manifest_dir: str, artifact: str, threads: int, data: str | None, te
     if not test_dir and recorded.get("test_files_hash"):
         row["split"]["same_as_export"] = split.files_hash() == recorded["test_files_hash"]
     # Keras (float) is batch-independent: score it in big batches; edge backends per face (SCORING_BATCH)
-    row.update(evaluate(predict, x, split.labels, **({"batch": 256} if entry.get("format") == "keras" else {})))
+    row.update(evaluate(predict, x, split.labels, **({"batch": 256} if entry.format == "keras" else {})))
     kw = {"min_iters": 60, "min_seconds": 0.2, "rounds": 3} if quick else {}
     row["latency"] = per_face_latency(predict, x[:64], **kw)
     row["throughput"] = throughput(predict, x[:64], **({"min_seconds": 0.2} if quick else {}))

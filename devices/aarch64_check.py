@@ -41,6 +41,7 @@ import shlex
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -50,6 +51,7 @@ try:  # the rootfs venv has the project installed (pip install .); a dev checkou
     import edge_runtime  # noqa: F401
 except ImportError:
     sys.path.insert(0, str(REPO))
+from edge_runtime.manifest import Manifest, ManifestError, read_manifest  # noqa: E402
 WORK = REPO / ".cache" / "aarch64-check"
 VENV_IN = "/opt/fer-edge"
 FP32_TOL = 1e-4
@@ -64,12 +66,11 @@ def say(msg: str) -> None:
 def probe(args) -> int:
     """Preprocess + predict the saved faces with every usable edge artifact; write probs + timings."""
     from edge_runtime.backends import BackendError, available_runtimes, load_backend
-    from edge_runtime.manifest import preprocess_spec, read_manifest
     from edge_runtime.preprocess import preprocess_batch
 
     manifest = read_manifest(args.artifacts)
     faces = np.load(args.faces)
-    batch = preprocess_batch(faces, preprocess_spec(manifest))
+    batch = preprocess_batch(faces, manifest.preprocessing)
     import edge_runtime
     out = {"machine": platform.machine(), "python": platform.python_version(),
            "edge_runtime_from": str(Path(edge_runtime.__file__).parent),
@@ -100,12 +101,12 @@ def probe(args) -> int:
 def probe_video(video: str, frames: int, save_frame: str | None = None) -> dict:
     """Where would two arches part ways before the model: decoding, the detector's resize, the detector?"""
     import cv2
-    from edge_runtime.config import DEFAULTS
-    from edge_runtime.detectors import downscale, make_detector
+    from edge_runtime.config import DetectorConfig
+    from edge_runtime.detectors import DEFAULT_SIZE, downscale, make_detector
     from edge_runtime.preprocess import to_gray
-    d = DEFAULTS["detector"]
-    size = d["size"] or 640
-    det = make_detector(d["type"], size, d["min_size"], d["max_faces"], d["model"], 1, d["score"], d["runtime"])
+    d = DetectorConfig()  # the daemon's default detector
+    size = d.size or DEFAULT_SIZE[d.type]
+    det = make_detector(d)
     cap = cv2.VideoCapture(video)
     out = {"frame_sha": [], "small_sha": [], "boxes": [], "boxes_full_res": []}
     for _ in range(frames):
@@ -138,10 +139,9 @@ def find_artifacts(explicit: str | None) -> Path:
         reverse=True)
     for d in cands:
         try:
-            m = json.loads((d / "manifest.json").read_text())
-        except (OSError, ValueError):
+            arts = set(read_manifest(d).usable())
+        except ManifestError:
             continue
-        arts = {n for n, e in (m.get("artifacts") or {}).items() if e.get("status") == "usable"}
         if "tflite-int8" in arts and arts & {"onnx-fp32", "onnx-int8"}:
             return d.resolve()
         say(f"skipping {d}: usable artifacts {sorted(arts)} lack tflite-int8 or ONNX")
@@ -157,10 +157,9 @@ def snapshot(src: Path, dst: Path) -> Path:
         return dst
     shutil.rmtree(dst, ignore_errors=True)
     dst.mkdir(parents=True)
-    m = json.loads((src / "manifest.json").read_text())
-    for e in (m.get("artifacts") or {}).values():
-        if e.get("file") and (src / e["file"]).is_file():
-            shutil.copy2(src / e["file"], dst / e["file"])
+    for e in read_manifest(src).artifacts.values():
+        if e.file and (src / e.file).is_file():
+            shutil.copy2(src / e.file, dst / e.file)
     shutil.copy2(src / "manifest.json", dst / "manifest.json")
     say(f"artifacts: snapshot of {src} in {dst}")
     return dst
@@ -186,11 +185,11 @@ def run(cmd: list[str], log: Path, env: dict | None = None) -> tuple[int, float]
     return rc, dt
 
 
-def tolerance(manifest: dict, name: str) -> float:
-    e = manifest["artifacts"][name]
-    if e.get("precision") == "int8":
-        scale = (e.get("output") or {}).get("scale")
-        return INT8_STEPS * float(scale) if scale else INT8_STEPS / 256.0
+def tolerance(manifest: Manifest, name: str) -> float:
+    e = manifest.artifacts[name]
+    if e.precision == "int8":
+        scale = e.output.scale if e.output else None
+        return INT8_STEPS * scale if scale else INT8_STEPS / 256.0
     return FP32_TOL
 
 
@@ -352,25 +351,45 @@ def x86_versions() -> dict[str, str]:
 
 
 # ----------------------------------------------------------------------------- main check
-def check(args) -> int:
-    t_start = time.perf_counter()
+@dataclass
+class Check:
+    """One check run: where it works, how each side runs Python, and the report it fills."""
+    args: argparse.Namespace
+    work: Path
+    emu: list[str]
+    art: Path
+    manifest: Manifest
+    report: dict
+    arm_py: str = f"{VENV_IN}/bin/python"
+    x86_py: str = sys.executable
+
+    def sides(self):
+        """(side, command prefix, python) for x86_64 (natively) and aarch64 (under the emulator)."""
+        return (("x86_64", [], self.x86_py), ("aarch64", self.emu, self.arm_py))
+
+
+def prepare(args) -> tuple[Check, dict, Path, Path]:
+    """Step 1-2: the artifacts snapshot, the video and its frames, the probe faces; -> (check,
+    the video's truth, the video, the frames folder)."""
     work = Path(args.work).resolve()
     work.mkdir(parents=True, exist_ok=True)
     if not inside_repo(work):
         raise SystemExit(f"--work must be inside {REPO} (the rootfs sees the repo at the same path)")
-    emu = [str(Path(args.emulator).resolve()), "run"]
-    arm_py = f"{VENV_IN}/bin/python"
-    x86_py = sys.executable
-
     art = work / "artifacts"
     if not (args.reuse and (art / "manifest.json").exists()):  # --reuse: the model the events came from
         art = snapshot(find_artifacts(args.artifacts), art)
-    manifest = json.loads((art / "manifest.json").read_text())
-    say(f"artifacts: {art} ({manifest.get('model', '?')}, usable: "
-        f"{sorted(n for n, e in manifest['artifacts'].items() if e.get('status') == 'usable')})")
+    manifest = read_manifest(art)
+    say(f"artifacts: {art} ({manifest.model}, usable: {sorted(manifest.usable())})")
+    report = {"emulated": True, "note": "aarch64 numbers are EMULATED (qemu-user on x86_64), not a Pi figure",
+              "qemu_cpu": os.environ.get("QEMU_CPU", "cortex-a76"),
+              "host": {"machine": platform.machine(), "cpus": os.cpu_count(), "loadavg_at_start": os.getloadavg()},
+              "artifacts": str(art.relative_to(REPO)), "model": manifest.model,
+              "video": {"frames": args.frames, "faces": args.faces, "size": [640, 480]},
+              "probe": {}, "daemon": {}}
+    c = Check(args, work, [str(Path(args.emulator).resolve()), "run"], art, manifest, report)
 
+    import cv2
     from edge_runtime import synthetic
-    from edge_runtime.labels import LABELS
     video = work / "video.avi"
     truth = synthetic.make_video(video, args.data, n_faces=args.faces, frames=args.frames, seed=args.seed)
     say(f"video: {video} ({args.frames} frames 640x480, {args.faces} faces: "
@@ -378,65 +397,67 @@ def check(args) -> int:
     frames_dir = work / "frames"
     n = decode_to_png(video, frames_dir)
     say(f"frames: {frames_dir} ({n} PNGs of the video decoded once on x86: the same pixels for both arches)")
-
-    # ---- step 3: backend probe on the same test faces
-    import cv2
     faces = [cv2.imread(str(p), cv2.IMREAD_GRAYSCALE)
              for p, _ in synthetic.pick_faces(args.data, args.probe_faces, seed=args.seed + 1)]
     np.save(work / "faces.npy", np.stack(faces))
-    names = [n for n in ("tflite-int8", "tflite-fp32", "onnx-fp32", "onnx-int8")
-             if manifest["artifacts"].get(n, {}).get("status") == "usable"]
-    report: dict = {"emulated": True, "note": "aarch64 numbers are EMULATED (qemu-user on x86_64), not a Pi figure",
-                    "qemu_cpu": os.environ.get("QEMU_CPU", "cortex-a76"),
-                    "host": {"machine": platform.machine(), "cpus": os.cpu_count(),
-                             "loadavg_at_start": os.getloadavg()},
-                    "artifacts": str(art.relative_to(REPO)), "model": manifest.get("model"),
-                    "video": {"frames": args.frames, "faces": args.faces, "size": [640, 480]},
-                    "probe": {}, "daemon": {}}
+    return c, truth, video, frames_dir
+
+
+def run_probes(c: Check, names: list[str], video: Path) -> dict:
+    """Step 3 on both sides (or reused with --reuse); -> {side: the probe's JSON}."""
     probe_out = {}
-    for side, cmd in (("x86_64", [x86_py]), ("aarch64", emu + [arm_py])):
-        out = work / f"probe-{side}.json"
-        if args.reuse and out.exists():
+    for side, pre, py in c.sides():
+        out = c.work / f"probe-{side}.json"
+        if c.args.reuse and out.exists():
             probe_out[side] = json.loads(out.read_text())
             say(f"probe {side}: reusing {out}")
             continue
-        rc, dt = run(cmd + [str(REPO / "devices" / "aarch64_check.py"), "probe", "--artifacts", str(art),
-                            "--faces", str(work / "faces.npy"), "--names", ",".join(names),
-                            "--repeat", str(args.repeat), "--out", str(out), "--video", str(video),
-                            "--frames", "3"], work / f"probe-{side}.log")
+        rc, dt = run(pre + [py, str(REPO / "devices" / "aarch64_check.py"), "probe", "--artifacts", str(c.art),
+                            "--faces", str(c.work / "faces.npy"), "--names", ",".join(names),
+                            "--repeat", str(c.args.repeat), "--out", str(out), "--video", str(video),
+                            "--frames", "3"], c.work / f"probe-{side}.log")
         if rc != 0:
             raise SystemExit(f"[aarch64-check] probe failed on {side}")
         probe_out[side] = json.loads(out.read_text())
         say(f"probe {side}: machine={probe_out[side]['machine']} python={probe_out[side]['python']} "
             f"in {dt:.1f} s")
-    ok = probe_out["x86_64"]["batch_sha"] == probe_out["aarch64"]["batch_sha"]
-    say(f"preprocessed batch identical on both: {ok} ({probe_out['x86_64']['batch_sha']})")
-    report["probe"]["preprocess_identical"] = ok
-    all_ok = ok
+    return probe_out
+
+
+def compare_decoding(c: Check, probe_out: dict) -> None:
+    """Informational: how each arch's OpenCV decodes the same MJPG frames."""
     vx, va = probe_out["x86_64"]["video"], probe_out["aarch64"]["video"]
-    f0x, f0a = (np.load(work / f"probe-{s}.json.frame0.npy").astype(int) for s in ("x86_64", "aarch64"))
+    f0x, f0a = (np.load(c.work / f"probe-{s}.json.frame0.npy").astype(int) for s in ("x86_64", "aarch64"))
     dec = {"frames_bit_identical": vx["frame_sha"] == va["frame_sha"],
            "frame0_pixels_differing": round(float(np.mean(f0x != f0a)), 4),
            "frame0_max_abs_diff": int(np.max(np.abs(f0x - f0a))),
            "detector_boxes_x86_64": vx["boxes"][0], "detector_boxes_aarch64": va["boxes"][0]}
-    report["probe"]["video_decoding"] = dec
+    c.report["probe"]["video_decoding"] = dec
     say(f"video decoding (MJPG via each arch's OpenCV): bit-identical {dec['frames_bit_identical']}; frame 0: "
         f"{100 * dec['frame0_pixels_differing']:.1f} % of pixels differ, max |d| {dec['frame0_max_abs_diff']} "
         f"grey levels; detector boxes x86 {dec['detector_boxes_x86_64']} / aarch64 {dec['detector_boxes_aarch64']}")
-    tols = {n: tolerance(manifest, n) for n in names}
-    for n in names:  # int8: the cross-arch difference may reach the quantization error itself
+
+
+def probe_tolerances(c: Check, names: list[str], x86: dict) -> dict[str, float]:
+    """Per artifact; int8: the cross-arch difference may reach the quantization error itself."""
+    tols = {n: tolerance(c.manifest, n) for n in names}
+    for n in names:
         ref = f"{n.split('-')[0]}-fp32"
-        px = probe_out["x86_64"]["artifacts"]
-        if manifest["artifacts"][n].get("precision") == "int8" and "probs" in px.get(n, {}) \
-                and "probs" in px.get(ref, {}):
-            qerr = float(np.max(np.abs(np.asarray(px[n]["probs"]) - np.asarray(px[ref]["probs"]))))
-            report["probe"].setdefault("int8_error_vs_fp32_x86_64", {})[n] = round(qerr, 4)
+        if c.manifest.artifacts[n].precision == "int8" and "probs" in x86.get(n, {}) and "probs" in x86.get(ref, {}):
+            qerr = float(np.max(np.abs(np.asarray(x86[n]["probs"]) - np.asarray(x86[ref]["probs"]))))
+            c.report["probe"].setdefault("int8_error_vs_fp32_x86_64", {})[n] = round(qerr, 4)
             tols[n] = max(tols[n], qerr)
+    return tols
+
+
+def compare_probes(c: Check, names: list[str], probe_out: dict, tols: dict[str, float]) -> bool:
+    """Same faces, same artifact, both arches: probabilities within tolerance, labels equal but near ties."""
+    all_ok = True
     for n in names:
         a, b = probe_out["x86_64"]["artifacts"][n], probe_out["aarch64"]["artifacts"][n]
         if "error" in a or "error" in b:
             say(f"probe {n}: x86 {a.get('error', 'ok')} / aarch64 {b.get('error', 'ok')}")
-            report["probe"][n] = {"x86_64": a.get("error"), "aarch64": b.get("error")}
+            c.report["probe"][n] = {"x86_64": a.get("error"), "aarch64": b.get("error")}
             all_ok = False
             continue
         pa, pb = np.asarray(a["probs"]), np.asarray(b["probs"])
@@ -448,47 +469,55 @@ def check(args) -> int:
         row = {"faces": len(pa), "max_abs_diff": d, "tolerance": tol, "same_label": f"{same_top}/{len(pa)}",
                "label_flips_not_near_tie": unexplained,
                "ok": d <= tol and not unexplained and (same_top == len(pa) or
-                                                      manifest["artifacts"][n].get("precision") == "int8"),
+                                                      c.manifest.artifacts[n].precision == "int8"),
                "ms_per_face_x86_64": round(a["ms_per_face_median"], 3),
                "ms_per_face_aarch64_EMULATED": round(b["ms_per_face_median"], 3),
                "runtime_x86_64": a["runtime"], "runtime_aarch64": b["runtime"]}
-        report["probe"][n] = row
+        c.report["probe"][n] = row
         all_ok &= row["ok"]
         say(f"probe {n}: {len(pa)} faces, max |dp| = {d:.2e} (tol {tol:.1e}), same label {same_top}/{len(pa)}, "
             f"{b['ms_per_face_median']:.2f} ms/face EMULATED vs {a['ms_per_face_median']:.2f} ms x86 "
             f"-> {'OK' if row['ok'] else 'DIFFERENT'}")
+    return all_ok
 
-    # ---- step 4: the daemon, both backends, both sides: on the PNG frames (same pixels: strict) and
-    # on the video file itself (each arch decodes the JPEGs: reported, boxes compared by IoU)
-    sources = [("frames", frames_dir)] + ([("video", video)] if not args.no_video else [])
-    for (src_name, src), backend in ((s, b) for s in sources for b in args.backends.split(",")):
+
+def run_daemons(c: Check, key: str, backend: str, src: Path) -> dict:
+    """``python -m edge_runtime`` on both sides (or reused); -> {side: (events, wall seconds)}."""
+    events = {}
+    for side, pre, py in c.sides():
+        ev = c.work / f"events-{key}-{side}.jsonl"
+        wall = ev.with_suffix(".wall")
+        if c.args.reuse and ev.exists() and wall.exists():
+            events[side] = (read_events(ev), float(wall.read_text()))
+            say(f"daemon {key} {side}: reusing {ev}")
+            continue
+        ev.unlink(missing_ok=True)
+        cmd = pre + [py, "-m", "edge_runtime", "--artifacts", str(c.art), "--backend", backend,
+                     "--threads", "1", "--source", str(src), "--events", str(ev),
+                     "--max-frames", str(c.args.frames)] + shlex.split(c.args.daemon_args)
+        rc, dt = run(cmd, c.work / f"daemon-{key}-{side}.log")
+        if rc != 0 or not ev.exists():
+            raise SystemExit(f"[aarch64-check] daemon failed on {side} with {backend} on {key} (exit {rc})")
+        wall.write_text(f"{dt:.3f}")
+        events[side] = (read_events(ev), dt)
+        say(f"daemon {key} {side}: {len(events[side][0])} events in {dt:.1f} s")
+    return events
+
+
+def compare_daemons(c: Check, truth: dict, sources: list[tuple[str, Path]], tols: dict[str, float]) -> bool:
+    """Step 4: each backend on each source, both arches; only the PNG frames (same pixels) gate."""
+    all_ok = True
+    for (src_name, src), backend in ((s, b) for s in sources for b in c.args.backends.split(",")):
         key = f"{backend}-{src_name}"
-        events = {}
-        for side, py, pre in (("x86_64", x86_py, []), ("aarch64", arm_py, emu)):
-            ev = work / f"events-{key}-{side}.jsonl"
-            wall = ev.with_suffix(".wall")
-            if args.reuse and ev.exists() and wall.exists():
-                events[side] = (read_events(ev), float(wall.read_text()))
-                say(f"daemon {key} {side}: reusing {ev}")
-                continue
-            ev.unlink(missing_ok=True)
-            cmd = pre + [py, "-m", "edge_runtime", "--artifacts", str(art), "--backend", backend,
-                         "--threads", "1", "--source", str(src), "--events", str(ev),
-                         "--max-frames", str(args.frames)] + shlex.split(args.daemon_args)
-            rc, dt = run(cmd, work / f"daemon-{key}-{side}.log")
-            if rc != 0 or not ev.exists():
-                raise SystemExit(f"[aarch64-check] daemon failed on {side} with {backend} on {src_name} (exit {rc})")
-            wall.write_text(f"{dt:.3f}")
-            events[side] = (read_events(ev), dt)
-            say(f"daemon {key} {side}: {len(events[side][0])} events in {dt:.1f} s")
-        chosen = {side: daemon_artifact(work / f"daemon-{key}-{side}.log") for side in events}
+        events = run_daemons(c, key, backend, src)
+        chosen = {side: daemon_artifact(c.work / f"daemon-{key}-{side}.log") for side in events}
         if chosen["x86_64"] != chosen["aarch64"]:
             say(f"daemon {backend}: the two sides loaded different artifacts: {chosen}")
             all_ok = False
         name = chosen["aarch64"] or chosen["x86_64"] or ("tflite-int8" if backend == "tflite" else "onnx-fp32")
-        tol = tols.get(name, tolerance(manifest, name))
+        tol = tols.get(name, tolerance(c.manifest, name))
         cmp = compare_events(events["x86_64"][0], events["aarch64"][0], tol,
-                             manifest["artifacts"].get(name, {}).get("precision") == "int8")
+                             name in c.manifest.artifacts and c.manifest.artifacts[name].precision == "int8")
         labels_seen = sorted({e.get("label") for evs in face_events(events["aarch64"][0]).values() for e in evs})
         cmp.update({"artifact": name, "labels_seen": labels_seen,
                     "truth_labels": [f["label"] for f in truth["faces"]],
@@ -496,7 +525,7 @@ def check(args) -> int:
                     "aarch64_EMULATED": latency_stats(*events["aarch64"])})
         cmp["source"] = src_name
         cmp["gating"] = src_name == "frames"
-        report["daemon"][key] = cmp
+        c.report["daemon"][key] = cmp
         if cmp["gating"]:
             all_ok &= cmp["ok"]
         say(f"daemon {key} ({name}): {cmp['frames_compared']} frames / {cmp['faces_compared']} faces compared; "
@@ -506,21 +535,43 @@ def check(args) -> int:
             f"{'' if cmp['gating'] else ' (informational: each arch decodes the JPEG frames itself)'}")
         say(f"  latency x86_64: {cmp['x86_64']}")
         say(f"  latency aarch64 (EMULATED): {cmp['aarch64_EMULATED']}")
+    return all_ok
 
-    versions = Path(args.rootfs) / VENV_IN.lstrip("/") / "aarch64-versions.txt"
+
+def add_versions(c: Check) -> None:
+    versions = Path(c.args.rootfs) / VENV_IN.lstrip("/") / "aarch64-versions.txt"
     if versions.exists():
-        report["aarch64_versions"] = [l for l in versions.read_text().splitlines() if l and not l.startswith("#")]
-    report["x86_64_versions"] = x86_versions()
-    arm = dict(l.split("==", 1) for l in report.get("aarch64_versions", []) if "==" in l)
-    differ = {k: (v, arm.get(k)) for k, v in report["x86_64_versions"].items() if arm.get(k) != v}
-    report["edge_versions_differ"] = differ
+        c.report["aarch64_versions"] = [ln for ln in versions.read_text().splitlines()
+                                        if ln and not ln.startswith("#")]
+    c.report["x86_64_versions"] = x86_versions()
+    arm = dict(ln.split("==", 1) for ln in c.report.get("aarch64_versions", []) if "==" in ln)
+    differ = {k: (v, arm.get(k)) for k, v in c.report["x86_64_versions"].items() if arm.get(k) != v}
+    c.report["edge_versions_differ"] = differ
     if differ:
         say(f"note: edge package versions differ between the two sides (x86, aarch64): {differ}")
-    report["check_seconds"] = round(time.perf_counter() - t_start, 1)
-    report["ok"] = bool(all_ok)
-    report["labels"] = list(LABELS)
-    (work / "report.json").write_text(json.dumps(report, indent=1))
-    say(f"report: {work / 'report.json'}; check took {report['check_seconds']} s; "
+
+
+def check(args) -> int:
+    """Steps 1-5 (see the module's docstring); 0 when both arches give the same answers."""
+    from edge_runtime.labels import LABELS
+    t_start = time.perf_counter()
+    c, truth, video, frames_dir = prepare(args)
+    names = [n for n in ("tflite-int8", "tflite-fp32", "onnx-fp32", "onnx-int8") if n in c.manifest.usable()]
+    probe_out = run_probes(c, names, video)
+    ok = probe_out["x86_64"]["batch_sha"] == probe_out["aarch64"]["batch_sha"]
+    say(f"preprocessed batch identical on both: {ok} ({probe_out['x86_64']['batch_sha']})")
+    c.report["probe"]["preprocess_identical"] = ok
+    compare_decoding(c, probe_out)
+    tols = probe_tolerances(c, names, probe_out["x86_64"]["artifacts"])
+    all_ok = ok & compare_probes(c, names, probe_out, tols)
+    sources = [("frames", frames_dir)] + ([("video", video)] if not args.no_video else [])
+    all_ok &= compare_daemons(c, truth, sources, tols)
+    add_versions(c)
+    c.report["check_seconds"] = round(time.perf_counter() - t_start, 1)
+    c.report["ok"] = bool(all_ok)
+    c.report["labels"] = list(LABELS)
+    (c.work / "report.json").write_text(json.dumps(c.report, indent=1))
+    say(f"report: {c.work / 'report.json'}; check took {c.report['check_seconds']} s; "
         f"{'SAME ANSWERS on aarch64 and x86_64' if all_ok else 'DIFFERENCES FOUND'}")
     return 0 if all_ok else 1
 

@@ -9,7 +9,8 @@ Imports numpy and OpenCV only (plus LiteRT or onnxruntime); never TensorFlow. ``
 ``export`` and ``benchmarks`` import the label list, preprocessing and manifest schema from here.
 """
 from .api import EmotionRecognizer, FrameResult
+from .config import DetectorConfig
 from .geometry import CropSpec, Detections
 from .labels import LABELS
 
-__all__ = ["EmotionRecognizer", "FrameResult", "CropSpec", "Detections", "LABELS"]
+__all__ = ["EmotionRecognizer", "FrameResult", "CropSpec", "DetectorConfig", "Detections", "LABELS"]

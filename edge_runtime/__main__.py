@@ -92,7 +92,7 @@ def main(argv=None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         cfg = build(ns.profile, ns.config, flags_to_layer(ns))
-        logging.getLogger().setLevel(cfg["run"]["log_level"].upper())
+        logging.getLogger().setLevel(cfg.run.log_level.upper())
         from .daemon import Daemon  # after config: a bad flag answers fast
         daemon = Daemon(cfg)
     except (ConfigError, ManifestError, BackendError, DetectorError, OSError) as e:

@@ -18,11 +18,11 @@ from pathlib import Path
 import numpy as np
 
 from .backends import BackendError, load_backend, select_artifact
-from .config import BOUNDS, check_threads
+from .config import ConfigError, DetectorConfig, check_threads
 from .detectors import DEFAULT_SIZE, calibrated_crop, make_detector
 from .geometry import CropSpec, Detections, crop_faces, landmark_list
 from .labels import LABELS
-from .manifest import preprocess_spec, read_manifest
+from .manifest import read_manifest
 from .preprocess import preprocess_batch, to_gray
 
 PACKAGED_ARTIFACTS = Path(__file__).resolve().parent / "models" / "cbilstm"
@@ -49,7 +49,8 @@ class EmotionRecognizer:
         artifact name such as ``onnx-fp32``; ``precision`` narrows it (``int8``, ``fp32``).
     threads : inference (and detector) threads, 1 .. the CPUs available.
     detector : ``yunet`` (packaged, 5 landmarks) or ``haar``; ``detector_size`` the longer side of
-        the frame it sees (0: its default), ``score`` its threshold.
+        the frame it sees (0: its default), ``score`` its threshold. A ``DetectorConfig`` (the
+        daemon's ``[detector]`` table) replaces all the detector arguments.
     crop : a ``CropSpec``, or None for the crop calibrated for the detector.
     """
 
@@ -57,28 +58,29 @@ class EmotionRecognizer:
 
     def __init__(self, artifacts: str | os.PathLike | None = None, backend: str = "auto",
                  precision: str | None = None, threads: int = 1, providers: list[str] | None = None,
-                 detector: str = "yunet", detector_size: int = 0, score: float = 0.4, min_face: int = 24,
-                 max_faces: int = 32, detector_model: str = "", detector_runtime: str = "auto",
+                 detector: str | DetectorConfig = "yunet", detector_size: int = 0, score: float = 0.4,
+                 min_face: int = 24, max_faces: int = 32, detector_model: str = "", detector_runtime: str = "auto",
                  crop: CropSpec | None = None):
         if isinstance(threads, numbers.Integral) and not isinstance(threads, bool):
             threads = int(threads)
         check_threads(threads)
         if isinstance(providers, str):
             providers = [providers]
-        _check_detector_args(detector_size, score, min_face, max_faces)
-        self.detector_size = detector_size or DEFAULT_SIZE.get(detector, 512)
+        if not isinstance(detector, DetectorConfig):
+            detector = _detector_config(detector, detector_size, score, min_face, max_faces, detector_model,
+                                        detector_runtime)
+        self.detector_size = detector.size or DEFAULT_SIZE[detector.type]
         # the detector first: its errors then come before the inference runtime's own start-up log
-        self.detector = make_detector(detector, self.detector_size, min_face, max_faces, detector_model, threads,
-                                      score, detector_runtime)
+        self.detector = make_detector(detector, threads)
         if crop is not None and not isinstance(crop, CropSpec):
             raise TypeError(f"crop must be a CropSpec (edge_runtime.CropSpec) or None, got {type(crop).__name__}")
-        self.crop = crop if crop is not None else calibrated_crop(detector)
+        self.crop = crop if crop is not None else calibrated_crop(detector.type)
         if artifacts is not None and not isinstance(artifacts, (str, os.PathLike)):
             raise TypeError(f"artifacts must be a folder path, got {type(artifacts).__name__}")
         self.manifest = read_manifest(artifacts or PACKAGED_ARTIFACTS)
         self.artifact = select_artifact(self.manifest, backend, precision)
         self.backend = load_backend(self.manifest, self.artifact, threads, providers)
-        self.spec = preprocess_spec(self.manifest)
+        self.spec = self.manifest.preprocessing
 
     # --- faces (already cropped) ---------------------------------------------------------------
     def predict_proba(self, faces) -> np.ndarray:
@@ -134,18 +136,27 @@ class EmotionRecognizer:
         return self.backend.runtime
 
 
-def _check_detector_args(size: int, score: float, min_face: int, max_faces: int) -> None:
-    """The daemon config's bounds (config.BOUNDS), applied to the API's arguments."""
-    for arg, value, key in (("detector_size", size, "size"), ("min_face", min_face, "min_size"),
-                            ("max_faces", max_faces, "max_faces")):
-        lo, hi = BOUNDS[("detector", key)]
-        if not lo <= value <= hi:
-            raise ValueError(f"{arg} must be in [{lo}, {hi}], got {value!r}")
-    if size and size < 64:
-        raise ValueError(f"detector_size must be 0 (the detector's default) or in [64, "
-                         f"{BOUNDS[('detector', 'size')][1]}], got {size!r}")
-    if not 0.0 < score < 1.0:  # also false for NaN
-        raise ValueError(f"score must be in (0, 1), got {score!r}")
+# The API's argument names for the [detector] keys, so that its errors name what the caller wrote.
+_ARGUMENTS = {"detector.yunet.model": "detector_model", "detector.yunet.runtime": "detector_runtime",
+              "detector.yunet.score": "score", "detector.size": "detector_size", "detector.min_size": "min_face",
+              "detector.max_faces": "max_faces", "detector.type": "detector"}
+
+
+def _detector_config(kind, size, score, min_face, max_faces, model, runtime) -> DetectorConfig:
+    """The arguments as the daemon's [detector] table, under the same types and bounds."""
+    def plain(v):  # numpy scalars as Python numbers, as a TOML file would give them
+        return int(v) if isinstance(v, numbers.Integral) and not isinstance(v, bool) else \
+            float(v) if isinstance(v, numbers.Real) and not isinstance(v, bool) else v
+    layer = {"type": kind, "size": plain(size), "min_size": plain(min_face), "max_faces": plain(max_faces),
+             "yunet": {"model": str(model) if isinstance(model, os.PathLike) else model, "score": plain(score),
+                       "runtime": runtime}}
+    try:
+        return DetectorConfig.from_dict(layer, "EmotionRecognizer", "detector")
+    except ConfigError as e:
+        message = str(e)
+        for key, argument in _ARGUMENTS.items():
+            message = message.replace(key, argument)
+        raise ConfigError(message) from None
 
 
 def _face_list(faces):

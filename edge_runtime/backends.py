@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from .labels import LABELS, remap_indices
-from .manifest import ManifestError, artifact_path, verify_file
+from .manifest import Artifact, Manifest, ManifestError, Tensor, artifact_path, verify_file
 
 log = logging.getLogger(__name__)
 
@@ -119,11 +119,11 @@ class Backend:
     """Common part: label remapping and the artifact's identity."""
     format = "?"
 
-    def __init__(self, name: str, entry: dict, labels: list[str]):
+    def __init__(self, name: str, entry: Artifact, labels: tuple[str, ...]):
         self.name = name
         self.entry = entry
-        self.precision = entry.get("precision", "fp32")
-        self.sha256 = entry.get("sha256", "")
+        self.precision = entry.precision
+        self.sha256 = entry.sha256 or ""
         # position i of the model output -> canonical class index
         self._order = np.argsort(remap_indices(labels)) if list(labels) != list(LABELS) else None
         self.runtime = ""
@@ -143,7 +143,7 @@ def quantize(x: np.ndarray, scale: float, zero_point: int, dtype) -> np.ndarray:
 class TFLiteBackend(Backend):
     format = "tflite"
 
-    def __init__(self, path: Path, name: str, entry: dict, labels: list[str], threads: int = 1):
+    def __init__(self, path: Path, name: str, entry: Artifact, labels: tuple[str, ...], threads: int = 1):
         super().__init__(name, entry, labels)
         Interpreter, self.runtime = tflite_interpreter_class()
         with without_litert_banner():
@@ -159,18 +159,18 @@ class TFLiteBackend(Backend):
 
     def _check_quant(self, which: str, detail: dict):
         dtype = np.dtype(detail["dtype"])
-        spec = self.entry.get(which, {})
-        if spec.get("dtype") and np.dtype(spec["dtype"]) != dtype:
-            raise ManifestError(f"{self.name}: {which} dtype is {dtype}, manifest says {spec['dtype']}")
+        spec: Tensor | None = getattr(self.entry, which)
+        if spec is not None and np.dtype(spec.dtype) != dtype:
+            raise ManifestError(f"{self.name}: {which} dtype is {dtype}, manifest says {spec.dtype}")
         if dtype.kind not in "iu":
             return None
         scale, zp = detail["quantization"]
-        if "scale" not in spec or "zero_point" not in spec:
+        if spec is None or spec.scale is None or spec.zero_point is None:
             raise ManifestError(f"{self.name}: manifest lacks the {which} scale/zero-point of an int8 tensor")
-        if not np.isclose(spec["scale"], scale, rtol=1e-6) or int(spec["zero_point"]) != int(zp):
+        if not np.isclose(spec.scale, scale, rtol=1e-6) or spec.zero_point != int(zp):
             raise ManifestError(f"{self.name}: {which} quantization ({scale}, {zp}) differs from the "
-                                f"manifest's ({spec['scale']}, {spec['zero_point']})")
-        return float(spec["scale"]), int(spec["zero_point"]), dtype
+                                f"manifest's ({spec.scale}, {spec.zero_point})")
+        return float(spec.scale), spec.zero_point, dtype
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
         batch = np.asarray(batch, np.float32)
@@ -212,7 +212,7 @@ class OnnxBackend(Backend):
     format = "onnx"
     GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
 
-    def __init__(self, path: Path, name: str, entry: dict, labels: list[str], threads: int = 1,
+    def __init__(self, path: Path, name: str, entry: Artifact, labels: tuple[str, ...], threads: int = 1,
                  providers: list[str] | None = None):
         super().__init__(name, entry, labels)
         try:
@@ -241,44 +241,43 @@ class OnnxBackend(Backend):
         return self._to_canonical(self.sess.run(None, {self.input_name: batch})[0].astype(np.float32))
 
 
-def select_artifact(manifest: dict, backend: str = "auto", precision: str | None = None) -> str:
+def select_artifact(manifest: Manifest, backend: str = "auto", precision: str | None = None) -> str:
     """Pick an artifact name: `auto` prefers int8 TFLite where a TFLite runtime exists, else ONNX."""
-    arts = manifest.get("artifacts") or {}
-    if manifest.get("kind") == "run":
-        raise BackendError(f"{manifest.get('_dir')} is a training run, not an export: "
-                           f"export it first: python -m export --model {manifest.get('_dir')}")
-    usable = {n: e for n, e in arts.items() if e.get("status") == STATUS_USABLE and e.get("format") != "keras"}
-    if backend in arts and arts[backend].get("format") == "keras":
+    arts = manifest.artifacts
+    if manifest.kind == "run":
+        raise BackendError(f"{manifest.dir} is a training run, not an export: "
+                           f"export it first: python -m export --model {manifest.dir}")
+    usable = {n: e for n, e in arts.items() if e.status == STATUS_USABLE and e.format != "keras"}
+    if backend in arts and arts[backend].format == "keras":
         raise BackendError(f"{backend} is the export's Keras reference, not a device format: use tflite or onnx")
     if backend in arts:  # an exact artifact name
         return backend
     have = available_runtimes()
     order = [n for n in AUTO_ORDER if n in usable] + [n for n in usable if n not in AUTO_ORDER]
     if backend != "auto":
-        order = [n for n in order if usable[n]["format"] == backend]
+        order = [n for n in order if usable[n].format == backend]
     if precision:
-        order = [n for n in order if usable[n].get("precision") == precision]
+        order = [n for n in order if usable[n].precision == precision]
     for n in order:
-        if have.get(usable[n]["format"]):
+        if have.get(usable[n].format):
             return n
     want = backend if backend != "auto" else "tflite or onnx"
     raise BackendError(f"no usable {want}{' ' + precision if precision else ''} artifact with an installed "
                        f"runtime (artifacts: {sorted(arts) or 'none'}; runtimes: {have})")
 
 
-def load_backend(manifest: dict, name: str, threads: int = 1, providers: list[str] | None = None,
+def load_backend(manifest: Manifest, name: str, threads: int = 1, providers: list[str] | None = None,
                  verify: bool = True) -> Backend:
     """Verify the artifact's sha256 against the manifest, then load it."""
-    arts = manifest.get("artifacts") or {}
+    arts = manifest.artifacts
     if name not in arts:
         raise BackendError(f"manifest has no artifact {name!r} (has {sorted(arts)})")
     entry = arts[name]
     path = artifact_path(manifest, name)
     if verify:
-        verify_file(path, entry["sha256"], entry.get("size"))
-    labels = manifest["labels"]
-    if entry["format"] == "tflite":
-        return TFLiteBackend(path, name, entry, labels, threads)
-    if entry["format"] == "onnx":
-        return OnnxBackend(path, name, entry, labels, threads, providers)
-    raise BackendError(f"{name}: format {entry['format']!r} has no edge backend")
+        verify_file(path, entry.sha256, entry.size)
+    if entry.format == "tflite":
+        return TFLiteBackend(path, name, entry, manifest.labels, threads)
+    if entry.format == "onnx":
+        return OnnxBackend(path, name, entry, manifest.labels, threads, providers)
+    raise BackendError(f"{name}: format {entry.format!r} has no edge backend")

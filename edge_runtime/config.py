@@ -1,65 +1,22 @@
 """Configuration: built-in defaults <- device profile <- config file <- command-line flags.
 
-Profiles (``devices/*.toml``) and config files share one TOML schema, validated strictly:
-an unknown section or key, or a value of the wrong type, is one clear ``ConfigError`` line.
+Each TOML table is a frozen dataclass below, and its fields are the keys it knows with their
+defaults. Profiles (``devices/*.toml``), config files and flags are layers applied in that order,
+each validated strictly: an unknown table or key, a value of the wrong type or outside its bounds
+is one ``ConfigError`` line naming the layer it came from.
 """
 from __future__ import annotations
 
-import copy
 import ipaddress
 import os
 import re
 import tomllib
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
-# Every key the daemon knows, with its default; the default's type is the key's type.
-DEFAULTS: dict[str, dict] = {
-    "model": {
-        "artifacts": "",          # folder holding manifest.json + model files; "" = the packaged default
-        "backend": "auto",        # auto | tflite | onnx | an artifact name (e.g. "onnx-fp32")
-        "precision": "",          # "" = any, else the manifest's precision (int8, fp32, dr, int16x8, ...)
-        "threads": 1,
-        "providers": [],          # onnxruntime providers in preference order; [] = best available
-    },
-    "source": {
-        "uri": "0",               # camera index, /dev/videoN, file, rtsp://..., or an image folder
-        "loop": False,            # restart a file/folder at its end instead of exiting
-        "realtime": "auto",       # auto: cameras/streams drop stale frames, files are read in full
-        "width": 0, "height": 0, "fps": 0.0,  # camera capture request; 0 = driver default
-        "reconnect_max_s": 30.0,  # backoff cap when the source is lost
-        "stall_s": 5.0,           # a live source with no new frame for this long is stalled: health degraded,
-                                  # and a stream read gives up and reconnects
-    },
-    "detector": {
-        "type": "yunet",          # yunet (shipped model, 5 landmarks) | haar
-        "size": 0,                # longer side of the frame the detector sees, px; 0 = yunet 512, haar 320
-        "min_size": 24,           # smallest face, full-frame pixels
-        "max_faces": 32,
-        "model": "",              # yunet: "" = the packaged yunet_n, or a path to a YuNet .onnx
-        "score": 0.4,             # yunet score threshold
-        "runtime": "auto",        # yunet: auto (onnxruntime, else OpenCV DNN) | onnxruntime | opencv
-    },
-    "crop": {
-        "mode": "calibrated",     # calibrated: the crop fitted for the detector (crops.json) | manual
-        "scale": 1.0,             # manual: crop side / box side
-        "dx": 0.0, "dy": 0.0,     # manual: crop centre shift, fraction of the box side
-        "level": False,           # manual: rotate so the eyes are level (yunet landmarks)
-    },
-    "tracker": {
-        "iou": 0.3,               # a detection continues a track when IoU >= this
-        "smoothing": 0.6,         # weight of the past in the probability EMA (0 = no smoothing)
-        "max_missed": 5,          # frames a track may go unseen before its `end` event
-        "appearance": 0.5,        # min thumbnail correlation for a detection to continue a track (-1 = off)
-    },
-    "events": {"path": "-", "every": 1},  # JSON Lines file or "-" (stdout); `update` every N frames
-    # timeout_s: a client that sends no complete request (or stops reading) for this long is dropped
-    "http": {"bind": "", "token": "", "stream": True, "timeout_s": 10.0, "max_clients": 32},
-    # discovery: Home Assistant MQTT discovery configs under discovery_prefix (one device, its sensors)
-    "mqtt": {"host": "", "port": 1883, "prefix": "fer-edge", "client_id": "", "stats_interval_s": 10.0,
-             "discovery": False, "discovery_prefix": "homeassistant"},
-    "run": {"max_frames": 0, "log_level": "info",
-            "annotate": ""},              # write the processed frames, annotated, to this .mp4/.avi ("" = off)
-}
+
+class ConfigError(ValueError):
+    """A user-facing configuration problem (one line, exit code 2)."""
 
 
 def max_threads() -> int:
@@ -77,39 +34,188 @@ def check_threads(n, what: str = "threads") -> int:
     return n
 
 
-class ConfigError(Exception):
-    """A user-facing configuration problem (one line, exit code 2)."""
+def setting(default, lo=None, hi=None, *, choices=None, open_lo=False, open_hi=False, zero_ok=False):
+    """A key with its default and bounds: [lo, hi] (an ``open_`` end excludes it; ``zero_ok``
+    also admits 0, meaning "the default"), or one of ``choices``."""
+    return field(default=default, metadata={"bounds": (lo, hi, open_lo, open_hi, zero_ok), "choices": choices})
 
 
-def _type_ok(default, value) -> bool:
-    if isinstance(default, bool):
-        return isinstance(value, bool)
-    if isinstance(default, float):
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if isinstance(default, int):
-        return isinstance(value, int) and not isinstance(value, bool)
-    if isinstance(default, list):
-        return isinstance(value, list) and all(isinstance(v, str) for v in value)
-    return isinstance(value, str) or (default == "0" and isinstance(value, int))
+def _bounds_error(where: str, value, meta) -> str | None:
+    if not meta:  # a plain key: its type is its only rule
+        return None
+    lo, hi, open_lo, open_hi, zero_ok = meta["bounds"]
+    if meta["choices"] is not None and value not in meta["choices"]:
+        return f"{where} = {value!r} must be one of {', '.join(meta['choices'])}"
+    if lo is None or (zero_ok and value == 0):
+        return None
+    above = value > lo if open_lo else value >= lo
+    below = value < hi if open_hi else value <= hi
+    if above and below:  # both false for NaN
+        return None
+    span = f"{'(' if open_lo else '['}{lo}, {hi}{')' if open_hi else ']'}"
+    return f"{where} = {value!r} must be {'0 (the default) or ' if zero_ok else ''}in {span}"
 
 
-def merge(base: dict, layer: dict, origin: str) -> dict:
-    """Validate ``layer`` against the schema and apply it over ``base`` (returns a new dict)."""
-    out = copy.deepcopy(base)
-    for section, values in layer.items():
-        if section not in DEFAULTS:
-            raise ConfigError(f"{origin}: unknown section [{section}] (known: {', '.join(DEFAULTS)})")
-        if not isinstance(values, dict):
-            raise ConfigError(f"{origin}: [{section}] must be a table")
-        for key, value in values.items():
-            if key not in DEFAULTS[section]:
-                raise ConfigError(f"{origin}: unknown key {section}.{key} "
-                                  f"(known: {', '.join(DEFAULTS[section])})")
-            default = DEFAULTS[section][key]
-            if not _type_ok(default, value):
-                raise ConfigError(f"{origin}: {section}.{key} = {value!r} should be {type(default).__name__}")
-            out[section][key] = float(value) if isinstance(default, float) else value
-    return out
+def _coerce(default, value, where: str, origin: str):
+    """``value`` as the default's type, or ConfigError."""
+    ok = (isinstance(value, bool) if isinstance(default, bool) else
+          isinstance(value, (int, float)) and not isinstance(value, bool) if isinstance(default, float) else
+          isinstance(value, int) and not isinstance(value, bool) if isinstance(default, int) else
+          isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value) if isinstance(default, tuple)
+          else isinstance(value, str))
+    if not ok:
+        raise ConfigError(f"{origin}: {where} = {value!r} should be "
+                          f"{'a list of strings' if isinstance(default, tuple) else type(default).__name__}")
+    return float(value) if isinstance(default, float) else tuple(value) if isinstance(default, tuple) else value
+
+
+# Keys that moved, so that an old config file gets told where its key lives now.
+MOVED = {"detector.model": "detector.yunet.model", "detector.score": "detector.yunet.score",
+         "detector.runtime": "detector.yunet.runtime"}
+
+
+@dataclass(frozen=True)
+class Section:
+    """A TOML table: typed, bounded keys; ``merged`` applies a layer, ``to_dict`` gives it back."""
+
+    def merged(self, layer: dict, origin: str = "config", path: str = ""):
+        if not isinstance(layer, dict):
+            raise ConfigError(f"{origin}: [{path}] must be a table")
+        known = {f.name: f for f in fields(self)}
+        changes = {}
+        for key, value in layer.items():
+            where = f"{path}.{key}" if path else key
+            if key not in known:
+                if where in MOVED:
+                    raise ConfigError(f"{origin}: {where} is now {MOVED[where]} "
+                                      f"([{MOVED[where].rpartition('.')[0]}] {key} = …)")
+                what = f"key {where}" if path else f"section [{key}]"
+                raise ConfigError(f"{origin}: unknown {what} (known: {', '.join(known)})")
+            current = getattr(self, key)
+            if isinstance(current, Section):
+                changes[key] = current.merged(value, origin, where)
+                continue
+            if key == "uri" and isinstance(value, int) and not isinstance(value, bool):
+                value = str(value)  # camera = 0 in TOML
+            value = _coerce(current, value, where, origin)
+            if (problem := _bounds_error(where, value, known[key].metadata)) is not None:
+                raise ConfigError(f"{origin}: {problem}")
+            changes[key] = value
+        return replace(self, **changes)
+
+    @classmethod
+    def from_dict(cls, layer: dict, origin: str = "config", path: str = ""):
+        """The defaults with ``layer`` applied, as strictly as a config file (``path``: the table's
+        name in messages, e.g. "detector")."""
+        return cls().merged(layer, origin, path)
+
+    def to_dict(self) -> dict:
+        return {f.name: (v.to_dict() if isinstance(v := getattr(self, f.name), Section) else
+                         list(v) if isinstance(v, tuple) else v) for f in fields(self)}
+
+
+@dataclass(frozen=True)
+class ModelConfig(Section):
+    artifacts: str = ""           # folder holding manifest.json + model files; "" = the packaged default
+    backend: str = "auto"         # auto | tflite | onnx | an artifact name (e.g. "onnx-fp32")
+    precision: str = ""           # "" = any, else the manifest's precision (int8, fp32, dr, int16x8, ...)
+    threads: int = 1              # inference, detector and OpenCV threads: 1 .. the CPUs (checked at build)
+    providers: tuple[str, ...] = ()  # onnxruntime providers in preference order; () = best available
+
+
+@dataclass(frozen=True)
+class SourceConfig(Section):
+    uri: str = "0"                # camera index, /dev/videoN, picamera2[:N], gst:..., file, rtsp://..., image folder
+    loop: bool = False            # restart a file/folder at its end instead of exiting
+    realtime: str = setting("auto", choices=("auto", "true", "false"))  # auto: cameras/streams drop stale frames
+    width: int = setting(0, 0, 8192)     # camera capture request; 0 = driver default
+    height: int = setting(0, 0, 8192)
+    fps: float = setting(0.0, 0.0, 1000.0)
+    reconnect_max_s: float = setting(30.0, 0.1, 3600.0)  # backoff cap when the source is lost
+    # a live source with no new frame for this long is stalled: health degraded, a stream read reconnects
+    stall_s: float = setting(5.0, 0.5, 3600.0)
+
+
+@dataclass(frozen=True)
+class YuNetConfig(Section):
+    model: str = ""               # "" = the packaged yunet_n, or a path to a YuNet .onnx
+    score: float = setting(0.4, 0.0, 1.0, open_lo=True, open_hi=True)  # score threshold
+    runtime: str = setting("auto", choices=("auto", "onnxruntime", "opencv"))  # auto: onnxruntime, else OpenCV DNN
+
+
+@dataclass(frozen=True)
+class DetectorConfig(Section):
+    type: str = setting("yunet", choices=("yunet", "haar"))  # yunet: shipped model, 5 landmarks
+    size: int = setting(0, 64, 4096, zero_ok=True)  # longer side of the frame it sees, px; 0 = yunet 512, haar 320
+    min_size: int = setting(24, 1, 4096)             # smallest face, full-frame pixels
+    max_faces: int = setting(32, 1, 256)
+    yunet: YuNetConfig = field(default_factory=YuNetConfig)
+
+
+@dataclass(frozen=True)
+class CropConfig(Section):
+    mode: str = setting("calibrated", choices=("calibrated", "manual"))  # calibrated: crops.json for the detector
+    scale: float = setting(1.0, 0.3, 3.0)  # manual: crop side / box side
+    dx: float = setting(0.0, -1.0, 1.0)    # manual: crop centre shift, fraction of the box side
+    dy: float = setting(0.0, -1.0, 1.0)
+    level: bool = False                    # manual: rotate so the eyes are level (yunet landmarks)
+
+
+@dataclass(frozen=True)
+class TrackerConfig(Section):
+    iou: float = setting(0.3, 0.01, 1.0)  # a detection continues a track when IoU >= this
+    smoothing: float = setting(0.6, 0.0, 1.0, open_hi=True)  # weight of the past in the probability EMA
+    max_missed: int = setting(5, 0, 10_000)  # frames a track may go unseen before its `end` event
+    appearance: float = setting(0.5, -1.0, 1.0)  # min thumbnail correlation to continue a track (-1 = off)
+
+
+@dataclass(frozen=True)
+class EventsConfig(Section):
+    path: str = "-"                        # JSON Lines file or "-" (stdout)
+    every: int = setting(1, 1, 1_000_000)  # an `update` event every N frames
+
+
+@dataclass(frozen=True)
+class HttpConfig(Section):
+    bind: str = ""                # HOST:PORT; "" = off
+    token: str = ""               # bearer token; required beyond loopback
+    stream: bool = True           # serve /stream.mjpg
+    timeout_s: float = setting(10.0, 0.5, 3600.0)  # a client with no complete request (or not reading) is dropped
+    max_clients: int = setting(32, 1, 1024)
+
+
+@dataclass(frozen=True)
+class MqttConfig(Section):
+    host: str = ""                # "" = off
+    port: int = setting(1883, 1, 65535)
+    prefix: str = "fer-edge"
+    client_id: str = ""
+    stats_interval_s: float = setting(10.0, 0.5, 86_400.0)
+    discovery: bool = False       # Home Assistant MQTT discovery configs (one device, its sensors)
+    discovery_prefix: str = "homeassistant"
+
+
+@dataclass(frozen=True)
+class RunConfig(Section):
+    max_frames: int = setting(0, 0, 10**12)  # 0 = no limit
+    log_level: str = setting("info", choices=("debug", "info", "warning", "error"))
+    annotate: str = ""            # write the processed frames, annotated, to this .mp4/.avi ("" = off)
+
+
+@dataclass(frozen=True)
+class Config(Section):
+    model: ModelConfig = field(default_factory=ModelConfig)
+    source: SourceConfig = field(default_factory=SourceConfig)
+    detector: DetectorConfig = field(default_factory=DetectorConfig)
+    crop: CropConfig = field(default_factory=CropConfig)
+    tracker: TrackerConfig = field(default_factory=TrackerConfig)
+    events: EventsConfig = field(default_factory=EventsConfig)
+    http: HttpConfig = field(default_factory=HttpConfig)
+    mqtt: MqttConfig = field(default_factory=MqttConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+
+DEFAULTS: dict = Config().to_dict()  # the schema as plain data (docs, --help)
 
 
 def load_toml(path: str | Path) -> dict:
@@ -122,58 +228,28 @@ def load_toml(path: str | Path) -> dict:
         raise ConfigError(f"{path}: {e}") from None
 
 
-# Every number a file or flag can set, bounded (inclusive); NaN fails every bound.
-BOUNDS = {
-    ("source", "width"): (0, 8192), ("source", "height"): (0, 8192), ("source", "fps"): (0.0, 1000.0),
-    ("source", "reconnect_max_s"): (0.1, 3600.0), ("source", "stall_s"): (0.5, 3600.0),
-    ("http", "timeout_s"): (0.5, 3600.0), ("http", "max_clients"): (1, 1024),
-    ("detector", "size"): (0, 4096), ("detector", "min_size"): (1, 4096), ("detector", "max_faces"): (1, 256),
-    ("crop", "scale"): (0.3, 3.0), ("crop", "dx"): (-1.0, 1.0), ("crop", "dy"): (-1.0, 1.0),
-    ("tracker", "iou"): (0.01, 1.0), ("tracker", "max_missed"): (0, 10_000), ("tracker", "appearance"): (-1.0, 1.0),
-    ("events", "every"): (1, 1_000_000), ("mqtt", "port"): (1, 65535), ("mqtt", "stats_interval_s"): (0.5, 86_400.0),
-    ("run", "max_frames"): (0, 10**12),
-}
-CHOICES = {("source", "realtime"): ("auto", "true", "false"), ("crop", "mode"): ("calibrated", "manual"),
-           ("run", "log_level"): ("debug", "info", "warning", "error")}
-
-
-def check(cfg: dict) -> dict:
-    """Cross-field rules a single key's type cannot express."""
+def check(cfg: Config) -> Config:
+    """Rules a single key's type and bounds cannot express."""
     try:
-        check_threads(cfg["model"]["threads"], "model.threads")
+        check_threads(cfg.model.threads, "model.threads")
     except ValueError as e:
         raise ConfigError(str(e)) from None
-    for (section, key), (lo, hi) in BOUNDS.items():
-        v = cfg[section][key]
-        if not lo <= v <= hi:  # also false for NaN
-            raise ConfigError(f"{section}.{key} = {v!r} must be in [{lo}, {hi}]")
-    for (section, key), allowed in CHOICES.items():
-        if cfg[section][key] not in allowed:
-            raise ConfigError(f"{section}.{key} = {cfg[section][key]!r} must be one of {', '.join(allowed)}")
-    d = cfg["detector"]
-    if d["size"] and d["size"] < 64:
-        raise ConfigError("detector.size must be 0 (the detector's default) or in [64, 4096]")
-    if not 0.0 < d["score"] < 1.0:
-        raise ConfigError("detector.score must be in (0, 1)")
-    if not 0.0 <= cfg["tracker"]["smoothing"] < 1.0:
-        raise ConfigError("tracker.smoothing must be in [0, 1)")
     for key in ("prefix", "discovery_prefix"):
-        prefix = cfg["mqtt"][key]
+        prefix = getattr(cfg.mqtt, key)
         if not prefix.strip("/") or any(c in prefix for c in "+#\0") or len(prefix) > 200 or prefix.startswith("$"):
             raise ConfigError(f"mqtt.{key} {prefix!r} must be a topic without wildcards (+, #), not starting "
                               "with $ (broker-reserved), 1-200 characters")
-    cid = cfg["mqtt"]["client_id"]
+    cid = cfg.mqtt.client_id
     if len(cid.encode()) > 64 or not cid.isprintable():
         raise ConfigError(f"mqtt.client_id {cid!r} must be printable and at most 64 bytes")
-    token = cfg["http"]["token"]
+    token, bind = cfg.http.token, cfg.http.bind
     if token and not re.fullmatch(r"[A-Za-z0-9._~+/-]+=*", token):
         raise ConfigError("http.token may hold only letters, digits and -._~+/ (a bearer token, RFC 6750)")
-    bind = cfg["http"]["bind"]
     if bind:
         host, _, port = bind.rpartition(":")
         if not host or not port.isdigit() or not 0 <= int(port) < 65536:
             raise ConfigError(f"http.bind {bind!r} should be HOST:PORT with a port in [0, 65535]")
-        if not _is_loopback(host) and not cfg["http"]["token"]:
+        if not _is_loopback(host) and not token:
             raise ConfigError(f"http.bind {bind} is not loopback: set --token (clients send Authorization: Bearer)")
     return cfg
 
@@ -187,13 +263,13 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-def build(profile: str | None = None, config: str | None = None, flags: dict | None = None) -> dict:
+def build(profile: str | None = None, config: str | None = None, flags: dict | None = None) -> Config:
     """defaults <- profile <- config file <- flags (a layer dict like a TOML file's)."""
-    cfg = copy.deepcopy(DEFAULTS)
+    cfg = Config()
     if profile:
-        cfg = merge(cfg, load_toml(profile), f"profile {profile}")
+        cfg = cfg.merged(load_toml(profile), f"profile {profile}")
     if config:
-        cfg = merge(cfg, load_toml(config), f"config {config}")
+        cfg = cfg.merged(load_toml(config), f"config {config}")
     if flags:
-        cfg = merge(cfg, flags, "command line")
+        cfg = cfg.merged(flags, "command line")
     return check(cfg)

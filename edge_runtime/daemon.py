@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 
 from .api import EmotionRecognizer
-from .config import ConfigError
+from .config import Config, ConfigError
 from .annotate import VideoOut, draw
 from .geometry import CropSpec, landmark_list
 from .labels import LABELS
@@ -32,56 +32,55 @@ def _probs(p: np.ndarray) -> dict[str, float]:
 
 
 class Daemon:
-    def __init__(self, cfg: dict):
+    def __init__(self, cfg: Config):
         self.cfg = cfg
         self.stats = Stats()
         self.stop_event = threading.Event()
-        m, src = cfg["model"], cfg["source"]
-        if str(src["uri"]).startswith("picamera2") and not is_picamera(str(src["uri"])):
-            raise ConfigError(f"source {src['uri']}: use picamera2 or picamera2:N with a camera number, e.g. picamera2:1")
-        if source_kind(str(src["uri"])) == "file" and not _exists(src["uri"]):
-            raise ConfigError(f"source {src['uri']} does not exist")
+        m, src, c = cfg.model, cfg.source, cfg.crop
+        if src.uri.startswith("picamera2") and not is_picamera(src.uri):
+            raise ConfigError(f"source {src.uri}: use picamera2 or picamera2:N with a camera number, e.g. picamera2:1")
+        if source_kind(src.uri) == "file" and not _exists(src.uri):
+            raise ConfigError(f"source {src.uri} does not exist")
         try:
-            check_source(str(src["uri"]))
+            check_source(src.uri)
         except SourceError as e:
             raise ConfigError(str(e)) from None
-        d, c = cfg["detector"], cfg["crop"]
         self.recognizer = EmotionRecognizer(
-            m["artifacts"] or None, m["backend"], m["precision"] or None, m["threads"], m["providers"] or None,
-            d["type"], d["size"], d["score"], d["min_size"], d["max_faces"], d["model"], d["runtime"],
-            None if c["mode"] == "calibrated" else CropSpec(c["scale"], c["dx"], c["dy"], c["level"]))
+            m.artifacts or None, m.backend, m.precision or None, m.threads, list(m.providers) or None,
+            detector=cfg.detector,
+            crop=None if c.mode == "calibrated" else CropSpec(c.scale, c.dx, c.dy, c.level))
         er = self.recognizer
-        cv2.setNumThreads(m["threads"])
-        t = cfg["tracker"]
-        self.tracker = Tracker(t["iou"], t["smoothing"], t["max_missed"], t["appearance"])
+        cv2.setNumThreads(m.threads)
+        t = cfg.tracker
+        self.tracker = Tracker(t.iou, t.smoothing, t.max_missed, t.appearance)
         self.stats.info = {"artifact": er.artifact, "backend": er.backend.format, "precision": er.backend.precision,
                            "runtime": er.backend.runtime, "sha256": er.backend.sha256,
-                           "detector": er.detector.name, "source": str(src["uri"])}
+                           "detector": er.detector.name, "source": src.uri}
         log.info("model %s (%s, sha256 %s…) on %s, %d thread(s); detector %s at %d px, crop %s",
-                 er.artifact, er.backend.precision, er.backend.sha256[:12], er.backend.runtime, m["threads"],
+                 er.artifact, er.backend.precision, er.backend.sha256[:12], er.backend.runtime, m.threads,
                  er.detector.name, er.detector_size, er.crop)
         self.exit_code, self.exit_reason = 0, ""
         self._reopen = threading.Event()
         self._sink_warned: dict[str, float] = {}
         try:
-            self.sinks = [JsonlSink(cfg["events"]["path"], self.stats, on_closed=self._output_closed)]
+            self.sinks = [JsonlSink(cfg.events.path, self.stats, on_closed=self._output_closed)]
         except OSError as e:
-            raise ConfigError(f"events file {cfg['events']['path']}: {e.strerror or e}") from None
+            raise ConfigError(f"events file {cfg.events.path}: {e.strerror or e}") from None
         self._last_view = None  # (frame index, image, tracks) for /stream.mjpg, encoded on demand
         self._jpeg_cache = (None, None)
         self.http = None
-        if cfg["mqtt"]["host"]:
-            q = cfg["mqtt"]
-            self.sinks.append(MqttSink(q["host"], q["port"], q["prefix"], self.stats, q["client_id"],
-                                       q["stats_interval_s"], q["discovery"], q["discovery_prefix"]))
-        if cfg["http"]["bind"]:
+        if cfg.mqtt.host:
+            q = cfg.mqtt
+            self.sinks.append(MqttSink(q.host, q.port, q.prefix, self.stats, q.client_id,
+                                       q.stats_interval_s, q.discovery, q.discovery_prefix))
+        if cfg.http.bind:
             from .http import HttpServer
-            h = cfg["http"]
-            self.http = HttpServer(h["bind"], self.stats, h["token"], self.jpeg if h["stream"] else None,
-                                   h["timeout_s"], h["max_clients"])
-        self.annotate = VideoOut(cfg["run"]["annotate"], src["fps"] or 15.0) if cfg["run"]["annotate"] else None
-        self.capture = Capture(str(src["uri"]), self.stats, src["loop"], src["realtime"], src["width"],
-                               src["height"], src["fps"], src["reconnect_max_s"], stall_s=src["stall_s"])
+            h = cfg.http
+            self.http = HttpServer(h.bind, self.stats, h.token, self.jpeg if h.stream else None,
+                                   h.timeout_s, h.max_clients)
+        self.annotate = VideoOut(cfg.run.annotate, src.fps or 15.0) if cfg.run.annotate else None
+        self.capture = Capture(src.uri, self.stats, src.loop, src.realtime, src.width,
+                               src.height, src.fps, src.reconnect_max_s, stall_s=src.stall_s)
 
     # --- the loop ------------------------------------------------------------------------------
     def stop(self, *_):
@@ -105,7 +104,7 @@ class Daemon:
     def run(self) -> int:
         self.capture.start()
         self._t_start = time.monotonic()
-        max_frames = self.cfg["run"]["max_frames"]
+        max_frames = self.cfg.run.max_frames
         done, code = 0, 0
         try:
             while not self.stop_event.is_set():
@@ -165,7 +164,7 @@ class Daemon:
         return events
 
     def _emit(self, changes, index: int, latency: dict) -> list[dict]:
-        every = self.cfg["events"]["every"]
+        every = self.cfg.events.every
         events = []
         for kind, t in changes:
             ev = {"type": kind, "ts": round(time.time(), 3), "frame": index, "track": t.id,

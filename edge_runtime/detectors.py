@@ -16,6 +16,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from .config import DetectorConfig
 from .geometry import CropSpec, Detections, finish, nms
 from .manifest import sha256_file
 
@@ -128,7 +129,7 @@ class _OrtNet:
                                 f"outputs {sorted(self.names)[:3]}…)")
         if any(isinstance(d, int) for d in shape[2:]):
             raise DetectorError(f"{path} has a fixed {shape[2]}x{shape[3]} input: make it size-free with "
-                                f"python -m export.yunet {path} OUT.onnx (or set detector.runtime = 'opencv')")
+                                f"python -m export.yunet {path} OUT.onnx (or set detector.yunet.runtime = 'opencv')")
         self.runtime = f"onnxruntime {ort.__version__}"
 
     def run(self, blob: np.ndarray) -> dict[str, np.ndarray]:
@@ -188,13 +189,13 @@ class YuNetDetector(Detector):
     @staticmethod
     def _load(path: Path, threads: int, runtime: str):
         if runtime not in RUNTIMES:
-            raise DetectorError(f"detector.runtime must be one of {', '.join(RUNTIMES)} (got {runtime!r})")
+            raise DetectorError(f"detector.yunet.runtime must be one of {', '.join(RUNTIMES)} (got {runtime!r})")
         if runtime in ("auto", "onnxruntime"):
             try:
                 return _OrtNet(path, threads)
             except ImportError:
                 if runtime == "onnxruntime":
-                    raise DetectorError("detector.runtime = onnxruntime but it is not installed: "
+                    raise DetectorError("detector.yunet.runtime = onnxruntime but it is not installed: "
                                         "pip install onnxruntime") from None
         return _CvNet(path, threads)
 
@@ -216,14 +217,16 @@ class YuNetDetector(Detector):
         return finish(dets, image.shape, self.min_size, self.max_faces)
 
 
-def make_detector(kind: str = "yunet", size: int = 512, min_size: int = 24, max_faces: int = 32,
-                  model: str = "", threads: int = 1, score: float = 0.4, runtime: str = "auto") -> Detector:
-    if kind == "yunet":
-        return YuNetDetector(model, size=size, score=score, min_size=min_size, max_faces=max_faces,
-                             threads=threads, runtime=runtime)
-    if kind == "haar":
-        return HaarDetector(size=size, min_size=min_size, max_faces=max_faces)
-    raise DetectorError(f"unknown detector {kind!r} (choose from {', '.join(DETECTORS)})")
+def make_detector(cfg: DetectorConfig = DetectorConfig(), threads: int = 1) -> Detector:
+    """The detector a [detector] table describes (size 0: the detector's default)."""
+    size = cfg.size or DEFAULT_SIZE.get(cfg.type, 0)
+    if cfg.type == "yunet":
+        y = cfg.yunet
+        return YuNetDetector(y.model, size=size, score=y.score, min_size=cfg.min_size, max_faces=cfg.max_faces,
+                             threads=threads, runtime=y.runtime)
+    if cfg.type == "haar":
+        return HaarDetector(size=size, min_size=cfg.min_size, max_faces=cfg.max_faces)
+    raise DetectorError(f"unknown detector {cfg.type!r} (choose from {', '.join(DETECTORS)})")
 
 
 CROPS_FILE = Path(__file__).resolve().parent / "crops.json"

@@ -10,6 +10,7 @@ import hashlib
 import json
 import os
 import tempfile
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 from .labels import LABELS
@@ -65,8 +66,202 @@ def _json_default(o):
         return str(o)
 
 
-def read_manifest(path: str | os.PathLike) -> dict:
-    """Load a manifest (a file or a folder holding manifest.json) and check its shared fields."""
+# --- the contract, typed ------------------------------------------------------------------------
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_num(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+# field type -> (check, what a wrong value should have been); None is always allowed for optional fields
+_CHECKS = {"str": (lambda v: isinstance(v, str), "a string"), "int": (_is_int, "an integer"),
+           "float": (_is_num, "a number"), "dict": (lambda v: isinstance(v, dict), "an object"),
+           "shape": (lambda v: isinstance(v, list) and all(_is_int(d) for d in v), "a list of integers"),
+           "sha256": (lambda v: isinstance(v, str) and len(v) == 64 and all(c in "0123456789abcdef" for c in v),
+                      "64 hex digits"),
+           "bytes": (lambda v: _is_int(v) and v >= 0, "a byte count")}
+
+
+def _typed(cls, d, where: str, kinds: dict[str, str]) -> dict:
+    """``d``'s keys checked against ``cls``'s fields (unknown key: ManifestError) and ``kinds``."""
+    if not isinstance(d, dict):
+        raise ManifestError(f"{where} is not a JSON object")
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(d) - known)
+    if unknown:
+        raise ManifestError(f"{where}: unknown key {unknown[0]!r} (known: {', '.join(sorted(known))})")
+    for key, kind in kinds.items():
+        v = d.get(key)
+        if v is not None and not _CHECKS[kind][0](v):
+            raise ManifestError(f"{where}: {key} = {v!r:.80} should be {_CHECKS[kind][1]}")
+    return dict(d)
+
+
+@dataclass(frozen=True)
+class Tensor:
+    """A model input or output as the manifest states it (checked against the file at load)."""
+    shape: tuple[int, ...]
+    dtype: str
+    scale: float | None = None       # int8 tensors: real = scale * (q - zero_point)
+    zero_point: int | None = None
+
+    @classmethod
+    def from_dict(cls, d, where: str) -> "Tensor":
+        d = _typed(cls, d, where, {"shape": "shape", "dtype": "str", "scale": "float", "zero_point": "int"})
+        if "shape" not in d or "dtype" not in d:
+            raise ManifestError(f"{where} needs shape and dtype")
+        return cls(**{**d, "shape": tuple(d["shape"])})
+
+    def to_dict(self) -> dict:
+        out = {"shape": list(self.shape), "dtype": self.dtype, "scale": self.scale, "zero_point": self.zero_point}
+        return {k: v for k, v in out.items() if v is not None}
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """One model file of an export: what it is, its checksum, and what the export measured."""
+    format: str                       # tflite | onnx | keras (the reference)
+    precision: str                    # fp32 | int8 | dr | int16x8 ...
+    status: str                       # usable | rejected (by the gate) | failed (did not convert or run)
+    file: str | None = None           # a plain file name in the manifest's folder; None when it failed
+    sha256: str | None = None
+    size: int | None = None
+    input: Tensor | None = None
+    output: Tensor | None = None
+    reason: str | None = None         # why rejected or failed
+    notes: str | None = None
+    parameters: int | None = None
+    accuracy: float | None = None     # on the test split, as exported
+    macro_f1: float | None = None
+    agreement: float | None = None    # share of test faces where it agrees with the reference
+    max_abs_prob_diff: float | None = None
+    drop_pp: float | None = None      # reference accuracy - this accuracy, percentage points
+    ms_per_face: float | None = None
+    convert_seconds: float | None = None
+
+    @classmethod
+    def from_dict(cls, d, where: str) -> "Artifact":
+        kinds = {"file": "str", "sha256": "sha256", "size": "bytes", "reason": "str", "notes": "str",
+                 "parameters": "int", **{k: "float" for k in ("accuracy", "macro_f1", "agreement", "max_abs_prob_diff", "drop_pp",
+                                         "ms_per_face", "convert_seconds")}}
+        d = _typed(cls, d, where, kinds)
+        for key in ("format", "precision", "status"):
+            if not isinstance(d.get(key), str):
+                raise ManifestError(f"{where}: {key} {d.get(key)!r:.60} should be a string")
+        for key in ("input", "output"):
+            if d.get(key) is not None:
+                d[key] = Tensor.from_dict(d[key], f"{where}.{key}")
+        return cls(**d)
+
+    def to_dict(self) -> dict:  # "file": null says the conversion failed; other unset fields are left out
+        return {f.name: (v.to_dict() if isinstance(v, Tensor) else v)
+                for f in fields(self) if (v := getattr(self, f.name)) is not None or f.name == "file"}
+
+
+KINDS = ("run", "artifacts", "peer")
+# The record each kind always writes, null or not ("teacher": null says a run was not distilled).
+WRITTEN = {"run": ("model_file", "model_sha256", "params", "recipe", "precision", "seed", "init_seed", "parameters",
+                   "data", "metrics", "bn_recalibration", "teacher", "init", "reframe", "holdout", "train_seconds",
+                   "versions", "created", "command"),
+           "artifacts": ("artifacts", "source", "data", "gate", "reference", "versions", "created", "command",
+                         "export_seconds"),
+           "peer": ("artifacts", "description")}
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """A run folder's or an artifacts folder's manifest.json. The device reads only ``labels``,
+    ``preprocessing`` and ``artifacts``; the rest is the record of how the folder was made."""
+    kind: str                                   # run (python -m train) | artifacts (python -m export) | peer
+    model: str
+    labels: tuple[str, ...]                     # the model's output order
+    preprocessing: PreprocessSpec
+    schema: int = SCHEMA_VERSION
+    artifacts: dict[str, Artifact] = field(default_factory=dict)  # artifacts and peer kinds
+    dir: str = ""                               # the folder it was read from (not stored)
+    # run kind
+    model_file: str | None = None
+    model_sha256: str | None = None
+    params: dict | None = None
+    recipe: dict | None = None
+    precision: str | None = None
+    seed: int | None = None
+    init_seed: int | None = None
+    parameters: int | None = None
+    metrics: dict | None = None
+    bn_recalibration: dict | None = None
+    recalibrated_from: dict | None = None
+    teacher: dict | None = None
+    init: dict | None = None
+    reframe: dict | None = None
+    holdout: dict | None = None
+    time_budget: dict | None = None
+    train_seconds: float | None = None
+    # artifacts kind
+    source: dict | None = None
+    gate: dict | None = None
+    reference: dict | None = None
+    export_seconds: float | None = None
+    description: str | None = None              # peer kind
+    # every kind
+    data: dict | None = None
+    versions: dict | None = None
+    created: str | None = None
+    command: str | None = None
+
+    @classmethod
+    def from_dict(cls, d, where: str = "manifest", folder: str | os.PathLike = "") -> "Manifest":
+        kinds = {"kind": "str", "model": "str", "schema": "int", "model_file": "str", "model_sha256": "sha256",
+                 "precision": "str", "seed": "int", "init_seed": "int", "parameters": "int", "train_seconds": "float",
+                 "export_seconds": "float", "description": "str", "created": "str", "command": "str",
+                 **{k: "dict" for k in ("params", "recipe", "metrics", "bn_recalibration", "recalibrated_from",
+                                        "teacher", "init", "reframe", "holdout", "time_budget", "source", "gate",
+                                        "reference",
+                                        "data", "versions", "artifacts")}}
+        if isinstance(d, dict) and "dir" in d:
+            raise ManifestError(f"{where}: unknown key 'dir'")
+        d = _typed(cls, d, where, kinds)
+        for key in ("labels", "preprocessing", "kind", "model"):
+            if key not in d:
+                raise ManifestError(f"{where} lacks '{key}'")
+        if d["kind"] not in KINDS:
+            raise ManifestError(f"{where}: kind {d['kind']!r:.40} is not one of {', '.join(KINDS)}")
+        labels = d["labels"]
+        if not isinstance(labels, list) or not all(isinstance(x, str) for x in labels) \
+                or sorted(labels) != sorted(LABELS):
+            raise ManifestError(f"{where}: labels {labels!r:.200} are not the FER2013 emotions")
+        if not isinstance(d["preprocessing"], dict):
+            raise ManifestError(f"{where}: bad preprocessing spec: it must be a JSON object")
+        try:
+            spec = PreprocessSpec.from_dict(d["preprocessing"])
+        except (TypeError, ValueError) as e:
+            raise ManifestError(f"{where}: bad preprocessing spec: {e}") from e
+        if not all(isinstance(e, dict) for e in (d.get("artifacts") or {}).values()):
+            raise ManifestError(f"{where}: 'artifacts' must map names to objects")
+        arts = {n: Artifact.from_dict(e, f"{where}: artifact {n}") for n, e in (d.get("artifacts") or {}).items()}
+        if d["kind"] == "run" and not (d.get("model_file") and d.get("model_sha256")):
+            raise ManifestError(f"{where}: a run manifest needs model_file and model_sha256")
+        return cls(**{**d, "labels": tuple(labels), "preprocessing": spec, "artifacts": arts, "dir": str(folder)})
+
+    def to_dict(self) -> dict:
+        written = {"schema", "kind", "model", "labels", "preprocessing", *WRITTEN[self.kind]}
+        out = {}
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if f.name == "dir" or (f.name not in written and v in (None, {})):
+                continue
+            out[f.name] = (list(v) if f.name == "labels" else v.to_dict() if f.name == "preprocessing" else
+                           {n: a.to_dict() for n, a in v.items()} if f.name == "artifacts" else v)
+        return out
+
+    def usable(self) -> dict[str, Artifact]:
+        return {n: a for n, a in self.artifacts.items() if a.status == "usable"}
+
+
+def read_manifest(path: str | os.PathLike) -> Manifest:
+    """Load a manifest (a file or a folder holding manifest.json), strictly typed."""
     path = Path(path)
     if path.is_dir():
         path = path / MANIFEST_NAME
@@ -76,46 +271,33 @@ def read_manifest(path: str | os.PathLike) -> dict:
         m = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ManifestError(f"unreadable manifest {path}: {e}") from e
-    if not isinstance(m, dict):
-        raise ManifestError(f"manifest {path} is not a JSON object")
-    for key in ("labels", "preprocessing"):
-        if key not in m:
-            raise ManifestError(f"manifest {path} lacks '{key}'")
-    try:
-        PreprocessSpec.from_dict(m["preprocessing"])
-    except (TypeError, ValueError) as e:
-        raise ManifestError(f"manifest {path}: bad preprocessing spec: {e}") from e
-    labels = m["labels"]
-    if not isinstance(labels, list) or not all(isinstance(x, str) for x in labels) or sorted(labels) != sorted(LABELS):
-        raise ManifestError(f"manifest {path}: labels {labels!r:.200} are not the FER2013 emotions")
-    arts = m.get("artifacts", {})
-    if not isinstance(arts, dict) or not all(isinstance(e, dict) for e in arts.values()):
-        raise ManifestError(f"manifest {path}: 'artifacts' must map names to objects")
-    m["_dir"] = str(path.parent)
-    return m
+    return Manifest.from_dict(m, f"manifest {path}", path.parent)
 
 
-def artifact_path(manifest: dict, name: str) -> Path:
+def write_manifest(folder: str | os.PathLike, manifest: Manifest | dict) -> Manifest:
+    """Check ``manifest`` against the schema the reader applies, then write it atomically."""
+    m = manifest if isinstance(manifest, Manifest) else Manifest.from_dict(manifest, "manifest to write", folder)
+    atomic_write_json(Path(folder) / MANIFEST_NAME, m.to_dict())
+    return replace(m, dir=str(folder))
+
+
+def artifact_path(manifest: Manifest, name: str) -> Path:
     """The file of artifact ``name``: a plain file name inside the manifest's folder, no symlink.
     A manifest is untrusted input: it may not point the device at files elsewhere."""
-    entry = manifest["artifacts"][name]
-    file, sha = entry.get("file"), entry.get("sha256")
+    entry = manifest.artifacts[name]
+    file, sha = entry.file, entry.sha256
     if not isinstance(file, str) or not file or file in (".", "..") or "/" in file or "\\" in file or "\0" in file:
-        raise ManifestError(f"artifact {name}: file {file!r:.100} must be a plain file name inside {manifest['_dir']}")
+        raise ManifestError(f"artifact {name}: file {file!r:.100} must be a plain file name inside {manifest.dir}")
     if not isinstance(sha, str) or len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha):
         raise ManifestError(f"artifact {name}: sha256 {sha!r:.80} is not 64 hex digits")
-    size = entry.get("size")
-    if size is not None and (not isinstance(size, int) or isinstance(size, bool) or size < 0):
+    size = entry.size
+    if size is not None and size < 0:
         raise ManifestError(f"artifact {name}: size {size!r:.40} is not a byte count")
-    folder = Path(manifest["_dir"])
+    folder = Path(manifest.dir)
     path = folder / file
     if path.is_symlink() or path.resolve().parent != folder.resolve():
         raise ManifestError(f"artifact {name}: {path} is a symlink or leaves {folder}; copy the file in instead")
     return path
-
-
-def preprocess_spec(manifest: dict) -> PreprocessSpec:
-    return PreprocessSpec.from_dict(manifest["preprocessing"])
 
 
 def verify_file(path: str | os.PathLike, sha256: str, size: int | None = None) -> None:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 
 
@@ -45,11 +46,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--extras", action="store_true", help="also write tflite-dr and tflite-int16x8")
     p.add_argument("--allow-partial", action="store_true",
                    help="exit 0 even if a format fails to convert (the gate still applies)")
-    p.add_argument("--fraction", type=float, default=1.0,
-                   help="score on this stratified share of the test split, for quick checks (default 1.0)")
-    p.add_argument("--threads", type=int, default=1, help="runtime threads for scoring and ms/face (default 1)")
+    p.add_argument("--fraction", metavar="SHARE", type=float, default=1.0,
+                   help="thin the test split (what every artifact is scored on) to this stratified share, for "
+                        "quick checks (default 1.0)")
+    p.add_argument("--threads", metavar="N", type=int, default=1,
+                   help="inference threads for scoring and ms/face, 1 .. the CPUs (default 1)")
     p.add_argument("--quiet", action="store_true", help="no progress bars while loading data")
     return p
+
+
+def _interrupt(signum, frame):
+    """SIGTERM/SIGINT -> Interrupted: the export cleans its staging and says what is live."""
+    from .pipeline import Interrupted
+    raise Interrupted(signum)
 
 
 def main(argv=None) -> int:
@@ -71,7 +80,12 @@ def main(argv=None) -> int:
                            formats=[s.strip() for s in args.formats.split(",")] if args.formats else None,
                            extras=args.extras, allow_partial=args.allow_partial, fraction=args.fraction,
                            threads=args.threads, progress=not args.quiet)
-        _, code = run_export(cfg)
+        old = {s: signal.signal(s, _interrupt) for s in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            _, code = run_export(cfg)
+        finally:
+            for s, h in old.items():
+                signal.signal(s, h)
         return code
     except (ExportError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from edge_runtime.manifest import Manifest
 from train.scores import macro_f1
 
 USABLE, REJECTED, FAILED = "usable", "rejected", "failed"
@@ -44,17 +45,17 @@ def _pct(x) -> str:
     return "-" if x is None else f"{100 * x:.2f} %"
 
 
-def table_rows(manifest: dict) -> list[list[str]]:
+def table_rows(manifest: Manifest) -> list[list[str]]:
     rows = []
-    for name, a in manifest["artifacts"].items():
-        drop = a.get("drop_pp")
+    for name, a in manifest.artifacts.items():
+        drop = a.drop_pp
         rows.append([
-            name, a.get("precision", ""), _fmt_size(a.get("size")),
-            "-" if a.get("convert_seconds") is None else f"{a['convert_seconds']:.1f} s",
-            _pct(a.get("accuracy")), "-" if a.get("macro_f1") is None else f"{a['macro_f1']:.3f}",
-            _pct(a.get("agreement")), "ref" if name == "keras" else ("-" if drop is None else f"{drop:+.2f}"),
-            "-" if a.get("ms_per_face") is None else f"{a['ms_per_face']:.2f}",
-            a["status"] + (f" ({a['reason']})" if a.get("reason") else ""),
+            name, a.precision, _fmt_size(a.size),
+            "-" if a.convert_seconds is None else f"{a.convert_seconds:.1f} s",
+            _pct(a.accuracy), "-" if a.macro_f1 is None else f"{a.macro_f1:.3f}",
+            _pct(a.agreement), "ref" if name == "keras" else ("-" if drop is None else f"{drop:+.2f}"),
+            "-" if a.ms_per_face is None else f"{a.ms_per_face:.2f}",
+            a.status + (f" ({a.reason})" if a.reason else ""),
         ])
     return rows
 
@@ -63,7 +64,7 @@ HEADER = ["artifact", "precision", "size", "convert", "accuracy", "macro-F1", "a
           "ms/face", "status"]
 
 
-def text_table(manifest: dict) -> str:
+def text_table(manifest: Manifest) -> str:
     rows = [HEADER] + table_rows(manifest)
     widths = [max(len(r[i]) for r in rows) for i in range(len(HEADER) - 1)]
     lines = []
@@ -72,25 +73,26 @@ def text_table(manifest: dict) -> str:
     return "\n".join(lines)
 
 
-def markdown_report(manifest: dict) -> str:
-    d = manifest["data"]
+def markdown_report(manifest: Manifest) -> str:
+    d, gate = manifest.data, manifest.gate
     lines = [
-        f"# Export report: {manifest['model']}",
+        f"# Export report: {manifest.model}",
         "",
-        f"Source `{manifest['source']['run_dir']}` (sha256 `{manifest['source']['sha256'][:12]}`), "
+        f"Source `{manifest.source['run_dir']}` (sha256 `{manifest.source['sha256'][:12]}`), "
         f"test split `{d['test_split']}` of `{d['root']}`: {d['test_size']:,} images"
         + (f" (fraction {d['fraction']})" if d.get("fraction", 1.0) < 1.0 else "")
         + f", file-list hash `{d['test_files_hash'][:12]}`. int8 calibration: "
         f"{d['calibration']['size']} train images, stratified.",
         "",
-        f"Gate: |drop| <= {manifest['gate']['max_drop_pp']:g} pp against the Keras reference "
+        f"Gate: |drop| <= {gate['max_drop_pp']:g} pp against the Keras reference "
         f"(drop = Keras accuracy - artifact accuracy). Agreement = share of identical top-1 "
         f"predictions with Keras. ms/face: batch 1, 1 thread, on the export machine "
-        f"({manifest['gate'].get('timing_note', '')}).",
+        f"({gate.get('timing_note', '')}).",
         "",
         "| " + " | ".join(HEADER) + " |",
         "|" + "---|" * len(HEADER),
     ]
     lines += ["| " + " | ".join(r) + " |" for r in table_rows(manifest)]
-    lines += ["", f"Created {manifest['created']} with {', '.join(f'{k} {v}' for k, v in manifest['versions'].items() if k != 'platform')}.", ""]
+    versions = ", ".join(f"{k} {v}" for k, v in manifest.versions.items() if k != "platform")
+    lines += ["", f"Created {manifest.created} with {versions}.", ""]
     return "\n".join(lines)

@@ -29,8 +29,8 @@ from pathlib import Path
 import numpy as np
 
 from edge_runtime.labels import LABELS
-from edge_runtime.manifest import (SCHEMA_VERSION, ManifestError, atomic_write_json, atomic_write_text,
-                                   read_manifest, sha256_file)
+from edge_runtime.manifest import (SCHEMA_VERSION, Artifact, Manifest, ManifestError, atomic_write_json,
+                                   atomic_write_text, read_manifest, sha256_file, write_manifest)
 from edge_runtime.preprocess import PreprocessSpec, scale_pixels
 from edge_runtime.versions import package_versions
 
@@ -99,9 +99,9 @@ def resolve_source(arg: str | None) -> tuple[Path, dict]:
         run = read_manifest(run_dir)
     except ManifestError as e:
         raise ExportError(str(e)) from e
-    if not run.get("model") or "params" not in run:
-        raise ExportError(f"{run_dir}/manifest.json is not a training run's manifest (no model/params)")
-    if isinstance(run.get("model_sha256"), str) and sha256_file(model_file) != run["model_sha256"]:
+    if run.kind != "run" or run.params is None:
+        raise ExportError(f"{run_dir}/manifest.json is not a training run's manifest (kind {run.kind!r}, no params)")
+    if sha256_file(model_file) != run.model_sha256:
         raise ExportError(f"{model_file} does not match the sha256 its manifest records (an interrupted "
                           "training run, or a replaced file): retrain it or restore the file")
     return run_dir.resolve(), run
@@ -112,7 +112,7 @@ def check_out(out: Path, run_dir: Path) -> None:
     if out.resolve() == run_dir.resolve():
         raise ExportError(f"--out {out} is the run folder being exported: choose another, e.g. artifacts/{run_dir.name}")
     try:
-        kind = read_manifest(out).get("kind") if (out / "manifest.json").is_file() else None
+        kind = read_manifest(out).kind if (out / "manifest.json").is_file() else None
     except ManifestError:
         kind = None  # an unreadable manifest is replaced by a good export
     if kind == "run":
@@ -229,7 +229,7 @@ def _clean_stale_staging(out: Path) -> None:
             continue
 
 
-def run_export(cfg: ExportConfig) -> tuple[dict, int]:
+def run_export(cfg: ExportConfig) -> tuple[Manifest, int]:
     """-> (manifest, exit code). Raises ExportError for user errors. Steps: resolve the source and
     the data, stage the job, convert and score every format, time them, build the manifest, then
     commit it (or set it aside when the export failed)."""
@@ -237,10 +237,10 @@ def run_export(cfg: ExportConfig) -> tuple[dict, int]:
     t_start = time.perf_counter()
     fmts = F.select(cfg.int8, cfg.formats, cfg.extras)
     run_dir, run = resolve_source(cfg.model)
-    spec = PreprocessSpec.from_dict(run["preprocessing"])
+    spec = run.preprocessing
     out = Path(cfg.out) if cfg.out else Path("artifacts") / run_dir.name
     check_out(out, run_dir)
-    log(f"export: {run_dir} ({run['model']}, input {spec.size}x{spec.size}) -> {out}/ "
+    log(f"export: {run_dir} ({run.model}, input {spec.size}x{spec.size}) -> {out}/ "
         f"[{', '.join(f.name for f in fmts)}]")
     data, calib = load_data(cfg, spec)
     log(f"data: {data.root} ({data.layout}), test split '{data.test_name}' {len(data.test):,} images, "
@@ -251,17 +251,13 @@ def run_export(cfg: ExportConfig) -> tuple[dict, int]:
     staging = out / f".staging-{os.getpid()}"
     staging.mkdir()
     worker = Worker(staging)
-
-    def on_signal(signum, frame):
-        raise Interrupted(signum)
-    old = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
         model_sha = _stage_job(staging, run_dir, run, spec, data, calib)
         conv = _Conversions(staging, run_dir, run, spec, data, cfg, model_sha)
         conv.run(worker, [f.name for f in fmts])
-        _time_all(conv.artifacts, conv.eval_manifest, conv.x_test, cfg)
-        manifest = _manifest(run_dir, run, spec, data, calib, cfg, model_sha, conv, fmts)
-        manifest["export_seconds"] = round(time.perf_counter() - t_start, 1)
+        _time_all(conv, cfg)
+        manifest = _manifest(run_dir, run, data, calib, cfg, model_sha, conv, fmts,
+                             export_seconds=round(time.perf_counter() - t_start, 1))
         committed = exit_code(manifest, cfg.allow_partial) == 0
         held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
         try:  # the commit runs whole: a signal now is delivered after it, and the message names the new manifest
@@ -274,8 +270,6 @@ def run_export(cfg: ExportConfig) -> tuple[dict, int]:
     finally:
         worker.stop()
         shutil.rmtree(staging, ignore_errors=True)
-        for s, h in old.items():
-            signal.signal(s, h)
 
     log("\nms/face: batch 1, %d thread(s), timed after conversion" % cfg.threads)
     log(G.text_table(manifest))
@@ -286,11 +280,11 @@ def run_export(cfg: ExportConfig) -> tuple[dict, int]:
     return manifest, code
 
 
-def _stage_job(staging: Path, run_dir: Path, run: dict, spec: PreprocessSpec, data, calib) -> str:
+def _stage_job(staging: Path, run_dir: Path, run: Manifest, spec: PreprocessSpec, data, calib) -> str:
     """The worker's inputs: faces, calibration set, job.json; -> the source model's sha256."""
     np.save(staging / "test.npy", data.test.images)
     np.save(staging / "calibration.npy", calib.images)
-    job = {"model_file": str(run_dir / "model.keras"), "model_name": run["model"], "params": run["params"],
+    job = {"model_file": str(run_dir / "model.keras"), "model_name": run.model, "params": run.params,
            "preprocessing": spec.to_dict(), "test_file": "test.npy", "calibration_file": "calibration.npy"}
     atomic_write_json(staging / "job.json", job)
     return sha256_file(run_dir / "model.keras")
@@ -300,11 +294,11 @@ class _Conversions:
     """The Keras reference and every format, converted by the worker and scored here as they finish;
     a format that fails or crashes its converter is a failed row, and the rest go on."""
 
-    def __init__(self, staging: Path, run_dir: Path, run: dict, spec: PreprocessSpec, data, cfg: ExportConfig,
+    def __init__(self, staging: Path, run_dir: Path, run: Manifest, spec: PreprocessSpec, data, cfg: ExportConfig,
                  model_sha: str):
-        self.staging, self.run_dir, self.stem, self.cfg, self.log = staging, run_dir, run["model"], cfg, cfg.log
+        self.staging, self.run_dir, self.stem, self.cfg, self.log = staging, run_dir, run.model, cfg, cfg.log
         self.x_test, self.y_test = scale_pixels(data.test.images, spec), data.test.labels
-        self.eval_manifest = {"_dir": str(staging), "labels": run["labels"], "artifacts": {}}
+        self.source = run
         self.ref: dict = {}
         # the Keras reference row: a copy of the source model, scored by Keras itself
         keras_name = f"{self.stem}_keras.{model_sha[:8]}.keras"
@@ -338,8 +332,7 @@ class _Conversions:
             self._finished(F.REFERENCE)
         elif kind == "done":
             self._finished(ev["name"], _evaluate(F.BY_NAME[ev["name"]], self.staging / ev["file"], ev["seconds"],
-                                                 self.stem, self.eval_manifest, self.x_test, self.y_test,
-                                                 self.ref, self.cfg))
+                                                 self, self.x_test, self.y_test, self.ref, self.cfg))
         elif kind == "failed":
             self._finished(ev["name"], _failed(F.BY_NAME[ev["name"]], ev["reason"], ev["seconds"]))
         elif kind == "exit" and self.current is not None:
@@ -351,6 +344,12 @@ class _Conversions:
             self._finished(self.current, _failed(F.BY_NAME[self.current], reason, None))
         elif kind == "exit" and self.pending:
             raise ExportError(f"conversion worker stopped early ({_exit_reason(ev['returncode'])})")
+
+    def staged(self, name: str, entry: dict) -> Manifest:
+        """A manifest of one staged artifact, to load it the way the device will."""
+        return Manifest(kind="artifacts", model=self.stem, labels=self.source.labels,
+                        preprocessing=self.source.preprocessing, dir=str(self.staging),
+                        artifacts={name: Artifact.from_dict(entry, f"staged artifact {name}")})
 
     def _reference(self, ev: dict) -> None:
         self.ref["probs"] = np.load(self.staging / ev["file"])
@@ -365,17 +364,17 @@ class _Conversions:
                  f"{ev['seconds']:5.1f} s  acc {100 * s['accuracy']:.2f} %  F1 {s['macro_f1']:.3f}")
 
 
-def _manifest(run_dir: Path, run: dict, spec: PreprocessSpec, data, calib, cfg: ExportConfig, model_sha: str,
-              conv: _Conversions, fmts) -> dict:
+def _manifest(run_dir: Path, run: Manifest, data, calib, cfg: ExportConfig, model_sha: str,
+              conv: _Conversions, fmts, export_seconds: float) -> Manifest:
     order = [F.REFERENCE] + [f.name for f in fmts]
-    return {
+    return Manifest.from_dict({
         "schema": SCHEMA_VERSION,
         "kind": "artifacts",
-        "model": run["model"],
-        "labels": list(run["labels"]),
-        "preprocessing": spec.to_dict(),
+        "model": run.model,
+        "labels": list(run.labels),
+        "preprocessing": run.preprocessing.to_dict(),
         "source": {"run_dir": str(run_dir), "model_file": "model.keras", "sha256": model_sha,
-                   "params": run["params"], "run_test_metrics": run.get("metrics", {}).get("test")},
+                   "params": run.params, "run_test_metrics": (run.metrics or {}).get("test")},
         "data": {"root": str(data.root), "layout": data.layout, "test_split": data.test_name,
                  "test_size": len(data.test), "test_files_hash": data.test.files_hash(),
                  "test_class_counts": data.test.counts(), "fraction": cfg.fraction,
@@ -388,8 +387,8 @@ def _manifest(run_dir: Path, run: dict, spec: PreprocessSpec, data, calib, cfg: 
         "versions": package_versions(),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "command": " ".join(["python -m export", *sys.argv[1:]]),
-        "export_seconds": None,
-    }
+        "export_seconds": export_seconds,
+    }, "the export's manifest")
 
 
 REJECTED_DIR = "rejected"  # where a failed export's results are kept, beside the live deployment
@@ -399,49 +398,48 @@ def _live(out: Path) -> str:
     """One truthful phrase about the deployment ``out`` holds now."""
     try:
         m = read_manifest(out)
-        return f"the live manifest is {out / 'manifest.json'}, exported {m.get('created', '?')}"
+        return f"the live manifest is {out / 'manifest.json'}, exported {m.created or '?'}"
     except ManifestError:
         return f"no manifest is live in {out}"
 
 
-def exit_code(manifest: dict, allow_partial: bool, out: Path | None = None, log=None) -> int:
+def exit_code(manifest: Manifest, allow_partial: bool, out: Path | None = None, log=None) -> int:
     """0 when every artifact is usable; 1 when one is rejected by the gate, or failed to convert
     (failures are tolerated with ``allow_partial``). Each offender is named on stderr."""
     log = log or (lambda *a, **k: None)
-    arts = manifest["artifacts"]
-    rejected = [n for n, a in arts.items() if a["status"] == G.REJECTED]
-    failed = [n for n, a in arts.items() if a["status"] == G.FAILED]
+    arts = manifest.artifacts
+    rejected = [n for n, a in arts.items() if a.status == G.REJECTED]
+    failed = [n for n, a in arts.items() if a.status == G.FAILED]
     log(f"\n{len(arts) - len(rejected) - len(failed)} usable, {len(rejected)} rejected, {len(failed)} failed "
-        f"in {manifest.get('export_seconds') or 0:.0f} s -> {out}/manifest.json, export_report.md")
+        f"in {manifest.export_seconds or 0:.0f} s -> {out}/manifest.json, export_report.md")
     code = 0
     for n in rejected:
         a = arts[n]
-        log(f"error: gate failed for {n}: {a['reason']} (accuracy {100 * a['accuracy']:.2f} % vs Keras "
-            f"{100 * manifest['reference']['accuracy']:.2f} %); kept as rejected: {Path(out or '.') / a['file']}",
+        log(f"error: gate failed for {n}: {a.reason} (accuracy {100 * a.accuracy:.2f} % vs Keras "
+            f"{100 * manifest.reference['accuracy']:.2f} %); kept as rejected: {Path(out or '.') / a.file}",
             err=True)
         code = 1
     for n in failed:
         if allow_partial:
-            log(f"warning: {n} failed ({arts[n]['reason']}); accepted (--allow-partial)")
+            log(f"warning: {n} failed ({arts[n].reason}); accepted (--allow-partial)")
         else:
-            log(f"error: {n} failed: {arts[n]['reason']} (--allow-partial accepts a partial export)", err=True)
+            log(f"error: {n} failed: {arts[n].reason} (--allow-partial accepts a partial export)", err=True)
             code = 1
     return code
 
 
-def _evaluate(fmt: F.Format, staged: Path, seconds: float, stem: str, eval_manifest: dict,
+def _evaluate(fmt: F.Format, staged: Path, seconds: float, conv: _Conversions,
               x_test: np.ndarray, y_test: np.ndarray, ref: dict, cfg: ExportConfig) -> dict:
     from edge_runtime.backends import SCORING_BATCH, load_backend
     sha = sha256_file(staged)
-    final = staged.with_name(f"{stem}_{fmt.tag}.{sha[:8]}{fmt.suffix}")
+    final = staged.with_name(f"{conv.stem}_{fmt.tag}.{sha[:8]}{fmt.suffix}")
     os.replace(staged, final)
     inp, outp = describe_io(final, fmt.format)
     entry = {"file": final.name, "format": fmt.format, "precision": fmt.precision, "sha256": sha,
              "size": final.stat().st_size, "status": None, "input": inp, "output": outp,
              "convert_seconds": round(seconds, 2), "notes": fmt.notes}
-    eval_manifest["artifacts"][fmt.name] = entry
     try:
-        backend = load_backend(eval_manifest, fmt.name, threads=cfg.threads)
+        backend = load_backend(conv.staged(fmt.name, {**entry, "status": G.USABLE}), fmt.name, threads=cfg.threads)
         probs = np.concatenate([backend.predict(x_test[i:i + SCORING_BATCH])
                                 for i in range(0, len(x_test), SCORING_BATCH)])
         entry.update(G.score(probs, y_test, ref["probs"], ref["accuracy"]))
@@ -454,13 +452,13 @@ def _evaluate(fmt: F.Format, staged: Path, seconds: float, stem: str, eval_manif
     return entry
 
 
-def _time_all(artifacts: dict, eval_manifest: dict, x_test: np.ndarray, cfg: ExportConfig) -> None:
+def _time_all(conv: _Conversions, cfg: ExportConfig) -> None:
     """ms/face (batch 1, cfg.threads) per runnable artifact, with no conversion competing for the CPU."""
     from edge_runtime.backends import load_backend
-    for name, a in artifacts.items():
-        if name in eval_manifest["artifacts"] and a.get("accuracy") is not None:
-            a["ms_per_face"] = ms_per_face(load_backend(eval_manifest, name, threads=cfg.threads), x_test,
-                                           cfg.timing_runs)
+    for name, a in conv.artifacts.items():
+        if a["format"] != "keras" and a.get("accuracy") is not None:
+            a["ms_per_face"] = ms_per_face(load_backend(conv.staged(name, a), name, threads=cfg.threads),
+                                           conv.x_test, cfg.timing_runs)
 
 
 def _failed(fmt: F.Format, reason: str, seconds) -> dict:
@@ -481,18 +479,18 @@ def _line(name: str, a: dict) -> str:
             f"{a['status']}" + (f" ({a['reason']})" if a.get("reason") else ""))
 
 
-def report(manifest: dict) -> dict:
+def report(manifest: Manifest) -> dict:
     keys = ("file", "format", "precision", "size", "status", "reason", "accuracy", "macro_f1", "agreement",
             "drop_pp", "max_abs_prob_diff", "convert_seconds", "ms_per_face")
-    arts = {n: {k: a.get(k) for k in keys if k in a} for n, a in manifest["artifacts"].items()}
-    return {"model": manifest["model"], "source": manifest["source"], "data": manifest["data"],
-            "gate": manifest["gate"], "reference": manifest["reference"], "artifacts": arts,
-            "rejected": [n for n, a in arts.items() if a["status"] == G.REJECTED],
-            "failed": [n for n, a in arts.items() if a["status"] == G.FAILED],
-            "created": manifest["created"], "export_seconds": manifest["export_seconds"]}
+    arts = {n: {k: v for k, v in a.to_dict().items() if k in keys} for n, a in manifest.artifacts.items()}
+    return {"model": manifest.model, "source": manifest.source, "data": manifest.data,
+            "gate": manifest.gate, "reference": manifest.reference, "artifacts": arts,
+            "rejected": [n for n, a in manifest.artifacts.items() if a.status == G.REJECTED],
+            "failed": [n for n, a in manifest.artifacts.items() if a.status == G.FAILED],
+            "created": manifest.created, "export_seconds": manifest.export_seconds}
 
 
-def _set_aside(staging: Path, out: Path, manifest: dict) -> None:
+def _set_aside(staging: Path, out: Path, manifest: Manifest) -> None:
     """A failed export's manifest, reports and files -> OUT/rejected/ (replacing an older one)."""
     aside = out / f".rejected-{os.getpid()}"
     shutil.rmtree(aside, ignore_errors=True)
@@ -506,12 +504,12 @@ def _set_aside(staging: Path, out: Path, manifest: dict) -> None:
     os.replace(aside, old)
 
 
-def _commit(staging: Path, out: Path, manifest: dict) -> None:
+def _commit(staging: Path, out: Path, manifest: Manifest) -> None:
     """Move files in (new names never clash with live ones), then swap the manifest, then prune."""
-    keep = {a["file"] for a in manifest["artifacts"].values() if a.get("file")}
+    keep = {a.file for a in manifest.artifacts.values() if a.file}
     for f in keep:
         os.replace(staging / f, out / f)
-    atomic_write_json(out / "manifest.json", manifest)  # the commit point
+    write_manifest(out, manifest)  # the commit point
     atomic_write_json(out / "export_report.json", report(manifest))
     atomic_write_text(out / "export_report.md", G.markdown_report(manifest))
     if (staging / "worker.log").is_file():

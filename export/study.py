@@ -81,29 +81,15 @@ def fused_thesis(model, params):
     return m
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m export.study", description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", required=True, help="run folder")
-    p.add_argument("--data")
-    p.add_argument("--n", type=int, default=1000, help="test images for accuracy/agreement")
-    p.add_argument("--runs", type=int, default=300, help="timed single-face calls per form")
-    p.add_argument("--calibration", type=int, default=500)
-    p.add_argument("--json", help="write the table here as JSON")
-    args = p.parse_args(argv)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    import tensorflow as tf
-
-    from train.threads import tf_threads
-    tf_threads(1)
-    from edge_runtime.preprocess import PreprocessSpec, scale_pixels
+def _inputs(args):
+    """-> (run, converter context, test faces x, labels y, the Keras reference's probabilities)."""
+    from edge_runtime.preprocess import scale_pixels
     from train.data import load_dataset
-    from . import onnx as O
-    from . import tflite as T
     from .pipeline import calibration_set, resolve_source
     from .worker import Context
 
     run_dir, run = resolve_source(args.model)
-    spec = PreprocessSpec.from_dict(run["preprocessing"])
+    spec = run.preprocessing
     data = load_dataset(args.data, spec, progress=False)
     rng = np.random.default_rng(0)
     idx = np.sort(rng.choice(len(data.test), min(args.n, len(data.test)), replace=False))
@@ -111,39 +97,54 @@ def main(argv=None) -> int:
     cal = calibration_set(data.train, args.calibration)  # the very faces python -m export calibrates on
     with tempfile.TemporaryDirectory() as d:
         np.save(Path(d) / "c.npy", cal.images)
-        ctx = Context(Path(d), {"model_file": str(run_dir / "model.keras"), "model_name": run["model"],
-                                "params": run["params"], "preprocessing": spec.to_dict(),
+        ctx = Context(Path(d), {"model_file": str(run_dir / "model.keras"), "model_name": run.model,
+                                "params": run.params, "preprocessing": spec.to_dict(),
                                 "calibration_file": "c.npy"})
         ctx.calibration()
-    ref = ctx.model().predict(x, batch_size=256, verbose=0)
+    return run, ctx, x, y, ctx.model().predict(x, batch_size=256, verbose=0)
+
+
+def _tflite_forms(run, ctx) -> dict:
+    """name -> a function returning TFLite bytes: the exporter's unrolled forms, and for the thesis
+    model the fused-LSTM forms of tf_keras (to show what the fused kernel costs in accuracy)."""
+    import tensorflow as tf
+
+    from . import tflite as T
     forms = {"tflite fp32 unrolled": lambda: T.convert_fp32(ctx),
              "tflite dr unrolled": lambda: T.convert_dynamic_range(ctx),
              "tflite int8 8x8 unrolled": lambda: T.convert_int8(ctx),
              "tflite int16x8 unrolled": lambda: T.convert_int16x8(ctx)}
-    if run["model"] == "thesis":
-        class Fused:  # the same converters, fed the tf_keras model
-            def __init__(self):
-                self.m = fused_thesis(ctx.model(), run["params"])
+    if run.model != "thesis":
+        return forms
 
-            def unrolled_model(self):
-                return self.m
+    class Fused:  # the same converters, fed the tf_keras model
+        def __init__(self):
+            self.m = fused_thesis(ctx.model(), run.params)
 
-            calibration = ctx.calibration
-        fctx = Fused()
-        import tf_keras  # noqa: F401
+        def unrolled_model(self):
+            return self.m
 
-        def conv_fused(kind):
-            def go():
-                c = tf.lite.TFLiteConverter.from_keras_model(fctx.m)
-                if kind != "fp32":
-                    c.optimizations = [tf.lite.Optimize.DEFAULT]
-                    c.representative_dataset = T._representative(fctx)
-                    c.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-                    c.inference_input_type = c.inference_output_type = tf.int8
-                return c.convert()
-            return go
-        forms["tflite fp32 fused (tf_keras)"] = conv_fused("fp32")
-        forms["tflite int8 8x8 fused (tf_keras)"] = conv_fused("int8")
+        calibration = ctx.calibration
+    fctx = Fused()
+    import tf_keras  # noqa: F401
+
+    def conv_fused(kind):
+        def go():
+            c = tf.lite.TFLiteConverter.from_keras_model(fctx.m)
+            if kind != "fp32":
+                c.optimizations = [tf.lite.Optimize.DEFAULT]
+                c.representative_dataset = T._representative(fctx)
+                c.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+                c.inference_input_type = c.inference_output_type = tf.int8
+            return c.convert()
+        return go
+    forms["tflite fp32 fused (tf_keras)"] = conv_fused("fp32")
+    forms["tflite int8 8x8 fused (tf_keras)"] = conv_fused("int8")
+    return forms
+
+
+def _tflite_rows(forms: dict, x, y, ref, runs: int) -> list[dict]:
+    """Convert each form, then score and time it with and without XNNPACK."""
     rows = []
     for name, conv in forms.items():
         t0 = time.perf_counter()
@@ -157,21 +158,43 @@ def main(argv=None) -> int:
         for xnn in (True, False):
             run_fn, _ = tflite_runner(b, xnn)
             probs = np.concatenate([run_fn(x[i:i + 1]) for i in range(len(x))])
-            med, mn = _time(run_fn, x, args.runs)
+            med, mn = _time(run_fn, x, runs)
             rows.append({"form": name, "xnnpack": xnn, "kb": len(b) // 1024, "convert_s": round(secs, 1),
                          "acc": float(np.mean(probs.argmax(1) == y)),
                          "agree": float(np.mean(probs.argmax(1) == ref.argmax(1))),
                          "ms_median": round(med, 3), "ms_min": round(mn, 3)})
             print(rows[-1], flush=True)
-    fp = O.convert_fp32(ctx)
-    for name, b in (("onnx fp32 (LSTM op)", fp), ("onnx int8 dynamic", O.convert_int8(ctx))):
+    return rows
+
+
+def _onnx_rows(ctx, x, y, ref, runs: int) -> list[dict]:
+    from . import onnx as O
+    rows = []
+    for name, b in (("onnx fp32 (LSTM op)", O.convert_fp32(ctx)), ("onnx int8 dynamic", O.convert_int8(ctx))):
         r = onnx_runner(b)
         probs = np.concatenate([r(x[i:i + 256]) for i in range(0, len(x), 256)])
-        med, mn = _time(r, x, args.runs)
+        med, mn = _time(r, x, runs)
         rows.append({"form": name, "kb": len(b) // 1024, "acc": float(np.mean(probs.argmax(1) == y)),
                      "agree": float(np.mean(probs.argmax(1) == ref.argmax(1))), "ms_median": round(med, 3),
                      "ms_min": round(mn, 3)})
         print(rows[-1], flush=True)
+    return rows
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m export.study", description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", required=True, help="run folder")
+    p.add_argument("--data", metavar="DIR", help="data root (default: $FER_DATA, else ../shared/data/fer2013)")
+    p.add_argument("--n", type=int, default=1000, help="test images for accuracy/agreement")
+    p.add_argument("--runs", type=int, default=300, help="timed single-face calls per form")
+    p.add_argument("--calibration", type=int, default=500)
+    p.add_argument("--json", help="write the table here as JSON")
+    args = p.parse_args(argv)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    from train.threads import tf_threads
+    tf_threads(1)
+    run, ctx, x, y, ref = _inputs(args)
+    rows = _tflite_rows(_tflite_forms(run, ctx), x, y, ref, args.runs) + _onnx_rows(ctx, x, y, ref, args.runs)
     print(f"keras reference accuracy on these {len(x)} images: {np.mean(ref.argmax(1) == y):.4f}; "
           f"load average {os.getloadavg()[0]:.1f}")
     if args.json:

@@ -11,7 +11,7 @@ from edge_runtime.api import PACKAGED_ARTIFACTS
 from edge_runtime.backends import SCORING_BATCH, load_backend
 from edge_runtime.config import max_threads
 from edge_runtime.labels import LABELS
-from edge_runtime.manifest import preprocess_spec, read_manifest, sha256_file, verify_file
+from edge_runtime.manifest import read_manifest, sha256_file, verify_file
 from edge_runtime.preprocess import scale_pixels
 from edge_runtime.synthetic import compose, pick_faces
 from tests.conftest import REPO, SHARED, read_gray
@@ -25,7 +25,7 @@ def er():
 
 
 def test_the_packaged_default_is_the_shipped_model_exported_and_verified():
-    m = read_manifest(PACKAGED_ARTIFACTS)
+    m = read_manifest(PACKAGED_ARTIFACTS).to_dict()
     source = json.loads((REPO / "models" / "cbilstm" / "manifest.json").read_text())
     assert m["source"]["sha256"] == source["model_sha256"] == sha256_file(REPO / "models" / "cbilstm" / "model.keras")
     usable = {n for n, e in m["artifacts"].items() if e["status"] == "usable" and e["format"] != "keras"}
@@ -40,14 +40,14 @@ def test_the_packaged_default_is_the_shipped_model_exported_and_verified():
 def test_packaged_int8_scores_on_test_what_its_manifest_says(name):
     from train.data import load_test_split
     m = read_manifest(PACKAGED_ARTIFACTS)
-    spec = preprocess_spec(m)
+    spec = m.preprocessing
     split, _ = load_test_split(SHARED, spec)
-    assert len(split) == m["data"]["test_size"] and split.files_hash() == m["data"]["test_files_hash"]
+    assert len(split) == m.data["test_size"] and split.files_hash() == m.data["test_files_hash"]
     backend = load_backend(m, name)
     b = SCORING_BATCH  # export's scoring batch (dynamically quantized ONNX layers scale per batch)
     probs = np.concatenate([backend.predict(scale_pixels(split.images[i:i + b], spec)) for i in range(0, len(split), b)])
     acc = float((probs.argmax(1) == split.labels).mean())
-    assert acc == pytest.approx(m["artifacts"][name]["accuracy"], abs=1e-9)
+    assert acc == pytest.approx(m.artifacts[name].accuracy, abs=1e-9)
     assert acc > 0.66  # the shipped default, not a placeholder
 
 
@@ -118,10 +118,10 @@ def test_a_training_run_or_a_wrong_detector_model_is_one_line(tmp_path, capsys):
     junk = tmp_path / "junk.onnx"
     junk.write_bytes(b"not a model")
     for model, words in ((shared, "python -m export.yunet"), (junk, "cannot load detector model"),
-                         (PACKAGED_ARTIFACTS / read_manifest(PACKAGED_ARTIFACTS)["artifacts"]["onnx-int8"]["file"],
+                         (PACKAGED_ARTIFACTS / read_manifest(PACKAGED_ARTIFACTS).artifacts["onnx-int8"].file,
                           "not a YuNet face detector")):
         conf = tmp_path / "c.toml"
-        conf.write_text(f'[detector]\nmodel = "{model}"\n')
+        conf.write_text(f'[detector.yunet]\nmodel = "{model}"\n')
         assert main(["--config", str(conf), "--source", "0"]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and words in err[0], err

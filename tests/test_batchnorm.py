@@ -66,7 +66,7 @@ def test_recalibrate_cli_writes_a_scored_run_from_an_existing_one(tiny_run, tmp_
     r = _recalibrate_cli(tiny_run, "--out", out, "--data", shared_root)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "re-estimated 7 BatchNorm layers" in r.stdout and "test accuracy" in r.stdout
-    src, m = read_manifest(tiny_run), read_manifest(out)
+    src, m = read_manifest(tiny_run).to_dict(), read_manifest(out).to_dict()
     assert m["recalibrated_from"]["model_sha256"] == src["model_sha256"]
     assert m["model_sha256"] == sha256_file(out / "model.keras")
     assert m["recipe"]["bn_recalibration"] and m["data"]["files_hash"] == src["data"]["files_hash"]

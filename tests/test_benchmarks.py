@@ -23,11 +23,11 @@ def _recorded_accuracy(entry: dict):
 @pytest.mark.slow
 def test_complete_table_json_md_and_plots(tiny_artifacts, tmp_path):
     out = tmp_path / "bench"
-    r = _bench("--artifacts", tiny_artifacts, "--threads", "1,2", "--peer", "fer", "--json", out / "r.json",
+    r = _bench("--artifacts", tiny_artifacts, "--threads", "1", "--threads", "2", "--peer", "fer", "--json", out / "r.json",
                "--md", out / "r.md", "--plots", out / "plots")
     assert r.returncode == 0, r.stderr[-2000:]
     res = json.loads((out / "r.json").read_text())
-    m = read_manifest(tiny_artifacts)
+    m = read_manifest(tiny_artifacts).to_dict()
     names = set(m["artifacts"])
     assert {"keras", "tflite-fp32", "tflite-int8", "onnx-fp32", "onnx-int8"} <= names
     rows = {(row["artifact"], row["threads"]): row for row in res["rows"]}
@@ -57,10 +57,9 @@ def test_complete_table_json_md_and_plots(tiny_artifacts, tmp_path):
 def test_broken_artifact_is_a_failed_row_not_a_crash(tiny_artifacts, tmp_path):
     broken = tmp_path / "broken"
     shutil.copytree(tiny_artifacts, broken)
-    m = read_manifest(broken)
-    victim = broken / m["artifacts"]["tflite-int8"]["file"]
+    victim = broken / read_manifest(broken).artifacts["tflite-int8"].file
     victim.write_bytes(victim.read_bytes()[: victim.stat().st_size // 2])
-    r = _bench("--artifacts", broken, "--only", "tflite-int8,onnx-fp32", "--json", tmp_path / "b.json",
+    r = _bench("--artifacts", broken, "--formats", "tflite-int8,onnx-fp32", "--json", tmp_path / "b.json",
                "--pipeline", "--detectors", "yunet-n")
     assert r.returncode == 1, r.stderr[-2000:]  # a failed row fails the command, after the table is written
     assert "1 row(s) failed: tflite-int8" in r.stderr
@@ -81,7 +80,7 @@ def test_broken_artifact_is_a_failed_row_not_a_crash(tiny_artifacts, tmp_path):
 
 @pytest.mark.slow
 def test_pipeline_rows_per_detector_beside_the_fer_pipeline(tiny_artifacts, tmp_path):
-    r = _bench("--artifacts", tiny_artifacts, "--only", "onnx-int8", "--pipeline", "--detectors", "yunet-n,haar",
+    r = _bench("--artifacts", tiny_artifacts, "--formats", "onnx-int8", "--pipeline", "--detectors", "yunet-n,haar",
                "--peer", "fer", "--frames", "40", "--json", tmp_path / "p.json", "--md", tmp_path / "p.md")
     assert r.returncode == 0, r.stderr[-2000:]
     rows = {(p["scene"], p["detector"]): p for p in json.loads((tmp_path / "p.json").read_text())["pipeline"]}
@@ -101,7 +100,7 @@ def test_pipeline_rows_per_detector_beside_the_fer_pipeline(tiny_artifacts, tmp_
 
 def test_test_dir_scores_a_users_own_split(tiny_artifacts, tiny_tree, tmp_path):
     root = tiny_tree(per_class=4)
-    r = _bench("--artifacts", tiny_artifacts, "--only", "onnx-fp32", "--test-dir", root / "test",
+    r = _bench("--artifacts", tiny_artifacts, "--formats", "onnx-fp32", "--test-dir", root / "test",
                "--json", tmp_path / "t.json")
     assert r.returncode == 0, r.stderr[-2000:]
     row = json.loads((tmp_path / "t.json").read_text())["rows"][0]

@@ -39,7 +39,7 @@ def test_every_command_that_reads_images_reports_what_it_skipped(damaged_tree, t
     assert r.returncode == 0, r.stderr[-2000:]
     assert "warning: skipped 4 unreadable or truncated image(s) (2 in train, 2 in test)" in r.stderr
 
-    r = run("benchmarks", "--artifacts", tiny_artifacts, "--only", "tflite-int8", "--test-dir", damaged_tree / "test",
+    r = run("benchmarks", "--artifacts", tiny_artifacts, "--formats", "tflite-int8", "--test-dir", damaged_tree / "test",
             "--quick", "--json", tmp_path / "b.json")
     assert r.returncode == 0, r.stderr[-2000:]
     assert "warning: 2 unreadable or truncated test image(s) were skipped" in r.stderr

@@ -72,7 +72,7 @@ def test_time_flag_stops_a_run_at_its_budget(tmp_path, shared_root):
     out = tmp_path / "run"
     r = train_cli(shared_root, out, "--model", "thesis", "--epochs", "3", "--time", "0.01")
     assert "time budget 0.01 min: epoch 1 took" in r.stdout and "-> 1 epoch(s) planned (at most 3)" in r.stdout
-    m = read_manifest(out)
+    m = read_manifest(out).to_dict()
     assert m["recipe"]["time_budget_min"] == 0.01 and m["metrics"]["epochs_run"] == 1
     assert m["time_budget"]["planned_epochs"] == 1 and len(m["time_budget"]["epoch_seconds"]) == 1
 

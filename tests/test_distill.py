@@ -74,7 +74,7 @@ def test_distill_cli_writes_the_teachers_mirror_averaged_probabilities_and_a_stu
                        capture_output=True, text=True, cwd=REPO, timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
     table, meta, sha = load_soft_labels(soft)
-    m = read_manifest(tiny_run)
+    m = read_manifest(tiny_run).to_dict()
     assert [t["model_sha256"] for t in meta["teachers"]] == [m["model_sha256"]] * 2
     assert meta["teachers"][0]["val_accuracy"] == m["metrics"]["val_accuracy"]
 
@@ -96,8 +96,8 @@ def test_distill_cli_writes_the_teachers_mirror_averaged_probabilities_and_a_stu
     r = train_cli(shared_root, out, "--epochs", "1", "--teacher", str(soft))
     assert "distilled from 2 teacher(s)" in r.stdout
     check_run_folder(out, "cbilstm", shared_root, 0.03)
-    s = read_manifest(out)
+    s = read_manifest(out).to_dict()
     assert s["recipe"]["distill"] == 0.7 and s["teacher"]["weight"] == 0.7
     assert s["teacher"]["sha256"] == sha == sha256_file(soft)
     assert json.loads(json.dumps(s["teacher"]["teachers"])) == meta["teachers"]
-    assert read_manifest(tiny_run).get("teacher") is None  # undistilled runs say so
+    assert read_manifest(tiny_run).teacher is None  # undistilled runs say so

@@ -19,7 +19,7 @@ import pytest
 
 from edge_runtime.backends import load_backend
 from edge_runtime.labels import LABELS
-from edge_runtime.manifest import preprocess_spec, read_manifest
+from edge_runtime.manifest import read_manifest
 from edge_runtime.geometry import cut_square
 from edge_runtime.preprocess import preprocess_batch
 from edge_runtime.synthetic import compose, iou, make_video, pick_faces
@@ -80,7 +80,7 @@ def predictions_on_crops(artifacts, name, video, events):
 
     Batched per frame as the daemon does (dynamically quantized models scale by the whole batch)."""
     manifest = read_manifest(artifacts)
-    backend, spec = load_backend(manifest, name), preprocess_spec(manifest)
+    backend, spec = load_backend(manifest, name), manifest.preprocessing
     frames = decoded_frames(video)  # the file is looped: event frame i is file frame i % len
     out = {}
     for index in sorted({e["frame"] for e in events}):
@@ -112,7 +112,7 @@ def test_video_end_to_end(artifact, edge_artifacts, four_faces, mosquitto, no_tf
         code, health = http_get(port, "/healthz")
         assert code == 200 and json.loads(health)["status"] == "ok"
         metrics = http_get(port, "/metrics")[1].decode()
-        sha = read_manifest(edge_artifacts)["artifacts"][artifact]["sha256"]
+        sha = read_manifest(edge_artifacts).artifacts[artifact].sha256
         assert f'sha256="{sha}"' in metrics and f'artifact="{artifact}"' in metrics
         assert 'edge_stage_latency_seconds_count{stage="classify"}' in metrics
         processed = int(next(ln.split()[1] for ln in metrics.splitlines()
@@ -187,7 +187,7 @@ def test_tensorflow_is_blocked_in_the_daemon_env(no_tf_path):
 def test_bad_artifact_exits_2_before_the_camera(damage, edge_artifacts, no_tf_path, tmp_path):
     art = tmp_path / "art"
     shutil.copytree(edge_artifacts, art)
-    model = art / read_manifest(art)["artifacts"]["tflite-int8"]["file"]
+    model = art / read_manifest(art).artifacts["tflite-int8"].file
     data = bytearray(model.read_bytes())
     if damage == "flip":
         data[len(data) // 2] ^= 0xFF

@@ -1,6 +1,7 @@
 """Config layering and validation, the tracker, capture backoff/recovery, awkward frames."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import threading
 
@@ -10,7 +11,7 @@ import pytest
 
 from edge_runtime import sources
 from edge_runtime.__main__ import main
-from edge_runtime.config import ConfigError, build
+from edge_runtime.config import ConfigError, build, load_toml
 from edge_runtime.daemon import Daemon
 from edge_runtime.geometry import Detections
 from edge_runtime.sources import Capture, Frame
@@ -30,8 +31,8 @@ def test_flags_override_config_override_profile(tmp_path):
     prof = write(tmp_path / "p.toml", '[model]\nthreads = 3\nbackend = "tflite"\n[detector]\nsize = 320\n')
     conf = write(tmp_path / "c.toml", '[model]\nthreads = 2\nartifacts = "x"\n')
     cfg = build(str(prof), str(conf), {"model": {"threads": 1}})
-    assert cfg["model"]["threads"] == 1 and cfg["model"]["backend"] == "tflite"
-    assert cfg["detector"]["size"] == 320 and cfg["model"]["artifacts"] == "x"
+    assert cfg.model.threads == 1 and cfg.model.backend == "tflite"
+    assert cfg.detector.size == 320 and cfg.model.artifacts == "x"
 
 
 @pytest.mark.parametrize("text, words", [
@@ -46,6 +47,10 @@ def test_flags_override_config_override_profile(tmp_path):
     ('[run]\nmax_frames = -5\n', "run.max_frames = -5 must be in"),
     ('[http]\nbind = "127.0.0.1:99999"\n', "port in [0, 65535]"),
     ('[mqtt]\nstats_interval_s = 0\n', "mqtt.stats_interval_s = 0.0 must be in"),
+    ('[detector]\nscore = 0.5\n', "detector.score is now detector.yunet.score"),
+    ('[detector.yunet]\nscore = 1.5\n', "detector.yunet.score = 1.5 must be in (0.0, 1.0)"),
+    ('[detector.haar]\nsize = 320\n', "unknown key detector.haar"),
+    ('[detector]\nsize = 32\n', "detector.size = 32 must be 0 (the default) or in [64, 4096]"),
 ])
 def test_bad_config_is_one_line_and_exit_2(tmp_path, capsys, text, words):
     conf = write(tmp_path / "c.toml", text)
@@ -54,9 +59,25 @@ def test_bad_config_is_one_line_and_exit_2(tmp_path, capsys, text, words):
     assert len(err) == 1 and words in err[0], err
 
 
+def test_config_is_typed_and_round_trips(tmp_path):
+    from edge_runtime.config import Config, DetectorConfig
+    conf = write(tmp_path / "c.toml", '[detector]\nsize = 448\n[detector.yunet]\nscore = 0.5\n'
+                                      '[source]\nuri = 2\n[model]\nproviders = ["CPUExecutionProvider"]\n')
+    cfg = build(config=str(conf))
+    assert isinstance(cfg.detector, DetectorConfig) and cfg.detector.yunet.score == 0.5
+    assert cfg.detector.size == 448 and cfg.detector.min_size == 24  # the rest keeps its defaults
+    assert cfg.source.uri == "2" and cfg.model.providers == ("CPUExecutionProvider",)
+    assert Config.from_dict(cfg.to_dict()) == cfg
+    with pytest.raises(dataclasses.FrozenInstanceError):  # frozen: a running daemon's settings cannot drift
+        cfg.detector.size = 320
+    for profile in sorted((REPO / "devices").glob("*.toml")):  # (built without the thread check: a Jetson has 6)
+        layer = load_toml(profile)
+        assert Config().merged(layer, str(profile)).to_dict().keys() == Config().to_dict().keys(), profile
+
+
 def test_non_loopback_http_with_token_is_accepted():
     cfg = build(flags={"model": {"artifacts": "x"}, "http": {"bind": "0.0.0.0:8080", "token": "s3cret"}})
-    assert cfg["http"]["token"] == "s3cret"
+    assert cfg.http.token == "s3cret"
     with pytest.raises(ConfigError):
         build(flags={"model": {"artifacts": "x"}, "http": {"bind": "[::1]"}})
 
@@ -244,7 +265,7 @@ def test_damaged_or_missing_detector_model_is_one_line_exit_2(edge_artifacts, ca
     assert main(["--artifacts", str(edge_artifacts), "--source", "0"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "sha256" in err[0] and "reinstall" in err[0], err
-    conf = write(tmp_path / "c.toml", '[detector]\nmodel = "/nonexistent/yunet.onnx"\n')
+    conf = write(tmp_path / "c.toml", '[detector.yunet]\nmodel = "/nonexistent/yunet.onnx"\n')
     assert main(["--artifacts", str(edge_artifacts), "--config", str(conf), "--source", "0"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "/nonexistent/yunet.onnx" in err[0], err

@@ -13,7 +13,7 @@ import pytest
 
 from edge_runtime.backends import load_backend
 from edge_runtime.labels import LABELS
-from edge_runtime.manifest import ManifestError, read_manifest, sha256_file
+from edge_runtime.manifest import Artifact, Manifest, ManifestError, read_manifest, sha256_file
 from edge_runtime.preprocess import PreprocessSpec, scale_pixels
 from export.pipeline import exit_code
 from train.data import load_dataset
@@ -45,15 +45,14 @@ def snapshot(folder: Path) -> dict:
 
 @pytest.fixture(scope="module")
 def test50(tiny_artifacts, shared_root):
-    m = read_manifest(tiny_artifacts)
-    spec = PreprocessSpec.from_dict(m["preprocessing"])
+    spec = read_manifest(tiny_artifacts).preprocessing
     data = load_dataset(shared_root, spec, fraction=TINY_EXPORT_FRACTION, progress=False)
     idx = np.random.default_rng(0).choice(len(data.test), 50, replace=False)
     return scale_pixels(data.test.images[idx], spec), data
 
 
 def test_tiny_model_exports_to_every_format_with_a_complete_manifest(tiny_artifacts, tiny_run, test50):
-    m = read_manifest(tiny_artifacts)
+    m = read_manifest(tiny_artifacts).to_dict()
     _, data = test50
     assert list(m["artifacts"]) == FIVE
     assert m["labels"] == list(LABELS) and m["preprocessing"]["size"] == 48
@@ -85,7 +84,7 @@ def test_each_artifact_reloads_and_agrees_with_keras(tiny_artifacts, test50, nam
     import keras
     x, _ = test50
     m = read_manifest(tiny_artifacts)
-    ref = keras.models.load_model(tiny_artifacts / m["artifacts"]["keras"]["file"]).predict(x, verbose=0)
+    ref = keras.models.load_model(tiny_artifacts / m.artifacts["keras"].file).predict(x, verbose=0)
     probs = load_backend(m, name, threads=1).predict(x)
     assert probs.shape == (50, 7) and np.allclose(probs.sum(1), 1, atol=0.05)
     if name in EXACT:
@@ -97,13 +96,13 @@ def test_each_artifact_reloads_and_agrees_with_keras(tiny_artifacts, test50, nam
 def test_corrupted_artifact_fails_its_sha256_check(tiny_artifacts, tmp_path):
     out = shutil.copytree(tiny_artifacts, tmp_path / "a")
     m = read_manifest(out)
-    f = out / m["artifacts"]["tflite-int8"]["file"]
+    f = out / m.artifacts["tflite-int8"].file
     data = bytearray(f.read_bytes())
     data[len(data) // 2] ^= 0xFF  # same size, one byte flipped
     f.write_bytes(bytes(data))
     with pytest.raises(ManifestError, match="sha256"):
         load_backend(m, "tflite-int8")
-    g = out / m["artifacts"]["onnx-int8"]["file"]
+    g = out / m.artifacts["onnx-int8"].file
     g.write_bytes(g.read_bytes()[:-10])
     with pytest.raises(ManifestError, match="truncated"):
         load_backend(m, "onnx-int8")
@@ -117,14 +116,18 @@ def test_gate_is_two_sided():
     assert gate(-1.2, 1.0) == (REJECTED, "accuracy gains 1.20 pp, over the 1 pp limit")
 
 
+def _export_manifest(**artifacts) -> Manifest:
+    arts = {n: Artifact(format="tflite", precision="int8", **e) for n, e in artifacts.items()}
+    return Manifest(kind="artifacts", model="m", labels=LABELS, preprocessing=PreprocessSpec(), artifacts=arts,
+                    reference={"accuracy": 0.5})
+
+
 def test_exit_code_rules():
-    ok = {"artifacts": {"keras": {"status": "usable"}, "tflite-int8": {"status": "usable"}},
-          "reference": {"accuracy": 0.5}}
-    failed = {"artifacts": {**ok["artifacts"], "onnx-int8": {"status": "failed", "reason": "x"}},
-              "reference": {"accuracy": 0.5}}
-    rejected = {"artifacts": {**ok["artifacts"], "onnx-int8": {"status": "rejected", "reason": "x",
-                                                               "accuracy": 0.4, "file": "f"}},
-                "reference": {"accuracy": 0.5}}
+    usable = {"keras": {"status": "usable"}, "tflite-int8": {"status": "usable"}}
+    ok = _export_manifest(**usable)
+    failed = _export_manifest(**usable, **{"onnx-int8": {"status": "failed", "reason": "x"}})
+    rejected = _export_manifest(**usable, **{"onnx-int8": {"status": "rejected", "reason": "x", "accuracy": 0.4,
+                                                          "file": "f"}})
     assert exit_code(ok, False) == 0
     assert exit_code(failed, False) == 1 and exit_code(failed, True) == 0
     assert exit_code(rejected, False) == 1 and exit_code(rejected, True) == 1

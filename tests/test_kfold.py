@@ -38,16 +38,16 @@ def test_two_teachers_label_their_held_out_folds_and_assemble_covers_the_split_o
                            capture_output=True, text=True, cwd=REPO, timeout=900)
         assert r.returncode == 0, r.stderr[-3000:]
         m = read_manifest(runs / f"k2-fold{fold}")
-        assert m["holdout"] == {"k": 2, "fold": fold, "fold_seed": 0}
+        assert m.holdout == {"k": 2, "fold": fold, "fold_seed": 0}
     data = load_dataset(shared_root, PreprocessSpec(), fraction=TINY_EXPORT_FRACTION, progress=False)
     f0, _, p0, meta0 = read_fold(fold_file(2, 0, folds))
     f1, _, _, _ = read_fold(fold_file(2, 1, folds))
     held0 = set(np.array(data.train.files)[fold_of(data.train.labels, 2) == 0])
     assert set(f0) == held0 and not set(f0) & set(f1) and not (set(f0) | set(f1)) & set(data.val.files)
     # teacher 0 trained on fold 1 only: its run's training split is the other fold
-    assert read_manifest(runs / "k2-fold0")["data"]["sizes"]["train"] == len(f1)
+    assert read_manifest(runs / "k2-fold0").data["sizes"]["train"] == len(f1)
     assert p0.dtype == np.float32 and np.allclose(p0.sum(1), 1, atol=0.01)
-    assert meta0["teacher"]["model_sha256"] == read_manifest(runs / "k2-fold0")["model_sha256"]
+    assert meta0["teacher"]["model_sha256"] == read_manifest(runs / "k2-fold0").model_sha256
 
     out = tmp_path / "soft.npz"
     r = subprocess.run([sys.executable, "-m", "train.kfold", "assemble", "--k", "2", "--dir", str(folds),

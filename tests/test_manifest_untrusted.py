@@ -54,6 +54,10 @@ def _set(path, value):
     (_set(["preprocessing", "scale"], float("nan")), "finite"),
     (_set(["preprocessing"], None), "bad preprocessing spec"),
     (_set(["labels"], "angry"), "not the FER2013 emotions"),
+    (_set(["artifacts", "tflite-int8", "fiel"], "x.tflite"), "unknown key 'fiel'"),
+    (_set(["modle"], "cbilstm"), "unknown key 'modle'"),
+    (_set(["kind"], "weights"), "is not one of run, artifacts, peer"),
+    (_set(["artifacts", "tflite-int8", "input", "shape"], "1x48x48"), "should be a list of integers"),
     (lambda m: [m], "not a JSON object"),
     (lambda m: "{not json", "unreadable manifest"),
 ])
@@ -63,8 +67,7 @@ def test_bad_manifest_is_one_line_exit_2(art, capsys, change, words):
 
 
 def test_a_symlinked_model_file_is_refused_even_when_its_sha256_matches(art, tmp_path, capsys):
-    m = read_manifest(art)
-    f = art / m["artifacts"]["tflite-int8"]["file"]
+    f = art / read_manifest(art).artifacts["tflite-int8"].file
     outside = tmp_path / "elsewhere.tflite"
     shutil.move(f, outside)
     f.symlink_to(outside)
@@ -76,7 +79,7 @@ def test_a_symlinked_model_file_is_refused_even_when_its_sha256_matches(art, tmp
 def test_a_precision_claim_is_checked_against_the_model_file(art, capsys, name, other, claim):
     """Another model file under an entry, with its sha256 and size updated to match: the file is
     intact but not what the entry claims; the device refuses it instead of reporting a wrong precision."""
-    m = read_manifest(art)
+    m = read_manifest(art).to_dict()
     entry, swapped = m["artifacts"][name], m["artifacts"][other]
 
     def fn(doc):
@@ -121,3 +124,20 @@ def test_a_huge_input_size_is_refused_under_a_memory_limit(art, size):
                        capture_output=True, text=True, cwd=REPO, timeout=60, preexec_fn=cap)
     assert r.returncode == 2 and "[8, 1024]" in r.stderr and "Traceback" not in r.stderr, r.stderr
     assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+def test_the_manifest_is_typed_and_every_writer_goes_through_the_reader_s_schema(art, tmp_path):
+    from edge_runtime.manifest import Artifact, Manifest, ManifestError, write_manifest
+    m = read_manifest(art)
+    assert isinstance(m, Manifest) and m.kind == "artifacts" and m.dir == str(art)
+    t8 = m.artifacts["tflite-int8"]
+    assert isinstance(t8, Artifact) and t8.input.dtype == "int8" and t8.input.shape == (1, 48, 48, 1)
+    assert m.usable().keys() == {n for n, a in m.artifacts.items() if a.status == "usable"}
+    on_disk = json.loads((art / "manifest.json").read_text())
+    assert m.to_dict() == on_disk  # nothing lost or invented
+    bad = dict(on_disk, labels=["happy"] * 7)
+    with pytest.raises(ManifestError, match="not the FER2013 emotions"):
+        write_manifest(tmp_path / "new", bad)
+    assert not (tmp_path / "new" / "manifest.json").exists()  # refused before anything is written
+    written = write_manifest(tmp_path / "new", on_disk)
+    assert read_manifest(tmp_path / "new") == written

@@ -43,11 +43,11 @@ def test_a_failed_export_commits_nothing_and_keeps_its_results_aside(tiny_artifa
     for name in FIVE[1:]:
         assert load_backend(m, name).predict(x).shape == (2, 7)  # the previous deployment still serves
     aside = read_manifest(out / "rejected")
-    a = aside["artifacts"]["onnx-int8"]
-    assert a["status"] == "rejected" and "limit" in a["reason"]
-    assert sha256_file(out / "rejected" / a["file"]) == a["sha256"]  # kept for inspection
-    f = aside["artifacts"]["tflite-fp32"]
-    assert f["status"] == "failed" and "forced failure" in f["reason"] and f["file"] is None
+    a = aside.artifacts["onnx-int8"]
+    assert a.status == "rejected" and "limit" in a.reason
+    assert sha256_file(out / "rejected" / a.file) == a.sha256  # kept for inspection
+    f = aside.artifacts["tflite-fp32"]
+    assert f.status == "failed" and "forced failure" in f.reason and f.file is None
     assert "tflite-fp32" in r.out and "FAILED" in r.out  # its row, then the others went on
     assert "warning: tflite-fp32 failed" in r.out
     report = json.loads((out / "rejected" / "export_report.json").read_text())
@@ -60,7 +60,7 @@ def test_export_refuses_to_write_into_a_run_or_from_a_mismatched_model(tiny_run,
     other = shutil.copytree(tiny_run, tmp_path / "other-run")
     r = export("--model", tiny_run, "--out", other, "--quiet")
     assert r.returncode == 2 and "holds a training run" in r.stderr
-    assert read_manifest(other)["kind"] == "run"
+    assert read_manifest(other).kind == "run"
     (other / "model.keras").write_bytes((other / "model.keras").read_bytes() + b"x")
     r = export("--model", other, "--out", tmp_path / "o", "--quiet")
     assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and "does not match the sha256" in r.stderr

@@ -42,9 +42,9 @@ def test_fine_tune_in_device_framing_replaces_an_existing_run_whole(tiny_run, sh
     assert r.returncode == 0, r.stderr[-3000:]
     assert "device framing: the detector found" in r.stdout
     m = read_manifest(out)
-    assert m["init"]["model_sha256"] == read_manifest(tiny_run)["model_sha256"]
-    assert m["reframe"]["share"] == 0.5 and m["reframe"]["found"] >= 0.85 * m["reframe"]["faces"]
-    assert m["model_sha256"] == sha256_file(out / "model.keras")
+    assert m.init["model_sha256"] == read_manifest(tiny_run).model_sha256
+    assert m.reframe["share"] == 0.5 and m.reframe["found"] >= 0.85 * m.reframe["faces"]
+    assert m.model_sha256 == sha256_file(out / "model.keras")
     assert not (out / "stray.txt").exists()  # the folder is the new run's, whole
     assert not list(tmp_path.glob(".ft.*"))  # no staging or replaced folder left
 

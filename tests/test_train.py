@@ -48,7 +48,7 @@ def test_refit_trains_on_all_of_train_for_the_given_epochs(tmp_path, shared_root
     r = train_cli(shared_root, out, "--epochs", "2", "--val-fraction", "0")
     assert "refit, no validation (2 epochs)" in r.stdout
     check_run_folder(out, "cbilstm", shared_root, 0.03, epochs=2, refit=True)
-    m = read_manifest(out)
+    m = read_manifest(out).to_dict()
     assert m["recipe"]["ema"] > 0  # the default recipe: the saved weights are the EMA's (see the EMA test)
     carved = load_dataset(shared_root, PreprocessSpec.from_dict(m["preprocessing"]), fraction=0.03, progress=False)
     assert m["data"]["sizes"]["train"] == len(carved.train) + len(carved.val)
@@ -61,7 +61,7 @@ def test_refit_trains_on_all_of_train_for_the_given_epochs(tmp_path, shared_root
 def check_run_folder(out, model, shared_root, fraction, epochs=1, refit=False):
     for f in RUN_FILES:
         assert (out / f).is_file() and (out / f).stat().st_size > 0, f
-    m = read_manifest(out)
+    m = read_manifest(out).to_dict()
     assert m["model"] == model and m["kind"] == "run"
     assert m["model_sha256"] == sha256_file(out / "model.keras")
     assert (m["data"]["sizes"]["val"] == 0) == refit and m["data"]["files_hash"]["test"]

@@ -36,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
                "exit codes: 0 trained, scored and written; 2 bad arguments or data (one line on stderr); an existing\n"
                "--out folder is replaced only when the new run is complete",
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", help="data root: train/+test/, train/+validation/ or fer2013.csv "
+    p.add_argument("--data", metavar="DIR", help="data root: train/+test/, train/+validation/ or fer2013.csv "
                                   "(default: $FER_DATA, else ../shared/data/fer2013)")
     p.add_argument("--model", default=None, choices=sorted(REGISTRY),
                    help=f"registered model to train (default: {DEFAULT_MODEL})")
@@ -60,8 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="share of train/ carved out (stratified) for checkpointing and early stopping "
                         "(default 0.1); 0 = refit on all of train/ for exactly --epochs, keeping the "
                         "final weights (choose the recipe with a validated run first)")
-    p.add_argument("--fraction", type=float, default=1.0,
-                   help="use this stratified share of train and test, for quick runs (default 1.0)")
+    p.add_argument("--fraction", metavar="SHARE", type=float, default=1.0,
+                   help="thin train/ and test/ to this stratified share, for quick runs (default 1.0)")
     p.add_argument("--seed", type=int, default=1337, help="seed for the split, init and augmentation")
     p.add_argument("--init-seed", type=int, help="another seed for init, shuffling and augmentation only: "
                                                  "the same validation split, so runs compare (default: --seed)")
@@ -71,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--init", type=Path, metavar="RUN",
                    help="fine-tune: start from this run folder's weights (same model and parameters), "
                         "e.g. --init models/cbilstm --epochs 10 --lr 3e-4 --set reframe=0.5")
-    p.add_argument("--threads", type=int, help="TensorFlow CPU threads (default: all cores)")
+    p.add_argument("--threads", metavar="N", type=int, help="TensorFlow CPU threads, 1 .. the CPUs (default: all)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     return p
 
@@ -123,12 +123,11 @@ def main(argv=None) -> int:
     except (DataError, ValueError, TypeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    t = m["metrics"]["test"]
-    val = m["metrics"]["val_accuracy"]
-    val = (f"best val accuracy {val:.2%} (epoch {m['metrics']['best_epoch']})" if val is not None
-           else f"refit, no validation ({m['metrics']['epochs_run']} epochs)")
-    print(f"\n{m['model']}: test accuracy {t['accuracy']:.2%}, macro-F1 {t['macro_f1']:.3f}, {val}, "
-          f"trained in {m['train_seconds'] / 60:.1f} min")
+    t, val = m.metrics["test"], m.metrics["val_accuracy"]
+    val = (f"best val accuracy {val:.2%} (epoch {m.metrics['best_epoch']})" if val is not None
+           else f"refit, no validation ({m.metrics['epochs_run']} epochs)")
+    print(f"\n{m.model}: test accuracy {t['accuracy']:.2%}, macro-F1 {t['macro_f1']:.3f}, {val}, "
+          f"trained in {m.train_seconds / 60:.1f} min")
     print(f"run folder: {out.resolve()}")
     return 0
 

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from edge_runtime.labels import LABELS, NUM_CLASSES, remap_indices
-from edge_runtime.manifest import (ManifestError, atomic_write_bytes, preprocess_spec, read_manifest, sha256_file,
+from edge_runtime.manifest import (ManifestError, atomic_write_bytes, read_manifest, sha256_file,
                                    verify_file)
 from edge_runtime.preprocess import scale_pixels
 
@@ -35,11 +35,11 @@ def teacher_probs(run_dir: Path, data_root, fraction: float = 1.0, seed: int = 1
                   progress: bool = True) -> tuple[Split, np.ndarray, dict]:
     """One teacher's probabilities on all of train/ (canonical label order), mean of face and mirror."""
     m = read_manifest(run_dir)
-    if m.get("kind") != "run":
-        raise ManifestError(f"{run_dir} is not a training run folder (manifest kind {m.get('kind')!r})")
-    path = Path(run_dir) / m["model_file"]
-    verify_file(path, m["model_sha256"])
-    spec = preprocess_spec(m)
+    if m.kind != "run":
+        raise ManifestError(f"{run_dir} is not a training run folder (manifest kind {m.kind!r})")
+    path = Path(run_dir) / m.model_file
+    verify_file(path, m.model_sha256)
+    spec = m.preprocessing
     # val_fraction 0: every face of train/, whatever split a student will carve later
     train = load_dataset(data_root, spec, val_fraction=0.0, seed=seed, fraction=fraction, progress=progress).train
     if note := skipped_note(train=train):
@@ -49,10 +49,10 @@ def teacher_probs(run_dir: Path, data_root, fraction: float = 1.0, seed: int = 1
     model = keras.models.load_model(path, compile=False)
     p = (model.predict(x, batch_size=256, verbose=0) + model.predict(x[:, :, ::-1], batch_size=256, verbose=0)) / 2
     out = np.zeros_like(p)
-    out[:, remap_indices(m["labels"])] = p  # teacher's label order -> canonical
-    info = {"run": str(Path(run_dir).resolve()), "model": m["model"], "model_sha256": m["model_sha256"],
-            "val_fraction": m["data"]["val_fraction"], "seed": m["seed"],
-            "val_accuracy": m["metrics"]["val_accuracy"],
+    out[:, remap_indices(m.labels)] = p  # teacher's label order -> canonical
+    info = {"run": str(Path(run_dir).resolve()), "model": m.model, "model_sha256": m.model_sha256,
+            "val_fraction": m.data["val_fraction"], "seed": m.seed,
+            "val_accuracy": m.metrics["val_accuracy"],
             "train_accuracy": float(np.mean(out.argmax(1) == train.labels))}
     return train, out, info
 
@@ -127,8 +127,9 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("teachers", nargs="+", type=Path, help="teacher run folders (model.keras + manifest.json)")
     p.add_argument("--out", type=Path, required=True, help="soft-label file to write (.npz)")
-    p.add_argument("--data", help="data root (default: $FER_DATA, else ../shared/data/fer2013)")
-    p.add_argument("--fraction", type=float, default=1.0, help="stratified share of train/, for quick runs")
+    p.add_argument("--data", metavar="DIR", help="data root (default: $FER_DATA, else ../shared/data/fer2013)")
+    p.add_argument("--fraction", metavar="SHARE", type=float, default=1.0,
+                   help="thin train/ (the faces labelled) to this stratified share, for quick runs (default 1.0)")
     p.add_argument("--quiet", action="store_true", help="no progress output")
     return p
 

@@ -19,7 +19,8 @@ from pathlib import Path
 import numpy as np
 
 from edge_runtime.labels import LABELS, NUM_CLASSES
-from edge_runtime.manifest import SCHEMA_VERSION, atomic_write_json, atomic_write_text, sha256_file
+from edge_runtime.manifest import (SCHEMA_VERSION, Manifest, atomic_write_json, atomic_write_text, sha256_file,
+                                   write_manifest)
 from edge_runtime.preprocess import PreprocessSpec, scale_pixels
 from edge_runtime.versions import package_versions
 
@@ -167,11 +168,11 @@ def init_run(run_dir, model: str, params: dict) -> Path:
     from edge_runtime.manifest import ManifestError, read_manifest, verify_file
     try:
         m = read_manifest(run_dir)
-        if m.get("kind") != "run" or m.get("model") != model or m.get("params") != params:
+        if m.kind != "run" or m.model != model or m.params != params:
             raise ValueError(f"--init {run_dir} is not a {model} run with these parameters")
-        path = Path(run_dir) / m["model_file"]
-        verify_file(path, m["model_sha256"])
-    except (ManifestError, KeyError, TypeError) as e:
+        path = Path(run_dir) / m.model_file
+        verify_file(path, m.model_sha256)
+    except ManifestError as e:
         raise ValueError(f"--init {run_dir}: {e}") from None
     return path
 
@@ -404,7 +405,7 @@ def staged_run_folder(out_dir):
     shutil.rmtree(old, ignore_errors=True)
 
 
-def train_run(cfg: TrainConfig, data_root, out_dir) -> dict:
+def train_run(cfg: TrainConfig, data_root, out_dir) -> Manifest:
     """Train, evaluate on the test split once, write the run folder (whole, when done); -> the manifest."""
     params, recipe, spec = cfg.resolved()
     with staged_run_folder(out_dir) as work:
@@ -413,11 +414,8 @@ def train_run(cfg: TrainConfig, data_root, out_dir) -> dict:
     return manifest
 
 
-def _train_into(cfg: TrainConfig, params: dict, recipe: Recipe, spec: PreprocessSpec, data_root, out_dir: Path) -> dict:
-    import keras
-
-    keras.utils.set_random_seed(cfg.weights_seed)
-
+def _training_data(cfg: TrainConfig, spec: PreprocessSpec, data_root, out_dir: Path) -> tuple[Dataset, dict]:
+    """Load and split the data (less the held-out fold of a teacher); write the data report and pictures."""
     data = load_dataset(data_root, spec, cfg.val_fraction, cfg.seed, cfg.fraction, cfg.progress)
     if cfg.holdout:
         from .kfold import fold_of
@@ -431,21 +429,57 @@ def _train_into(cfg: TrainConfig, params: dict, recipe: Recipe, spec: Preprocess
         print(f"skipped {n_skipped} unreadable image(s); listed in {out_dir / 'data_report.json'}")
     reports.class_distribution(summary["class_counts"], out_dir / "class_distribution.png")
     reports.sample_grid(data.train.images, data.train.labels, out_dir / "samples.png", seed=cfg.seed)
-    y_train, teacher = None, None
-    if cfg.teacher:
-        from .distill import load_soft_labels, soft_targets
-        table, tmeta, sha = load_soft_labels(cfg.teacher)
-        y_train = soft_targets(data.train, table, recipe.distill)
-        teacher = {"file": str(Path(cfg.teacher).resolve()), "sha256": sha, "weight": recipe.distill,
-                   "teachers": tmeta["teachers"], "ensemble_train_accuracy": tmeta["ensemble_train_accuracy"]}
+    return data, summary
 
-    x_device, reframed = None, None
-    if recipe.reframe:
-        from .reframe import reframe_split
-        x_device, found = reframe_split(data.train, spec, seed=cfg.weights_seed, progress=cfg.progress)
-        reframed = {"share": recipe.reframe, "detector": "yunet", "found": int(found.sum()), "faces": len(found)}
-        print(f"device framing: the detector found {found.mean():.1%} of {len(found):,} training faces; "
-              f"{recipe.reframe:.0%} of faces per step are shown that way")
+
+def _teacher_targets(cfg: TrainConfig, recipe: Recipe, data: Dataset) -> tuple[np.ndarray | None, dict | None]:
+    """Distillation: soft targets for the training faces and the facts of where they came from."""
+    if not cfg.teacher:
+        return None, None
+    from .distill import load_soft_labels, soft_targets
+    table, tmeta, sha = load_soft_labels(cfg.teacher)
+    teacher = {"file": str(Path(cfg.teacher).resolve()), "sha256": sha, "weight": recipe.distill,
+               "teachers": tmeta["teachers"], "ensemble_train_accuracy": tmeta["ensemble_train_accuracy"]}
+    return soft_targets(data.train, table, recipe.distill), teacher
+
+
+def _device_framed(cfg: TrainConfig, recipe: Recipe, data: Dataset,
+                   spec: PreprocessSpec) -> tuple[np.ndarray | None, dict | None]:
+    """The training faces as the daemon's detector and crop frame them, when the recipe asks."""
+    if not recipe.reframe:
+        return None, None
+    from .reframe import reframe_split
+    x_device, found = reframe_split(data.train, spec, seed=cfg.weights_seed, progress=cfg.progress)
+    print(f"device framing: the detector found {found.mean():.1%} of {len(found):,} training faces; "
+          f"{recipe.reframe:.0%} of faces per step are shown that way")
+    return x_device, {"share": recipe.reframe, "detector": "yunet", "found": int(found.sum()), "faces": len(found)}
+
+
+def _callbacks(recipe: Recipe, out_dir: Path, best_path: Path, validating: bool) -> list:
+    import keras
+    callbacks = []
+    if validating:
+        callbacks += [
+            # First, so that validation, the checkpoint and early stopping all see the averaged weights.
+            *([keras.callbacks.SwapEMAWeights(swap_on_epoch=True)] if recipe.ema else []),
+            keras.callbacks.ModelCheckpoint(best_path, monitor="val_accuracy", mode="max", save_best_only=True),
+            keras.callbacks.EarlyStopping(monitor="val_accuracy", mode="max", patience=recipe.patience),
+        ]
+    callbacks.append(_epoch_log(out_dir))
+    if recipe.schedule == "plateau":
+        callbacks.append(keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5, patience=3,
+                                                           min_lr=1e-5, verbose=1))
+    return callbacks
+
+
+def _train_into(cfg: TrainConfig, params: dict, recipe: Recipe, spec: PreprocessSpec, data_root,
+                out_dir: Path) -> Manifest:
+    import keras
+
+    keras.utils.set_random_seed(cfg.weights_seed)
+    data, summary = _training_data(cfg, spec, data_root, out_dir)
+    y_train, teacher = _teacher_targets(cfg, recipe, data)
+    x_device, reframed = _device_framed(cfg, recipe, data, spec)
 
     precision = resolve_precision(recipe.precision)
     with dtype_policy(precision):
@@ -463,18 +497,7 @@ def _train_into(cfg: TrainConfig, params: dict, recipe: Recipe, spec: Preprocess
                       metrics=["accuracy", top_class_share()])
         best_path = out_dir / ".best.keras"
         validating = val_ds is not None  # else a refit: no checkpoint or early stopping, last weights kept
-        callbacks = []
-        if validating:
-            callbacks += [
-                # First, so that validation, the checkpoint and early stopping all see the averaged weights.
-                *([keras.callbacks.SwapEMAWeights(swap_on_epoch=True)] if recipe.ema else []),
-                keras.callbacks.ModelCheckpoint(best_path, monitor="val_accuracy", mode="max", save_best_only=True),
-                keras.callbacks.EarlyStopping(monitor="val_accuracy", mode="max", patience=recipe.patience),
-            ]
-        callbacks.append(_epoch_log(out_dir))
-        if recipe.schedule == "plateau":
-            callbacks.append(keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5, patience=3,
-                                                               min_lr=1e-5, verbose=1))
+        callbacks = _callbacks(recipe, out_dir, best_path, validating)
         distilled = f", distilled from {len(teacher['teachers'])} teacher(s)" if teacher else ""
         on = f"validating on {len(data.val):,}" if validating else "no validation: refit, the final weights are kept"
         print(f"training {cfg.model} ({model.count_params():,} parameters, {precision}"
@@ -515,8 +538,8 @@ def _init_facts(run_dir) -> dict | None:
         return None
     from edge_runtime.manifest import read_manifest
     m = read_manifest(run_dir)
-    return {"run": str(Path(run_dir).resolve()), "model_sha256": m["model_sha256"],
-            "test_accuracy": ((m.get("metrics") or {}).get("test") or {}).get("accuracy")}
+    return {"run": str(Path(run_dir).resolve()), "model_sha256": m.model_sha256,
+            "test_accuracy": ((m.metrics or {}).get("test") or {}).get("accuracy")}
 
 
 def recalibrate(model, data: Dataset, spec: PreprocessSpec, progress: bool = False) -> dict | None:
@@ -544,7 +567,7 @@ def recalibrate(model, data: Dataset, spec: PreprocessSpec, progress: bool = Fal
 
 
 def finish_run(model, run: dict, data: Dataset, spec: PreprocessSpec, summary: dict, history: dict,
-               train_seconds: float, bn: dict | None, out_dir: Path, extra: dict | None = None) -> dict:
+               train_seconds: float, bn: dict | None, out_dir: Path, extra: dict | None = None) -> Manifest:
     """Save ``model`` (float32), score it once on the test split, write the reports and the manifest."""
     import keras
     out_dir = Path(out_dir)
@@ -603,8 +626,7 @@ def finish_run(model, run: dict, data: Dataset, spec: PreprocessSpec, summary: d
         "command": " ".join(sys.argv),
         **(extra or {}),
     }
-    atomic_write_json(out_dir / "manifest.json", manifest)
-    return manifest
+    return write_manifest(out_dir, manifest)
 
 
 

@@ -28,6 +28,7 @@ import numpy as np
 
 from edge_runtime.labels import NUM_CLASSES
 from edge_runtime.manifest import atomic_write_json, atomic_write_text
+from edge_runtime.preprocess import PreprocessSpec
 
 from .data import DataError
 
@@ -403,7 +404,7 @@ def build_parser() -> argparse.ArgumentParser:
                f"grid keys: model, lr, batch_size, epochs, or a model parameter ({', '.join(REGISTRY)}: "
                + "; ".join(f"{n}: {', '.join(e.params)}" for n, e in REGISTRY.items()) + ")",
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", help="data root (default: $FER_DATA, else ../shared/data/fer2013); only its "
+    p.add_argument("--data", metavar="DIR", help="data root (default: $FER_DATA, else ../shared/data/fer2013); only its "
                                   "train split is used")
     p.add_argument("--model", default="thesis", choices=sorted(REGISTRY),
                    help="model searched unless the grid has a 'model' key (default: thesis)")
@@ -413,8 +414,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--grid-file", type=Path, help="JSON or TOML grid: {\"key\": [values], ...} "
                                                   "(JSON may be a list of such grids)")
     p.add_argument("--cv", type=int, default=3, help="folds of stratified cross-validation (default 3)")
-    p.add_argument("--fraction", type=float, default=1.0,
-                   help="stratified share of the train split to search on (default 1.0)")
+    p.add_argument("--fraction", metavar="SHARE", type=float, default=1.0,
+                   help="thin train/ (what the search cross-validates on) to this stratified share (default 1.0)")
     p.add_argument("--epochs", type=int, help="epochs per fit unless searched (default: the model's recipe, 30)")
     p.add_argument("--batch-size", type=int, help="batch size unless searched (default: the recipe's, 64)")
     p.add_argument("--lr", type=float, help="Adam learning rate unless searched (default: the recipe's, 1e-3)")
@@ -425,7 +426,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dask", metavar="ADDRESS", help="run the fits on a Dask cluster: a scheduler address "
                                                      "(tcp://host:8786) or 'local' for a LocalCluster")
     p.add_argument("--workers", type=int, default=2, help="workers of --dask local (default 2)")
-    p.add_argument("--threads", type=int, help="TensorFlow CPU threads per fit process (default: all; "
+    p.add_argument("--threads", metavar="N", type=int, help="TensorFlow CPU threads per fit process (default: all; "
                                                "--dask local: cores / workers)")
     p.add_argument("--batch-cells", type=int, help="cells dispatched together (default: enough to keep all "
                                                    "parallel slots busy; results are written per batch)")
@@ -443,7 +444,8 @@ def main(argv=None) -> int:
         return 2
 
 
-def _main(args) -> int:
+def _search_cells(args) -> tuple[list[dict], list[dict], PreprocessSpec, dict]:
+    """-> (grids, cells, preprocessing, the fixed fit settings) from the flags and grid file."""
     from .models import get_entry
     if args.cv < 2:
         raise DataError("--cv must be at least 2")
@@ -456,33 +458,26 @@ def _main(args) -> int:
     recipe = get_entry(args.model).recipe
     fixed = {"model": args.model, "lr": args.lr or recipe.lr, "batch_size": args.batch_size or recipe.batch_size,
              "epochs": args.epochs or recipe.epochs}
-    out = args.out or Path(f"runs/grid-{args.model}")
-    settings = {"model": args.model, "fixed": fixed, "cv": args.cv, "fraction": args.fraction, "seed": args.seed,
-                "data": None, "preprocessing": spec.to_dict()}
-    root, X, y = load_train_split(args.data, spec, args.fraction, args.seed, not args.quiet)
-    settings["data"] = str(root)
-    settings["n_images"] = int(len(y))
+    return grids, cells, spec, fixed
 
-    rows = []
-    if (out / "cv_results.csv").exists() or (out / SETTINGS_FILE).exists():
-        if not args.resume:
-            raise DataError(f"{out} already holds a search; pass --resume to continue it or choose another --out")
-        old = json.loads((out / SETTINGS_FILE).read_text())
-        diff = [k for k in settings if k != "grids" and old.get(k) != settings[k]]
-        if diff:
-            raise DataError(f"--resume: settings differ from the search in {out}: {', '.join(diff)}")
-        rows = read_results(out)
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out / SETTINGS_FILE, {**settings, "grids": grids})
-    done = {r["params"] for r in rows}
-    todo = [c for c in cells if cell_key(c) not in done]
-    axes = heatmap_axes(grids)
-    write_outputs(out, rows, args.model, axes)
 
-    client = cluster = None
-    backend = None
-    threads = args.threads
-    slots = args.jobs
+def _resume(out: Path, settings: dict, resume: bool) -> list[dict]:
+    """The rows an earlier search in ``out`` finished (none for a new folder); refuses to mix searches."""
+    if not ((out / "cv_results.csv").exists() or (out / SETTINGS_FILE).exists()):
+        return []
+    if not resume:
+        raise DataError(f"{out} already holds a search; pass --resume to continue it or choose another --out")
+    old = json.loads((out / SETTINGS_FILE).read_text())
+    diff = [k for k in settings if k != "grids" and old.get(k) != settings[k]]
+    if diff:
+        raise DataError(f"--resume: settings differ from the search in {out}: {', '.join(diff)}")
+    return read_results(out)
+
+
+def _workers(args):
+    """-> (Dask client, our own cluster or None, joblib backend, TF threads per fit, parallel slots)."""
+    client = cluster = backend = None
+    threads, slots = args.threads, args.jobs
     if args.dask:
         client, cluster = start_dask(args.dask, args.workers, threads)
         if args.dask == "local" and threads is None:
@@ -494,6 +489,26 @@ def _main(args) -> int:
         slots = os.cpu_count() if args.jobs < 0 else args.jobs
     if not backend:
         _limit_tf_threads(threads)
+    return client, cluster, backend, threads, slots
+
+
+def _main(args) -> int:
+    grids, cells, spec, fixed = _search_cells(args)
+    out = args.out or Path(f"runs/grid-{args.model}")
+    settings = {"model": args.model, "fixed": fixed, "cv": args.cv, "fraction": args.fraction, "seed": args.seed,
+                "data": None, "preprocessing": spec.to_dict()}
+    root, X, y = load_train_split(args.data, spec, args.fraction, args.seed, not args.quiet)
+    settings["data"] = str(root)
+    settings["n_images"] = int(len(y))
+    rows = _resume(out, settings, args.resume)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / SETTINGS_FILE, {**settings, "grids": grids})
+    done = {r["params"] for r in rows}
+    todo = [c for c in cells if cell_key(c) not in done]
+    axes = heatmap_axes(grids)
+    write_outputs(out, rows, args.model, axes)
+
+    client, cluster, backend, threads, slots = _workers(args)
     batch_cells = args.batch_cells or max(1, math.ceil(slots / args.cv))
     where = f"Dask cluster {client.scheduler_info()['address']} ({slots} threads)" if client else \
         f"{slots} local process(es)"

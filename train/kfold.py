@@ -61,7 +61,7 @@ def label_fold(run_dir: Path, held: Split, spec: PreprocessSpec) -> np.ndarray:
     """The teacher's probabilities on its held-out faces (canonical label order), face and mirror averaged."""
     import keras
     m = read_manifest(run_dir)
-    model = keras.models.load_model(Path(run_dir) / m["model_file"], compile=False)
+    model = keras.models.load_model(Path(run_dir) / m.model_file, compile=False)
     x = scale_pixels(held.images, spec)
     return (model.predict(x, batch_size=256, verbose=0) + model.predict(x[:, :, ::-1], batch_size=256, verbose=0)) / 2
 
@@ -98,9 +98,9 @@ def teach(k: int, fold: int, data_root, epochs: int | None, runs: Path, folder: 
             "train_split_files_hash": data.train.files_hash(), "val_split_files_hash": data.val.files_hash(),
             "val_fraction": cfg.val_fraction, "seed": cfg.seed, "fraction": fraction,
             "held_accuracy": float(np.mean(probs.argmax(1) == held.labels)),
-            "teacher": {"run": str(run_dir), "model_sha256": manifest["model_sha256"],
-                        "recipe": manifest["recipe"], "val_accuracy": manifest["metrics"]["val_accuracy"],
-                        "train_seconds": manifest["train_seconds"]}}
+            "teacher": {"run": str(run_dir), "model_sha256": manifest.model_sha256,
+                        "recipe": manifest.recipe, "val_accuracy": manifest.metrics["val_accuracy"],
+                        "train_seconds": manifest.train_seconds}}
     write_labels(fold_file(k, fold, folder), held.files, held.labels, probs, meta)
     return meta
 
@@ -148,14 +148,15 @@ def main(argv=None) -> int:
     t.add_argument("--fold", type=int, required=True, help="the fold this teacher labels (0 .. k-1)")
     t.add_argument("--epochs", type=int, help="teacher epochs (default: the cbilstm recipe's)")
     t.add_argument("--runs", type=Path, default=REPO / "runs" / "kfold", help="teacher run folders (default runs/kfold)")
-    t.add_argument("--fraction", type=float, default=1.0, help="stratified share of the data, for quick runs")
-    t.add_argument("--threads", type=int, help="TensorFlow CPU threads (default: all cores)")
+    t.add_argument("--fraction", metavar="SHARE", type=float, default=1.0,
+                   help="thin train/ and test/ to this stratified share, for quick runs (default 1.0)")
+    t.add_argument("--threads", metavar="N", type=int, help="TensorFlow CPU threads, 1 .. the CPUs (default: all)")
     a = sub.add_parser("assemble", help="check the folds and write the soft-label file for --teacher")
     a.add_argument("--out", type=Path, required=True, help="soft-label file to write (.npz)")
     for s in (t, a):
         s.add_argument("--k", type=int, default=4, help="number of folds (default 4)")
         s.add_argument("--dir", type=Path, default=FOLDS_DIR, help="fold files (default models/kfold)")
-        s.add_argument("--data", help="data root (default: $FER_DATA, else ../shared/data/fer2013)")
+        s.add_argument("--data", metavar="DIR", help="data root (default: $FER_DATA, else ../shared/data/fer2013)")
         s.add_argument("--quiet", action="store_true", help="no progress bars")
     args = p.parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

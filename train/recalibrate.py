@@ -17,7 +17,7 @@ import sys
 from dataclasses import asdict, replace
 from pathlib import Path
 
-from edge_runtime.manifest import ManifestError, atomic_write_json, preprocess_spec, read_manifest, verify_file
+from edge_runtime.manifest import ManifestError, atomic_write_json, read_manifest, verify_file
 
 from .data import DataError, load_dataset, skipped_note
 
@@ -39,13 +39,12 @@ def recalibrate_run(run_dir, out_dir, data_root=None, progress: bool = True) -> 
     if out_dir.resolve() == run_dir.resolve():
         raise DataError("--out must be a new folder: the source run stays as it was")
     m = read_manifest(run_dir)
-    if m.get("kind") != "run":
-        raise ManifestError(f"{run_dir} is not a training run folder (manifest kind {m.get('kind')!r})")
-    model_path = run_dir / m["model_file"]
-    verify_file(model_path, m["model_sha256"])
-    spec = preprocess_spec(m)
-    d = m["data"]
-    data = load_dataset(data_root, spec, d["val_fraction"], m["seed"], d["fraction"], progress)
+    if m.kind != "run":
+        raise ManifestError(f"{run_dir} is not a training run folder (manifest kind {m.kind!r})")
+    model_path = run_dir / m.model_file
+    verify_file(model_path, m.model_sha256)
+    spec, d = m.preprocessing, m.data
+    data = load_dataset(data_root, spec, d["val_fraction"], m.seed, d["fraction"], progress)
     summary = data.summary()
     if note := skipped_note(train=data.train, test=data.test):
         print(f"warning: {note}", file=sys.stderr)
@@ -56,22 +55,22 @@ def recalibrate_run(run_dir, out_dir, data_root=None, progress: bool = True) -> 
     model = keras.models.load_model(model_path, compile=False)
     bn = recalibrate(model, data, spec, progress)
     if bn is None:
-        raise DataError(f"{m['model']} has no BatchNorm layers: nothing to re-estimate")
+        raise DataError(f"{m.model} has no BatchNorm layers: nothing to re-estimate")
     out_dir.mkdir(parents=True, exist_ok=True)
     for name in COPIED:
         if (run_dir / name).is_file():
             shutil.copy2(run_dir / name, out_dir / name)
     atomic_write_json(out_dir / "data_report.json", summary)
     known = set(Recipe.__dataclass_fields__)
-    recipe = asdict(replace(Recipe(**{k: v for k, v in m["recipe"].items() if k in known}), bn_recalibration=True))
-    run = {"model": m["model"], "params": m["params"], "recipe": recipe, "precision": m["precision"],
-           "seed": m["seed"], "init_seed": m.get("init_seed", m["seed"]), "fraction": d["fraction"],
-           "teacher": m.get("teacher"), "saliency_per_class": 2}
+    recipe = asdict(replace(Recipe(**{k: v for k, v in m.recipe.items() if k in known}), bn_recalibration=True))
+    run = {"model": m.model, "params": m.params, "recipe": recipe, "precision": m.precision,
+           "seed": m.seed, "init_seed": m.seed if m.init_seed is None else m.init_seed, "fraction": d["fraction"],
+           "teacher": m.teacher, "saliency_per_class": 2}
     history = read_history(run_dir / "history.csv") if (run_dir / "history.csv").is_file() else {"loss": []}
-    source = {"run": str(run_dir.resolve()), "model_sha256": m["model_sha256"], "train_seconds": m["train_seconds"],
-              "command": m.get("command"), "test": m["metrics"]["test"]}
+    source = {"run": str(run_dir.resolve()), "model_sha256": m.model_sha256, "train_seconds": m.train_seconds,
+              "command": m.command, "test": m.metrics["test"]}
     # the source's fitting time (without any earlier re-estimation, which this one replaces) + this pass
-    fit_seconds = m["train_seconds"] - ((m.get("bn_recalibration") or {}).get("seconds") or 0.0)
+    fit_seconds = m.train_seconds - ((m.bn_recalibration or {}).get("seconds") or 0.0)
     return finish_run(model, run, data, spec, summary, history, fit_seconds + bn["seconds"], bn, out_dir,
                       extra={"recalibrated_from": source})
 
@@ -86,7 +85,8 @@ def main(argv=None) -> int:
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run", type=Path, help="run folder written by python -m train")
     p.add_argument("--out", type=Path, help="new run folder to write (default: RUN-bn)")
-    p.add_argument("--data", help="data root the run was trained on (default: $FER_DATA, else ../shared/data/fer2013)")
+    p.add_argument("--data", metavar="DIR",
+                   help="data root the run was trained on (default: $FER_DATA, else ../shared/data/fer2013)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     args = p.parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -96,10 +96,10 @@ def main(argv=None) -> int:
     except (DataError, ManifestError, OSError, ValueError, KeyError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    bn, t, before = m["bn_recalibration"], m["metrics"]["test"], m["recalibrated_from"]["test"]
+    bn, t, before = m.bn_recalibration, m.metrics["test"], m.recalibrated_from["test"]
     val = (f"; validation {bn['val_accuracy_before']:.2%} -> {bn['val_accuracy_after']:.2%}"
            if bn["val_accuracy_before"] is not None else "")
-    print(f"{m['model']}: test accuracy {before['accuracy']:.2%} -> {t['accuracy']:.2%}, macro-F1 "
+    print(f"{m.model}: test accuracy {before['accuracy']:.2%} -> {t['accuracy']:.2%}, macro-F1 "
           f"{before['macro_f1']:.3f} -> {t['macro_f1']:.3f}{val}; {bn['layers']} BatchNorm layers, "
           f"{bn['seconds']:.0f} s")
     print(f"run folder: {out.resolve()}")

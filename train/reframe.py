@@ -21,7 +21,8 @@ import cv2
 import numpy as np
 from tqdm.auto import tqdm
 
-from edge_runtime.detectors import DEFAULT_SIZE, calibrated_crop, make_detector
+from edge_runtime.config import DetectorConfig
+from edge_runtime.detectors import calibrated_crop, make_detector
 from edge_runtime.geometry import crop_faces, iou_matrix
 from edge_runtime.manifest import atomic_write_bytes
 from edge_runtime.preprocess import PreprocessSpec, to_gray, to_uint8
@@ -63,7 +64,7 @@ def reframe_one(face: np.ndarray, detector, crop, spec: PreprocessSpec, rng: np.
 def reframe_split(split: Split, spec: PreprocessSpec, detector_kind: str = "yunet", seed: int = 0,
                   progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """-> (uint8 faces in the device's framing, aligned with ``split``; bool mask of faces found)."""
-    detector = make_detector(detector_kind, size=DEFAULT_SIZE[detector_kind], threads=1)
+    detector = make_detector(DetectorConfig(type=detector_kind))
     crop = calibrated_crop(detector_kind)
     path = _cache_path(split, spec, detector, crop, seed)
     if path.is_file():
