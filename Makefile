@@ -61,8 +61,8 @@ PACKAGED := edge_runtime/models/cbilstm
 artifacts: $(STAMP)
 	$(BIN)/python -m export --int8 --formats tflite-int8,onnx-int8,onnx-fp32 --model models/cbilstm --data $(DATA) --out $(PACKAGED)
 	rm -f $(PACKAGED)/*.keras $(PACKAGED)/export_worker.log  # the device needs no Keras file ...
-	$(BIN)/python -c "import json; from edge_runtime.manifest import atomic_write_json as w; p = '$(PACKAGED)/manifest.json'; \
-	  m = json.load(open(p)); m['artifacts'].pop('keras'); w(p, m)"  # ... nor its entry (its score stays in 'reference')
+	$(BIN)/python -c "import dataclasses as d; from edge_runtime.manifest import read_manifest as r, write_manifest as w; \
+	  m = r('$(PACKAGED)'); w(m.dir, d.replace(m, artifacts={n: a for n, a in m.artifacts.items() if n != 'keras'}))"  # ... nor its entry (its score stays in 'reference')
 
 clean:
 	rm -rf runs artifacts .cache .pytest_cache

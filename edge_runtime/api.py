@@ -151,7 +151,7 @@ def _detector_config(kind, size, score, min_face, max_faces, model, runtime) -> 
              "yunet": {"model": str(model) if isinstance(model, os.PathLike) else model, "score": plain(score),
                        "runtime": runtime}}
     try:
-        return DetectorConfig.from_dict(layer, "EmotionRecognizer", "detector")
+        return DetectorConfig.from_dict(layer, "EmotionRecognizer")
     except ConfigError as e:
         message = str(e)
         for key, argument in _ARGUMENTS.items():

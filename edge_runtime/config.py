@@ -11,8 +11,9 @@ import ipaddress
 import os
 import re
 import tomllib
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import MISSING, dataclass, field, fields, replace
 from pathlib import Path
+from typing import ClassVar
 
 
 class ConfigError(ValueError):
@@ -56,7 +57,7 @@ def _bounds_error(where: str, value, meta) -> str | None:
     return f"{where} = {value!r} must be {'0 (the default) or ' if zero_ok else ''}in {span}"
 
 
-def _coerce(default, value, where: str, origin: str):
+def _coerce(default, value, where: str):
     """``value`` as the default's type, or ConfigError."""
     ok = (isinstance(value, bool) if isinstance(default, bool) else
           isinstance(value, (int, float)) and not isinstance(value, bool) if isinstance(default, float) else
@@ -64,7 +65,7 @@ def _coerce(default, value, where: str, origin: str):
           isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value) if isinstance(default, tuple)
           else isinstance(value, str))
     if not ok:
-        raise ConfigError(f"{origin}: {where} = {value!r} should be "
+        raise ConfigError(f"{where} = {value!r} should be "
                           f"{'a list of strings' if isinstance(default, tuple) else type(default).__name__}")
     return float(value) if isinstance(default, float) else tuple(value) if isinstance(default, tuple) else value
 
@@ -76,38 +77,50 @@ MOVED = {"detector.model": "detector.yunet.model", "detector.score": "detector.y
 
 @dataclass(frozen=True)
 class Section:
-    """A TOML table: typed, bounded keys; ``merged`` applies a layer, ``to_dict`` gives it back."""
+    """A TOML table: typed, bounded keys, checked however it is built (ConfigError); ``merged``
+    applies a layer from a file or flags, ``to_dict`` gives it back."""
+    table: ClassVar[str] = ""  # its name in messages: "detector", "detector.yunet"
 
-    def merged(self, layer: dict, origin: str = "config", path: str = ""):
+    def __post_init__(self):
+        for f in fields(self):
+            value, where = getattr(self, f.name), f"{self.table}.{f.name}" if self.table else f.name
+            default = f.default if f.default is not MISSING else f.default_factory()
+            if isinstance(default, Section):
+                if not isinstance(value, type(default)):
+                    raise ConfigError(f"[{where}] must be a table ({type(default).__name__})")
+                continue
+            if f.name == "uri" and isinstance(value, int) and not isinstance(value, bool):
+                value = str(value)  # camera = 0 in TOML
+            value = _coerce(default, value, where)
+            if (problem := _bounds_error(where, value, f.metadata)) is not None:
+                raise ConfigError(problem)
+            object.__setattr__(self, f.name, value)  # the coerced value (int -> float, list -> tuple)
+
+    def merged(self, layer: dict, origin: str = "config"):
+        """A copy with ``layer`` (a TOML table's dict) applied; errors name ``origin``."""
         if not isinstance(layer, dict):
-            raise ConfigError(f"{origin}: [{path}] must be a table")
-        known = {f.name: f for f in fields(self)}
+            raise ConfigError(f"{origin}: [{self.table}] must be a table")
+        known = [f.name for f in fields(self)]
         changes = {}
         for key, value in layer.items():
-            where = f"{path}.{key}" if path else key
+            where = f"{self.table}.{key}" if self.table else key
             if key not in known:
                 if where in MOVED:
                     raise ConfigError(f"{origin}: {where} is now {MOVED[where]} "
                                       f"([{MOVED[where].rpartition('.')[0]}] {key} = …)")
-                what = f"key {where}" if path else f"section [{key}]"
+                what = f"key {where}" if self.table else f"section [{key}]"
                 raise ConfigError(f"{origin}: unknown {what} (known: {', '.join(known)})")
             current = getattr(self, key)
-            if isinstance(current, Section):
-                changes[key] = current.merged(value, origin, where)
-                continue
-            if key == "uri" and isinstance(value, int) and not isinstance(value, bool):
-                value = str(value)  # camera = 0 in TOML
-            value = _coerce(current, value, where, origin)
-            if (problem := _bounds_error(where, value, known[key].metadata)) is not None:
-                raise ConfigError(f"{origin}: {problem}")
-            changes[key] = value
-        return replace(self, **changes)
+            changes[key] = current.merged(value, origin) if isinstance(current, Section) else value
+        try:
+            return replace(self, **changes)
+        except ConfigError as e:
+            raise ConfigError(f"{origin}: {e}") from None
 
     @classmethod
-    def from_dict(cls, layer: dict, origin: str = "config", path: str = ""):
-        """The defaults with ``layer`` applied, as strictly as a config file (``path``: the table's
-        name in messages, e.g. "detector")."""
-        return cls().merged(layer, origin, path)
+    def from_dict(cls, layer: dict, origin: str = "config"):
+        """The defaults with ``layer`` applied, as strictly as a config file."""
+        return cls().merged(layer, origin)
 
     def to_dict(self) -> dict:
         return {f.name: (v.to_dict() if isinstance(v := getattr(self, f.name), Section) else
@@ -116,6 +129,7 @@ class Section:
 
 @dataclass(frozen=True)
 class ModelConfig(Section):
+    table: ClassVar[str] = "model"
     artifacts: str = ""           # folder holding manifest.json + model files; "" = the packaged default
     backend: str = "auto"         # auto | tflite | onnx | an artifact name (e.g. "onnx-fp32")
     precision: str = ""           # "" = any, else the manifest's precision (int8, fp32, dr, int16x8, ...)
@@ -125,6 +139,7 @@ class ModelConfig(Section):
 
 @dataclass(frozen=True)
 class SourceConfig(Section):
+    table: ClassVar[str] = "source"
     uri: str = "0"                # camera index, /dev/videoN, picamera2[:N], gst:..., file, rtsp://..., image folder
     loop: bool = False            # restart a file/folder at its end instead of exiting
     realtime: str = setting("auto", choices=("auto", "true", "false"))  # auto: cameras/streams drop stale frames
@@ -138,6 +153,7 @@ class SourceConfig(Section):
 
 @dataclass(frozen=True)
 class YuNetConfig(Section):
+    table: ClassVar[str] = "detector.yunet"
     model: str = ""               # "" = the packaged yunet_n, or a path to a YuNet .onnx
     score: float = setting(0.4, 0.0, 1.0, open_lo=True, open_hi=True)  # score threshold
     runtime: str = setting("auto", choices=("auto", "onnxruntime", "opencv"))  # auto: onnxruntime, else OpenCV DNN
@@ -145,6 +161,7 @@ class YuNetConfig(Section):
 
 @dataclass(frozen=True)
 class DetectorConfig(Section):
+    table: ClassVar[str] = "detector"
     type: str = setting("yunet", choices=("yunet", "haar"))  # yunet: shipped model, 5 landmarks
     size: int = setting(0, 64, 4096, zero_ok=True)  # longer side of the frame it sees, px; 0 = yunet 512, haar 320
     min_size: int = setting(24, 1, 4096)             # smallest face, full-frame pixels
@@ -154,6 +171,7 @@ class DetectorConfig(Section):
 
 @dataclass(frozen=True)
 class CropConfig(Section):
+    table: ClassVar[str] = "crop"
     mode: str = setting("calibrated", choices=("calibrated", "manual"))  # calibrated: crops.json for the detector
     scale: float = setting(1.0, 0.3, 3.0)  # manual: crop side / box side
     dx: float = setting(0.0, -1.0, 1.0)    # manual: crop centre shift, fraction of the box side
@@ -163,6 +181,7 @@ class CropConfig(Section):
 
 @dataclass(frozen=True)
 class TrackerConfig(Section):
+    table: ClassVar[str] = "tracker"
     iou: float = setting(0.3, 0.01, 1.0)  # a detection continues a track when IoU >= this
     smoothing: float = setting(0.6, 0.0, 1.0, open_hi=True)  # weight of the past in the probability EMA
     max_missed: int = setting(5, 0, 10_000)  # frames a track may go unseen before its `end` event
@@ -171,12 +190,14 @@ class TrackerConfig(Section):
 
 @dataclass(frozen=True)
 class EventsConfig(Section):
+    table: ClassVar[str] = "events"
     path: str = "-"                        # JSON Lines file or "-" (stdout)
     every: int = setting(1, 1, 1_000_000)  # an `update` event every N frames
 
 
 @dataclass(frozen=True)
 class HttpConfig(Section):
+    table: ClassVar[str] = "http"
     bind: str = ""                # HOST:PORT; "" = off
     token: str = ""               # bearer token; required beyond loopback
     stream: bool = True           # serve /stream.mjpg
@@ -186,6 +207,7 @@ class HttpConfig(Section):
 
 @dataclass(frozen=True)
 class MqttConfig(Section):
+    table: ClassVar[str] = "mqtt"
     host: str = ""                # "" = off
     port: int = setting(1883, 1, 65535)
     prefix: str = "fer-edge"
@@ -197,6 +219,7 @@ class MqttConfig(Section):
 
 @dataclass(frozen=True)
 class RunConfig(Section):
+    table: ClassVar[str] = "run"
     max_frames: int = setting(0, 0, 10**12)  # 0 = no limit
     log_level: str = setting("info", choices=("debug", "info", "warning", "error"))
     annotate: str = ""            # write the processed frames, annotated, to this .mp4/.avi ("" = off)

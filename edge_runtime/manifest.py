@@ -88,7 +88,7 @@ def _typed(cls, d, where: str, kinds: dict[str, str]) -> dict:
     """``d``'s keys checked against ``cls``'s fields (unknown key: ManifestError) and ``kinds``."""
     if not isinstance(d, dict):
         raise ManifestError(f"{where} is not a JSON object")
-    known = {f.name for f in fields(cls)}
+    known = {f.name for f in fields(cls)} - {"dir"}  # where it was read from is not stored
     unknown = sorted(set(d) - known)
     if unknown:
         raise ManifestError(f"{where}: unknown key {unknown[0]!r} (known: {', '.join(sorted(known))})")
@@ -97,6 +97,9 @@ def _typed(cls, d, where: str, kinds: dict[str, str]) -> dict:
         if v is not None and not _CHECKS[kind][0](v):
             raise ManifestError(f"{where}: {key} = {v!r:.80} should be {_CHECKS[kind][1]}")
     return dict(d)
+
+
+DTYPES = ("float32", "float16", "int8", "uint8", "int16", "int32", "int64")
 
 
 @dataclass(frozen=True)
@@ -112,6 +115,8 @@ class Tensor:
         d = _typed(cls, d, where, {"shape": "shape", "dtype": "str", "scale": "float", "zero_point": "int"})
         if "shape" not in d or "dtype" not in d:
             raise ManifestError(f"{where} needs shape and dtype")
+        if d["dtype"] not in DTYPES:
+            raise ManifestError(f"{where}: dtype {d['dtype']!r:.40} is not one of {', '.join(DTYPES)}")
         return cls(**{**d, "shape": tuple(d["shape"])})
 
     def to_dict(self) -> dict:
@@ -161,6 +166,8 @@ class Artifact:
 
 
 KINDS = ("run", "artifacts", "peer")
+REQUIRED = {"run": ("model_file", "model_sha256", "params", "recipe", "seed", "data", "metrics"),
+            "artifacts": ("artifacts",), "peer": ("artifacts",)}
 # The record each kind always writes, null or not ("teacher": null says a run was not distilled).
 WRITTEN = {"run": ("model_file", "model_sha256", "params", "recipe", "precision", "seed", "init_seed", "parameters",
                    "data", "metrics", "bn_recalibration", "teacher", "init", "reframe", "holdout", "train_seconds",
@@ -220,8 +227,9 @@ class Manifest:
                                         "teacher", "init", "reframe", "holdout", "time_budget", "source", "gate",
                                         "reference",
                                         "data", "versions", "artifacts")}}
-        if isinstance(d, dict) and "dir" in d:
-            raise ManifestError(f"{where}: unknown key 'dir'")
+        if isinstance(d, dict) and _is_int(d.get("schema")) and d["schema"] > SCHEMA_VERSION:
+            raise ManifestError(f"{where} was written by a newer version (schema {d['schema']}; this one reads "
+                                f"{SCHEMA_VERSION}): upgrade fer-edge")
         d = _typed(cls, d, where, kinds)
         for key in ("labels", "preprocessing", "kind", "model"):
             if key not in d:
@@ -238,11 +246,13 @@ class Manifest:
             spec = PreprocessSpec.from_dict(d["preprocessing"])
         except (TypeError, ValueError) as e:
             raise ManifestError(f"{where}: bad preprocessing spec: {e}") from e
-        if not all(isinstance(e, dict) for e in (d.get("artifacts") or {}).values()):
+        arts = d.get("artifacts", {} if d["kind"] == "run" else None)
+        if not isinstance(arts, dict) or not all(isinstance(e, dict) for e in arts.values()):
             raise ManifestError(f"{where}: 'artifacts' must map names to objects")
-        arts = {n: Artifact.from_dict(e, f"{where}: artifact {n}") for n, e in (d.get("artifacts") or {}).items()}
-        if d["kind"] == "run" and not (d.get("model_file") and d.get("model_sha256")):
-            raise ManifestError(f"{where}: a run manifest needs model_file and model_sha256")
+        arts = {n: Artifact.from_dict(e, f"{where}: artifact {n}") for n, e in arts.items()}
+        missing = [k for k in REQUIRED[d["kind"]] if d.get(k) is None]
+        if missing:
+            raise ManifestError(f"{where}: a {d['kind']} manifest needs {', '.join(missing)}")
         return cls(**{**d, "labels": tuple(labels), "preprocessing": spec, "artifacts": arts, "dir": str(folder)})
 
     def to_dict(self) -> dict:

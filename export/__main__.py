@@ -47,8 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-partial", action="store_true",
                    help="exit 0 even if a format fails to convert (the gate still applies)")
     p.add_argument("--fraction", metavar="SHARE", type=float, default=1.0,
-                   help="thin the test split (what every artifact is scored on) to this stratified share, for "
-                        "quick checks (default 1.0)")
+                   help="thin test/ (what every artifact is scored on) and train/ (the int8 calibration pool) "
+                        "to this stratified share, for quick checks (default 1.0)")
     p.add_argument("--threads", metavar="N", type=int, default=1,
                    help="inference threads for scoring and ms/face, 1 .. the CPUs (default 1)")
     p.add_argument("--quiet", action="store_true", help="no progress bars while loading data")
@@ -91,7 +91,7 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except Interrupted as e:
-        print(f"export {e}; nothing half-written: {getattr(e, 'live', 'the previous manifest is live')}",
+        print(f"export {e}; nothing half-written: {getattr(e, 'live', 'nothing was written yet')}",
               file=sys.stderr)
         return 128 + e.signum
 

@@ -81,7 +81,7 @@ def say(msg: str = "", err: bool = False) -> None:
 
 
 # ---------------------------------------------------------------- source and data
-def resolve_source(arg: str | None) -> tuple[Path, dict]:
+def resolve_source(arg: str | None) -> tuple[Path, Manifest]:
     """A run folder, a model.keras inside one, or a shipped model's name (models/<name>/)."""
     if arg is None:
         run_dir = MODELS_DIR / DEFAULT_MODEL
@@ -248,10 +248,10 @@ def run_export(cfg: ExportConfig) -> tuple[Manifest, int]:
 
     out.mkdir(parents=True, exist_ok=True)
     _clean_stale_staging(out)
-    staging = out / f".staging-{os.getpid()}"
-    staging.mkdir()
-    worker = Worker(staging)
+    staging, worker = out / f".staging-{os.getpid()}", None
     try:
+        staging.mkdir()
+        worker = Worker(staging)
         model_sha = _stage_job(staging, run_dir, run, spec, data, calib)
         conv = _Conversions(staging, run_dir, run, spec, data, cfg, model_sha)
         conv.run(worker, [f.name for f in fmts])
@@ -268,7 +268,8 @@ def run_export(cfg: ExportConfig) -> tuple[Manifest, int]:
         e.live = _live(out)  # no commit happened: the live manifest, if any, is the previous one
         raise
     finally:
-        worker.stop()
+        if worker is not None:
+            worker.stop()
         shutil.rmtree(staging, ignore_errors=True)
 
     log("\nms/face: batch 1, %d thread(s), timed after conversion" % cfg.threads)

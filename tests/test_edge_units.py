@@ -70,6 +70,14 @@ def test_config_is_typed_and_round_trips(tmp_path):
     assert Config.from_dict(cfg.to_dict()) == cfg
     with pytest.raises(dataclasses.FrozenInstanceError):  # frozen: a running daemon's settings cannot drift
         cfg.detector.size = 320
+    from edge_runtime.config import YuNetConfig
+    for build_it, words in ((lambda: DetectorConfig(type="foo"), "detector.type = 'foo' must be one of"),
+                            (lambda: DetectorConfig(size=5), "detector.size = 5 must be 0 (the default) or in"),
+                            (lambda: YuNetConfig(score=7.0), "detector.yunet.score = 7.0 must be in (0.0, 1.0)"),
+                            (lambda: DetectorConfig(yunet={"score": 0.5}), "[detector.yunet] must be a table")):
+        with pytest.raises(ConfigError) as e:  # built in code, not from a file: the same checks
+            build_it()
+        assert words in str(e.value)
     for profile in sorted((REPO / "devices").glob("*.toml")):  # (built without the thread check: a Jetson has 6)
         layer = load_toml(profile)
         assert Config().merged(layer, str(profile)).to_dict().keys() == Config().to_dict().keys(), profile

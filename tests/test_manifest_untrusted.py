@@ -11,6 +11,7 @@ import pytest
 from edge_runtime.__main__ import main
 from edge_runtime.api import PACKAGED_ARTIFACTS
 from edge_runtime.manifest import read_manifest
+from tests.conftest import REPO
 
 
 @pytest.fixture
@@ -57,6 +58,9 @@ def _set(path, value):
     (_set(["artifacts", "tflite-int8", "fiel"], "x.tflite"), "unknown key 'fiel'"),
     (_set(["modle"], "cbilstm"), "unknown key 'modle'"),
     (_set(["kind"], "weights"), "is not one of run, artifacts, peer"),
+    (_set(["schema"], 99), "written by a newer version (schema 99"),
+    (_set(["artifacts"], None), "map names to objects"),
+    (_set(["artifacts", "tflite-int8", "input", "dtype"], "bogus"), "dtype 'bogus' is not one of"),
     (_set(["artifacts", "tflite-int8", "input", "shape"], "1x48x48"), "should be a list of integers"),
     (lambda m: [m], "not a JSON object"),
     (lambda m: "{not json", "unreadable manifest"),
@@ -141,3 +145,7 @@ def test_the_manifest_is_typed_and_every_writer_goes_through_the_reader_s_schema
     assert not (tmp_path / "new" / "manifest.json").exists()  # refused before anything is written
     written = write_manifest(tmp_path / "new", on_disk)
     assert read_manifest(tmp_path / "new") == written
+    run = json.loads((REPO / "models" / "thesis" / "manifest.json").read_text())
+    for key in ("data", "metrics", "model_sha256"):
+        with pytest.raises(ManifestError, match=f"a run manifest needs {key}"):
+            Manifest.from_dict({**run, key: None})

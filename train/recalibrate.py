@@ -17,7 +17,7 @@ import sys
 from dataclasses import asdict, replace
 from pathlib import Path
 
-from edge_runtime.manifest import ManifestError, atomic_write_json, read_manifest, verify_file
+from edge_runtime.manifest import Manifest, ManifestError, atomic_write_json, read_manifest, verify_file
 
 from .data import DataError, load_dataset, skipped_note
 
@@ -30,7 +30,7 @@ def read_history(path: Path) -> dict[str, list[float]]:
     return {k: [float(r[k]) for r in rows] for k in (rows[0] if rows else {}) if k not in ("epoch", "lr", "seconds")}
 
 
-def recalibrate_run(run_dir, out_dir, data_root=None, progress: bool = True) -> dict:
+def recalibrate_run(run_dir, out_dir, data_root=None, progress: bool = True) -> Manifest:
     """Re-estimate BatchNorm in ``run_dir``'s model on its own training faces; write ``out_dir``."""
     from .fit import finish_run, recalibrate
     from .models import Recipe
