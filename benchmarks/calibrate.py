@@ -110,7 +110,9 @@ def search(grays, dets, labels, start: CropSpec, backend, pre, levels) -> list[t
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.calibrate", description=__doc__.split("\n")[0],
                                 epilog="examples:\n  python -m benchmarks.calibrate --artifacts artifacts/cbilstm "
-                                       "--detector yunet --write\n\nexit codes: 0 done; 2 bad arguments or data (one line on stderr)", formatter_class=argparse.RawDescriptionHelpFormatter)
+                                       "--detector yunet --write\n\n"
+                                       "exit codes: 0 done; 2 bad arguments or data (one line on stderr)",
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--artifacts", metavar="DIR", default="artifacts/cbilstm",
                    help="folder with manifest.json from python -m export (default artifacts/cbilstm)")
     p.add_argument("--detector", default="yunet", choices=DETECTORS)

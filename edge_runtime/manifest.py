@@ -148,9 +148,10 @@ class Artifact:
 
     @classmethod
     def from_dict(cls, d, where: str) -> "Artifact":
+        measured = ("accuracy", "macro_f1", "agreement", "max_abs_prob_diff", "drop_pp", "ms_per_face",
+                    "convert_seconds")
         kinds = {"file": "str", "sha256": "sha256", "size": "bytes", "reason": "str", "notes": "str",
-                 "parameters": "int", **{k: "float" for k in ("accuracy", "macro_f1", "agreement", "max_abs_prob_diff", "drop_pp",
-                                         "ms_per_face", "convert_seconds")}}
+                 "parameters": "int", **{k: "float" for k in measured}}
         d = _typed(cls, d, where, kinds)
         for key in ("format", "precision", "status"):
             if not isinstance(d.get(key), str):

@@ -37,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
                "--out folder is replaced only when the new run is complete",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", metavar="DIR", help="data root: train/+test/, train/+validation/ or fer2013.csv "
-                                  "(default: $FER_DATA, else ../shared/data/fer2013)")
+                                                 "(default: $FER_DATA, else ../shared/data/fer2013)")
     p.add_argument("--model", default=None, choices=sorted(REGISTRY),
                    help=f"registered model to train (default: {DEFAULT_MODEL})")
     p.add_argument("--out", help="run folder to write (default: runs/<model>)")

@@ -404,8 +404,8 @@ def build_parser() -> argparse.ArgumentParser:
                f"grid keys: model, lr, batch_size, epochs, or a model parameter ({', '.join(REGISTRY)}: "
                + "; ".join(f"{n}: {', '.join(e.params)}" for n, e in REGISTRY.items()) + ")",
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", metavar="DIR", help="data root (default: $FER_DATA, else ../shared/data/fer2013); only its "
-                                  "train split is used")
+    p.add_argument("--data", metavar="DIR",
+                   help="data root (default: $FER_DATA, else ../shared/data/fer2013); only its train split is used")
     p.add_argument("--model", default="thesis", choices=sorted(REGISTRY),
                    help="model searched unless the grid has a 'model' key (default: thesis)")
     p.add_argument("--grid", action="append", type=parse_grid_flag, default=[], metavar="KEY=V1,V2,...",
@@ -426,8 +426,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dask", metavar="ADDRESS", help="run the fits on a Dask cluster: a scheduler address "
                                                      "(tcp://host:8786) or 'local' for a LocalCluster")
     p.add_argument("--workers", type=int, default=2, help="workers of --dask local (default 2)")
-    p.add_argument("--threads", metavar="N", type=int, help="TensorFlow CPU threads per fit process (default: all; "
-                                               "--dask local: cores / workers)")
+    p.add_argument("--threads", metavar="N", type=int,
+                   help="TensorFlow CPU threads per fit process (default: all; --dask local: cores / workers)")
     p.add_argument("--batch-cells", type=int, help="cells dispatched together (default: enough to keep all "
                                                    "parallel slots busy; results are written per batch)")
     p.add_argument("--quiet", action="store_true", help="no progress output")
