@@ -15,6 +15,7 @@ import argparse
 import itertools
 import json
 import logging
+import os
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
@@ -131,43 +132,18 @@ def main(argv=None) -> int:
         return 2
     from train.data import DataError
     try:
-        threads = min(2, max_threads())
-        manifest = read_manifest(a.artifacts)
-        name = select_artifact(manifest, "auto")
-        backend = load_backend(manifest, name, threads=threads)
-        pre = manifest.preprocessing
-        size = a.size or DEFAULT_SIZE[a.detector]
-        detector = make_detector(DetectorConfig.from_dict({"type": a.detector, "size": size,
-                                                           "yunet": {"model": a.model or ""}}, "--detector"), threads)
-        faces, split = validation_faces(a.data or (manifest.data or {}).get("root"), a.faces, a.seed)
+        setup = _setup(a)
     except (ManifestError, BackendError, DetectorError, DataError, OSError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    video = REPO / ".cache" / "calibrate" / f"val-{split['files_hash'][:12]}-{a.faces}-{a.seed}.avi"
-    if not video.is_file():
-        write_scene(video, shuffled_scene(faces, seed=a.seed))
-    truth = json.loads(video.with_suffix(".json").read_text())
-    grays, dets, truths = found_faces(video, truth, detector)
-    if len(dets) < 20:
-        print(f"error: the detector found only {len(dets)} faces", file=sys.stderr)
+    fitted = fit_crop(a, *setup)
+    if fitted is None:
         return 2
-    labels = np.array([LABELS.index(f["label"]) for f in truths])
-    start = geometric_fit(dets, truths)
-    levels = (False, True) if dets.has_landmarks().all() else (False,)
-    ranked = search(grays, dets, labels, start, backend, pre, levels)
-    best_acc, best = ranked[0]
-    fit = {"crop": best.to_dict(), "fit": {
-        "val_accuracy": round(best_acc, 4), "geometric": start.to_dict(),
-        "geometric_accuracy": round(accuracy(grays, dets, labels, start, backend, pre), 4),
-        "exact_crop_accuracy": round(exact_accuracy(grays, truths, labels, backend, pre), 4),
-        "found": len(dets), "recall": round(len(dets) / len(faces), 4), "detector_size": size,
-        "detector_model": getattr(detector, "model", "cascade"), "classifier": name,
-        "classifier_sha256": backend.sha256, "data": split,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}}
+    fit, ranked = fitted
     f = fit["fit"]
-    print(f"{a.detector}: found {f['found']}/{len(faces)} validation faces; accuracy exact crop "
-          f"{f['exact_crop_accuracy']:.2%}, geometric fit {start} {f['geometric_accuracy']:.2%}, "
-          f"best {best} {best_acc:.2%}")
+    print(f"{a.detector}: found {f['found']}/{f['data']['faces']} validation faces; accuracy exact crop "
+          f"{f['exact_crop_accuracy']:.2%}, geometric fit {CropSpec.from_dict(f['geometric'])} "
+          f"{f['geometric_accuracy']:.2%}, best {ranked[0][1]} {ranked[0][0]:.2%}")
     for acc, spec in ranked[:5]:
         print(f"  {acc:.2%}  {spec}")
     if a.write:
@@ -177,6 +153,46 @@ def main(argv=None) -> int:
         atomic_write_text(out, json.dumps(table, indent=1) + "\n")
         print(f"wrote {out}")
     return 0
+
+
+def _setup(a):
+    """-> (classifier name, backend, preprocessing, detector, detector size, faces, split facts)."""
+    threads = min(2, max_threads())
+    manifest = read_manifest(a.artifacts)
+    name = select_artifact(manifest, "auto")
+    backend = load_backend(manifest, name, threads=threads)
+    size = a.size or DEFAULT_SIZE[a.detector]
+    detector = make_detector(DetectorConfig.from_dict({"type": a.detector, "size": size,
+                                                       "yunet": {"model": a.model or ""}}, "--detector"), threads)
+    faces, split = validation_faces(a.data or (manifest.data or {}).get("root"), a.faces, a.seed)
+    return name, backend, manifest.preprocessing, detector, size, faces, split
+
+
+def fit_crop(a, name, backend, pre, detector, size, faces, split):
+    """Composite the faces, detect them, fit the crop; -> (crops.json entry, ranked crops), or
+    None (with one line on stderr) when too few faces were found."""
+    cache = Path(os.environ.get("FER_CACHE", REPO / ".cache")) / "calibrate"
+    video = cache / f"val-{split['files_hash'][:12]}-{a.faces}-{a.seed}.avi"
+    if not video.is_file():
+        write_scene(video, shuffled_scene(faces, seed=a.seed))
+    truth = json.loads(video.with_suffix(".json").read_text())
+    grays, dets, truths = found_faces(video, truth, detector)
+    if len(dets) < 20:
+        print(f"error: the detector found only {len(dets)} faces", file=sys.stderr)
+        return None
+    labels = np.array([LABELS.index(f["label"]) for f in truths])
+    start = geometric_fit(dets, truths)
+    levels = (False, True) if dets.has_landmarks().all() else (False,)
+    ranked = search(grays, dets, labels, start, backend, pre, levels)
+    best_acc, best = ranked[0]
+    return {"crop": best.to_dict(), "fit": {
+        "val_accuracy": round(best_acc, 4), "geometric": start.to_dict(),
+        "geometric_accuracy": round(accuracy(grays, dets, labels, start, backend, pre), 4),
+        "exact_crop_accuracy": round(exact_accuracy(grays, truths, labels, backend, pre), 4),
+        "found": len(dets), "recall": round(len(dets) / len(faces), 4), "detector_size": size,
+        "detector_model": getattr(detector, "model", "cascade"), "classifier": name,
+        "classifier_sha256": backend.sha256, "data": split,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}}, ranked
 
 
 if __name__ == "__main__":
