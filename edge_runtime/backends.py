@@ -128,6 +128,19 @@ class Backend:
         self._order = np.argsort(remap_indices(labels)) if list(labels) != list(LABELS) else None
         self.runtime = ""
 
+    def check_tensors(self, inp: tuple, inp_dtype, out: tuple, out_dtype) -> None:
+        """The manifest's input/output shapes and dtypes must be the file's (batch and dynamic dims aside)."""
+        for which, shape, dtype in (("input", inp, inp_dtype), ("output", out, out_dtype)):
+            spec: Tensor | None = getattr(self.entry, which)
+            if spec is None:
+                continue
+            if np.dtype(spec.dtype) != np.dtype(dtype):
+                raise ManifestError(f"{self.name}: {which} dtype is {np.dtype(dtype)}, manifest says {spec.dtype}")
+            fixed = lambda s: [d if isinstance(d, int) and d > 0 else None for d in s[1:]]  # noqa: E731
+            if len(spec.shape) != len(shape) or any(a is not None and b is not None and a != b
+                                                     for a, b in zip(fixed(spec.shape), fixed(shape))):
+                raise ManifestError(f"{self.name}: {which} shape is {list(shape)}, manifest says {list(spec.shape)}")
+
     def _to_canonical(self, probs: np.ndarray) -> np.ndarray:
         return probs if self._order is None else probs[:, self._order]
 
@@ -156,6 +169,8 @@ class TFLiteBackend(Backend):
         check_precision(name, self.precision, any(np.dtype(t["dtype"]).kind in "iu" and len(t["shape"]) > 1
                                                   for t in self.interp.get_tensor_details()))
         self.input_shape = tuple(int(d) for d in self.inp["shape"])
+        self.check_tensors(self.input_shape, self.inp["dtype"], tuple(int(d) for d in self.out["shape"]),
+                           self.out["dtype"])
 
     def _check_quant(self, which: str, detail: dict):
         dtype = np.dtype(detail["dtype"])
@@ -208,6 +223,10 @@ def onnx_session_options(threads: int = 1):
     return opts
 
 
+ONNX_DTYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(int8)": "int8",
+               "tensor(uint8)": "uint8", "tensor(int16)": "int16", "tensor(int32)": "int32", "tensor(int64)": "int64"}
+
+
 class OnnxBackend(Backend):
     format = "onnx"
     GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
@@ -233,6 +252,9 @@ class OnnxBackend(Backend):
         log.info("%s runs on %s", name, self.sess.get_providers()[0])
         self.input_name = self.sess.get_inputs()[0].name
         self.input_shape = tuple(self.sess.get_inputs()[0].shape)
+        i, o = self.sess.get_inputs()[0], self.sess.get_outputs()[0]
+        self.check_tensors(tuple(i.shape), ONNX_DTYPES.get(i.type, "float32"), tuple(o.shape),
+                           ONNX_DTYPES.get(o.type, "float32"))
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
         batch = np.asarray(batch, np.float32)
@@ -251,6 +273,12 @@ def select_artifact(manifest: Manifest, backend: str = "auto", precision: str | 
     if backend in arts and arts[backend].format == "keras":
         raise BackendError(f"{backend} is the export's Keras reference, not a device format: use tflite or onnx")
     if backend in arts:  # an exact artifact name
+        entry = arts[backend]
+        if entry.status != STATUS_USABLE:
+            raise BackendError(f"artifact {backend} is {entry.status}" + (f" ({entry.reason})" if entry.reason else "")
+                               + ": the export did not pass it; choose a usable one")
+        if precision and entry.precision != precision:
+            raise BackendError(f"artifact {backend} is {entry.precision}, not {precision}")
         return backend
     have = available_runtimes()
     order = [n for n in AUTO_ORDER if n in usable] + [n for n in usable if n not in AUTO_ORDER]
@@ -277,7 +305,13 @@ def load_backend(manifest: Manifest, name: str, threads: int = 1, providers: lis
     if verify:
         verify_file(path, entry.sha256, entry.size)
     if entry.format == "tflite":
-        return TFLiteBackend(path, name, entry, manifest.labels, threads)
-    if entry.format == "onnx":
-        return OnnxBackend(path, name, entry, manifest.labels, threads, providers)
-    raise BackendError(f"{name}: format {entry.format!r} has no edge backend")
+        backend = TFLiteBackend(path, name, entry, manifest.labels, threads)
+    elif entry.format == "onnx":
+        backend = OnnxBackend(path, name, entry, manifest.labels, threads, providers)
+    else:
+        raise BackendError(f"{name}: format {entry.format!r} has no edge backend")
+    size = manifest.preprocessing.size
+    if tuple(backend.input_shape[1:3]) != (size, size):
+        raise ManifestError(f"{name}: the manifest's preprocessing size {size} does not match the model's input "
+                            f"{list(backend.input_shape)}")
+    return backend

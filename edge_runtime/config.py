@@ -270,7 +270,7 @@ def check(cfg: Config) -> Config:
         raise ConfigError("http.token may hold only letters, digits and -._~+/ (a bearer token, RFC 6750)")
     if bind:
         host, _, port = bind.rpartition(":")
-        if not host or not port.isdigit() or not 0 <= int(port) < 65536:
+        if not host or not (port.isascii() and port.isdigit()) or not 0 <= int(port) < 65536:
             raise ConfigError(f"http.bind {bind!r} should be HOST:PORT with a port in [0, 65535]")
         if not _is_loopback(host) and not token:
             raise ConfigError(f"http.bind {bind} is not loopback: set --token (clients send Authorization: Bearer)")

@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 
 from .api import EmotionRecognizer
-from .config import Config, ConfigError
+from .config import Config, ConfigError, check
 from .annotate import VideoOut, draw
 from .geometry import CropSpec, landmark_list
 from .labels import LABELS
@@ -33,7 +33,7 @@ def _probs(p: np.ndarray) -> dict[str, float]:
 
 class Daemon:
     def __init__(self, cfg: Config):
-        self.cfg = cfg
+        self.cfg = check(cfg)  # the cross-field rules too, for a Config built in code
         self.stats = Stats()
         self.stop_event = threading.Event()
         m, src, c = cfg.model, cfg.source, cfg.crop

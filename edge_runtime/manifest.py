@@ -257,7 +257,7 @@ class Manifest:
         return cls(**{**d, "labels": tuple(labels), "preprocessing": spec, "artifacts": arts, "dir": str(folder)})
 
     def to_dict(self) -> dict:
-        written = {"schema", "kind", "model", "labels", "preprocessing", *WRITTEN[self.kind]}
+        written = {"schema", "kind", "model", "labels", "preprocessing", *WRITTEN.get(self.kind, ())}
         out = {}
         for f in fields(self):
             v = getattr(self, f.name)
@@ -280,14 +280,15 @@ def read_manifest(path: str | os.PathLike) -> Manifest:
         raise ManifestError(f"no manifest at {path}")
     try:
         m = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ManifestError(f"unreadable manifest {path}: {e}") from e
+    except (OSError, ValueError, RecursionError) as e:  # ValueError: bad JSON, bad UTF-8, huge numbers
+        raise ManifestError(f"unreadable manifest {path}: {type(e).__name__}: {str(e)[:200]}") from e
     return Manifest.from_dict(m, f"manifest {path}", path.parent)
 
 
 def write_manifest(folder: str | os.PathLike, manifest: Manifest | dict) -> Manifest:
     """Check ``manifest`` against the schema the reader applies, then write it atomically."""
-    m = manifest if isinstance(manifest, Manifest) else Manifest.from_dict(manifest, "manifest to write", folder)
+    as_dict = manifest.to_dict() if isinstance(manifest, Manifest) else manifest
+    m = Manifest.from_dict(as_dict, "manifest to write", folder)  # what the reader will accept, or nothing
     atomic_write_json(Path(folder) / MANIFEST_NAME, m.to_dict())
     return replace(m, dir=str(folder))
 

@@ -8,7 +8,7 @@ import pytest
 
 from edge_runtime import EmotionRecognizer
 from edge_runtime.api import PACKAGED_ARTIFACTS
-from edge_runtime.backends import SCORING_BATCH, load_backend
+from edge_runtime.backends import SCORING_BATCH, BackendError, load_backend
 from edge_runtime.config import max_threads
 from edge_runtime.labels import LABELS
 from edge_runtime.manifest import read_manifest, sha256_file, verify_file
@@ -108,6 +108,8 @@ def test_bad_inputs_are_clear_errors_not_wrong_answers(er):
             EmotionRecognizer(**kw)
     with pytest.raises(TypeError, match="CropSpec"):
         EmotionRecognizer(crop={"scale": 1.2})
+    with pytest.raises(BackendError, match="onnx-fp32 is fp32, not int8"):  # a name and a precision that disagree
+        EmotionRecognizer(backend="onnx-fp32", precision="int8")
 
 
 def test_a_training_run_or_a_wrong_detector_model_is_one_line(tmp_path, capsys):

@@ -149,3 +149,30 @@ def test_the_manifest_is_typed_and_every_writer_goes_through_the_reader_s_schema
     for key in ("data", "metrics", "model_sha256"):
         with pytest.raises(ManifestError, match=f"a run manifest needs {key}"):
             Manifest.from_dict({**run, key: None})
+
+
+@pytest.mark.parametrize("backend, change, words", [
+    ("tflite-int8", _set(["preprocessing", "size"], 64), "preprocessing size 64 does not match the model's input"),
+    ("onnx-fp32", _set(["preprocessing", "size"], 64), "preprocessing size 64 does not match the model's input"),
+    ("onnx-fp32", _set(["artifacts", "onnx-fp32", "input", "shape"], [1, 99, 99, 3]), "input shape is"),
+    ("onnx-fp32", _set(["artifacts", "onnx-fp32", "input", "dtype"], "int8"), "input dtype is float32, manifest says int8"),
+    ("tflite-int8", _set(["artifacts", "tflite-int8", "output", "shape"], [1, 8]), "output shape is [1, 7]"),
+    ("onnx-int8", _set(["artifacts", "onnx-int8", "status"], "rejected"), "artifact onnx-int8 is rejected"),
+])
+def test_what_the_manifest_says_of_a_model_is_checked_against_the_file(art, capsys, backend, change, words):
+    """Shapes, dtypes and the input size come from the file too; the two must agree before a frame
+    is read (else the first face would crash the daemon), and a rejected artifact is not served."""
+    edit(art, change)
+    assert main(["--artifacts", str(art), "--source", "/dev/video97", "--backend", backend]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and words in err[0], err
+
+
+def test_odd_json_and_odd_ports_are_one_line(art, capsys):
+    (art / "manifest.json").write_text('{"schema": ' + "9" * 5000 + "}")
+    refused(art, capsys, "unreadable manifest")
+    (art / "manifest.json").write_text("[" * 100_000 + "]" * 100_000)
+    refused(art, capsys, "unreadable manifest")
+    for flags in (["--http", "127.0.0.1:²"], ["--mqtt", "broker:²"], ["--source", "²"]):
+        assert main(["--artifacts", str(art), *flags]) == 2, flags
+        assert len(capsys.readouterr().err.strip().splitlines()) == 1, flags
