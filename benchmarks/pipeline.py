@@ -123,6 +123,7 @@ def score(truth: dict, frame_dets: list[list[dict]], ceiling: list[list[str]], m
     track that carried two faces). ``frame_dets[i]`` = frame i's detections, each a dict with box,
     label (smoothed), raw_label and track."""
     faces = found = judged = raw_ok = smooth_ok = ceil_ok = false_pos = 0
+    paired: list[int] = []  # per judged face: exact crop right - detector crop right (-1, 0, 1)
     last_track: dict[int, int] = {}
     track_ids: dict[int, set] = {}
     switches = 0
@@ -144,6 +145,7 @@ def score(truth: dict, frame_dets: list[list[dict]], ceiling: list[list[str]], m
                 raw_ok += d["raw_label"] == f["label"]
                 smooth_ok += d["label"] == f["label"]
                 ceil_ok += ceiling[i][ti] == f["label"]
+                paired.append(int(ceiling[i][ti] == f["label"]) - int(d["raw_label"] == f["label"]))
             if "track" in d:
                 fid = f.get("id", ti)
                 if fid in last_track and last_track[fid] != d["track"]:
@@ -153,6 +155,9 @@ def score(truth: dict, frame_dets: list[list[dict]], ceiling: list[list[str]], m
     per = (lambda k: k / judged if judged else 0.0)  # noqa: E731
     return {"faces": faces, "found": found, "recall": found / faces if faces else 0.0, "judged": judged,
             "label_acc": per(raw_ok), "smoothed_acc": per(smooth_ok), "ceiling_acc": per(ceil_ok),
+            # the ceiling minus the label accuracy on the same faces, and its standard error (a paired difference)
+            "gap_pp": 100 * float(np.mean(paired)) if paired else None,
+            "gap_se_pp": 100 * float(np.std(paired, ddof=1) / np.sqrt(len(paired))) if len(paired) > 1 else None,
             "false_pos": false_pos, "id_switches": switches,
             "merged_tracks": sum(len(v) > 1 for v in track_ids.values())}
 

@@ -91,11 +91,14 @@ def test_pipeline_rows_per_detector_beside_the_fer_pipeline(tiny_artifacts, tmp_
         assert 0 <= row["label_acc"] <= 1 and row["id_switches"] >= 0
         if det != "fer (haar)":  # our rows carry the crop they used and the exact-crop ceiling
             assert set(row["crop"]) == {"scale", "dx", "dy", "level"} and 0 <= row["ceiling_acc"] <= 1
+            # the gap is paired: the ceiling minus the label accuracy on the same faces, with its standard error
+            assert row["gap_pp"] == pytest.approx(100 * (row["ceiling_acc"] - row["label_acc"]), abs=1e-9)
+            assert row["gap_se_pp"] >= 0
     one = {d: rows[("one-face", d)] for d in ("yunet-n", "haar", "fer (haar)")}
     assert one["yunet-n"]["recall"] >= 0.85 and one["yunet-n"]["recall"] > one["haar"]["recall"]
     assert "tensorflow" in one["fer (haar)"]["runtime"]
     md = (tmp_path / "p.md").read_text()
-    assert "exact-crop ceiling" in md and "| one-face | fer (haar) |" in md
+    assert "exact-crop ceiling | gap ± SE" in md and "| one-face | fer (haar) |" in md
 
 
 def test_test_dir_scores_a_users_own_split(tiny_artifacts, tiny_tree, tmp_path):
