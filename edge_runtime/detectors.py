@@ -18,7 +18,7 @@ import numpy as np
 
 from .config import DetectorConfig
 from .geometry import CropSpec, Detections, finish, nms
-from .manifest import sha256_file
+from .manifest import sha256_file, unique_keys
 
 MODELS = Path(__file__).resolve().parent / "models"
 DETECTORS = ("yunet", "haar")
@@ -235,7 +235,7 @@ CROPS_FILE = Path(__file__).resolve().parent / "crops.json"
 def calibrated_crop(detector: str) -> CropSpec:
     """The crop fitted for ``detector`` by ``python -m benchmarks.calibrate`` (crops.json)."""
     try:
-        table = json.loads(CROPS_FILE.read_text())
+        table = json.loads(CROPS_FILE.read_text(), object_pairs_hook=unique_keys)
     except (OSError, ValueError) as e:
         raise DetectorError(f"{CROPS_FILE} is unreadable ({e}): reinstall fer-edge") from None
     entry = table.get(detector)

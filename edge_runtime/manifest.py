@@ -231,6 +231,8 @@ class Manifest:
         if isinstance(d, dict) and _is_int(d.get("schema")) and d["schema"] > SCHEMA_VERSION:
             raise ManifestError(f"{where} was written by a newer version (schema {d['schema']}; this one reads "
                                 f"{SCHEMA_VERSION}): upgrade fer-edge")
+        if isinstance(d, dict) and _is_int(d.get("schema")) and d["schema"] < 1:
+            raise ManifestError(f"{where}: schema {d['schema']} is not a version (1 .. {SCHEMA_VERSION})")
         d = _typed(cls, d, where, kinds)
         for key in ("labels", "preprocessing", "kind", "model"):
             if key not in d:
@@ -271,6 +273,16 @@ class Manifest:
         return {n: a for n, a in self.artifacts.items() if a.status == "usable"}
 
 
+def unique_keys(pairs: list[tuple[str, object]]) -> dict:
+    """``json.loads`` hook: a key given twice is refused (plain JSON keeps the last, silently)."""
+    out = {}
+    for key, value in pairs:
+        if key in out:
+            raise ValueError(f"key {key!r:.60} appears twice in one object")
+        out[key] = value
+    return out
+
+
 def read_manifest(path: str | os.PathLike) -> Manifest:
     """Load a manifest (a file or a folder holding manifest.json), strictly typed."""
     path = Path(path)
@@ -279,7 +291,7 @@ def read_manifest(path: str | os.PathLike) -> Manifest:
     if not path.is_file():
         raise ManifestError(f"no manifest at {path}")
     try:
-        m = json.loads(path.read_text())
+        m = json.loads(path.read_text(), object_pairs_hook=unique_keys)
     except (OSError, ValueError, RecursionError) as e:  # ValueError: bad JSON, bad UTF-8, huge numbers
         raise ManifestError(f"unreadable manifest {path}: {type(e).__name__}: {str(e)[:200]}") from e
     return Manifest.from_dict(m, f"manifest {path}", path.parent)

@@ -62,6 +62,8 @@ def _set(path, value):
     (_set(["artifacts"], None), "map names to objects"),
     (_set(["artifacts", "tflite-int8", "input", "dtype"], "bogus"), "dtype 'bogus' is not one of"),
     (_set(["artifacts", "tflite-int8", "input", "shape"], "1x48x48"), "should be a list of integers"),
+    (_set(["schema"], 0), "schema 0 is not a version"),
+    (lambda m: json.dumps(m)[:-1] + ', "kind": "peer"}', "key 'kind' appears twice"),
     (lambda m: [m], "not a JSON object"),
     (lambda m: "{not json", "unreadable manifest"),
 ])
