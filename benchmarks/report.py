@@ -121,6 +121,7 @@ def plots(rows: list[dict], out_dir) -> list[str]:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter
 
     ok = [flat(r) for r in rows if r.get("status") != "failed" and r.get("latency")]
     written = []
@@ -145,8 +146,15 @@ def plots(rows: list[dict], out_dir) -> list[str]:
                         textcoords="offset points", rotation=20)
     for k, t in enumerate(thread_counts):
         ax.scatter([], [], marker=markers[k % len(markers)], color="gray", label=f"{t} thread(s)")
-    ax.legend(fontsize=7, loc="lower right")
+    ax.legend(fontsize=7, loc="best")
     ax.set_xscale("log")
+    ax.margins(0.15)  # room for the labels of the points at the corners
+    plain = FuncFormatter(lambda v, _: f"{v:g}")  # 0.25, not 2.5×10⁻¹ (overlapping on a narrow range)
+    ax.xaxis.set_major_formatter(plain)
+    lo, hi = ax.get_xlim()
+    if hi < 10 * lo:  # within one decade the major ticks are off-screen: label the minor ones
+        ax.xaxis.set_minor_formatter(plain)
+    ax.tick_params(axis="x", which="both", labelsize=7)
     ax.set_xlabel("p50 latency per face, batch 1 (ms, log)")
     ax.set_ylabel("test accuracy (%)")
     ax.set_title("Accuracy vs latency (red = peer)")
