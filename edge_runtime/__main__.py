@@ -8,7 +8,7 @@ import sys
 import textwrap
 
 from .backends import BackendError
-from .config import DEFAULTS, ConfigError, build
+from .config import DEFAULTS, ConfigError, ascii_digits, build
 from .detectors import DetectorError
 from .manifest import ManifestError
 
@@ -79,7 +79,7 @@ def flags_to_layer(ns: argparse.Namespace) -> dict:
             layer.setdefault(section, {})[key] = v
     if ns.mqtt:
         host, _, port = ns.mqtt.rpartition(":")
-        if not host.strip("[]") or not (port.isascii() and port.isdigit()):
+        if not host.strip("[]") or not ascii_digits(port):
             raise ConfigError(f"--mqtt {ns.mqtt!r} should be HOST:PORT (an IPv6 address in brackets)")
         layer.setdefault("mqtt", {}).update(host=host.strip("[]"), port=int(port))
     return layer

@@ -130,13 +130,14 @@ class Backend:
 
     def check_tensors(self, inp: tuple, inp_dtype, out: tuple, out_dtype) -> None:
         """The manifest's input/output shapes and dtypes must be the file's (batch and dynamic dims aside)."""
+        def fixed(s):  # batch and dynamic dims compare as unknown
+            return [d if isinstance(d, int) and d > 0 else None for d in s[1:]]
         for which, shape, dtype in (("input", inp, inp_dtype), ("output", out, out_dtype)):
             spec: Tensor | None = getattr(self.entry, which)
             if spec is None:
                 continue
             if np.dtype(spec.dtype) != np.dtype(dtype):
                 raise ManifestError(f"{self.name}: {which} dtype is {np.dtype(dtype)}, manifest says {spec.dtype}")
-            fixed = lambda s: [d if isinstance(d, int) and d > 0 else None for d in s[1:]]  # noqa: E731
             if len(spec.shape) != len(shape) or any(a is not None and b is not None and a != b
                                                      for a, b in zip(fixed(spec.shape), fixed(shape))):
                 raise ManifestError(f"{self.name}: {which} shape is {list(shape)}, manifest says {list(spec.shape)}")
@@ -248,10 +249,9 @@ class OnnxBackend(Backend):
         self.sess = ort.InferenceSession(str(path), opts, providers=wanted)
         self.runtime = f"onnxruntime {ort.__version__} ({self.sess.get_providers()[0]})"
         log.info("%s runs on %s", name, self.sess.get_providers()[0])
-        self.input_name = self.sess.get_inputs()[0].name
-        self.input_shape = tuple(self.sess.get_inputs()[0].shape)
         i, o = self.sess.get_inputs()[0], self.sess.get_outputs()[0]
-        self.check_tensors(tuple(i.shape), ONNX_DTYPES.get(i.type, "float32"), tuple(o.shape),
+        self.input_name, self.input_shape = i.name, tuple(i.shape)
+        self.check_tensors(self.input_shape, ONNX_DTYPES.get(i.type, "float32"), tuple(o.shape),
                            ONNX_DTYPES.get(o.type, "float32"))
 
     def predict(self, batch: np.ndarray) -> np.ndarray:

@@ -70,6 +70,11 @@ def _coerce(default, value, where: str):
     return float(value) if isinstance(default, float) else tuple(value) if isinstance(default, tuple) else value
 
 
+def ascii_digits(s: str) -> bool:
+    """Only 0-9: str.isdigit also accepts '²', which int() refuses."""
+    return s.isascii() and s.isdigit()
+
+
 # Keys that moved, so that an old config file gets told where its key lives now.
 MOVED = {"detector.model": "detector.yunet.model", "detector.score": "detector.yunet.score",
          "detector.runtime": "detector.yunet.runtime"}
@@ -270,7 +275,7 @@ def check(cfg: Config) -> Config:
         raise ConfigError("http.token may hold only letters, digits and -._~+/ (a bearer token, RFC 6750)")
     if bind:
         host, _, port = bind.rpartition(":")
-        if not host or not (port.isascii() and port.isdigit()) or not 0 <= int(port) < 65536:
+        if not host or not ascii_digits(port) or not 0 <= int(port) < 65536:
             raise ConfigError(f"http.bind {bind!r} should be HOST:PORT with a port in [0, 65535]")
         if not _is_loopback(host) and not token:
             raise ConfigError(f"http.bind {bind} is not loopback: set --token (clients send Authorization: Bearer)")

@@ -228,11 +228,12 @@ class Manifest:
                                         "teacher", "init", "reframe", "holdout", "time_budget", "source", "gate",
                                         "reference",
                                         "data", "versions", "artifacts")}}
-        if isinstance(d, dict) and _is_int(d.get("schema")) and d["schema"] > SCHEMA_VERSION:
-            raise ManifestError(f"{where} was written by a newer version (schema {d['schema']}; this one reads "
+        schema = d.get("schema") if isinstance(d, dict) else None
+        if _is_int(schema) and schema > SCHEMA_VERSION:
+            raise ManifestError(f"{where} was written by a newer version (schema {schema}; this one reads "
                                 f"{SCHEMA_VERSION}): upgrade fer-edge")
-        if isinstance(d, dict) and _is_int(d.get("schema")) and d["schema"] < 1:
-            raise ManifestError(f"{where}: schema {d['schema']} is not a version (1 .. {SCHEMA_VERSION})")
+        if _is_int(schema) and schema < 1:
+            raise ManifestError(f"{where}: schema {schema} is not a version (1 .. {SCHEMA_VERSION})")
         d = _typed(cls, d, where, kinds)
         for key in ("labels", "preprocessing", "kind", "model"):
             if key not in d:

@@ -19,6 +19,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from .config import ascii_digits
+
 log = logging.getLogger(__name__)
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".pgm", ".ppm", ".tif", ".tiff", ".webp"}
 BACKOFF_START_S = 0.5
@@ -36,7 +38,7 @@ class SourceError(Exception):
 
 
 def source_kind(uri: str) -> str:
-    if (uri.isascii() and uri.isdigit()) or uri.startswith("/dev/video") or is_picamera(uri) or uri.startswith("gst:"):
+    if ascii_digits(uri) or uri.startswith("/dev/video") or is_picamera(uri) or uri.startswith("gst:"):
         return "camera"
     if "://" in uri:
         return "stream"
@@ -70,7 +72,7 @@ class ImageFolder:
 
 
 def is_picamera(uri: str) -> bool:
-    return uri == "picamera2" or (uri.startswith("picamera2:") and uri[10:].isascii() and uri[10:].isdigit())
+    return uri == "picamera2" or (uri.startswith("picamera2:") and ascii_digits(uri[10:]))
 
 
 PICAMERA_HINT = ("--source picamera2 needs Picamera2 (libcamera): on Raspberry Pi OS, sudo apt install "
@@ -156,7 +158,7 @@ def open_source(uri: str, width: int = 0, height: int = 0, fps: float = 0.0, tim
         ms = int(timeout_s * 1000)
         return cv2.VideoCapture(uri, cv2.CAP_FFMPEG, [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, ms,
                                                      cv2.CAP_PROP_READ_TIMEOUT_MSEC, ms])
-    cap = cv2.VideoCapture(int(uri) if uri.isascii() and uri.isdigit() else uri)
+    cap = cv2.VideoCapture(int(uri) if ascii_digits(uri) else uri)
     if kind == "camera" and cap.isOpened():
         for prop, v in ((cv2.CAP_PROP_FRAME_WIDTH, width), (cv2.CAP_PROP_FRAME_HEIGHT, height),
                         (cv2.CAP_PROP_FPS, fps)):
