@@ -11,7 +11,7 @@ import pytest
 from edge_runtime.manifest import read_manifest
 from edge_runtime.preprocess import PreprocessSpec
 from train.data import DataError, load_dataset
-from train.distill import load_soft_labels
+from train.distill import load_soft_labels, write_labels
 from train.kfold import assemble, fold_file, fold_of, read_fold
 
 from .conftest import REPO, TINY_EXPORT_FRACTION
@@ -57,6 +57,21 @@ def test_two_teachers_label_their_held_out_folds_and_assemble_covers_the_split_o
     table, meta, _ = load_soft_labels(out)  # the format python -m train --teacher reads
     assert set(table) == set(data.train.files) and meta["out_of_fold"]["k"] == 2
     assert [t["fold"] for t in meta["teachers"]] == [0, 1]
+
+    # a second teacher per fold (here: the first's labels, sharpened) is averaged in, face by face
+    folds2 = tmp_path / "folds2"
+    for fold in (0, 1):
+        files, labels, probs, meta = read_fold(fold_file(2, fold, folds))
+        write_labels(fold_file(2, fold, folds2), files, labels, np.eye(7)[probs.argmax(1)], meta)
+    both = tmp_path / "both.npz"
+    meta2 = assemble(2, both, [folds, folds2], shared_root)
+    table2, _, _ = load_soft_labels(both)
+    assert meta2["out_of_fold"]["teachers_per_fold"] == 2 and len(meta2["teachers"]) == 4
+    assert np.allclose(table2[f0[0]], (p0[0] + np.eye(7)[p0[0].argmax()]) / 2, atol=2e-3)
+    files, labels, probs, meta = read_fold(fold_file(2, 1, folds2))
+    write_labels(fold_file(2, 1, folds2), files[1:], labels[1:], probs[1:], meta)  # one face short
+    with pytest.raises(DataError, match="other faces"):
+        assemble(2, tmp_path / "bad.npz", [folds, folds2], shared_root)
 
     shutil.copy(fold_file(2, 0, folds), fold_file(2, 1, folds))  # fold 0 twice, fold 1 missing
     with pytest.raises(DataError, match="not 1 of 2|overlap"):

@@ -13,6 +13,8 @@ the training split exactly once and writes the soft-label file ``python -m train
     python -m train.kfold teach --k 4 --fold 0 --epochs 40    # one teacher (repeat for folds 1..3)
     python -m train.kfold assemble --k 4 --out runs/kfold-k4.npz
     python -m train --teacher runs/kfold-k4.npz --out runs/student
+
+``assemble --dir A --dir B`` averages two teachers per fold (e.g. a short and a full schedule).
 """
 from __future__ import annotations
 
@@ -105,16 +107,19 @@ def teach(k: int, fold: int, data_root, epochs: int | None, runs: Path, folder: 
     return meta
 
 
-def assemble(k: int, out: Path, folder: Path = FOLDS_DIR, data_root=None) -> dict:
-    """Check the k fold files cover the training split (of ``data_root``) exactly once; write the
-    soft-label file."""
-    parts = [read_fold(fold_file(k, i, folder)) for i in range(k)]
-    metas = [p[3] for p in parts]
-    for i, m in enumerate(metas):
-        if (m["k"], m["fold"], m["fold_seed"]) != (k, i, FOLD_SEED) or m["labels"] != list(LABELS):
-            raise DataError(f"{fold_file(k, i, folder)} is fold {m['fold']} of k={m['k']}, not {i} of {k}")
-        if m["train_split_files_hash"] != metas[0]["train_split_files_hash"]:
-            raise DataError(f"fold {i} was cut from another training split than fold 0")
+def assemble(k: int, out: Path, folder: Path | list[Path] = FOLDS_DIR, data_root=None) -> dict:
+    """Check the k fold files (in each of ``folder``'s folders) cover the training split (of
+    ``data_root``) exactly once; write the soft-label file. With several folders, each fold has a
+    teacher from each, and a face's soft label is their mean: an ensemble that still never saw it."""
+    folders = [Path(f) for f in (folder if isinstance(folder, (list, tuple)) else [folder])]
+    sets = [[read_fold(fold_file(k, i, d)) for i in range(k)] for d in folders]
+    for d, parts in zip(folders, sets):
+        _check_folds(k, d, [p[3] for p in parts])
+    for d, parts in zip(folders[1:], sets[1:]):
+        for i, (mine, first) in enumerate(zip(parts, sets[0])):
+            if mine[0] != first[0] or mine[3]["train_split_files_hash"] != first[3]["train_split_files_hash"]:
+                raise DataError(f"{fold_file(k, i, d)} holds other faces than {fold_file(k, i, folders[0])}")
+    parts, metas = sets[0], [p[3] for p in sets[0]]
     files = [f for p in parts for f in p[0]]
     if len(set(files)) != len(files):
         raise DataError("the folds overlap: a face has two soft labels")
@@ -125,15 +130,25 @@ def assemble(k: int, out: Path, folder: Path = FOLDS_DIR, data_root=None) -> dic
     if set(files) & set(data.val.files):
         raise DataError("a validation face has a soft label: the folds were cut from another split")
     labels = np.concatenate([p[1] for p in parts])
-    probs = np.concatenate([p[2] for p in parts])
-    teachers = [{**m["teacher"], "fold": m["fold"], "held_accuracy": m["held_accuracy"],
-                 "faces": m["faces"], "model_sha256": m["teacher"]["model_sha256"]} for m in metas]
+    probs = np.mean([np.concatenate([p[2] for p in s]) for s in sets], axis=0)
+    teachers = [{**m["teacher"], "fold": m["fold"], "held_accuracy": m["held_accuracy"], "faces": m["faces"]}
+                for s in sets for m in (p[3] for p in s)]
     meta = {"format": FORMAT, "labels": list(LABELS), "teachers": teachers, "mirror_averaged": True,
-            "out_of_fold": {"k": k, "fold_seed": FOLD_SEED, "train_split_files_hash": metas[0]["train_split_files_hash"],
-                            "val_split_files_hash": metas[0]["val_split_files_hash"]},
+            "out_of_fold": {"k": k, "fold_seed": FOLD_SEED, "teachers_per_fold": len(folders),
+                            "train_split_files_hash": m0["train_split_files_hash"],
+                            "val_split_files_hash": m0["val_split_files_hash"]},
             "faces": len(files), "ensemble_train_accuracy": float(np.mean(probs.argmax(1) == labels))}
     write_labels(out, files, labels, probs, meta)
     return meta
+
+
+def _check_folds(k: int, folder: Path, metas: list[dict]) -> None:
+    """Each of the k files is the fold its name says, all cut from one training split."""
+    for i, m in enumerate(metas):
+        if (m["k"], m["fold"], m["fold_seed"]) != (k, i, FOLD_SEED) or m["labels"] != list(LABELS):
+            raise DataError(f"{fold_file(k, i, folder)} is fold {m['fold']} of k={m['k']}, not {i} of {k}")
+        if m["train_split_files_hash"] != metas[0]["train_split_files_hash"]:
+            raise DataError(f"fold {i} in {folder} was cut from another training split than fold 0")
 
 
 def main(argv=None) -> int:
@@ -151,11 +166,14 @@ def main(argv=None) -> int:
     t.add_argument("--fraction", metavar="SHARE", type=float, default=1.0,
                    help="thin train/ and test/ to this stratified share, for quick runs (default 1.0)")
     t.add_argument("--threads", metavar="N", type=int, help="TensorFlow CPU threads, 1 .. the CPUs (default: all)")
+    t.add_argument("--dir", type=Path, default=FOLDS_DIR, help="where to write the fold file (default models/kfold)")
     a = sub.add_parser("assemble", help="check the folds and write the soft-label file for --teacher")
     a.add_argument("--out", type=Path, required=True, help="soft-label file to write (.npz)")
+    a.add_argument("--dir", type=Path, action="append",
+                   help="fold files (default models/kfold); give it again to average one teacher per "
+                        "fold from each folder")
     for s in (t, a):
         s.add_argument("--k", type=int, default=4, help="number of folds (default 4)")
-        s.add_argument("--dir", type=Path, default=FOLDS_DIR, help="fold files (default models/kfold)")
         s.add_argument("--data", metavar="DIR", help="data root (default: $FER_DATA, else ../shared/data/fer2013)")
         s.add_argument("--quiet", action="store_true", help="no progress bars")
     args = p.parse_args(argv)
@@ -176,7 +194,7 @@ def main(argv=None) -> int:
                   f"held-out fold accuracy {m['held_accuracy']:.2%} on {m['faces']:,} faces -> "
                   f"{fold_file(args.k, args.fold, args.dir)}")
         else:
-            m = assemble(args.k, args.out, args.dir, args.data)
+            m = assemble(args.k, args.out, args.dir or [FOLDS_DIR], args.data)
             print(f"{m['faces']:,} out-of-fold soft labels from {len(m['teachers'])} teachers "
                   f"(accuracy {m['ensemble_train_accuracy']:.2%}) -> {args.out}")
     except (DataError, ManifestError, OSError, ValueError) as e:
