@@ -4,19 +4,22 @@ The recipe's epoch count was tuned on one machine (74 epochs in 58 min with nati
 without bf16 or AVX512 the same epochs take hours. With a budget, the first two epochs are timed,
 the number of epochs that fit is planned from them (``--epochs`` stays the upper limit), and the
 cosine schedule is stretched or shrunk to end exactly there, so a shorter run still anneals to its
-floor instead of being cut off at a high learning rate. After that the plan only ever shortens: if
-epochs slow down, training stops before the one that would overrun. The budget covers what
-``train_seconds`` counts: fitting plus the BatchNorm re-estimation that follows it.
+floor instead of being cut off at a high learning rate. After that the plan follows the median of
+the last epochs, so one slow epoch (a busy machine, a suspended VM) moves it little, and a lasting
+slowdown moves the schedule's end with it; training stops before an epoch that would overrun. The
+budget covers what ``train_seconds`` counts: fitting plus the BatchNorm re-estimation that follows it.
 """
 from __future__ import annotations
 
 import math
+import statistics
 import time
 
 # The BatchNorm re-estimation is one forward pass over the training faces: measured at 0.55-0.6 of a
 # training epoch (26 s vs 47 s with bf16; 104 s vs ~171 s in float32 on AVX2).
 BN_PASS_EPOCHS = 0.6
-PLANNING_EPOCHS = 2  # the plan is revised after each of these; the first includes graph tracing
+PLANNING_EPOCHS = 2  # the plan is set after each of these; the first includes graph tracing
+RATE_EPOCHS = 5  # later plans use the median epoch time of the last few, so one outlier cannot end a run
 
 
 def plan_epochs(budget_s: float, elapsed_s: float, epoch_s: float, done: int, max_epochs: int,
@@ -78,19 +81,26 @@ def budget_callback(budget_s: float, max_epochs: int, steps_per_epoch: int, sche
             now = time.perf_counter()
             self.epoch_seconds.append(now - self.t_last)
             self.t_last = now
-            done = epoch + 1
-            # the latest epoch: the first one also traces the graphs and would overestimate the rest
-            epoch_s = self.epoch_seconds[-1]
-            reserve = BN_PASS_EPOCHS * epoch_s if bn_pass else 0.0
-            fits = plan_epochs(budget_s, now - self.t0, epoch_s, done, max_epochs, reserve)
-            if done <= PLANNING_EPOCHS:
+            done, latest = epoch + 1, self.epoch_seconds[-1]
+            # the first epoch also traces the graphs and would overestimate the rest
+            epoch_s = statistics.median(self.epoch_seconds[1:][-RATE_EPOCHS:] or self.epoch_seconds)
+            reserve = BN_PASS_EPOCHS if bn_pass else 0.0
+            fits = plan_epochs(budget_s, now - self.t0, epoch_s, done, max_epochs, reserve * epoch_s)
+            # after the planning epochs, re-plan only on a real change: the schedule's end moves with it
+            if done <= PLANNING_EPOCHS or abs(fits - self.planned) >= max(2, self.planned // 20):
                 self.planned = fits
                 if schedule is not None:
                     schedule.set_total_steps(self.planned * steps_per_epoch)
-                print(f"time budget {budget_s / 60:g} min: epoch {done} took {epoch_s:.0f} s -> "
-                      f"{self.planned} epoch(s) planned (at most {max_epochs})", flush=True)
-            elif fits < self.planned:  # slower than planned: stop before the epoch that would overrun
-                self.planned = fits
+                what = f"epoch {done} took {latest:.0f} s" if done <= PLANNING_EPOCHS else \
+                    f"epochs now take {epoch_s:.0f} s (median of the last {min(done - 1, RATE_EPOCHS)})"
+                print(f"time budget {budget_s / 60:g} min: {what} -> {self.planned} epoch(s) planned "
+                      f"(at most {max_epochs})", flush=True)
+            # the next epoch at the latest pace (an outlier counts at most twice the median) must fit
+            pace = min(latest, 2 * epoch_s)
+            if done < self.planned and now - self.t0 + pace * (1 + reserve) > budget_s:
+                print(f"time budget {budget_s / 60:g} min: stopping after epoch {done}: the next would overrun",
+                      flush=True)
+                self.planned = done
             if done >= self.planned:
                 self.model.stop_training = True
 
