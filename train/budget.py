@@ -4,10 +4,12 @@ The recipe's epoch count was tuned on one machine (74 epochs in 58 min with nati
 without bf16 or AVX512 the same epochs take hours. With a budget, the first two epochs are timed,
 the number of epochs that fit is planned from them (``--epochs`` stays the upper limit), and the
 cosine schedule is stretched or shrunk to end exactly there, so a shorter run still anneals to its
-floor instead of being cut off at a high learning rate. After that the plan follows the median of
-the last epochs, so one slow epoch (a busy machine, a suspended VM) moves it little, and a lasting
-slowdown moves the schedule's end with it; training stops before an epoch that would overrun. The
-budget covers what ``train_seconds`` counts: fitting plus the BatchNorm re-estimation that follows it.
+floor instead of being cut off at a high learning rate. After that the plan follows the epochs' pace
+(``epoch_pace``: one slow epoch, from a busy machine or a suspended VM, counts at most twice the
+median), shrinks as soon as the next epoch would not fit, grows only on a real change early on, and
+the schedule's end moves with every plan, so the run always ends annealed. A lasting slowdown of more
+than twice the pace can overrun by about one slow epoch. The budget covers what ``train_seconds``
+counts: fitting plus the BatchNorm re-estimation that follows it.
 """
 from __future__ import annotations
 
@@ -19,7 +21,10 @@ import time
 # training epoch (26 s vs 47 s with bf16; 104 s vs ~171 s in float32 on AVX2).
 BN_PASS_EPOCHS = 0.6
 PLANNING_EPOCHS = 2  # the plan is set after each of these; the first includes graph tracing
-RATE_EPOCHS = 5  # later plans use the median epoch time of the last few, so one outlier cannot end a run
+# later plans use the mean epoch time of the last few, each counted at most twice their median: one
+# outlier cannot end a run, and alternating fast and slow epochs cannot swing the plan
+RATE_EPOCHS = 15
+EXTEND_UNTIL = 0.8  # the plan may grow only before this share of it: late growth would raise the LR again
 
 
 def plan_epochs(budget_s: float, elapsed_s: float, epoch_s: float, done: int, max_epochs: int,
@@ -61,6 +66,15 @@ def stretchable_cosine(initial_lr: float, peak_lr: float, warmup_steps: int, dec
     return StretchableCosine()
 
 
+def epoch_pace(epoch_seconds: list[float]) -> tuple[float, float]:
+    """(expected seconds per epoch, the pace to allow for the next one) from the epochs so far.
+    The first epoch also traces the graphs, so it counts only while it is the only one."""
+    recent = epoch_seconds[1:][-RATE_EPOCHS:] or epoch_seconds
+    cap = 2 * statistics.median(recent)
+    expected = sum(min(t, cap) for t in recent) / len(recent)
+    return expected, min(epoch_seconds[-1], cap)
+
+
 def budget_callback(budget_s: float, max_epochs: int, steps_per_epoch: int, schedule=None,
                     bn_pass: bool = False):
     """A Keras callback that plans the epoch count from the timed first epochs, moves the end of
@@ -71,7 +85,7 @@ def budget_callback(budget_s: float, max_epochs: int, steps_per_epoch: int, sche
     class TimeBudget(keras.callbacks.Callback):
         def __init__(self):
             super().__init__()
-            self.planned, self.epoch_seconds = max_epochs, []
+            self.planned, self.epoch_seconds, self.replans = max_epochs, [], []
             # the clock starts here, just before fit(), as train_seconds' does: fit() spends seconds
             # building its input pipeline before the first callback
             self.t0 = self.t_last = time.perf_counter()
@@ -82,30 +96,29 @@ def budget_callback(budget_s: float, max_epochs: int, steps_per_epoch: int, sche
             self.epoch_seconds.append(now - self.t_last)
             self.t_last = now
             done, latest = epoch + 1, self.epoch_seconds[-1]
-            # the first epoch also traces the graphs and would overestimate the rest
-            epoch_s = statistics.median(self.epoch_seconds[1:][-RATE_EPOCHS:] or self.epoch_seconds)
-            reserve = BN_PASS_EPOCHS if bn_pass else 0.0
-            fits = plan_epochs(budget_s, now - self.t0, epoch_s, done, max_epochs, reserve * epoch_s)
-            # after the planning epochs, re-plan only on a real change: the schedule's end moves with it
-            if done <= PLANNING_EPOCHS or abs(fits - self.planned) >= max(2, self.planned // 20):
-                self.planned = fits
-                if schedule is not None:
-                    schedule.set_total_steps(self.planned * steps_per_epoch)
+            epoch_s, pace = epoch_pace(self.epoch_seconds)
+            bn = BN_PASS_EPOCHS if bn_pass else 0.0
+            # keep room for the next epoch at the latest pace, so the plan (and the schedule) end
+            # before the epoch that would overrun rather than training stopping short of them
+            reserve = bn * epoch_s + max(0.0, pace - epoch_s) * (1 + bn)
+            fits = plan_epochs(budget_s, now - self.t0, epoch_s, done, max_epochs, reserve)
+            grow = fits >= self.planned + max(2, self.planned // 20) and done < EXTEND_UNTIL * self.planned
+            if done <= PLANNING_EPOCHS or fits < self.planned or grow:
                 what = f"epoch {done} took {latest:.0f} s" if done <= PLANNING_EPOCHS else \
-                    f"epochs now take {epoch_s:.0f} s (median of the last {min(done - 1, RATE_EPOCHS)})"
-                print(f"time budget {budget_s / 60:g} min: {what} -> {self.planned} epoch(s) planned "
+                    f"epochs now take {epoch_s:.0f} s"
+                print(f"time budget {budget_s / 60:g} min: {what} -> {fits} epoch(s) planned "
                       f"(at most {max_epochs})", flush=True)
-            # the next epoch at the latest pace (an outlier counts at most twice the median) must fit
-            pace = min(latest, 2 * epoch_s)
-            if done < self.planned and now - self.t0 + pace * (1 + reserve) > budget_s:
-                print(f"time budget {budget_s / 60:g} min: stopping after epoch {done}: the next would overrun",
-                      flush=True)
-                self.planned = done
+                if done > PLANNING_EPOCHS:
+                    self.replans.append([done, fits])
+                self.planned = fits
+                if schedule is not None:  # the cosine's end moves with every plan
+                    schedule.set_total_steps(self.planned * steps_per_epoch)
             if done >= self.planned:
                 self.model.stop_training = True
 
         def report(self) -> dict:
+            """The plan (where the schedule ends), its revisions [epoch, planned] and every epoch's time."""
             return {"minutes": budget_s / 60, "planned_epochs": self.planned, "max_epochs": max_epochs,
-                    "epoch_seconds": [round(s, 1) for s in self.epoch_seconds[:PLANNING_EPOCHS]]}
+                    "replans": self.replans, "epoch_seconds": [round(s, 1) for s in self.epoch_seconds]}
 
     return TimeBudget()
