@@ -5,11 +5,11 @@ without bf16 or AVX512 the same epochs take hours. With a budget, the first two 
 the number of epochs that fit is planned from them (``--epochs`` stays the upper limit), and the
 cosine schedule is stretched or shrunk to end exactly there, so a shorter run still anneals to its
 floor instead of being cut off at a high learning rate. After that the plan follows the epochs' pace
-(``epoch_pace``: one slow epoch, from a busy machine or a suspended VM, counts at most twice the
-median), shrinks as soon as the next epoch would not fit, grows only on a real change early on, and
-the schedule's end moves with every plan, so the run always ends annealed. A lasting slowdown of more
-than twice the pace can overrun by about one slow epoch. The budget covers what ``train_seconds``
-counts: fitting plus the BatchNorm re-estimation that follows it.
+(``epoch_pace``: a slow epoch, from a busy machine or a suspended VM, counts at most twice the
+median), shrinks when the pace says the planned epochs no longer fit, grows only early and on a
+real change, and the schedule's end moves with every plan. One slow epoch costs about the time it
+took; a lasting slowdown can overrun by about one slow epoch. The budget covers what
+``train_seconds`` counts: fitting plus the BatchNorm re-estimation that follows it.
 """
 from __future__ import annotations
 
@@ -66,13 +66,12 @@ def stretchable_cosine(initial_lr: float, peak_lr: float, warmup_steps: int, dec
     return StretchableCosine()
 
 
-def epoch_pace(epoch_seconds: list[float]) -> tuple[float, float]:
-    """(expected seconds per epoch, the pace to allow for the next one) from the epochs so far.
+def epoch_pace(epoch_seconds: list[float]) -> float:
+    """Expected seconds per epoch: the mean of the last ones, each counted at most twice their median.
     The first epoch also traces the graphs, so it counts only while it is the only one."""
     recent = epoch_seconds[1:][-RATE_EPOCHS:] or epoch_seconds
     cap = 2 * statistics.median(recent)
-    expected = sum(min(t, cap) for t in recent) / len(recent)
-    return expected, min(epoch_seconds[-1], cap)
+    return sum(min(t, cap) for t in recent) / len(recent)
 
 
 def budget_callback(budget_s: float, max_epochs: int, steps_per_epoch: int, schedule=None,
@@ -96,11 +95,8 @@ def budget_callback(budget_s: float, max_epochs: int, steps_per_epoch: int, sche
             self.epoch_seconds.append(now - self.t_last)
             self.t_last = now
             done, latest = epoch + 1, self.epoch_seconds[-1]
-            epoch_s, pace = epoch_pace(self.epoch_seconds)
-            bn = BN_PASS_EPOCHS if bn_pass else 0.0
-            # keep room for the next epoch at the latest pace, so the plan (and the schedule) end
-            # before the epoch that would overrun rather than training stopping short of them
-            reserve = bn * epoch_s + max(0.0, pace - epoch_s) * (1 + bn)
+            epoch_s = epoch_pace(self.epoch_seconds)
+            reserve = BN_PASS_EPOCHS * epoch_s if bn_pass else 0.0
             fits = plan_epochs(budget_s, now - self.t0, epoch_s, done, max_epochs, reserve)
             grow = fits >= self.planned + max(2, self.planned // 20) and done < EXTEND_UNTIL * self.planned
             if done <= PLANNING_EPOCHS or fits < self.planned or grow:
