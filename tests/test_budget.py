@@ -54,7 +54,7 @@ def test_budget_plans_from_the_epochs_pace_and_moves_the_schedule_end(monkeypatc
     import keras
 
     from train import budget
-    from train.fit import _optimizer, _warmup_steps
+    from train.fit import COSINE_ALPHA, _optimizer, _warmup_steps
     from train.models import Recipe
 
     clock = iter(np.cumsum([0.0, *ticks]))
@@ -62,7 +62,7 @@ def test_budget_plans_from_the_epochs_pace_and_moves_the_schedule_end(monkeypatc
     recipe = Recipe(epochs=max_epochs, lr=1e-2, schedule="cosine", time_budget_min=budget_s / 60)
     steps = 5
     warm = _warmup_steps(recipe, steps)
-    schedule = budget.stretchable_cosine(recipe.lr / 10, recipe.lr, warm, recipe.epochs * steps - warm, 0.01)
+    schedule = budget.stretchable_cosine(recipe.lr / 10, recipe.lr, warm, recipe.epochs * steps - warm, COSINE_ALPHA)
     ends = []  # the schedule's end in force while each epoch trains (this callback runs first)
     record = keras.callbacks.LambdaCallback(on_epoch_begin=lambda e, logs: ends.append(
         (float(keras.ops.convert_to_numpy(schedule.decay_steps)) + warm) / steps))
