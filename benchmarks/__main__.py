@@ -179,6 +179,7 @@ def measure_rows(p: Plan, args) -> list[dict]:
 def write_results(p: Plan, args, rows: list[dict], pipeline_rows: list[dict]) -> None:
     """The tables on stdout; JSON, Markdown and plots where asked (--results: all three)."""
     print()
+    print(report.machine_line(report.machine_info()))
     print(report.text_table(rows))
     if pipeline_rows:
         print("\nEnd-to-end pipeline (the daemon's own code path; videos composited from the scored split):")
@@ -197,8 +198,7 @@ def write_results(p: Plan, args, rows: list[dict], pipeline_rows: list[dict]) ->
         atomic_write_json(json_path, result)
     if md_path:
         mi = result["machine"]
-        text = (f"# Benchmark: {p.manifest.model} on {mi['cpu']} ({mi['cores']} cores, {mi['machine']}; "
-                f"{' '.join(mi['cpu_flags']) or 'no SIMD flags read'})\n\n"
+        text = (f"# Benchmark: {p.manifest.model}\n\n{report.machine_line(mi)}\n\n"
                 f"{result['created']}; versions: {', '.join(f'{k} {v}' for k, v in mi['versions'].items())}\n\n"
                 + report.markdown_table(rows) + "\n")
         if pipeline_rows:

@@ -1,10 +1,11 @@
 """What a candidate architecture costs before you train it: ``python -m benchmarks.cost``.
 
-For each variant: parameters, full-int8 TFLite size and per-face latency (LiteRT, batch 1,
-untrained weights calibrated on real faces - latency hardly depends on the weights), and the
-training step time at the recipe's batch size, extrapolated to seconds per epoch. This is how the
-default `cbilstm` stem was chosen: the int8 latency budget is the fer peer's, the training
-budget 60 minutes on a 2-core machine.
+For each variant: parameters, multiply-accumulates per face (counted from the int8 TFLite graph:
+the cost on any CPU, benchmarks/macs.py), full-int8 TFLite size and per-face latency (LiteRT,
+batch 1, untrained weights calibrated on real faces - latency hardly depends on the weights), and
+the training step time at the recipe's batch size, extrapolated to seconds per epoch. The
+default `cbilstm` stem was chosen this way on a CPU with int8 dot products; the budget for a
+CPU without them (a Raspberry Pi 4 or 3) is the fer peer's 10.2 M MACs.
 """
 from __future__ import annotations
 
@@ -37,17 +38,22 @@ class _Ctx:
 
 
 def measure(model_name: str, params: dict, faces: np.ndarray, labels: np.ndarray, batch_size: int,
-            train_images: int, steps: int = 10, precision: str = "float32") -> dict:
+            train_images: int, steps: int = 10, precision: str = "float32", train_step: bool = True) -> dict:
     from export.study import tflite_runner
     from export.tflite import convert_int8
     from train.fit import dtype_policy
     from train.models import build
 
     from .latency import per_face_latency
+    from .macs import count_tflite
     unrolled = build(model_name, params, unroll=True)
     blob = convert_int8(_Ctx(unrolled, faces[:200]))
     run, _ = tflite_runner(blob, xnnpack=True)
     lat = per_face_latency(run, faces[:64])
+    row = {"parameters": int(unrolled.count_params()), "macs": count_tflite(blob)["macs"], "precision": precision,
+           "int8_kb": len(blob) / 1024, "int8_ms_p50": lat["p50_ms"]}
+    if not train_step:
+        return row
     with dtype_policy(precision):  # time the step as python -m train runs it
         model = build(model_name, params)
     model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
@@ -59,9 +65,7 @@ def measure(model_name: str, params: dict, faces: np.ndarray, labels: np.ndarray
     for _ in range(steps):
         model.train_on_batch(xb, yb)
     step = (time.perf_counter() - t0) / steps
-    return {"parameters": int(model.count_params()), "precision": precision, "int8_kb": len(blob) / 1024,
-            "int8_ms_p50": lat["p50_ms"], "train_step_s": step,
-            "epoch_s_est": step * train_images / batch_size}
+    return {**row, "train_step_s": step, "epoch_s_est": step * train_images / batch_size}
 
 
 def main(argv=None) -> int:
@@ -77,6 +81,8 @@ def main(argv=None) -> int:
                    help="architecture overrides, one row each (none: the model as registered)")
     p.add_argument("--model", default=DEFAULT_MODEL, choices=sorted(REGISTRY))
     p.add_argument("--data", help="FER2013 root (default: $FER_DATA, else ../shared/data/fer2013)")
+    p.add_argument("--no-train-step", dest="train_step", action="store_false",
+                   help="skip timing a training step (a quick sweep of MACs, size and int8 latency)")
     p.add_argument("--json", help="also write the rows here")
     args = p.parse_args(argv)
     from edge_runtime.preprocess import scale_pixels
@@ -95,15 +101,19 @@ def main(argv=None) -> int:
             faces, labels = scale_pixels(data.train.images[idx], spec), data.train.labels[idx]
             row = {"variant": variant or "registered", **measure(args.model, params, faces, labels,
                                                                 recipe.batch_size, len(data.train),
-                                                                precision=resolve_precision(recipe.precision))}
+                                                                precision=resolve_precision(recipe.precision),
+                                                                train_step=args.train_step)}
             rows.append(row)
-            print(f"{json.dumps(row['variant'])}: {row['parameters']:,} params, int8 {row['int8_kb']:.0f} KB, "
-                  f"{row['int8_ms_p50']:.3f} ms/face (1 thread), train step {row['train_step_s']:.3f} s "
-                  f"-> ~{row['epoch_s_est']:.0f} s/epoch", flush=True)
+            train = (f", train step {row['train_step_s']:.3f} s -> ~{row['epoch_s_est']:.0f} s/epoch"
+                     if "train_step_s" in row else "")
+            print(f"{json.dumps(row['variant'])}: {row['macs'] / 1e6:.2f} M MACs/face, {row['parameters']:,} params, "
+                  f"int8 {row['int8_kb']:.0f} KB, {row['int8_ms_p50']:.3f} ms/face (1 thread){train}", flush=True)
     except (DataError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(f"load average {os.getloadavg()[0]:.1f} (timings are only comparable on an idle machine)")
+    from edge_runtime.cpu import cpu_class
+    print(f"timings on {cpu_class()}; load average {os.getloadavg()[0]:.1f} (timings are only comparable on an "
+          "idle machine; MACs on any)")
     if args.json:
         from edge_runtime.manifest import atomic_write_json
         atomic_write_json(args.json, rows)

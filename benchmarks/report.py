@@ -11,6 +11,7 @@ from edge_runtime.versions import package_versions
 COLUMNS = [  # (key, header, format)
     ("name", "artifact", "{}"), ("precision", "prec", "{}"), ("runtime_short", "backend", "{}"),
     ("threads", "thr", "{}"), ("status", "status", "{}"), ("size_kb", "size KB", "{:.0f}"),
+    ("macs_m", "MMACs", "{:.1f}"),
     ("load_ms", "load ms", "{:.0f}"), ("accuracy_pct", "acc %", "{:.2f}"), ("macro_f1", "F1", "{:.3f}"),
     ("drop_pp", "drop pp", "{:+.2f}"), ("agreement_pct", "agree %", "{:.1f}"), ("p50_ms", "p50 ms", "{:.3f}"),
     ("p90_ms", "p90 ms", "{:.3f}"), ("p99_ms", "p99 ms", "{:.3f}"), ("faces_per_s", "faces/s@32", "{:.0f}"),
@@ -24,6 +25,7 @@ def flat(row: dict) -> dict:
     out["name"] = row.get("artifact")
     lat = row.get("latency") or {}
     out.update({k: lat.get(k) for k in ("p50_ms", "p90_ms", "p99_ms")})
+    out["macs_m"] = row["macs"] / 1e6 if row.get("macs") is not None else None
     out["faces_per_s"] = (row.get("throughput") or {}).get("faces_per_s")
     out["accuracy_pct"] = 100 * row["accuracy"] if row.get("accuracy") is not None else None
     out["agreement_pct"] = 100 * row["agreement"] if row.get("agreement") is not None else None
@@ -92,29 +94,21 @@ def pipeline_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-# CPU features that decide int8 and bf16 speed (x86: VNNI/AMX for int8 dot products, else int8 is
-# no faster than fp32; Arm: dotprod/i8mm), so a latency row can be read against its hardware.
-SPEED_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_int8", "amx_bf16",
-               "asimd", "asimddp", "i8mm", "bf16", "sve")
-
-
 def machine_info() -> dict:
-    cpu, flags = "", set()
-    try:
-        for line in open("/proc/cpuinfo"):
-            key, _, value = line.partition(":")
-            key = key.strip().lower()
-            if key in ("model name", "hardware", "cpu model") and not cpu:
-                cpu = value.strip()
-            elif key in ("flags", "features") and not flags:
-                flags = set(value.split())
-    except OSError:
-        pass
-    cpu = cpu or platform.processor()
+    from edge_runtime.cpu import SPEED_FLAGS, cpu_class, cpu_flags, cpu_name, int8_dot_flags
     versions = {k: v for k, v in package_versions().items() if k not in ("python", "platform")}
-    return {"cpu": cpu, "cores": os.cpu_count(), "machine": platform.machine(),
-            "cpu_flags": [f for f in SPEED_FLAGS if f in flags], "system": platform.platform(),
+    return {"cpu": cpu_name(), "cores": os.cpu_count(), "machine": platform.machine(),
+            "cpu_flags": [f for f in SPEED_FLAGS if f in cpu_flags()], "int8_dot_products": int8_dot_flags(),
+            "cpu_class": cpu_class(), "system": platform.platform(),
             "python": platform.python_version(), "versions": versions}
+
+
+def machine_line(mi: dict) -> str:
+    """The header every table carries: which CPU class its timings came from."""
+    return (f"Machine: {mi['cpu']} ({mi['cores']} cores, {mi['machine']}); "
+            f"{'int8 dot products: ' + ', '.join(mi['int8_dot_products']) if mi['int8_dot_products'] else 'no int8 dot products'}"
+            f"; flags: {' '.join(mi['cpu_flags']) or 'none read'}. MMACs: multiply-accumulates per face, "
+            "counted from each file's graph (the cost that does not depend on the CPU).")
 
 
 def plots(rows: list[dict], out_dir) -> list[str]:

@@ -55,6 +55,9 @@ def measure(manifest_dir: str, artifact: str, threads: int, data: str | None, te
         backend = load_backend(m, artifact, threads=threads)
         predict, runtime = backend.predict, backend.runtime
     row["load_ms"] = (time.perf_counter() - t0) * 1e3
+    if entry.format in ("tflite", "onnx"):  # counted from the graph: the cost that does not depend on the CPU
+        from .macs import count
+        row["macs"] = count(path)["macs"]
     row["runtime"] = runtime
     spec = m.preprocessing
     # a peer is scored on the split our export recorded, so both rows see the same faces

