@@ -59,7 +59,7 @@ demo: $(STAMP)
 # Regenerate the default model shipped inside edge_runtime (export + gate from models/cbilstm).
 PACKAGED := edge_runtime/models/cbilstm
 artifacts: $(STAMP)
-	$(BIN)/python -m export --int8 --formats tflite-int8,onnx-int8,onnx-fp32 --model models/cbilstm --data $(DATA) --out $(PACKAGED)
+	$(BIN)/python -m export --int8 --formats tflite-int8,onnx-int8,onnx-fp32 --model models/cbilstm --data $(DATA) --packaged
 	rm -f $(PACKAGED)/*.keras $(PACKAGED)/export_worker.log  # the device needs no Keras file ...
 	$(BIN)/python -c "import dataclasses as d; from edge_runtime.manifest import read_manifest as r, write_manifest as w; \
 	  m = r('$(PACKAGED)'); w(m.dir, d.replace(m, artifacts={n: a for n, a in m.artifacts.items() if n != 'keras'}))"  # ... nor its entry (its score stays in 'reference')

@@ -15,6 +15,8 @@ from tqdm.auto import tqdm
 
 from edge_runtime.config import check_threads
 from edge_runtime.manifest import Manifest, ManifestError, atomic_write_json, atomic_write_text, read_manifest
+from edge_runtime.outputs import (OutputError, OwnedDir, add_overwrite_flag, check_target, claim_file, model_files,
+                                  read_ledger, record_file)
 
 from . import report
 from .peers import PEERS, PeerError, peer_manifest_dir
@@ -68,6 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plots", help="write accuracy-vs-latency, latency and size plots to this folder")
     p.add_argument("--results", metavar="NAME", help="shortcut: --json/--md/--plots under benchmarks/results/NAME")
     p.add_argument("--quick", action="store_true", help="fewer timing iterations (smoke runs, tests)")
+    add_overwrite_flag(p)
     return p
 
 
@@ -148,6 +151,7 @@ def plan(args) -> Plan:
         raise UsageError(str(e)) from None
     if args.test_dir and not Path(args.test_dir).is_dir():
         raise UsageError(f"--test-dir {args.test_dir} is not a folder")
+    outputs(args, [*model_files(art_dir), args.video], [args.data, args.test_dir])
     names = [n for n in ORDER if n in manifest.artifacts]
     names += [n for n in manifest.artifacts if n not in names]
     if args.formats:
@@ -159,6 +163,36 @@ def plan(args) -> Plan:
     jobs = [(art_dir, n, t, "ours") for n in names for t in threads]
     jobs += [(d, a, t, "peer") for d in peer_dirs for a in read_manifest(d).artifacts for t in threads]
     return Plan(art_dir, manifest, names, threads, detectors, jobs)
+
+
+def outputs(args, inputs, data) -> None:
+    """Resolve --results into --json/--md/--plots and check each before anything is measured."""
+    if args.results:
+        if not (REPO / ".git").exists():
+            raise UsageError("--results writes into the source checkout's benchmarks/results/: "
+                             "use --json/--md/--plots outside a checkout")
+        base = REPO / "benchmarks" / "results"
+        args.json = args.json or str(base / f"{args.results}.json")
+        args.md = args.md or str(base / f"{args.results}.md")
+        args.plots = args.plots or str(base / args.results)
+    try:
+        for flag, path in (("--json", args.json), ("--md", args.md)):
+            if path:
+                claim_file(path, inputs=inputs, data=data, flag=flag, overwrite=args.overwrite)
+        if args.plots:
+            claim_plots(args.plots, inputs, data, args.overwrite)
+    except OutputError as e:
+        raise UsageError(str(e)) from None
+
+
+def claim_plots(folder, inputs, data, overwrite: bool):
+    """The plots folder: ours (created or marked), or with --overwrite any folder (only our PNGs are written)."""
+    try:
+        return OwnedDir.claim(folder, "benchmarks", inputs=inputs, data=data, flag="--plots")
+    except OutputError:
+        if not overwrite:
+            raise
+        check_target(folder, inputs, "--plots", data)
 
 
 def measure_rows(p: Plan, args) -> list[dict]:
@@ -188,12 +222,7 @@ def write_results(p: Plan, args, rows: list[dict], pipeline_rows: list[dict]) ->
               "artifacts": str(p.art_dir), "model": p.manifest.model, "test_dir": args.test_dir,
               "rows": [{k: v for k, v in r.items() if k != "predictions"} for r in rows],
               "pipeline": pipeline_rows}
-    json_path, md_path, plot_dir = args.json, args.md, args.plots
-    if args.results:
-        base = REPO / "benchmarks" / "results"
-        json_path = json_path or str(base / f"{args.results}.json")
-        md_path = md_path or str(base / f"{args.results}.md")
-        plot_dir = plot_dir or str(base / args.results)
+    json_path, md_path, plot_dir = args.json, args.md, args.plots  # checked by outputs() before measuring
     if json_path:
         atomic_write_json(json_path, result)
     if md_path:
@@ -206,7 +235,12 @@ def write_results(p: Plan, args, rows: list[dict], pipeline_rows: list[dict]) ->
         atomic_write_text(md_path, text)
     if plot_dir:
         Path(plot_dir).mkdir(parents=True, exist_ok=True)
-        report.plots(rows, plot_dir)
+        written = report.plots(rows, plot_dir)
+        if read_ledger(plot_dir) is not None:
+            OwnedDir(Path(plot_dir), "benchmarks").record(*(Path(f).name for f in written))
+    for path in (json_path, md_path):
+        if path:
+            record_file(path)
     for path in (json_path, md_path, plot_dir):
         if path:
             print(f"wrote {path}")

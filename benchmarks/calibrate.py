@@ -1,6 +1,6 @@
 """Fit the crop a detector's boxes need to match the framing the classifier was trained on.
 
-    python -m benchmarks.calibrate --artifacts artifacts/cbilstm --detector yunet [--write]
+    python -m benchmarks.calibrate --artifacts artifacts/cbilstm --detector yunet [--write FILE | --packaged]
 
 Validation faces (the split ``python -m train`` carves from train/; never test/) are composited at
 64-200 px onto random backdrops, the detector runs on every frame, and for each found face we know
@@ -29,6 +29,7 @@ from edge_runtime.detectors import CROPS_FILE, DEFAULT_SIZE, DETECTORS, Detector
 from edge_runtime.geometry import CropSpec, Detections, crop_faces, cut_square
 from edge_runtime.labels import LABELS
 from edge_runtime.manifest import ManifestError, atomic_write_text, read_manifest
+from edge_runtime.outputs import add_overwrite_flag, claim_file, model_files, record_file
 from edge_runtime.preprocess import preprocess_batch, to_gray
 from edge_runtime.synthetic import shuffled_scene, write_scene
 
@@ -122,18 +123,25 @@ def main(argv=None) -> int:
     p.add_argument("--data", metavar="DIR", help="FER2013 root (default: the manifest's, else ../shared/data/fer2013)")
     p.add_argument("--faces", type=int, default=3000, help="validation faces to composite (20..5000)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--write", nargs="?", const=str(CROPS_FILE), metavar="FILE",
-                   help=f"store the fit in the crops table the daemon reads ({CROPS_FILE.relative_to(REPO)}) "
-                        "or in FILE")
+    w = p.add_mutually_exclusive_group()
+    w.add_argument("--write", metavar="FILE", help="store the fit in this crops table (created, or updated if an "
+                                                   "earlier --write made it)")
+    w.add_argument("--packaged", action="store_true",
+                   help=f"store the fit in the crops table the package ships and the daemon reads "
+                        f"({CROPS_FILE.relative_to(REPO)}): a deliberate replacement")
+    add_overwrite_flag(p)
     a = p.parse_args(argv)
     logging.getLogger("edge_runtime").setLevel(logging.WARNING)
     if not 20 <= a.faces <= 5000 or not (a.size == 0 or 64 <= a.size <= 4096):
         print("error: --faces must be in [20, 5000] and --size 0 or in [64, 4096]", file=sys.stderr)
         return 2
     from train.data import DataError
+    out = CROPS_FILE if a.packaged else Path(a.write) if a.write else None
     try:
+        if a.write:
+            claim_file(a.write, inputs=model_files(a.artifacts), data=[a.data], flag="--write", overwrite=a.overwrite)
         setup = _setup(a)
-    except (ManifestError, BackendError, DetectorError, DataError, OSError, ValueError) as e:
+    except (ManifestError, BackendError, DetectorError, DataError, OSError, ValueError) as e:  # OutputError too
         print(f"error: {e}", file=sys.stderr)
         return 2
     fitted = fit_crop(a, *setup)
@@ -146,11 +154,11 @@ def main(argv=None) -> int:
           f"{f['geometric_accuracy']:.2%}, best {ranked[0][1]} {ranked[0][0]:.2%}")
     for acc, spec in ranked[:5]:
         print(f"  {acc:.2%}  {spec}")
-    if a.write:
-        out = Path(a.write)
+    if out is not None:
         table = json.loads((out if out.is_file() else CROPS_FILE).read_text())
         table[a.detector] = fit
         atomic_write_text(out, json.dumps(table, indent=1) + "\n")
+        record_file(out)
         print(f"wrote {out}")
     return 0
 

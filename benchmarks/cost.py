@@ -84,13 +84,18 @@ def main(argv=None) -> int:
     p.add_argument("--no-train-step", dest="train_step", action="store_false",
                    help="skip timing a training step (a quick sweep of MACs, size and int8 latency)")
     p.add_argument("--json", help="also write the rows here")
+    from edge_runtime.outputs import add_overwrite_flag
+    add_overwrite_flag(p)
     args = p.parse_args(argv)
     from edge_runtime.preprocess import scale_pixels
 
     from train.data import DataError, load_dataset
     from train.fit import TrainConfig, resolve_precision
+    from edge_runtime.outputs import claim_file, record_file
     rows, datasets = [], {}
     try:
+        if args.json:
+            claim_file(args.json, data=[args.data], flag="--json", overwrite=args.overwrite)
         for variant in args.variants or [{}]:
             cfg = TrainConfig(model=args.model, params=variant)
             params, recipe, spec = cfg.resolved()
@@ -117,6 +122,7 @@ def main(argv=None) -> int:
     if args.json:
         from edge_runtime.manifest import atomic_write_json
         atomic_write_json(args.json, rows)
+        record_file(args.json)
     return 0
 
 

@@ -11,6 +11,7 @@ from .backends import BackendError
 from .config import DEFAULTS, ConfigError, ascii_digits, build
 from .detectors import DetectorError
 from .manifest import ManifestError
+from .outputs import OVERWRITE_HELP
 
 DESCRIPTION = ("Facial-emotion camera daemon: reads a camera, stream, video file or image folder, finds faces, "
                "classifies each with an exported model (TFLite or ONNX, no TensorFlow) and emits per-face "
@@ -60,6 +61,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     a("--max-frames", type=int, metavar="N", help="stop after N processed frames")
     a("--annotate", metavar="VIDEO", help="also write the processed frames with boxes, track ids, labels and "
                                           "probability bars to this .mp4 or .avi")
+    a("--overwrite", action="store_true", default=None, help=OVERWRITE_HELP + " (--annotate)")
     a("--log-level", choices=["debug", "info", "warning", "error"])
     return p.parse_args(argv)
 
@@ -71,7 +73,7 @@ def flags_to_layer(ns: argparse.Namespace) -> dict:
              "source": ("source", "uri"), "loop": ("source", "loop"), "detector": ("detector", "type"),
              "events": ("events", "path"), "http": ("http", "bind"), "token": ("http", "token"),
              "mqtt_prefix": ("mqtt", "prefix"), "ha_discovery": ("mqtt", "discovery"), "max_frames": ("run", "max_frames"),
-             "log_level": ("run", "log_level"), "annotate": ("run", "annotate")}
+             "log_level": ("run", "log_level"), "annotate": ("run", "annotate"), "overwrite": ("run", "overwrite")}
     layer: dict[str, dict] = {}
     for attr, (section, key) in table.items():
         v = getattr(ns, attr)

@@ -6,6 +6,7 @@ per emotion; annotated videos (``--annotate out.mp4``) and a PNG contact sheet o
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -15,6 +16,8 @@ import numpy as np
 from .config import ConfigError
 from .detectors import to_bgr
 from .labels import LABELS
+from .manifest import atomic_write_bytes
+from .outputs import OutputError, add_overwrite_flag, claim_file, record_file
 from .preprocess import to_gray
 
 GREEN, WHITE, DARK = (80, 220, 80), (255, 255, 255), (40, 40, 40)
@@ -52,23 +55,31 @@ def _bars(img: np.ndarray, probs: np.ndarray, x: int, y: int, height: int) -> No
 
 
 class VideoOut:
-    """An annotated video, opened at the first frame (its size is known then)."""
+    """An annotated video, opened at the first frame (its size is known then). It is written under a
+    hidden name beside ``path`` and renamed over it at ``close()``: the target (possibly an existing
+    file the user allowed with --overwrite) is replaced only by a finished video."""
 
-    def __init__(self, path: str | Path, fps: float = 15.0):
+    def __init__(self, path: str | Path, fps: float = 15.0, inputs=(), overwrite: bool = False):
         self.path = Path(path)
         if self.path.suffix.lower() not in FOURCC:
             raise ConfigError(f"--annotate {self.path}: use a .mp4 or .avi file")
         if not self.path.parent.is_dir():
             raise ConfigError(f"--annotate {self.path}: folder {self.path.parent} does not exist")
+        try:
+            claim_file(self.path, inputs=inputs, flag="--annotate", overwrite=overwrite)
+        except OutputError as e:
+            raise ConfigError(str(e)) from None
+        self.partial = self.path.with_name(f".{self.path.stem}.partial-{os.getpid()}{self.path.suffix}")
         self.fps, self.writer, self.frames = fps, None, 0
-        if self.path.is_dir() or not self._open((64, 48)):  # can it be written at all? (before the camera opens)
+        if not self._open((64, 48)):  # can it be written at all? (before the camera opens)
+            self.partial.unlink(missing_ok=True)
             raise ConfigError(f"--annotate {self.path}: OpenCV cannot write this file")
         self.writer.release()
         self.writer = None
 
     def _open(self, size) -> bool:
         fourcc = cv2.VideoWriter_fourcc(*FOURCC[self.path.suffix.lower()])
-        self.writer = cv2.VideoWriter(str(self.path), fourcc, self.fps, size)
+        self.writer = cv2.VideoWriter(str(self.partial), fourcc, self.fps, size)
         return self.writer.isOpened()
 
     def write(self, frame: np.ndarray) -> None:
@@ -80,12 +91,18 @@ class VideoOut:
     def close(self) -> None:
         if self.writer is not None:
             self.writer.release()
+            self.writer = None
+            os.replace(self.partial, self.path)
+            record_file(self.path)
+        self.partial.unlink(missing_ok=True)
 
 
-def contact_sheet(video: str | Path, out: str | Path, frames: int = 8, columns: int = 4, width: int = 320) -> int:
+def contact_sheet(video: str | Path, out: str | Path, frames: int = 8, columns: int = 4, width: int = 320,
+                  overwrite: bool = False) -> int:
     """``frames`` frames spread over ``video``, as one PNG grid of ``columns`` (each ``width`` px wide)."""
     if Path(out).suffix.lower() not in (".png", ".jpg", ".jpeg"):
         raise ValueError(f"{out}: the sheet is an image: name it .png (or .jpg)")
+    claim_file(out, inputs=[video], flag="OUT", overwrite=overwrite)
     cap = cv2.VideoCapture(str(video))
     total = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
     if not cap.isOpened() or total <= 0:
@@ -106,11 +123,13 @@ def contact_sheet(video: str | Path, out: str | Path, frames: int = 8, columns: 
     tiles += [blank] * (-len(tiles) % columns)
     rows = [np.hstack(tiles[r:r + columns]) for r in range(0, len(tiles), columns)]
     try:
-        written = cv2.imwrite(str(out), np.vstack(rows))
+        ok, data = cv2.imencode(Path(out).suffix.lower(), np.vstack(rows))
     except cv2.error:
-        written = False
-    if not written:
-        raise OSError(f"cannot write {out}")
+        ok = False
+    if not ok:
+        raise OSError(f"cannot encode {out}")
+    atomic_write_bytes(out, data.tobytes())
+    record_file(out)
     return len(picks)
 
 
@@ -121,11 +140,12 @@ def main(argv=None) -> int:
     s.add_argument("video")
     s.add_argument("out", help="PNG file to write")
     s.add_argument("--frames", type=int, default=8, help="frames on the sheet (1..64, default 8)")
+    add_overwrite_flag(s)
     a = p.parse_args(argv)
     try:
         if not 1 <= a.frames <= 64:
             raise ValueError("--frames must be in [1, 64]")
-        n = contact_sheet(a.video, a.out, a.frames)
+        n = contact_sheet(a.video, a.out, a.frames, overwrite=a.overwrite)
     except (ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

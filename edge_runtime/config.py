@@ -228,6 +228,7 @@ class RunConfig(Section):
     max_frames: int = setting(0, 0, 10**12)  # 0 = no limit
     log_level: str = setting("info", choices=("debug", "info", "warning", "error"))
     annotate: str = ""            # write the processed frames, annotated, to this .mp4/.avi ("" = off)
+    overwrite: bool = False       # let --annotate replace a file that no command of this toolkit wrote
 
 
 @dataclass(frozen=True)

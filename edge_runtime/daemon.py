@@ -18,6 +18,7 @@ from .config import Config, ConfigError, check
 from .annotate import VideoOut, draw
 from .geometry import CropSpec, landmark_list
 from .labels import LABELS
+from .outputs import OutputError, check_target, model_files
 from .sinks import JsonlSink, MqttSink
 from .sources import Capture, SourceError, check_source, is_picamera, source_kind
 from .stats import Stats
@@ -62,6 +63,13 @@ class Daemon:
         self.exit_code, self.exit_reason = 0, ""
         self._reopen = threading.Event()
         self._sink_warned: dict[str, float] = {}
+        # what the daemon reads: an output may not be, hold or sit inside any of them
+        inputs = [*model_files(er.manifest.dir), src.uri if source_kind(src.uri) == "file" else None]
+        try:
+            if cfg.events.path not in ("", "-"):
+                check_target(cfg.events.path, inputs, "--events")
+        except OutputError as e:
+            raise ConfigError(str(e)) from None
         try:
             self.sinks = [JsonlSink(cfg.events.path, self.stats, on_closed=self._output_closed)]
         except OSError as e:
@@ -78,7 +86,8 @@ class Daemon:
             h = cfg.http
             self.http = HttpServer(h.bind, self.stats, h.token, self.jpeg if h.stream else None,
                                    h.timeout_s, h.max_clients)
-        self.annotate = VideoOut(cfg.run.annotate, src.fps or 15.0) if cfg.run.annotate else None
+        self.annotate = (VideoOut(cfg.run.annotate, src.fps or 15.0, inputs, cfg.run.overwrite)
+                         if cfg.run.annotate else None)
         self.capture = Capture(src.uri, self.stats, src.loop, src.realtime, src.width,
                                src.height, src.fps, src.reconnect_max_s, stall_s=src.stall_s)
 

@@ -10,6 +10,7 @@ drifting, crossing, entering and leaving, each with an identity).
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import cv2
@@ -17,6 +18,8 @@ import numpy as np
 
 from .geometry import iou  # noqa: F401  (re-exported: tests match boxes with it)
 from .labels import LABELS
+from .manifest import atomic_write_text
+from .outputs import OutputError, add_overwrite_flag, claim_file, record_file
 
 FOURCC = "MJPG"  # in every OpenCV build (no FFmpeg codec licensing surprises); use .avi
 
@@ -73,15 +76,19 @@ def make_video(path: str | Path, data_root: str | Path, n_faces: int = 1, frames
     path.parent.mkdir(parents=True, exist_ok=True)
     frame, faces = compose(size, pick_faces(data_root, n_faces, seed), face, seed) if n_faces else \
         (background(size, seed), [])
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*FOURCC), fps, size)
+    tmp = path.with_name(path.stem + ".part" + path.suffix)
+    writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*FOURCC), fps, size)
     if not writer.isOpened():
         raise RuntimeError(f"OpenCV cannot write {path} with {FOURCC}")
     for _ in range(frames):
         writer.write(frame)
     writer.release()
+    tmp.replace(path)
+    record_file(path)
     truth = {"frames": frames, "size": list(size), "fps": fps, "faces": faces}
     if truth_json:
-        path.with_suffix(".json").write_text(json.dumps(truth, indent=1))
+        atomic_write_text(path.with_suffix(".json"), json.dumps(truth, indent=1))
+        record_file(path.with_suffix(".json"))
     return truth
 
 
@@ -189,7 +196,9 @@ def write_scene(path: str | Path, scene, fps: float = 15.0) -> dict:
     writer.release()
     tmp.replace(path)
     truth = {"frames": len(per_frame), "size": list(size), "fps": fps, "faces": [], "per_frame": per_frame}
-    path.with_suffix(".json").write_text(json.dumps(truth))
+    atomic_write_text(path.with_suffix(".json"), json.dumps(truth))
+    record_file(path)
+    record_file(path.with_suffix(".json"))
     return truth
 
 
@@ -211,7 +220,14 @@ def main(argv=None) -> int:
     p.add_argument("--face", type=int, default=120, help="face size in pixels")
     p.add_argument("--moving", action="store_true",
                    help="2-4 faces (at most --faces) of 64-200 px drifting, crossing, entering and leaving")
+    add_overwrite_flag(p)
     a = p.parse_args(argv)
+    try:
+        for path, flag in ((a.out, "OUT"), (str(Path(a.out).with_suffix(".json")), "OUT's truth file")):
+            claim_file(path, data=[a.data], flag=flag, overwrite=a.overwrite)
+    except OutputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     w, h = (int(v) for v in a.size.lower().split("x"))
     if a.moving:
         faces = pick_faces(a.data, max(8, a.frames // 20), seed=0)

@@ -35,7 +35,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", metavar="DIR",
                    help="FER2013 root (train/+test/, train/+validation/ or fer2013.csv); "
                         "default: $FER_DATA, else ../shared/data/fer2013")
-    p.add_argument("--out", metavar="DIR", help="output folder (default: artifacts/<run folder name>)")
+    p.add_argument("--out", metavar="DIR", help="output folder: new, empty, or an earlier export's (default: "
+                                                "artifacts/<run folder name>); files an export did not write are "
+                                                "never replaced or removed")
+    p.add_argument("--packaged", action="store_true",
+                   help="replace the model the package ships (edge_runtime/models/<model>/) instead of --out: "
+                        "what make artifacts does")
     p.add_argument("--int8", action="store_true", help="also write the int8 artifacts (tflite-int8, onnx-int8)")
     p.add_argument("--max-drop", type=float, default=1.0, metavar="PP",
                    help="largest accuracy change vs Keras, in percentage points, for an artifact to be "
@@ -79,6 +84,7 @@ def main(argv=None) -> int:
                            max_drop=args.max_drop, calibration=args.calibration,
                            formats=[s.strip() for s in args.formats.split(",")] if args.formats else None,
                            extras=args.extras, allow_partial=args.allow_partial, fraction=args.fraction,
+                           packaged=args.packaged,
                            threads=args.threads, progress=not args.quiet)
         old = {s: signal.signal(s, _interrupt) for s in (signal.SIGTERM, signal.SIGINT)}
         try:

@@ -7,7 +7,8 @@ the very code the device runs.
 Atomicity: everything is built in ``OUT/.staging-<pid>/``. File names carry the first 8 hex digits
 of their sha256 (``cbilstm_int8.1a2b3c4d.tflite``), so new files never overwrite files the
 current manifest points to; ``manifest.json`` is replaced last, in one rename, and only then are
-files no manifest refers to removed. An export killed at any moment leaves either the old or the
+files no manifest refers to removed - only those an export wrote (OUT's ownership ledger,
+edge_runtime/outputs.py); OUT must be new, empty, or an export's folder. An export killed at any moment leaves either the old or the
 new manifest, each with all its files. An export that fails (a rejected or failed artifact) commits
 nothing: its manifest, reports and files go to ``OUT/rejected/`` for inspection, and the live
 deployment in ``OUT`` stays as it was.
@@ -31,6 +32,7 @@ import numpy as np
 from edge_runtime.labels import LABELS
 from edge_runtime.manifest import (SCHEMA_VERSION, Artifact, Manifest, ManifestError, atomic_write_json,
                                    atomic_write_text, read_manifest, sha256_file, write_manifest)
+from edge_runtime.outputs import OutputError, OwnedDir, dead_staging, model_files, remove_staging, staging_dir
 from edge_runtime.preprocess import PreprocessSpec, scale_pixels
 from edge_runtime.versions import package_versions
 
@@ -39,6 +41,8 @@ from . import gate as G
 
 REPO = Path(__file__).resolve().parents[1]
 MODELS_DIR = REPO / "models"
+PACKAGED_DIR = Path(__import__("edge_runtime").__file__).resolve().parent / "models"  # what the package ships
+REPORTS = ("manifest.json", "export_report.json", "export_report.md", "export_worker.log")
 DEFAULT_MODEL = "cbilstm"
 GENERATED = re.compile(r"^.+\.[0-9a-f]{8}\.(tflite|onnx|keras)$")
 
@@ -64,6 +68,7 @@ class ExportConfig:
     formats: list[str] | None = None
     extras: bool = False
     allow_partial: bool = False
+    packaged: bool = False  # write the model the package ships (make artifacts), not --out
     fraction: float = 1.0
     threads: int = 1
     timing_runs: int = 100
@@ -107,16 +112,36 @@ def resolve_source(arg: str | None) -> tuple[Path, Manifest]:
     return run_dir.resolve(), run
 
 
-def check_out(out: Path, run_dir: Path) -> None:
-    """--out must not be a training run folder: the export would overwrite its manifest."""
+def _legacy_export(out: Path) -> list[str] | None:
+    """The files an earlier version's export wrote in ``out`` (its manifest names them), else None."""
+    try:
+        m = read_manifest(out)
+    except (ManifestError, OSError):
+        return None
+    if m.kind != "artifacts":
+        return None
+    return [*REPORTS, REJECTED_DIR, *(a.file for a in m.artifacts.values() if a.file)]
+
+
+def claim_out(cfg: "ExportConfig", run_dir: Path, data_root: Path, out: Path) -> OwnedDir:
+    """OUT may be new, empty, or an export's folder; never the run or data it reads, nor the model the
+    package ships unless that is the point (--packaged)."""
     if out.resolve() == run_dir.resolve():
         raise ExportError(f"--out {out} is the run folder being exported: choose another, e.g. artifacts/{run_dir.name}")
+    packaged = out.resolve() == PACKAGED_DIR or PACKAGED_DIR in out.resolve().parents
+    if packaged and not cfg.packaged:
+        raise ExportError(f"--out {out} is the model the package ships: replace it deliberately with "
+                          "make artifacts (python -m export --packaged)")
     try:
-        kind = read_manifest(out).kind if (out / "manifest.json").is_file() else None
+        if (out / "manifest.json").is_file() and read_manifest(out).kind == "run":
+            raise ExportError(f"--out {out} holds a training run (manifest kind 'run'): choose another folder")
     except ManifestError:
-        kind = None  # an unreadable manifest is replaced by a good export
-    if kind == "run":
-        raise ExportError(f"--out {out} holds a training run (manifest kind 'run'): choose another folder")
+        pass  # not ours to judge here: the claim below decides by the ownership marker
+    try:
+        return OwnedDir.claim(out, "export", inputs=model_files(run_dir), data=[data_root], legacy=_legacy_export(out),
+                              accept=("export",))
+    except OutputError as e:
+        raise ExportError(str(e)) from None
 
 
 def load_data(cfg: ExportConfig, spec: PreprocessSpec):
@@ -218,15 +243,9 @@ def _exit_reason(code: int) -> str:
 
 # ---------------------------------------------------------------- the export
 def _clean_stale_staging(out: Path) -> None:
-    for d in [*out.glob(".staging-*"), *out.glob(".rejected-*")]:
-        try:
-            pid = int(d.name.rsplit("-", 1)[1])
-            os.kill(pid, 0)
-            continue  # still running
-        except (ValueError, ProcessLookupError):
-            shutil.rmtree(d, ignore_errors=True)
-        except PermissionError:
-            continue
+    """Staging folders of exports that died (they carry our marker; anything else stays)."""
+    for d in [*dead_staging(out, ".staging-*"), *dead_staging(out, ".rejected-*")]:
+        remove_staging(d)
 
 
 def run_export(cfg: ExportConfig) -> tuple[Manifest, int]:
@@ -238,19 +257,25 @@ def run_export(cfg: ExportConfig) -> tuple[Manifest, int]:
     fmts = F.select(cfg.int8, cfg.formats, cfg.extras)
     run_dir, run = resolve_source(cfg.model)
     spec = run.preprocessing
-    out = Path(cfg.out) if cfg.out else Path("artifacts") / run_dir.name
-    check_out(out, run_dir)
+    if cfg.packaged and cfg.out:
+        raise ExportError("--packaged writes the model the package ships: give it without --out")
+    out = PACKAGED_DIR / run.model if cfg.packaged else Path(cfg.out) if cfg.out else Path("artifacts") / run_dir.name
+    from train.data import DataError, resolve_root
+    try:
+        data_root = resolve_root(cfg.data)
+    except DataError as e:
+        raise ExportError(str(e)) from e
+    owned = claim_out(cfg, run_dir, data_root, out)
     log(f"export: {run_dir} ({run.model}, input {spec.size}x{spec.size}) -> {out}/ "
         f"[{', '.join(f.name for f in fmts)}]")
     data, calib = load_data(cfg, spec)
     log(f"data: {data.root} ({data.layout}), test split '{data.test_name}' {len(data.test):,} images, "
         f"calibration {len(calib)} train images (stratified)")
 
-    out.mkdir(parents=True, exist_ok=True)
     _clean_stale_staging(out)
     staging, worker = out / f".staging-{os.getpid()}", None
     try:
-        staging.mkdir()
+        staging_dir(out, staging.name)
         worker = Worker(staging)
         model_sha = _stage_job(staging, run_dir, run, spec, data, calib)
         conv = _Conversions(staging, run_dir, run, spec, data, cfg, model_sha)
@@ -261,7 +286,7 @@ def run_export(cfg: ExportConfig) -> tuple[Manifest, int]:
         committed = exit_code(manifest, cfg.allow_partial) == 0
         held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
         try:  # the commit runs whole: a signal now is delivered after it, and the message names the new manifest
-            (_commit if committed else _set_aside)(staging, out, manifest)
+            (_commit if committed else _set_aside)(staging, owned, manifest)
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, held)
     except Interrupted as e:
@@ -270,7 +295,7 @@ def run_export(cfg: ExportConfig) -> tuple[Manifest, int]:
     finally:
         if worker is not None:
             worker.stop()
-        shutil.rmtree(staging, ignore_errors=True)
+        remove_staging(staging)
 
     log("\nms/face: batch 1, %d thread(s), timed after conversion" % cfg.threads)
     log(G.text_table(manifest))
@@ -491,30 +516,29 @@ def report(manifest: Manifest) -> dict:
             "created": manifest.created, "export_seconds": manifest.export_seconds}
 
 
-def _set_aside(staging: Path, out: Path, manifest: Manifest) -> None:
-    """A failed export's manifest, reports and files -> OUT/rejected/ (replacing an older one)."""
-    aside = out / f".rejected-{os.getpid()}"
-    shutil.rmtree(aside, ignore_errors=True)
-    aside.mkdir()
-    _commit(staging, aside, manifest)
-    old = out / REJECTED_DIR
-    if old.exists():
-        trash = out / f".rejected-old-{os.getpid()}"
-        os.replace(old, trash)
-        shutil.rmtree(trash, ignore_errors=True)
-    os.replace(aside, old)
+def _set_aside(staging: Path, out: OwnedDir, manifest: Manifest) -> None:
+    """A failed export's manifest, reports and files -> OUT/rejected/ (replacing an older one we wrote)."""
+    aside = staging_dir(out.path, f".rejected-{os.getpid()}")
+    _commit(staging, OwnedDir(aside, "staging"), manifest)
+    name = REJECTED_DIR
+    if (out.path / name).exists() and not out.remove(name):
+        name = f"{REJECTED_DIR}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"  # someone else's 'rejected': kept
+    os.replace(aside, out.path / name)
+    out.record(name)
 
 
-def _commit(staging: Path, out: Path, manifest: Manifest) -> None:
-    """Move files in (new names never clash with live ones), then swap the manifest, then prune."""
+def _commit(staging: Path, out: OwnedDir, manifest: Manifest) -> None:
+    """Move files in (new names never clash with live ones), then swap the manifest, then prune the
+    files of earlier exports no manifest refers to (only files an export wrote)."""
     keep = {a.file for a in manifest.artifacts.values() if a.file}
+    out.record(*keep, *REPORTS)  # listed first: a crash after the moves leaves nothing we cannot prune later
     for f in keep:
-        os.replace(staging / f, out / f)
-    write_manifest(out, manifest)  # the commit point
-    atomic_write_json(out / "export_report.json", report(manifest))
-    atomic_write_text(out / "export_report.md", G.markdown_report(manifest))
+        os.replace(staging / f, out.path / f)
+    write_manifest(out.path, manifest)  # the commit point
+    atomic_write_json(out.path / "export_report.json", report(manifest))
+    atomic_write_text(out.path / "export_report.md", G.markdown_report(manifest))
     if (staging / "worker.log").is_file():
-        atomic_write_text(out / "export_worker.log", (staging / "worker.log").read_text(errors="replace"))
-    for p in out.iterdir():
-        if p.is_file() and GENERATED.match(p.name) and p.name not in keep:
-            p.unlink(missing_ok=True)
+        atomic_write_text(out.path / "export_worker.log", (staging / "worker.log").read_text(errors="replace"))
+    for name in out.owned():
+        if GENERATED.match(name) and name not in keep:
+            out.remove(name)

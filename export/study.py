@@ -18,6 +18,8 @@ from pathlib import Path
 import numpy as np
 
 from edge_runtime.backends import quantize
+from edge_runtime.manifest import atomic_write_text
+from edge_runtime.outputs import OutputError, add_overwrite_flag, claim_file, model_files, record_file
 
 
 def _time(fn, x, runs):
@@ -189,8 +191,15 @@ def main(argv=None) -> int:
     p.add_argument("--runs", type=int, default=300, help="timed single-face calls per form")
     p.add_argument("--calibration", type=int, default=500)
     p.add_argument("--json", help="write the table here as JSON")
+    add_overwrite_flag(p)
     args = p.parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    if args.json:
+        try:
+            claim_file(args.json, inputs=model_files(args.model), data=[args.data], flag="--json", overwrite=args.overwrite)
+        except OutputError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
     from train.threads import tf_threads
     tf_threads(1)
     run, ctx, x, y, ref = _inputs(args)
@@ -198,7 +207,8 @@ def main(argv=None) -> int:
     print(f"keras reference accuracy on these {len(x)} images: {np.mean(ref.argmax(1) == y):.4f}; "
           f"load average {os.getloadavg()[0]:.1f}")
     if args.json:
-        Path(args.json).write_text(json.dumps(rows, indent=1))
+        atomic_write_text(args.json, json.dumps(rows, indent=1))
+        record_file(args.json)
     return 0
 
 

@@ -24,9 +24,10 @@ import numpy as np
 from edge_runtime.labels import LABELS, NUM_CLASSES, remap_indices
 from edge_runtime.manifest import (ManifestError, atomic_write_bytes, read_manifest, sha256_file,
                                    verify_file)
+from edge_runtime.outputs import add_overwrite_flag, claim_file, model_files, record_file
 from edge_runtime.preprocess import scale_pixels
 
-from .data import DataError, Split, load_dataset, skipped_note
+from .data import DataError, Split, load_dataset, resolve_root, skipped_note
 
 FORMAT = "fer-soft-labels/1"
 
@@ -131,6 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fraction", metavar="SHARE", type=float, default=1.0,
                    help="thin train/ (the faces labelled) to this stratified share, for quick runs (default 1.0)")
     p.add_argument("--quiet", action="store_true", help="no progress output")
+    add_overwrite_flag(p)
     return p
 
 
@@ -138,7 +140,10 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     try:
+        claim_file(args.out, inputs=[f for t in args.teachers for f in model_files(t)], data=[resolve_root(args.data)], flag="--out",
+                   overwrite=args.overwrite)
         meta = make_soft_labels(args.teachers, args.out, args.data, args.fraction, progress=not args.quiet)
+        record_file(args.out)
     except (DataError, ManifestError, OSError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

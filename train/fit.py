@@ -351,61 +351,40 @@ def _pick_saliency(y_true, y_pred, per_class: int, seed: int) -> list[int]:
     return picks
 
 
-def _recover_interrupted_swap(out_dir: Path) -> None:
-    """Leftovers of trainings that died: a swap killed between its two renames left no run folder,
-    the finished new run (promoted) and the old one (restored if the new one is not whole).
-    Everything else left by dead processes is removed; a live training's folder is left alone."""
-    import shutil
+# What a run folder holds: an earlier version's run folder (no ownership marker) is adopted with these.
+RUN_FILES = ("model.keras", "manifest.json", "history.csv", "data_report.json", "classification_report.txt",
+             "classification_report.json", "class_distribution.png", "samples.png", "curves.png",
+             "confusion_matrix.png", "per_class_error.png", "saliency.png", ".best.keras")
 
-    def dead(p: Path) -> bool:
-        try:
-            os.kill(int(p.name.rsplit("-", 1)[1]), 0)
-        except (ValueError, ProcessLookupError):
-            return True
-        except PermissionError:
-            pass
-        return False
-    training = [p for p in out_dir.parent.glob(f".{out_dir.name}.training-*") if dead(p)]
-    replaced = [p for p in out_dir.parent.glob(f".{out_dir.name}.replaced-*") if dead(p)]
-    if not out_dir.exists():
-        whole = [p for p in training if (p / "manifest.json").is_file() and (p / "model.keras").is_file()]
-        if whole:
-            os.replace(whole[0], out_dir)
-        elif replaced:
-            os.replace(replaced[0], out_dir)
-    for p in training + replaced:
-        if p.exists():
-            shutil.rmtree(p, ignore_errors=True)
+
+def _legacy_run(out_dir: Path) -> tuple[str, ...] | None:
+    """RUN_FILES if ``out_dir`` holds a run manifest an earlier version wrote, else None."""
+    from edge_runtime.manifest import ManifestError, read_manifest
+    try:
+        return RUN_FILES if read_manifest(out_dir).kind == "run" else None
+    except (ManifestError, OSError):
+        return None
 
 
 @contextmanager
-def staged_run_folder(out_dir):
+def staged_run_folder(out_dir, inputs=(), flag: str = "--out", data=()):
     """Yield a hidden sibling folder to write the run into; on success it replaces ``out_dir`` whole,
     so an existing run's model.keras and manifest are never mixed with a new one's (an interrupted
-    or failed run leaves the old folder as it was)."""
-    import shutil
+    or failed run leaves the old folder as it was). ``out_dir`` must be new, empty, or a run folder
+    with nothing but what a training wrote (edge_runtime/outputs.py); never one of ``inputs``."""
+    from edge_runtime.outputs import replaced_whole
     out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    _recover_interrupted_swap(out_dir)
-    work = out_dir.parent / f".{out_dir.name}.training-{os.getpid()}"
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir()
-    try:
+    with replaced_whole(out_dir, "train", inputs=inputs, data=data, flag=flag, tag="training",
+                        legacy=_legacy_run(out_dir)) as work:
         yield work
-    except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
-        raise
-    old = out_dir.parent / f".{out_dir.name}.replaced-{os.getpid()}"
-    if out_dir.exists():
-        os.replace(out_dir, old)
-    os.replace(work, out_dir)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def train_run(cfg: TrainConfig, data_root, out_dir) -> Manifest:
     """Train, evaluate on the test split once, write the run folder (whole, when done); -> the manifest."""
     params, recipe, spec = cfg.resolved()
-    with staged_run_folder(out_dir) as work:
+    from .data import resolve_root
+    from edge_runtime.outputs import model_files
+    with staged_run_folder(out_dir, [cfg.teacher, *model_files(cfg.init)], data=[resolve_root(data_root)]) as work:
         print(f"writing the run to {work} until it is complete, then to {out_dir}")
         manifest = _train_into(cfg, params, recipe, spec, data_root, work)
     return manifest

@@ -38,6 +38,7 @@ THESIS_BEST = "thesis (2023): best 0.264 at col_hidden=64, row_hidden=32 (3-fold
 ROUTES = {"model": "model__model_name", "lr": "optimizer__learning_rate",
           "batch_size": "batch_size", "epochs": "epochs"}
 SETTINGS_FILE = "search.json"
+GRID_FILES = (SETTINGS_FILE, "cv_results.csv", "results.txt", "best_params.json", "heatmap.png")  # what --out holds
 
 
 # ---------------------------------------------------------------- the estimator
@@ -497,11 +498,16 @@ def _main(args) -> int:
     out = args.out or Path(f"runs/grid-{args.model}")
     settings = {"model": args.model, "fixed": fixed, "cv": args.cv, "fraction": args.fraction, "seed": args.seed,
                 "data": None, "preprocessing": spec.to_dict()}
+    from edge_runtime.outputs import OwnedDir
+
+    from .data import resolve_root
+    legacy = GRID_FILES if (out / SETTINGS_FILE).is_file() else None  # a search an earlier version wrote
+    owned = OwnedDir.claim(out, "grid", data=[resolve_root(args.data)], legacy=legacy)
     root, X, y = load_train_split(args.data, spec, args.fraction, args.seed, not args.quiet)
     settings["data"] = str(root)
     settings["n_images"] = int(len(y))
     rows = _resume(out, settings, args.resume)
-    out.mkdir(parents=True, exist_ok=True)
+    owned.record(*GRID_FILES)
     atomic_write_json(out / SETTINGS_FILE, {**settings, "grids": grids})
     done = {r["params"] for r in rows}
     todo = [c for c in cells if cell_key(c) not in done]

@@ -29,9 +29,10 @@ import numpy as np
 
 from edge_runtime.labels import LABELS, NUM_CLASSES
 from edge_runtime.manifest import ManifestError, read_manifest
+from edge_runtime.outputs import add_overwrite_flag, claim_file, record_file
 from edge_runtime.preprocess import PreprocessSpec, scale_pixels
 
-from .data import REPO, DataError, Split, load_dataset
+from .data import REPO, DataError, Split, load_dataset, resolve_root
 from .distill import FORMAT, write_labels
 
 FOLD_FORMAT = "fer-kfold-labels/1"
@@ -104,6 +105,7 @@ def teach(k: int, fold: int, data_root, epochs: int | None, runs: Path, folder: 
                         "recipe": manifest.recipe, "val_accuracy": manifest.metrics["val_accuracy"],
                         "train_seconds": manifest.train_seconds}}
     write_labels(fold_file(k, fold, folder), held.files, held.labels, probs, meta)
+    record_file(fold_file(k, fold, folder))
     return meta
 
 
@@ -139,6 +141,7 @@ def assemble(k: int, out: Path, folder: Path | list[Path] = FOLDS_DIR, data_root
                             "val_split_files_hash": m0["val_split_files_hash"]},
             "faces": len(files), "ensemble_train_accuracy": float(np.mean(probs.argmax(1) == labels))}
     write_labels(out, files, labels, probs, meta)
+    record_file(out)
     return meta
 
 
@@ -176,6 +179,7 @@ def main(argv=None) -> int:
         s.add_argument("--k", type=int, default=4, help="number of folds (default 4)")
         s.add_argument("--data", metavar="DIR", help="data root (default: $FER_DATA, else ../shared/data/fer2013)")
         s.add_argument("--quiet", action="store_true", help="no progress bars")
+        add_overwrite_flag(s)
     args = p.parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     try:
@@ -188,13 +192,18 @@ def main(argv=None) -> int:
             if args.threads is not None:
                 check_threads(args.threads, "--threads")
             tf_threads(args.threads)
+            claim_file(fold_file(args.k, args.fold, args.dir), data=[resolve_root(args.data)], flag="--dir",
+                       overwrite=args.overwrite)
             args.dir.mkdir(parents=True, exist_ok=True)
             m = teach(args.k, args.fold, args.data, args.epochs, args.runs, args.dir, not args.quiet, args.fraction)
             print(f"fold {m['fold']} of {m['k']}: teacher validation accuracy {m['teacher']['val_accuracy']:.2%}, "
                   f"held-out fold accuracy {m['held_accuracy']:.2%} on {m['faces']:,} faces -> "
                   f"{fold_file(args.k, args.fold, args.dir)}")
         else:
-            m = assemble(args.k, args.out, args.dir or [FOLDS_DIR], args.data)
+            folders = args.dir or [FOLDS_DIR]
+            claim_file(args.out, inputs=folders, data=[resolve_root(args.data)], flag="--out",
+                       overwrite=args.overwrite)
+            m = assemble(args.k, args.out, folders, args.data)
             print(f"{m['faces']:,} out-of-fold soft labels from {len(m['teachers'])} teachers "
                   f"(accuracy {m['ensemble_train_accuracy']:.2%}) -> {args.out}")
     except (DataError, ManifestError, OSError, ValueError) as e:

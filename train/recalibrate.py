@@ -31,19 +31,26 @@ def read_history(path: Path) -> dict[str, list[float]]:
 
 
 def recalibrate_run(run_dir, out_dir, data_root=None, progress: bool = True) -> Manifest:
-    """Re-estimate BatchNorm in ``run_dir``'s model on its own training faces; write ``out_dir``."""
-    from .fit import finish_run, recalibrate
-    from .models import Recipe
+    """Re-estimate BatchNorm in ``run_dir``'s model on its own training faces; write ``out_dir`` whole."""
+    from .data import resolve_root
+    from edge_runtime.outputs import model_files
 
+    from .fit import staged_run_folder
     run_dir, out_dir = Path(run_dir), Path(out_dir)
-    if out_dir.resolve() == run_dir.resolve():
-        raise DataError("--out must be a new folder: the source run stays as it was")
     m = read_manifest(run_dir)
     if m.kind != "run":
         raise ManifestError(f"{run_dir} is not a training run folder (manifest kind {m.kind!r})")
     model_path = run_dir / m.model_file
     verify_file(model_path, m.model_sha256)
+    with staged_run_folder(out_dir, model_files(run_dir), data=[resolve_root(data_root)]) as work:
+        return _recalibrate_into(m, run_dir, work, data_root, progress)
+
+
+def _recalibrate_into(m: Manifest, run_dir: Path, out_dir: Path, data_root, progress: bool) -> Manifest:
+    from .fit import finish_run, recalibrate
+    from .models import Recipe
     spec, d = m.preprocessing, m.data
+    model_path = run_dir / m.model_file
     data = load_dataset(data_root, spec, d["val_fraction"], m.seed, d["fraction"], progress)
     summary = data.summary()
     if note := skipped_note(train=data.train, test=data.test):
@@ -56,7 +63,6 @@ def recalibrate_run(run_dir, out_dir, data_root=None, progress: bool = True) -> 
     bn = recalibrate(model, data, spec, progress)
     if bn is None:
         raise DataError(f"{m.model} has no BatchNorm layers: nothing to re-estimate")
-    out_dir.mkdir(parents=True, exist_ok=True)
     for name in COPIED:
         if (run_dir / name).is_file():
             shutil.copy2(run_dir / name, out_dir / name)
