@@ -88,6 +88,14 @@ def flags_to_layer(ns: argparse.Namespace) -> dict:
 
 
 def main(argv=None) -> int:
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:  # Ctrl-C before the loop runs (model load): one line, the shell's 130
+        print("edge_runtime: interrupted", file=sys.stderr)
+        return 130
+
+
+def _main(argv=None) -> int:
     signal.signal(signal.SIGHUP, signal.SIG_IGN)  # a log rotation while the model loads must not kill us
     ns = parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,

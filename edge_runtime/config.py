@@ -229,6 +229,9 @@ class RunConfig(Section):
     log_level: str = setting("info", choices=("debug", "info", "warning", "error"))
     annotate: str = ""            # write the processed frames, annotated, to this .mp4/.avi ("" = off)
     overwrite: bool = False       # let --annotate replace a file that no command of this toolkit wrote
+    # a thread (main loop, capture) blocked longer than this ends the process (exit 1) and stops
+    # systemd's watchdog pings; must exceed source.stall_s, the longest a stream's open or read may take
+    watchdog_s: float = setting(30.0, 2.0, 3600.0)
 
 
 @dataclass(frozen=True)
@@ -265,12 +268,16 @@ def check(cfg: Config) -> Config:
         raise ConfigError(str(e)) from None
     for key in ("prefix", "discovery_prefix"):
         prefix = getattr(cfg.mqtt, key)
-        if not prefix.strip("/") or any(c in prefix for c in "+#\0") or len(prefix) > 200 or prefix.startswith("$"):
-            raise ConfigError(f"mqtt.{key} {prefix!r} must be a topic without wildcards (+, #), not starting "
-                              "with $ (broker-reserved), 1-200 characters")
+        if (not prefix.strip("/") or any(c in prefix for c in "+#\0") or len(prefix) > 200 or prefix.startswith("$")
+                or not prefix.isprintable()):
+            raise ConfigError(f"mqtt.{key} {prefix!r} must be a topic without wildcards (+, #) or control "
+                              "characters, not starting with $ (broker-reserved), 1-200 characters")
     cid = cfg.mqtt.client_id
     if len(cid.encode()) > 64 or not cid.isprintable():
         raise ConfigError(f"mqtt.client_id {cid!r} must be printable and at most 64 bytes")
+    if cfg.run.watchdog_s <= cfg.source.stall_s:
+        raise ConfigError(f"run.watchdog_s ({cfg.run.watchdog_s:g}) must exceed source.stall_s "
+                          f"({cfg.source.stall_s:g}): a stream's open or read may take that long")
     token, bind = cfg.http.token, cfg.http.bind
     if token and not re.fullmatch(r"[A-Za-z0-9._~+/-]+=*", token):
         raise ConfigError("http.token may hold only letters, digits and -._~+/ (a bearer token, RFC 6750)")

@@ -23,6 +23,7 @@ from .sinks import JsonlSink, MqttSink
 from .sources import Capture, SourceError, check_source, is_picamera, source_kind
 from .stats import Stats
 from .tracker import Tracker, thumbnails
+from .watchdog import Watchdog, sd_notify
 
 log = logging.getLogger("edge_runtime")
 SHUTDOWN_JOIN_S = 0.3  # capture thread join bound; it is a daemon thread, so a stuck driver cannot hang exit
@@ -61,7 +62,7 @@ class Daemon:
                  er.artifact, er.backend.precision, er.backend.sha256[:12], er.backend.runtime, m.threads,
                  er.detector.name, er.detector_size, er.crop)
         self.exit_code, self.exit_reason = 0, ""
-        self._reopen = threading.Event()
+        self._stop_requested = self._reopen_requested = False
         self._sink_warned: dict[str, float] = {}
         # what the daemon reads: an output may not be, hold or sit inside any of them
         inputs = [*model_files(er.manifest.dir), src.uri if source_kind(src.uri) == "file" else None]
@@ -88,17 +89,22 @@ class Daemon:
                                    h.timeout_s, h.max_clients)
         self.annotate = (VideoOut(cfg.run.annotate, src.fps or 15.0, inputs, cfg.run.overwrite)
                          if cfg.run.annotate else None)
+        self.watchdog = Watchdog(cfg.run.watchdog_s)
+        self.stats.progress_timeout_s = src.stall_s
         self.capture = Capture(src.uri, self.stats, src.loop, src.realtime, src.width,
-                               src.height, src.fps, src.reconnect_max_s, stall_s=src.stall_s)
+                               src.height, src.fps, src.reconnect_max_s, stall_s=src.stall_s,
+                               watchdog=self.watchdog)
 
     # --- the loop ------------------------------------------------------------------------------
+    # Signal handlers run in the main thread between two bytecodes, possibly while it holds a lock
+    # (an Event's, a Condition's): they only assign a flag, which takes none. The loop acts on it.
     def stop(self, *_):
         """Signal-safe: ask the loop to finish the frame in flight and shut down."""
-        self.stop_event.set()
+        self._stop_requested = True
 
     def request_reopen(self, *_):
         """Signal-safe (SIGHUP): reopen the events file before the next frame (log rotation)."""
-        self._reopen.set()
+        self._reopen_requested = True
 
     def _output_closed(self, reason: str):
         """stdout's reader went away. With MQTT or HTTP still serving, carry on degraded; with no
@@ -111,17 +117,31 @@ class Daemon:
         self.stop_event.set()
 
     def run(self) -> int:
+        self.watchdog.beat("main loop", doing="starting")
+        self.watchdog.start()
         self.capture.start()
         self._t_start = time.monotonic()
+        sd_notify("READY=1")
         max_frames = self.cfg.run.max_frames
         done, code = 0, 0
         try:
             while not self.stop_event.is_set():
-                if self._reopen.is_set():
-                    self._reopen.clear()
+                self.watchdog.beat("main loop", doing="a frame")
+                if self._reopen_requested:
+                    self._reopen_requested = False
                     for sink in self.sinks:
                         if isinstance(sink, JsonlSink):
                             sink.reopen()
+                if self._stop_requested:
+                    break
+                if not self.capture.is_alive() and not self.capture.ended.is_set():
+                    self.exit_code = 1  # restartable: a new process gets a new capture thread
+                    self.exit_reason = (f"capture thread died ({self.capture.crashed})" if self.capture.crashed
+                                        else "capture thread ended")
+                    break
+                if stuck := [s for s in self.watchdog.stuck() if s[0] == "capture"]:
+                    self.exit_code, self.exit_reason = 1, f"capture stuck in {stuck[0][2]}"
+                    break
                 frame = self.capture.get(0.1)
                 if frame is None and self.capture.ended.is_set():
                     frame = self.capture.get(0)  # the last frame may land just before `ended`
@@ -205,6 +225,8 @@ class Daemon:
     def shutdown(self):
         """Stop capture, close tracks (end events), flush sinks, publish offline, stop HTTP."""
         self.stats.set_health("stopping", "shutting down")
+        sd_notify("STOPPING=1")
+        self.watchdog.beat("main loop", doing="shutting down")
         self.capture.stop()
         self.capture.join(SHUTDOWN_JOIN_S)
         self._emit(self.tracker.end_all(), self._last_view[0] if self._last_view else -1, {})
@@ -225,6 +247,7 @@ class Daemon:
         log.info("stopped: %d frames read, %d processed, %d dropped in %.1f s = %.1f fps; mean ms: %s",
                  snap["frames_read"], snap["frames_processed"], snap["frames_dropped"], secs, fps,
                  " ".join(f"{k} {v:.2f}" for k, v in snap["latency_ms_mean"].items()))
+        self.watchdog.stop()
 
     # --- /stream.mjpg ----------------------------------------------------------------------------
     def jpeg(self) -> bytes | None:

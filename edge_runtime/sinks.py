@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import errno
+import io
 import json
 import logging
 import os
+import stat
 import sys
 import threading
 import time
@@ -12,12 +14,34 @@ import time
 log = logging.getLogger(__name__)
 
 
+class _TextOut:
+    """A text stream without a file descriptor, written like a pipe (whole lines, flushed)."""
+
+    def __init__(self, stream):
+        self.stream = stream
+
+    def write(self, data: bytes) -> int:
+        self.stream.write(data.decode())
+        self.stream.flush()
+        return len(data)
+
+    def seekable(self) -> bool:
+        return False
+
+    def close(self):
+        pass
+
+
 class JsonlSink:
-    """JSON Lines to a file (appended, one write per event) or stdout (flushed per event).
+    """JSON Lines to a file (appended, one write per event), a FIFO, or stdout: whole lines or none.
 
     A failed write (a full disk) drops that event whole, counts it and degrades health until a write
-    succeeds again. A closed stdout pipe cannot come back: ``on_closed`` is called once and output
-    stops. ``reopen()`` (SIGHUP) reopens the file after log rotation."""
+    succeeds again; on a regular file (stdout redirected to one included) a short write is cut back,
+    so the file stays valid JSON Lines. A FIFO never blocks the daemon: it is opened non-blocking (no
+    reader yet: events are dropped, counted, and the open retried with each event), and an event that
+    does not fit into a full pipe is dropped whole; a line the pipe took only in part is finished
+    before any later event. A closed stdout pipe cannot come back: ``on_closed`` is called once and
+    output stops. ``reopen()`` (SIGHUP) reopens the file after log rotation."""
 
     WARN_EVERY_S = 60.0  # a full disk logs once a minute, not once per event
 
@@ -25,11 +49,32 @@ class JsonlSink:
         self.path, self.stats, self.on_closed = path, stats, on_closed
         self._own = path != "-"
         self._lock = threading.Lock()
-        self._f = self._open() if self._own else None
+        self._pending = b""  # the rest of a line a full FIFO took only in part
         self._failing, self._warned, self.closed = False, 0.0, False
+        self._f = None
+        try:
+            self._f = self._open()
+        except OSError as e:
+            if not self._fifo:
+                raise
+            self._failed(e)  # a FIFO without a reader: retried with each event
 
     def _open(self):
-        f = open(self.path, "ab", buffering=0)  # unbuffered: a failed write leaves nothing queued
+        if not self._own:  # stdout, unbuffered, through the same checks as a file
+            sys.stdout.flush()
+            try:
+                fd = sys.stdout.fileno()
+            except (AttributeError, ValueError, io.UnsupportedOperation):
+                self._fifo = self._seekable = False
+                return _TextOut(sys.stdout)  # stdout replaced in-process (an embedding app, a test)
+            f = open(fd, "ab", buffering=0, closefd=False)
+            self._fifo = stat.S_ISFIFO(os.fstat(fd).st_mode)
+        else:
+            self._fifo = os.path.exists(self.path) and stat.S_ISFIFO(os.stat(self.path).st_mode)
+            if self._fifo:  # O_NONBLOCK: open fails at once (ENXIO) without a reader instead of waiting
+                f = open(os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_NONBLOCK), "ab", buffering=0)
+            else:
+                f = open(self.path, "ab", buffering=0)  # unbuffered: a failed write leaves nothing queued
         self._seekable = f.seekable()  # a file (cut back on failure) or a pipe/FIFO: asked once, not per event
         return f
 
@@ -52,13 +97,12 @@ class JsonlSink:
                         self.stats.fault("events", None)
 
     def _write(self, data: bytes):
-        if not self._own:
-            sys.stdout.write(data.decode())
-            sys.stdout.flush()  # a pipe is block-buffered: without this, readers wait for 8 KB
-            return
-        if self._f is None:  # reopening failed earlier: try again with each event
+        if self._f is None:  # opening failed earlier (rotation, a FIFO's reader): try again with each event
             self._f = self._open()
-        if not self._seekable:  # a pipe or FIFO: blocking writes, all or an error
+        if self._fifo:
+            self._write_fifo(data)
+            return
+        if not self._seekable:  # a pipe (stdout): blocking writes, all or an error
             view = memoryview(data)
             while view:
                 view = view[self._f.write(view):]
@@ -74,6 +118,23 @@ class JsonlSink:
             except OSError:
                 pass
             raise
+
+    def _write_fifo(self, data: bytes):
+        """Non-blocking: first the rest of a line begun earlier, then this event whole or not at all."""
+        if self._pending:
+            self._pending = self._pending[self._nb_write(self._pending):]
+            if self._pending:
+                raise OSError(errno.EAGAIN, "the events FIFO's reader is not reading")
+        n = self._nb_write(data)
+        if n == 0:
+            raise OSError(errno.EAGAIN, "the events FIFO's reader is not reading")
+        self._pending = data[n:]  # only a line longer than the pipe's atomic size can be taken in part
+
+    def _nb_write(self, data: bytes) -> int:
+        try:
+            return self._f.write(data) or 0  # None: the write would block
+        except BlockingIOError as e:
+            return e.characters_written
 
     def _name(self) -> str:
         return "stdout" if not self._own else self.path
@@ -101,7 +162,7 @@ class JsonlSink:
 
     def reopen(self):
         """Close and reopen the events file (log rotation moved it); stdout needs nothing."""
-        if not self._own:
+        if not self._own or self.closed:
             return
         with self._lock:
             try:
@@ -119,13 +180,10 @@ class JsonlSink:
 
     def close(self):
         with self._lock:
-            if self._own:
-                if self._f is not None:
-                    self._f.close()
-            elif not self.closed:
+            if self._f is not None and not self.closed:
                 try:
-                    sys.stdout.flush()
-                except (OSError, ValueError):
+                    self._f.close()
+                except OSError:
                     pass
 
 

@@ -176,7 +176,7 @@ class Capture(threading.Thread):
 
     def __init__(self, uri: str, stats, loop: bool = False, realtime: str = "auto", width: int = 0,
                  height: int = 0, fps: float = 0.0, reconnect_max_s: float = 30.0, opener=open_source,
-                 stall_s: float = 5.0):
+                 stall_s: float = 5.0, watchdog=None):
         super().__init__(name="capture", daemon=True)
         self.uri, self.stats, self.loop = uri, stats, loop
         self.kind = source_kind(uri)
@@ -193,6 +193,8 @@ class Capture(threading.Thread):
         self._slot: Frame | None = None
         self._index = 0
         self.delays: list[float] = []  # backoff waits taken (inspected by tests and logs)
+        self.watchdog = watchdog  # told before each call that may block (open, read, a backoff wait)
+        self.crashed = ""  # the exception that ended the thread, if one did
 
     # --- consumer side -------------------------------------------------------------------
     def get(self, timeout: float = 0.1) -> Frame | None:
@@ -232,10 +234,15 @@ class Capture(threading.Thread):
                     self.stats.inc("frames_dropped")
             else:
                 while self._slot is not None and not self.stop_event.is_set():
+                    self._beat("waiting for the pipeline to take a frame")
                     self._cond.wait(0.1)
             # stamped once it is offered: for files, back-pressure waiting is not capture latency
             self._slot = Frame(image, index, time.monotonic())
             self._cond.notify_all()
+
+    def _beat(self, doing: str, extra_s: float = 0.0) -> None:
+        if self.watchdog is not None:
+            self.watchdog.beat("capture", self.watchdog.limit_s + extra_s, doing)
 
     def _lost(self, reason: str, attempt: int) -> None:
         delay = backoff_delay(attempt, self.reconnect_max_s)
@@ -243,11 +250,26 @@ class Capture(threading.Thread):
         self.stats.set_health("degraded", f"source lost: {reason}")
         self.stats.inc("reconnects")
         log.warning("source %s lost (%s); retrying in %.1f s", self.uri, reason, delay)
+        self._beat("a reconnect wait", delay)
         self.stop_event.wait(delay)
 
     def run(self):
+        try:
+            self._run()
+        except Exception as e:  # a bug or a driver's exception: say so; the daemon exits for a restart
+            self.crashed = f"{type(e).__name__}: {e}"
+            log.exception("capture thread died")
+            self.stats.set_health("degraded", f"capture thread died: {self.crashed}")
+        finally:
+            if self.watchdog is not None:
+                self.watchdog.done("capture")
+            with self._cond:
+                self._cond.notify_all()
+
+    def _run(self):
         attempt = 0
         while not self.stop_event.is_set():
+            self._beat(f"opening {self.uri}")
             cap = self.opener(self.uri, *self.size_fps, self.stall_s)
             if not cap.isOpened():
                 cap.release()
@@ -274,8 +296,6 @@ class Capture(threading.Thread):
             self.stats.inc("source_errors")
             self._lost("no frames" if n == 0 else "read failed", attempt)
             attempt += 1
-        with self._cond:
-            self._cond.notify_all()
 
     def _never_works(self, reason: str) -> bool:
         """A file that gave no frame the first time will not give one later: end with ``error``
@@ -293,6 +313,7 @@ class Capture(threading.Thread):
         fps = cap.get(cv2.CAP_PROP_FPS) if self.realtime and self.kind == "file" else 0.0
         t0 = time.monotonic()
         while not self.stop_event.is_set():
+            self._beat("reading a frame")
             ok, img = cap.read()
             if not ok or img is None:
                 return n

@@ -52,13 +52,17 @@ class Stats:
         self.faults: dict[str, str] = {}  # other parts' problems (a sink, a stalled source): each degrades health
         self.info: dict[str, str] = {}  # backend, artifact, sha256, runtime, detector, source
         self.latest: dict[int, dict] = {}  # track id -> its last event
-        self.ended: deque = deque(maxlen=32)  # (time, end event) of recently ended tracks
+        self.ended: deque = deque(maxlen=10_000)  # (time, end event) of the tracks ended in the last ENDED_KEEP_S
         self._seen: deque = deque(maxlen=200_000)  # (time, label) per face per frame, for mood()
         self.tracks_active = 0
+        self.progress_timeout_s = 0.0  # set by the daemon: no frame processed for this long degrades health
+        self._last_progress = time.monotonic()
 
     def inc(self, name: str, n: int = 1):
         with self._lock:
             self.counters[name] += n
+            if name == "frames_processed":
+                self._last_progress = time.monotonic()
 
     def observe(self, latencies_ms: dict[str, float]):
         with self._lock:
@@ -82,9 +86,13 @@ class Stats:
             return self._health()
 
     def _health(self) -> tuple[str, str]:
-        if self.faults and self.status == "ok":
-            return "degraded", "; ".join(self.faults.values())
-        return self.status, "; ".join([self.reason] * bool(self.reason) + list(self.faults.values()))
+        faults = list(self.faults.values())
+        idle = time.monotonic() - self._last_progress
+        if self.status == "ok" and self.progress_timeout_s and idle > self.progress_timeout_s:
+            faults.append(f"no frame processed for {idle:.0f} s")  # computed when asked: true even if the loop is wedged
+        if faults and self.status == "ok":
+            return "degraded", "; ".join(faults)
+        return self.status, "; ".join([self.reason] * bool(self.reason) + faults)
 
     def record_event(self, event: dict):
         with self._lock:
@@ -96,6 +104,14 @@ class Stats:
             else:
                 self.latest[event["track"]] = event
                 self._seen.append((now, event["label"]))
+            self._prune(now)
+
+    def _prune(self, now: float) -> None:
+        """Memory stays bounded by time, MQTT or not: what mood() and /latest can still show."""
+        while self._seen and self._seen[0][0] < now - MOOD_WINDOW_S:
+            self._seen.popleft()
+        while self.ended and self.ended[0][0] < now - ENDED_KEEP_S:
+            self.ended.popleft()
 
     def snapshot(self) -> dict:
         """A JSON-ready copy (MQTT stats, /healthz)."""

@@ -1,0 +1,234 @@
+"""Stuck but "ok" (issue 33, class 2): a daemon that cannot make progress says so and exits so that it
+can be restarted. Signals delivered deterministically while the loop holds every lock it has, a capture
+thread that dies, a source whose open() never returns (a real FIFO), a wedged main loop (systemd's
+watchdog pings stop: a real sd_notify socket), an events FIFO nobody reads. No TensorFlow."""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from edge_runtime.synthetic import make_video
+from tests.conftest import REPO, SHARED
+from tests.edge_support import daemon_cmd, daemon_env, no_tf_path, read_events, wait_for  # noqa: F401
+
+LIMIT = 3.0  # [run] watchdog_s in these tests
+
+
+@pytest.fixture(scope="module")
+def video(tmp_path_factory):
+    path = tmp_path_factory.mktemp("liveness") / "one.avi"
+    make_video(path, SHARED, n_faces=1, frames=12, face=140, seed=3)
+    return path
+
+
+@pytest.fixture
+def config(tmp_path):
+    path = tmp_path / "edge.toml"
+    path.write_text(f"[run]\nwatchdog_s = {LIMIT}\n[source]\nstall_s = 1.0\n")
+    return path
+
+
+# A daemon built as `python -m edge_runtime` builds it, with a hook on the frame path (HOOK).
+SCRIPT = r'''
+import os, signal, sys, threading, time
+from edge_runtime.__main__ import flags_to_layer, parse_args
+from edge_runtime.config import build
+from edge_runtime.daemon import Daemon
+import logging
+logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(name)s: %(message)s")
+ns = parse_args(sys.argv[1:])
+d = Daemon(build(ns.profile, ns.config, flags_to_layer(ns)))
+signal.signal(signal.SIGTERM, d.stop)
+signal.signal(signal.SIGHUP, d.request_reopen)
+LOCK_TYPES = (type(threading.Lock()), type(threading.RLock()))
+THREAD_OWN = set(vars(threading.Thread()))  # a Thread's own bookkeeping (its tstate lock is held while it runs)
+def locks(obj):
+    for k, v in list(vars(obj).items()):
+        if isinstance(obj, threading.Thread) and k in THREAD_OWN:
+            continue
+        if isinstance(v, threading.Event):
+            yield v._cond
+        elif isinstance(v, threading.Condition) or isinstance(v, LOCK_TYPES):
+            yield v
+orig, n = d.process, 0
+def process(frame):
+    global n
+    n += 1
+    if n == AT:
+        HOOK
+    return orig(frame)
+d.process = process
+sys.exit(d.run())
+'''
+
+UNDER_LOCKS = '''
+        held = [l for o in (d, d.capture, d.stats, d.watchdog, *d.sinks) for l in locks(o)]
+        for l in held:
+            l.acquire()
+        try:  # a signal handler runs right here, in this thread, while every lock is held
+            os.kill(os.getpid(), signal.SIGHUP)
+            os.kill(os.getpid(), signal.SIGHUP)
+            os.kill(os.getpid(), signal.SIGTERM)
+        finally:
+            for l in reversed(held):
+                l.release()
+        print(f"signals delivered under {len(held)} locks", file=sys.stderr, flush=True)'''
+
+WEDGE = '''
+        print(f"wedged at {time.time():.3f}", file=sys.stderr, flush=True)
+        threading.Event().wait()  # never returns: a sink or a driver call that hangs'''
+
+CAPTURE_DIES = '''
+        def broken(*a):
+            class Cap:
+                def isOpened(self): return True
+                def read(self): raise RuntimeError("driver bug")
+                def get(self, p): return 0.0
+                def release(self): pass
+            return Cap()
+        d.capture.opener = broken  # used when the looped video is opened again
+        print(f"capture broken at {time.time():.3f}", file=sys.stderr, flush=True)'''
+
+
+def _script(hook: str, at: int = 3) -> str:
+    return SCRIPT.replace("        HOOK", hook).replace("n == AT", f"n == {at}")
+
+
+def _run_script(no_tf, hook, *args, env=None, at: int = 3):
+    return subprocess.Popen([sys.executable, "-c", _script(hook, at), *map(str, args)], cwd=REPO,
+                            env={**daemon_env(no_tf), **(env or {})}, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def test_signals_while_the_loop_holds_every_lock_do_not_deadlock(video, no_tf_path, config, tmp_path):
+    """Today's bug: the SIGHUP handler set an Event whose lock the loop held -> a deadlock in 17 of 25
+    storms. Delivered here at the worst moment, every time: the handlers take no lock."""
+    events = tmp_path / "ev.jsonl"
+    proc = _run_script(no_tf_path, UNDER_LOCKS, "--source", video, "--loop", "--events", events,
+                       "--config", config)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err[-2000:]
+    assert "signals delivered under" in err and "reopened" in err
+    assert read_events(events)[-1]["type"] == "end"  # shut down cleanly: every track ended
+
+
+def test_a_wedged_main_loop_stops_the_watchdog_pings_and_exits(video, no_tf_path, config, tmp_path):
+    sock_path = str(tmp_path / "notify.sock")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(sock_path)
+    sock.settimeout(0.2)
+    got: list[tuple[float, str]] = []
+
+    def listen():
+        while True:
+            try:
+                got.append((time.time(), sock.recv(256).decode()))
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+
+    threading.Thread(target=listen, daemon=True).start()
+    proc = _run_script(no_tf_path, WEDGE, "--source", video, "--loop", "--events", tmp_path / "e.jsonl",
+                       "--config", config, env={"NOTIFY_SOCKET": sock_path, "WATCHDOG_USEC": "1000000"},
+                       at=60)  # a few seconds in: the watchdog has pinged
+    _, err = proc.communicate(timeout=90)
+    ended = time.time()
+    sock.close()
+    wedged = float(next(ln.split()[-1] for ln in err.splitlines() if ln.startswith("wedged at")))
+    assert proc.returncode == 1, err[-2000:]
+    assert "the main loop thread is stuck in a frame" in err
+    assert ended - wedged <= LIMIT + 2.0 + 1.0  # + 1 s for the interpreter to start the script's exit
+    messages = [m for _, m in got]
+    assert messages[0] == "READY=1" and "WATCHDOG=1" in messages
+    before = [t for t, m in got if m == "WATCHDOG=1" and t < wedged]
+    assert before and not [t for t, m in got if m == "WATCHDOG=1" and t > wedged + LIMIT + 1.1]
+
+
+def test_the_watchdog_pings_only_while_every_thread_beats(tmp_path, monkeypatch):
+    """In-process, with the exit replaced by a record: pings while beats are fresh, none once one is late."""
+    from edge_runtime.watchdog import Watchdog
+    sock_path = str(tmp_path / "n.sock")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(sock_path)
+    sock.settimeout(0.1)
+    monkeypatch.setenv("NOTIFY_SOCKET", sock_path)
+    monkeypatch.setenv("WATCHDOG_USEC", "1000000")  # WatchdogSec=1: a ping every 0.5 s
+    stuck = []
+    w = Watchdog(limit_s=1.0, on_stuck=stuck.append)
+    w.beat("loop", 1.2, "a frame")
+    w.start()
+    t0, pings = time.monotonic(), []
+    while time.monotonic() - t0 < 2.8:
+        try:
+            if sock.recv(64) == b"WATCHDOG=1":
+                pings.append(time.monotonic() - t0)
+        except socket.timeout:
+            pass
+    sock.close()
+    assert len(pings) >= 2 and max(pings) < 1.3  # on time while fresh, none after the beat went stale
+    assert stuck and stuck[0][0] == "loop" and stuck[0][2] == "a frame"
+
+
+def test_a_capture_thread_that_dies_ends_the_daemon_for_a_restart(video, no_tf_path, config, tmp_path):
+    proc = _run_script(no_tf_path, CAPTURE_DIES, "--source", video, "--loop", "--events", tmp_path / "e.jsonl",
+                       "--config", config)
+    _, err = proc.communicate(timeout=90)
+    assert proc.returncode == 1, err[-2000:]
+    broken = float(next(ln.split()[-1] for ln in err.splitlines() if ln.startswith("capture broken at")))
+    line = next(ln for ln in err.splitlines() if ln.startswith("edge_runtime: error:"))
+    assert "capture thread died (RuntimeError: driver bug)" in line
+    assert time.time() - broken < LIMIT + 2.0 + 5.0  # the loop notices within a frame; +5 s for shutdown and exit
+
+
+def test_a_source_whose_open_never_returns_ends_the_daemon(no_tf_path, config, tmp_path):
+    fifo = tmp_path / "camera.avi"
+    os.mkfifo(fifo)  # OpenCV's open() of a FIFO waits for a writer that never comes
+    proc = subprocess.Popen(daemon_cmd("--source", fifo, "--events", tmp_path / "e.jsonl", "--config", config),
+                            cwd=REPO, env=daemon_env(no_tf_path), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    started = None
+    lines = []
+    for line in proc.stderr:  # the model line is logged just before the capture thread starts
+        lines.append(line)
+        if started is None and " model " in line:
+            started = time.monotonic()
+    proc.wait(30)
+    err = "".join(lines)
+    assert proc.returncode == 1, err[-2000:]
+    assert started is not None and time.monotonic() - started <= LIMIT + 2.0 + 1.0
+    assert f"capture stuck in opening {fifo}" in err
+
+
+def test_an_events_fifo_nobody_reads_never_blocks_the_daemon(video, no_tf_path, tmp_path):
+    from tests.edge_support import free_port
+    from tests.test_daemon_faults import health, metric
+    fifo = tmp_path / "events.fifo"
+    os.mkfifo(fifo)
+    port = free_port()
+    proc = subprocess.Popen(daemon_cmd("--source", video, "--loop", "--events", fifo, "--http", f"127.0.0.1:{port}"),
+                            cwd=REPO, env=daemon_env(no_tf_path), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        h = wait_for(lambda: (x := health(port)).get("status") == "degraded" and x, 60)
+        assert "events" in h["reason"] and metric(port, "sink_errors") > 0 and metric(port, "frames_processed") > 0
+        fd = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)  # a reader arrives: whole lines from then on
+        with os.fdopen(fd, "rb") as reader:
+            data = b""
+            deadline = time.monotonic() + 30
+            while data.count(b"\n") < 3 and time.monotonic() < deadline:
+                data += reader.read() or b""
+                time.sleep(0.05)
+            whole = data[:data.rindex(b"\n") + 1]
+            assert all(json.loads(ln)["type"] in ("start", "update", "end") for ln in whole.splitlines())
+            assert wait_for(lambda: health(port).get("status") == "ok", 30)
+    finally:
+        proc.terminate()
+        proc.wait(15)
