@@ -220,6 +220,9 @@ class MqttConfig(Section):
     stats_interval_s: float = setting(10.0, 0.5, 86_400.0)
     discovery: bool = False       # Home Assistant MQTT discovery configs (one device, its sensors)
     discovery_prefix: str = "homeassistant"
+    # events kept while the broker is unreachable, published when it is back; beyond this the oldest
+    # are dropped and counted (edge_events_dropped_total)
+    queue: int = setting(1000, 0, 1_000_000)
 
 
 @dataclass(frozen=True)

@@ -81,7 +81,7 @@ class Daemon:
         if cfg.mqtt.host:
             q = cfg.mqtt
             self.sinks.append(MqttSink(q.host, q.port, q.prefix, self.stats, q.client_id,
-                                       q.stats_interval_s, q.discovery, q.discovery_prefix))
+                                       q.stats_interval_s, q.discovery, q.discovery_prefix, q.queue))
         if cfg.http.bind:
             from .http import HttpServer
             h = cfg.http

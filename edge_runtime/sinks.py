@@ -142,6 +142,7 @@ class JsonlSink:
     def _failed(self, e: Exception):
         if self.stats:
             self.stats.inc("sink_errors")
+            self.stats.inc("events_dropped")
             self.stats.fault("events", f"events {self._name()}: {getattr(e, 'strerror', None) or e}")
         now = time.monotonic()
         if not self._failing or now - self._warned > self.WARN_EVERY_S:
@@ -192,11 +193,22 @@ class MqttSink:
     stats_interval_s; state is what Home Assistant shows: faces, dominant emotion, each emotion's
     share over the last minute), ``<prefix>/availability`` = online (retained), with a last will of
     ``offline``. With ``discovery``, Home Assistant MQTT discovery configs (retained) make one device
-    with those sensors, re-published whenever Home Assistant announces itself on ``<discovery>/status``."""
+    with those sensors, re-published whenever Home Assistant announces itself on ``<discovery>/status``.
+    Events the broker cannot take (down, reconnecting) wait in a queue of ``queue`` events and are
+    published, in order, once it is back; beyond that the oldest are dropped and counted
+    (``events_dropped``), as are those still queued at exit."""
 
     def __init__(self, host: str, port: int, prefix: str, stats, client_id: str = "",
-                 stats_interval_s: float = 10.0, discovery: bool = False, discovery_prefix: str = "homeassistant"):
+                 stats_interval_s: float = 10.0, discovery: bool = False, discovery_prefix: str = "homeassistant",
+                 queue: int = 1000):
+        import collections
+
         import paho.mqtt.client as mqtt
+        self._ok = mqtt.MQTT_ERR_SUCCESS
+        self._backlog: collections.deque = collections.deque()
+        self._queue_max = queue
+        self._qlock = threading.Lock()
+        self._connected = False
         self.prefix, self.stats, self.interval = prefix.rstrip("/"), stats, stats_interval_s
         self.discovery_prefix = discovery_prefix.rstrip("/") if discovery else ""
         self.node_id = node_id(client_id)
@@ -228,6 +240,7 @@ class MqttSink:
         self._broker_down("unreachable")
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties=None):
+        self._connected = False
         if not self._stop.is_set():
             self._broker_down(f"disconnected ({reason_code})")
 
@@ -240,6 +253,9 @@ class MqttSink:
         self._down = False
         self.stats.fault("mqtt", None)
         client.publish(f"{self.prefix}/availability", "online", qos=1, retain=True)
+        self._connected = True
+        # not here, under paho's callback lock: the queue's lock may be held by emit() inside publish()
+        threading.Thread(target=self._flush_queued, name="mqtt-flush", daemon=True).start()
         if self.discovery_prefix:
             client.subscribe(f"{self.discovery_prefix}/status", qos=1)
             self.publish_discovery()
@@ -263,7 +279,25 @@ class MqttSink:
         self.client.publish(f"{self.prefix}/state", json.dumps(self.stats.mood()), qos=0, retain=True)
 
     def emit(self, event: dict):
-        self.client.publish(f"{self.prefix}/events", json.dumps(event, separators=(",", ":")), qos=0)
+        payload = json.dumps(event, separators=(",", ":"))
+        with self._qlock:
+            self._backlog.append(payload)
+            while len(self._backlog) > self._queue_max:
+                self._backlog.popleft()
+                self.stats.inc("events_dropped")
+            if self._connected:
+                self._flush()
+
+    def _flush_queued(self):
+        with self._qlock:
+            self._flush()
+
+    def _flush(self):
+        """Publish the queue in order (caller holds _qlock); stop at the first refusal, keeping the rest."""
+        while self._backlog:
+            if self.client.publish(f"{self.prefix}/events", self._backlog[0], qos=0).rc != self._ok:
+                return
+            self._backlog.popleft()
 
     def close(self, timeout: float = 0.8):
         """Final stats, then `offline` (retained), then disconnect — bounded by timeout."""
@@ -276,6 +310,11 @@ class MqttSink:
             log.warning("MQTT offline not delivered (%s); the last will covers it", e)
         self.client.disconnect()
         self.client.loop_stop()
+        with self._qlock:
+            if self._backlog:
+                self.stats.inc("events_dropped", len(self._backlog))
+                log.warning("MQTT: %d queued event(s) not delivered before exit", len(self._backlog))
+                self._backlog.clear()
 
 
 def node_id(client_id: str = "") -> str:

@@ -167,6 +167,9 @@ def open_source(uri: str, width: int = 0, height: int = 0, fps: float = 0.0, tim
     return cap
 
 
+MAX_UNDECODABLE = 25  # failed reads in a row that mean a file's real end (a corrupt frame is one)
+
+
 def backoff_delay(attempt: int, cap_s: float) -> float:
     return min(cap_s, BACKOFF_START_S * 2.0 ** min(attempt, 40))  # the exponent capped: 2**1024 overflows a float
 
@@ -308,15 +311,24 @@ class Capture(threading.Thread):
         return True
 
     def _read_all(self, cap) -> int:
-        """Read until the source fails or we are stopped; return the number of frames read."""
-        n = 0
+        """Read until the source fails or we are stopped; return the number of frames read. In a file,
+        a frame that does not decode is skipped and counted (``frames_undecodable``): the file ends only
+        after MAX_UNDECODABLE failed reads in a row, its real end."""
+        n = failed = 0
         fps = cap.get(cv2.CAP_PROP_FPS) if self.realtime and self.kind == "file" else 0.0
         t0 = time.monotonic()
         while not self.stop_event.is_set():
             self._beat("reading a frame")
             ok, img = cap.read()
             if not ok or img is None:
-                return n
+                failed += 1
+                if self.kind != "file" or failed >= MAX_UNDECODABLE:
+                    return n
+                continue
+            if failed and n:  # frames that would not decode, between two that did
+                self.stats.inc("frames_undecodable", failed)
+                log.warning("source %s: %d undecodable frame(s) skipped after frame %d", self.uri, failed, n)
+            failed = 0
             if n == 0:
                 self.stats.set_health("ok")
             n += 1

@@ -13,8 +13,8 @@ BUCKETS_MS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000)
 STAGES = ("capture_age", "detect", "preprocess", "classify", "postprocess", "total")
 ENDED_KEEP_S = 60.0  # /latest keeps a track's end event (with its summary) this long after it ended
 MOOD_WINDOW_S = 60.0  # the share of each emotion is over the faces seen in this many seconds
-COUNTERS = ("frames_read", "frames_processed", "frames_dropped", "faces", "events", "reconnects",
-            "source_errors", "sink_errors", "http_refused")
+COUNTERS = ("frames_read", "frames_processed", "frames_dropped", "frames_undecodable", "faces", "events",
+            "reconnects", "source_errors", "sink_errors", "events_dropped", "http_refused")
 
 
 def rss_bytes() -> int:

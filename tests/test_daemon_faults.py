@@ -359,10 +359,13 @@ def test_the_events_sink_writes_to_a_pipe(tmp_path):
 
     from edge_runtime.sinks import JsonlSink
     from edge_runtime.stats import Stats
+    import fcntl
     fifo = tmp_path / "events.fifo"
     os.mkfifo(fifo)
     got = []
-    reader = threading.Thread(target=lambda: got.extend(open(fifo).read().splitlines()))
+    fd = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)  # the reader is there before the sink opens
+    fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_NONBLOCK)  # then reads block
+    reader = threading.Thread(target=lambda: got.extend(os.fdopen(fd).read().splitlines()))
     reader.start()
     stats = Stats()
     sink = JsonlSink(str(fifo), stats)

@@ -232,3 +232,126 @@ def test_an_events_fifo_nobody_reads_never_blocks_the_daemon(video, no_tf_path, 
     finally:
         proc.terminate()
         proc.wait(15)
+
+
+# ---------------------------------------------------------------- class 3: nothing dropped in silence
+def _broker(tmp_path, port):
+    import shutil
+    exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+    conf = tmp_path / f"m{port}.conf"
+    conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n")
+    proc = subprocess.Popen([exe, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def up():
+        with socket.socket() as s:
+            return s.connect_ex(("127.0.0.1", port)) == 0
+    wait_for(up, 10)
+    return proc
+
+
+def _subscriber(port, got):
+    import paho.mqtt.client as mqtt
+    sub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+    subscribed = threading.Event()
+    sub.on_connect = lambda c, *a: c.subscribe("fer-edge/events", qos=0)
+    sub.on_subscribe = lambda *a: subscribed.set()
+    sub.on_message = lambda c, u, m: got.append(json.loads(m.payload))
+    sub.connect("127.0.0.1", port)
+    sub.loop_start()
+    assert subscribed.wait(10)
+    return sub
+
+
+@pytest.mark.parametrize("queue", [10_000, 3])
+def test_events_during_a_broker_outage_are_queued_or_counted(video, no_tf_path, tmp_path, queue):
+    """The broker stops for 3 s and comes back. With room in the queue the events the daemon wrote to its
+    JSON Lines file meanwhile reach the broker after it, in order (QoS 0: at most the few in flight when
+    the broker died are lost); with a queue of 3 the rest are dropped and counted in /metrics."""
+    from tests.edge_support import free_port
+    from tests.test_daemon_faults import metric
+    bport, hport = free_port(), free_port()
+    broker = _broker(tmp_path, bport)
+    got: list[dict] = []
+    sub = _subscriber(bport, got)
+    cfg = tmp_path / "q.toml"
+    cfg.write_text(f"[mqtt]\nqueue = {queue}\n[events]\nevery = 1\n")
+    events = tmp_path / "ev.jsonl"
+    proc = subprocess.Popen(daemon_cmd("--source", video, "--loop", "--events", events, "--mqtt", f"127.0.0.1:{bport}",
+                                       "--http", f"127.0.0.1:{hport}", "--config", cfg),
+                            cwd=REPO, env=daemon_env(no_tf_path), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: len(got) > 10, 60)
+        broker.terminate()
+        broker.wait(5)
+        sub.loop_stop()
+        time.sleep(3.0)
+        broker = _broker(tmp_path, bport)
+        sub = _subscriber(bport, got)  # subscribed before the daemon's first retry (>= 1 s)
+        n = len(got)
+        wait_for(lambda: len(got) > n + 20, 60)
+        dropped_metric = metric(hport, "events_dropped")
+        proc.terminate()
+        proc.wait(15)
+        time.sleep(0.5)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        sub.loop_stop()
+        broker.terminate()
+    key = lambda e: (e["type"], e["frame"], e["track"])  # noqa: E731
+    received, sent = [key(e) for e in got], [key(e) for e in read_events(events)]
+    seen = set(received)
+    assert received == [k for k in sent if k in seen]  # in order, nothing invented or repeated
+    first, last = sent.index(received[0]), sent.index(received[-1])
+    missing = [k for k in sent[first:last + 1] if k not in seen]
+    if queue > 1000:
+        assert len(missing) <= 5 and dropped_metric == 0, (len(missing), dropped_metric)
+    else:
+        assert len(missing) > 10 and dropped_metric >= len(missing) - 5, (len(missing), dropped_metric)
+
+
+def test_stdout_redirected_to_a_full_disk_gets_whole_lines_only(tmp_path):
+    """`--events -` > file on a filling disk (a file-size limit stops write() mid-line): the partial
+    line is cut back, as for --events FILE; before, stdout's text buffer wrote torn lines."""
+    path = tmp_path / "stdout.jsonl"
+    code = """
+import resource, signal, sys
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (700, 700))
+from edge_runtime.sinks import JsonlSink
+from edge_runtime.stats import Stats
+stats = Stats()
+sink = JsonlSink("-", stats)
+for i in range(60):
+    sink.emit({"type": "update", "i": i, "pad": "x" * 37})
+sink.close()
+print(stats.counters["events_dropped"], file=sys.stderr)
+"""
+    with open(path, "wb") as out:
+        r = subprocess.run([sys.executable, "-c", code], stdout=out, stderr=subprocess.PIPE, text=True, cwd=REPO,
+                           timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert int(r.stderr.strip().splitlines()[-1]) > 0
+    lines = path.read_bytes().splitlines(keepends=True)
+    assert lines and all(ln.endswith(b"\n") for ln in lines)
+    assert [json.loads(ln)["i"] for ln in lines] == list(range(len(lines)))
+
+
+def test_a_corrupt_frame_is_skipped_and_counted_not_the_end(no_tf_path, tmp_path):
+    """One frame of a 60-frame MJPG video made undecodable: 59 frames are processed, the skip is
+    logged, the run ends at the real end (before: 'end of source after 30 frames', exit 0)."""
+    clip = tmp_path / "clip.avi"
+    make_video(clip, SHARED, n_faces=1, frames=60, face=140, seed=2)
+    data = bytearray(clip.read_bytes())
+    starts = [i for i in range(len(data) - 1) if data[i] == 0xFF and data[i + 1] == 0xD8]  # each JPEG frame
+    assert len(starts) == 60
+    data[starts[30] + 200:starts[30] + 3000] = bytes(2800)
+    bad = tmp_path / "bad.avi"
+    bad.write_bytes(bytes(data))
+    events = tmp_path / "ev.jsonl"
+    r = subprocess.run(daemon_cmd("--source", bad, "--events", events), cwd=REPO, env=daemon_env(no_tf_path),
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "1 undecodable frame(s) skipped after frame 30" in r.stderr
+    assert "59 processed" in r.stderr
+    assert max(e["frame"] for e in read_events(events)) == 58
