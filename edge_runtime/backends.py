@@ -19,6 +19,7 @@ import logging
 import os
 import sys
 import tempfile
+import threading
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -127,6 +128,8 @@ class Backend:
         # position i of the model output -> canonical class index
         self._order = np.argsort(remap_indices(labels)) if list(labels) != list(LABELS) else None
         self.runtime = ""
+        # a LiteRT interpreter is not thread-safe (its tensors are shared state): calls are serialized
+        self._lock = threading.Lock()
 
     def check_tensors(self, inp: tuple, inp_dtype, out: tuple, out_dtype) -> None:
         """The manifest's input/output shapes and dtypes must be the file's (batch and dynamic dims aside)."""
@@ -197,9 +200,10 @@ class TFLiteBackend(Backend):
                 chunk = np.concatenate([chunk, np.zeros((per_call - len(chunk),) + chunk.shape[1:], np.float32)])
             if self.in_q:
                 chunk = quantize(chunk, *self.in_q)
-            self.interp.set_tensor(self.inp["index"], chunk)
-            self.interp.invoke()
-            y = self.interp.get_tensor(self.out["index"])
+            with self._lock:  # set, invoke, get as one step: another thread's input must not slip in
+                self.interp.set_tensor(self.inp["index"], chunk)
+                self.interp.invoke()
+                y = self.interp.get_tensor(self.out["index"]).copy()
             if self.out_q:
                 scale, zp, _ = self.out_q
                 y = (y.astype(np.float32) - zp) * scale

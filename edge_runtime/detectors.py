@@ -10,6 +10,7 @@ best score first).
 from __future__ import annotations
 
 import json
+import threading
 from functools import lru_cache
 from pathlib import Path
 
@@ -69,13 +70,15 @@ class HaarDetector(Detector):
                                 "install opencv-python-headless<5 or use detector.type = 'yunet'")
         self.size, self.min_size, self.max_faces = size, min_size, max_faces
         self.scale_factor, self.min_neighbors = scale_factor, min_neighbors
+        self._lock = threading.Lock()  # OpenCV does not document CascadeClassifier as thread-safe
 
     def detect(self, image: np.ndarray) -> Detections:
         gray = image if image.ndim == 2 else cv2.cvtColor(to_bgr(image), cv2.COLOR_BGR2GRAY)
         small, f = downscale(gray, self.size)
         min_px = max(8, int(self.min_size * f))
-        boxes = self.cascade.detectMultiScale(small, scaleFactor=self.scale_factor,
-                                              minNeighbors=self.min_neighbors, minSize=(min_px, min_px))
+        with self._lock:
+            boxes = self.cascade.detectMultiScale(small, scaleFactor=self.scale_factor,
+                                                  minNeighbors=self.min_neighbors, minSize=(min_px, min_px))
         boxes = np.asarray(boxes, np.float32).reshape(-1, 4) / f
         scores = (boxes[:, 2] * boxes[:, 3]) / max(1.0, float(gray.shape[0] * gray.shape[1]))  # larger first
         return finish(Detections.from_boxes(boxes, scores), gray.shape, self.min_size, self.max_faces)
@@ -146,10 +149,12 @@ class _CvNet:
         if set(self.names) != OUTPUTS:
             raise DetectorError(f"{path} is not a YuNet face detector (outputs {sorted(self.names)[:3]}…)")
         self.runtime = f"opencv-dnn {cv2.__version__}"
+        self._lock = threading.Lock()  # setInput + forward share the net's state
 
     def run(self, blob: np.ndarray) -> dict[str, np.ndarray]:
-        self.net.setInput(blob)
-        return dict(zip(self.names, self.net.forward(self.names)))
+        with self._lock:
+            self.net.setInput(blob)
+            return dict(zip(self.names, [o.copy() for o in self.net.forward(self.names)]))
 
 
 def _first_line(e: Exception) -> str:
@@ -241,7 +246,10 @@ def calibrated_crop(detector: str) -> CropSpec:
     entry = table.get(detector)
     if entry is None:
         raise DetectorError(f"no calibrated crop for detector {detector!r} in {CROPS_FILE}")
-    return CropSpec.from_dict(entry["crop"])
+    try:
+        return CropSpec.from_dict(entry["crop"])
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise DetectorError(f"{CROPS_FILE}: the crop for {detector!r} is invalid ({e}): reinstall fer-edge") from None
 
 
 __all__ = ["Detector", "DetectorError", "HaarDetector", "YuNetDetector", "make_detector", "calibrated_crop",

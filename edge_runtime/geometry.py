@@ -9,6 +9,7 @@ image's left); NaN where a detector has none (Haar).
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import asdict, dataclass, fields
 
 import cv2
@@ -116,6 +117,12 @@ class CropSpec:
     level: bool = False
 
     def __post_init__(self):
+        for name in ("scale", "dx", "dy"):
+            v = getattr(self, name)
+            if not isinstance(v, numbers.Real) or isinstance(v, bool):
+                raise ValueError(f"crop {name} must be a number, got {v!r}")
+        if not isinstance(self.level, (bool, np.bool_)):  # "no" is a true string: never read as True
+            raise ValueError(f"crop level must be true or false, got {self.level!r}")
         if not (0.3 <= self.scale <= 3.0 and abs(self.dx) <= 1.0 and abs(self.dy) <= 1.0):
             raise ValueError(f"crop scale must be in [0.3, 3] and |dx|, |dy| <= 1 (got {self})")
 

@@ -53,6 +53,8 @@ def _set(path, value):
     (_set(["artifacts", "tflite-int8"], None), "map names to objects"),
     (_set(["preprocessing", "size"], 10**6), "[8, 1024]"),
     (_set(["preprocessing", "scale"], float("nan")), "finite"),
+    (_set(["preprocessing", "scale"], 0), "scale must be positive"),  # every face the same input: wrong labels
+    (_set(["preprocessing", "scale"], -1 / 255), "scale must be positive"),
     (_set(["preprocessing"], None), "bad preprocessing spec"),
     (_set(["labels"], "angry"), "not the FER2013 emotions"),
     (_set(["artifacts", "tflite-int8", "fiel"], "x.tflite"), "unknown key 'fiel'"),
