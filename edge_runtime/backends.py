@@ -15,6 +15,8 @@ remapped when the manifest's ``labels`` list another order (e.g. a peer model).
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
 import sys
@@ -26,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from .labels import LABELS, remap_indices
-from .manifest import Artifact, Manifest, ManifestError, Tensor, artifact_path, verify_file
+from .manifest import Artifact, Manifest, ManifestError, Tensor, artifact_path, read_manifest, verify_file
 
 log = logging.getLogger(__name__)
 
@@ -296,9 +298,34 @@ def select_artifact(manifest: Manifest, backend: str = "auto", precision: str | 
                        f"runtime (artifacts: {sorted(arts) or 'none'}; runtimes: {have})")
 
 
+REFERENCE_FACES, REFERENCE_SEED = 4, 0
+REFERENCE_ATOL = 0.03  # probability; int8 kernels differ this little across CPUs, a changed weight more
+
+
+def reference_probs(backend: "Backend", spec) -> np.ndarray:
+    """The model's outputs on preprocess.reference_faces: what export records and the device checks."""
+    from .preprocess import reference_faces, scale_pixels
+    return backend.predict(scale_pixels(reference_faces(spec.size, REFERENCE_FACES, REFERENCE_SEED), spec))
+
+
+def check_reference(backend: "Backend", manifest: Manifest, name: str) -> None:
+    """Refuse a model whose outputs on the reference faces are not the export's (ManifestError)."""
+    c = manifest.artifacts[name].check
+    if c is None:
+        return
+    from .preprocess import reference_faces, scale_pixels
+    x = scale_pixels(reference_faces(manifest.preprocessing.size, c["faces"], c["seed"]), manifest.preprocessing)
+    diff = float(np.max(np.abs(backend.predict(x) - np.asarray(c["probs"], np.float32))))
+    if not diff <= c["atol"]:  # also NaN
+        raise ManifestError(f"{name}: outputs on the reference faces differ from the export's by {diff:.3f} "
+                            f"(> {c['atol']}): the file, its runtime or the preprocessing is not what was exported")
+
+
 def load_backend(manifest: Manifest, name: str, threads: int = 1, providers: list[str] | None = None,
-                 verify: bool = True) -> Backend:
-    """Verify the artifact's sha256 against the manifest, then load it."""
+                 verify: bool = True, probe: bool = True) -> Backend:
+    """Verify the artifact's sha256 against the manifest, then load it, and check its outputs on the
+    reference faces. ``probe``: load and check it first in a child process (once per file and runtime
+    version, remembered in the cache), so a file that crashes the runtime is an error, not a crash."""
     arts = manifest.artifacts
     if name not in arts:
         raise BackendError(f"manifest has no artifact {name!r} (has {sorted(arts)})")
@@ -306,14 +333,84 @@ def load_backend(manifest: Manifest, name: str, threads: int = 1, providers: lis
     path = artifact_path(manifest, name)
     if verify:
         verify_file(path, entry.sha256, entry.size)
-    if entry.format == "tflite":
-        backend = TFLiteBackend(path, name, entry, manifest.labels, threads)
-    elif entry.format == "onnx":
-        backend = OnnxBackend(path, name, entry, manifest.labels, threads, providers)
-    else:
-        raise BackendError(f"{name}: format {entry.format!r} has no edge backend")
+    if probe and entry.format in ("tflite", "onnx"):
+        probe_in_child(manifest, name, providers)
+    try:
+        if entry.format == "tflite":
+            backend = TFLiteBackend(path, name, entry, manifest.labels, threads)
+        elif entry.format == "onnx":
+            backend = OnnxBackend(path, name, entry, manifest.labels, threads, providers)
+        else:
+            raise BackendError(f"{name}: format {entry.format!r} has no edge backend")
+    except (BackendError, ManifestError):
+        raise
+    except Exception as e:  # the runtime's own error for a file it cannot read: one line
+        raise BackendError(f"{name}: {path.name} cannot be loaded: {_one_line(e)}") from None
     size = manifest.preprocessing.size
     if tuple(backend.input_shape[1:3]) != (size, size):
         raise ManifestError(f"{name}: the manifest's preprocessing size {size} does not match the model's input "
                             f"{list(backend.input_shape)}")
+    try:
+        check_reference(backend, manifest, name)
+    except ManifestError:
+        raise
+    except Exception as e:  # it loaded, but does not run
+        raise BackendError(f"{name}: {path.name} does not run: {_one_line(e)}") from None
     return backend
+
+
+def _one_line(e: Exception) -> str:
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    return f"{type(e).__name__}: {lines[-1] if lines else ''}"[:240]
+
+
+def _probe_cache() -> Path:
+    base = os.environ.get("FER_EDGE_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "fer-edge")
+    return Path(base) / "probed"
+
+
+def probe_in_child(manifest: Manifest, name: str, providers: list[str] | None = None) -> None:
+    """Load + check ``name`` in a child process; a crash (a signal) or an error there is a BackendError
+    here. A file that passed once (same sha256, runtime versions) is not probed again."""
+    import subprocess
+
+    from .versions import package_versions
+    entry = manifest.artifacts[name]
+    runtimes = package_versions(("ai-edge-litert", "tflite-runtime", "onnxruntime", "onnxruntime-gpu"))
+    key = hashlib.sha256(json.dumps([entry.sha256, runtimes, providers, entry.check]).encode()).hexdigest()[:32]
+    marker = _probe_cache() / key
+    if marker.is_file():
+        return
+    code = ("import sys\nfrom edge_runtime.backends import _probe_main\nsys.exit(_probe_main())")
+    args = [sys.executable, "-c", code, str(manifest.dir), name, json.dumps(providers)]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1]),
+                                                        os.environ.get("PYTHONPATH", "")])}
+    try:
+        r = subprocess.run(args, capture_output=True, text=True, timeout=300, env=env)
+    except subprocess.TimeoutExpired:
+        raise BackendError(f"{name}: loading {entry.file} did not finish in 300 s") from None
+    if r.returncode < 0:
+        raise BackendError(f"{name}: loading {entry.file} crashed the runtime (signal {-r.returncode}): "
+                           "the file is damaged or not what its manifest says")
+    if r.returncode != 0:
+        lines = [ln for ln in r.stderr.strip().splitlines() if ln.strip()]
+        raise BackendError(lines[-1] if lines else f"{name}: probing {entry.file} failed (exit {r.returncode})")
+    try:
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.write_text(f"{entry.sha256} {name}\n")
+    except OSError:  # a read-only home (systemd's ProtectHome): probe again next time
+        pass
+
+
+def _probe_main() -> int:
+    """The child of probe_in_child: argv = manifest folder, artifact, providers (JSON)."""
+    import logging
+    logging.disable(logging.CRITICAL)
+    folder, name, providers = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+    try:
+        load_backend(read_manifest(folder), name, providers=providers, probe=False)
+    except (BackendError, ManifestError) as e:
+        print(str(e), file=sys.stderr)
+        return 2
+    return 0

@@ -145,6 +145,9 @@ class Artifact:
     drop_pp: float | None = None      # reference accuracy - this accuracy, percentage points
     ms_per_face: float | None = None
     convert_seconds: float | None = None
+    # the export's outputs on preprocess.reference_faces(size, faces, seed): the device recomputes them
+    # at load and refuses a file that differs by more than atol (a tampered weight, a wrong runtime)
+    check: dict | None = None
 
     @classmethod
     def from_dict(cls, d, where: str) -> "Artifact":
@@ -159,11 +162,26 @@ class Artifact:
         for key in ("input", "output"):
             if d.get(key) is not None:
                 d[key] = Tensor.from_dict(d[key], f"{where}.{key}")
+        if d.get("check") is not None:
+            _check_reference(d["check"], f"{where}.check")
         return cls(**d)
 
     def to_dict(self) -> dict:  # "file": null says the conversion failed; other unset fields are left out
         return {f.name: (v.to_dict() if isinstance(v, Tensor) else v)
                 for f in fields(self) if (v := getattr(self, f.name)) is not None or f.name == "file"}
+
+
+def _check_reference(c, where: str) -> None:
+    if not isinstance(c, dict) or set(c) != {"seed", "faces", "probs", "atol"}:
+        raise ManifestError(f"{where} should hold exactly seed, faces, probs and atol")
+    ok = (_is_int(c["seed"]) and 0 <= c["seed"] < 2**32 and _is_int(c["faces"]) and 1 <= c["faces"] <= 64
+          and _is_num(c["atol"]) and 0 < c["atol"] <= 0.5 and isinstance(c["probs"], list)
+          and len(c["probs"]) == c["faces"]
+          and all(isinstance(r, list) and len(r) == len(LABELS) and all(_is_num(v) and 0 <= v <= 1 for v in r)
+                  for r in c["probs"]))
+    if not ok:
+        raise ManifestError(f"{where}: seed (uint32), faces (1..64), atol (0, 0.5] and {len(LABELS)} "
+                            "probabilities per face are needed")
 
 
 KINDS = ("run", "artifacts", "peer")

@@ -104,3 +104,17 @@ def preprocess_batch(images, spec: PreprocessSpec) -> np.ndarray:
     if len(images) == 0:
         return np.zeros((0, spec.size, spec.size, 1), np.float32)
     return scale_pixels(np.stack([to_uint8(im, spec) for im in images]), spec)
+
+
+def reference_faces(size: int, n: int = 4, seed: int = 0) -> np.ndarray:
+    """``n`` fixed ``size`` x ``size`` uint8 images on which export records each model's outputs and the
+    device checks them at load (a flipped weight, a wrong runtime or preprocessing shows). Smooth
+    random patterns, not faces: no data set image travels in a manifest. Pure numpy, so every
+    platform builds the same pixels (numpy's PCG64 is platform-independent)."""
+    rng = np.random.default_rng(seed)
+    cells = -(-size // 8)
+    coarse = rng.uniform(0, 255, (n, cells, cells))
+    img = np.kron(coarse, np.ones((8, 8)))[:, :size, :size]
+    for _ in range(3):  # box blur: smooth gradients and edges, like a face's
+        img = (img + np.roll(img, 1, 1) + np.roll(img, -1, 1) + np.roll(img, 1, 2) + np.roll(img, -1, 2)) / 5
+    return np.clip(np.round(img), 0, 255).astype(np.uint8)

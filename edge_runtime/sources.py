@@ -81,8 +81,17 @@ GST_HINT = ("--source gst:... needs an OpenCV built with GStreamer, which the Py
             "use JetPack's python3-opencv in a venv made with --system-site-packages (devices/install-jetson.sh)")
 
 
+MAX_CAMERA_INDEX = 255  # V4L2 numbers at most 256 video devices (/dev/video0..255)
+
+
 def check_source(uri: str) -> None:
-    """Fail now, with the fix, for a source this machine can never open (before any model loads)."""
+    """Fail now, with the fix, for a source this machine can never open (before any model loads). A
+    camera that is merely absent now is not such a source: it is waited for, like an unplugged one."""
+    if not uri.strip():
+        raise SourceError("source is empty: give a camera index (0), a device, a file, a folder or a URL")
+    camera = uri if ascii_digits(uri) else uri[len("/dev/video"):] if uri.startswith("/dev/video") else ""
+    if ascii_digits(camera) and int(camera) > MAX_CAMERA_INDEX:
+        raise SourceError(f"source {uri}: camera numbers are 0..{MAX_CAMERA_INDEX}; this one can never exist")
     if is_picamera(uri):
         try:
             import picamera2  # noqa: F401

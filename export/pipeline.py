@@ -456,7 +456,8 @@ def exit_code(manifest: Manifest, allow_partial: bool, out: Path | None = None, 
 
 def _evaluate(fmt: F.Format, staged: Path, seconds: float, conv: _Conversions,
               x_test: np.ndarray, y_test: np.ndarray, ref: dict, cfg: ExportConfig) -> dict:
-    from edge_runtime.backends import SCORING_BATCH, load_backend
+    from edge_runtime.backends import REFERENCE_ATOL, REFERENCE_FACES, REFERENCE_SEED, SCORING_BATCH, load_backend
+    from edge_runtime.backends import reference_probs
     sha = sha256_file(staged)
     final = staged.with_name(f"{conv.stem}_{fmt.tag}.{sha[:8]}{fmt.suffix}")
     os.replace(staged, final)
@@ -465,7 +466,10 @@ def _evaluate(fmt: F.Format, staged: Path, seconds: float, conv: _Conversions,
              "size": final.stat().st_size, "status": None, "input": inp, "output": outp,
              "convert_seconds": round(seconds, 2), "notes": fmt.notes}
     try:
-        backend = load_backend(conv.staged(fmt.name, {**entry, "status": G.USABLE}), fmt.name, threads=cfg.threads)
+        staged_manifest = conv.staged(fmt.name, {**entry, "status": G.USABLE})
+        backend = load_backend(staged_manifest, fmt.name, threads=cfg.threads, probe=False)  # just written here
+        entry["check"] = {"seed": REFERENCE_SEED, "faces": REFERENCE_FACES, "atol": REFERENCE_ATOL,
+                          "probs": np.round(reference_probs(backend, staged_manifest.preprocessing), 6).tolist()}
         probs = np.concatenate([backend.predict(x_test[i:i + SCORING_BATCH])
                                 for i in range(0, len(x_test), SCORING_BATCH)])
         entry.update(G.score(probs, y_test, ref["probs"], ref["accuracy"]))
@@ -483,7 +487,7 @@ def _time_all(conv: _Conversions, cfg: ExportConfig) -> None:
     from edge_runtime.backends import load_backend
     for name, a in conv.artifacts.items():
         if a["format"] != "keras" and a.get("accuracy") is not None:
-            a["ms_per_face"] = ms_per_face(load_backend(conv.staged(name, a), name, threads=cfg.threads),
+            a["ms_per_face"] = ms_per_face(load_backend(conv.staged(name, a), name, threads=cfg.threads, probe=False),
                                            conv.x_test, cfg.timing_runs)
 
 
