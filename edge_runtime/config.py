@@ -208,6 +208,10 @@ class HttpConfig(Section):
     stream: bool = True           # serve /stream.mjpg
     timeout_s: float = setting(10.0, 0.5, 3600.0)  # a client with no complete request (or not reading) is dropped
     max_clients: int = setting(32, 1, 1024)
+    # Host names a browser may use for a server without a token, beside loopback ones (DNS rebinding:
+    # another site's page must not reach the camera through a name that resolves here)
+    hosts: tuple = ()
+    max_streams_per_client: int = setting(2, 1, 1024)  # /stream.mjpg viewers from one address at once
 
 
 @dataclass(frozen=True)

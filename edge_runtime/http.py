@@ -2,7 +2,10 @@
 
 Binds loopback unless told otherwise; a non-loopback bind needs a token (checked at config time)
 and every request must then carry ``Authorization: Bearer <token>`` (or ``?token=``, for the page). Slow or idle clients are
-dropped after ``timeout_s``, and at most ``max_clients`` connections are served at once.
+dropped after ``timeout_s``, and at most ``max_clients`` connections are served at once, of which
+one address may hold at most ``max_streams_per_client`` MJPEG streams. Without a token, the Host
+header must name this machine by a loopback name or one of ``hosts`` (DNS rebinding). Every reply
+says nosniff and may not be framed by another site; the page has a restrictive CSP.
 """
 from __future__ import annotations
 
@@ -32,16 +35,55 @@ def query_token(query: str) -> str:
     return ""
 
 
+SECURITY_HEADERS = (("X-Content-Type-Options", "nosniff"), ("X-Frame-Options", "DENY"),
+                    ("Referrer-Policy", "no-referrer"), ("Cache-Control", "no-store"))
+PAGE_CSP = ("default-src 'none'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; "
+            "img-src 'self' data: blob:; connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; "
+            "form-action 'none'")
+
+
+def _loopback_host(name: str) -> bool:
+    import ipaddress
+    name = name.strip("[]").lower().rstrip(".")
+    if name == "localhost" or name.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+def host_name(header: str) -> str:
+    """The name in a Host header, without its port ('[::1]:8080' -> '::1')."""
+    header = header.strip()
+    if header.startswith("["):
+        return header[1:header.find("]")] if "]" in header else header
+    return header.rsplit(":", 1)[0] if header.count(":") == 1 else header
+
+
 class _Handler(BaseHTTPRequestHandler):
     server_version = "fer-edge"
     app: "HttpServer"  # set on the subclass
 
-    def log_message(self, fmt, *args):  # route access logs to logging at debug level, tokens masked
-        log.debug("%s " + fmt, self.client_address[0], *(TOKEN_IN_QUERY.sub("token=***", str(a)) for a in args))
+    def end_headers(self):
+        for k, v in SECURITY_HEADERS:
+            self.send_header(k, v)
+        super().end_headers()
 
-    def _send(self, code: int, body: bytes, ctype: str):
+    def _host_allowed(self) -> bool:
+        if self.app.token:  # another site's page cannot know it: the token is the protection
+            return True
+        name = host_name(self.headers.get("Host", "")).lower()
+        return _loopback_host(name) or name in self.app.hosts
+
+    def log_message(self, fmt, *args):  # route access logs to logging at debug level, tokens masked
+        log.debug("%s " + fmt, self.client_address[0],  # numbers stay numbers: log_error's fmt has a %d
+                  *(TOKEN_IN_QUERY.sub("token=***", a) if isinstance(a, str) else a for a in args))
+
+    def _send(self, code: int, body: bytes, ctype: str, csp: str = "default-src 'none'; frame-ancestors 'none'"):
         self.send_response(code)
         self.send_header("Content-Type", ctype)
+        self.send_header("Content-Security-Policy", csp)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
@@ -63,10 +105,12 @@ class _Handler(BaseHTTPRequestHandler):
     def do_GET(self):  # noqa: N802 - http.server API
         app = self.app
         path, _, query = self.path.partition("?")
+        if not self._host_allowed():
+            return self._send(421, b"unknown host name: add it to [http] hosts\n", "text/plain")
         if app.token and not self._authorized(query):
             return self._send(401, b"unauthorized\n", "text/plain")
         if path in ("/", "/index.html"):
-            return self._send(200, PAGE.read_bytes(), "text/html; charset=utf-8")
+            return self._send(200, PAGE.read_bytes(), "text/html; charset=utf-8", csp=PAGE_CSP)
         if path == "/healthz":
             snap = app.stats.snapshot()
             body = {"status": snap["status"], "reason": snap["reason"], "uptime_s": snap["uptime_s"]}
@@ -76,7 +120,13 @@ class _Handler(BaseHTTPRequestHandler):
         if path == "/latest":
             return self._send(200, json.dumps(app.stats.latest_events()).encode(), "application/json")
         if path == "/stream.mjpg" and app.jpeg is not None:
-            return self._stream()
+            client = self.client_address[0]
+            if not app.viewer_start(client):
+                return self._send(429, b"too many streams from this address\n", "text/plain")
+            try:
+                return self._stream()
+            finally:
+                app.viewer_end(client)
         self._send(404, b"not found\n", "text/plain")
 
     def _stream(self):
@@ -167,9 +217,14 @@ class _BoundedServer(ThreadingHTTPServer):
 
 
 class HttpServer:
-    def __init__(self, bind: str, stats, token: str = "", jpeg=None, timeout_s: float = 10.0, max_clients: int = 32):
+    def __init__(self, bind: str, stats, token: str = "", jpeg=None, timeout_s: float = 10.0, max_clients: int = 32,
+                 hosts=(), max_streams_per_client: int = 2):
         host, _, port = bind.rpartition(":")
         self.stats, self.token, self.jpeg = stats, token, jpeg
+        self.hosts = {h.lower().strip("[]") for h in hosts} | ({host.strip("[]").lower()} if host else set())
+        self.max_streams = max_streams_per_client
+        self._viewers: dict[str, int] = {}
+        self._viewers_lock = threading.Lock()
         self.stopping = threading.Event()
         # timeout: a client that sends no complete request (or stops reading) within it is dropped
         handler = type("Handler", (_Handler,), {"app": self, "timeout": timeout_s})
@@ -187,6 +242,19 @@ class HttpServer:
         self._thread.start()
         threading.Thread(target=self.httpd.reap, args=(self.stopping,), name="http-reaper", daemon=True).start()
         log.info("HTTP on http://%s (/ /healthz /metrics /latest%s)", self.address, " /stream.mjpg" if jpeg else "")
+
+    def viewer_start(self, client: str) -> bool:
+        with self._viewers_lock:
+            if self._viewers.get(client, 0) >= self.max_streams:
+                return False
+            self._viewers[client] = self._viewers.get(client, 0) + 1
+            return True
+
+    def viewer_end(self, client: str) -> None:
+        with self._viewers_lock:
+            self._viewers[client] -= 1
+            if not self._viewers[client]:
+                del self._viewers[client]
 
     def close(self):
         self.stopping.set()

@@ -355,3 +355,61 @@ def test_a_corrupt_frame_is_skipped_and_counted_not_the_end(no_tf_path, tmp_path
     assert "1 undecodable frame(s) skipped after frame 30" in r.stderr
     assert "59 processed" in r.stderr
     assert max(e["frame"] for e in read_events(events)) == 58
+
+
+# ---------------------------------------------------------------- class 5: the HTTP server
+def test_http_refuses_foreign_host_names_and_says_how_to_be_framed(tmp_path, caplog):
+    """DNS rebinding: a page on another site resolving its name to 127.0.0.1 sends its own Host; without a
+    token only loopback names and [http] hosts are served. Every reply carries nosniff and no framing;
+    the page a restrictive CSP. Debug logging of an error reply logs, not a TypeError."""
+    import logging
+    import urllib.request
+
+    from edge_runtime.http import HttpServer
+    from edge_runtime.stats import Stats
+    srv = HttpServer("127.0.0.1:0", Stats(), hosts=("camera.lan",))
+    port = srv.address.rsplit(":", 1)[1]
+
+    def get(path, host):
+        req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", headers={"Host": host})
+        try:
+            with urllib.request.urlopen(req, timeout=5) as r:
+                return r.status, dict(r.headers)
+        except urllib.error.HTTPError as e:
+            return e.code, dict(e.headers)
+    try:
+        with caplog.at_level(logging.DEBUG, logger="edge_runtime.http"):
+            assert get("/healthz", "evil.example:8080")[0] == 421
+            assert get("/stream.mjpg", "attacker.test")[0] == 421
+            for host in (f"127.0.0.1:{port}", f"localhost:{port}", "camera.lan", f"[::1]:{port}"):
+                assert get("/healthz", host)[0] in (200, 503), host
+            code, headers = get("/", f"localhost:{port}")
+            assert code == 200 and "frame-ancestors 'none'" in headers["Content-Security-Policy"]
+            assert headers["X-Content-Type-Options"] == "nosniff" and headers["X-Frame-Options"] == "DENY"
+            assert get("/nope", "localhost")[0] == 404
+        assert "TypeError" not in caplog.text and "--- Logging error ---" not in caplog.text
+    finally:
+        srv.close()
+
+
+def test_one_address_holds_at_most_its_share_of_mjpeg_streams():
+    import urllib.request
+
+    from edge_runtime.http import HttpServer
+    from edge_runtime.stats import Stats
+    srv = HttpServer("127.0.0.1:0", Stats(), jpeg=lambda: b"\xff\xd8jpeg\xff\xd9", max_streams_per_client=2)
+    url = f"http://{srv.address}/stream.mjpg"
+    try:
+        held = [urllib.request.urlopen(url, timeout=5) for _ in range(2)]
+        try:
+            with pytest.raises(urllib.error.HTTPError) as e:
+                urllib.request.urlopen(url, timeout=5)
+            assert e.value.code == 429
+            with pytest.raises(urllib.error.HTTPError) as e:  # /healthz still answers: 503 "starting"
+                urllib.request.urlopen(f"http://{srv.address}/healthz", timeout=5)
+            assert e.value.code == 503 and json.loads(e.value.read())["status"] == "starting"
+        finally:
+            for h in held:
+                h.close()
+    finally:
+        srv.close()

@@ -103,7 +103,7 @@ def test_annotate_writes_the_processed_frames_with_boxes_and_a_contact_sheet(pag
     assert bad.returncode == 2 and "use a .mp4 or .avi" in bad.stderr
     (tmp_path / "folder.avi").mkdir()
     bad = run_daemon(no_tf_path, "--source", page_video, "--annotate", tmp_path / "folder.avi")
-    assert bad.returncode == 2 and "cannot write this file" in bad.stderr and "Traceback" not in bad.stderr
+    assert bad.returncode == 2 and "is a folder: name a file" in bad.stderr and "Traceback" not in bad.stderr
 
     sheet = tmp_path / "sheet.png"
     r = subprocess.run([sys.executable, "-m", "edge_runtime.annotate", "sheet", str(out), str(sheet), "--frames", "6"],
