@@ -265,9 +265,10 @@ def main(argv=None) -> int:
     if skipped:
         print(f"warning: {skipped} unreadable or truncated test image(s) were skipped (each row says how many)",
               file=sys.stderr)
-    failed = [r for r in rows if r.get("status") == "failed"]
+    failed = [r for r in rows + pipeline_rows if r.get("status") == "failed"]  # a failed video row fails too
     if failed:
-        print(f"{len(failed)} row(s) failed: {', '.join(sorted({r['artifact'] for r in failed}))}", file=sys.stderr)
+        names = sorted({f"{r['artifact']}" + (f" on {r['scene']}" if r.get("scene") else "") for r in failed})
+        print(f"{len(failed)} row(s) failed: {', '.join(names)}", file=sys.stderr)
         return 1
     return 0
 

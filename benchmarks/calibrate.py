@@ -6,7 +6,7 @@ Validation faces (the split ``python -m train`` carves from train/; never test/)
 64-200 px onto random backdrops, the detector runs on every frame, and for each found face we know
 its true FER framing. Step 1 takes the median geometry (true side / box side, centre offsets);
 step 2 searches scale, dy and eye levelling around it by the classifier's accuracy on those faces.
-``--write`` stores the winner in ``edge_runtime/crops.json``, which the daemon reads
+``--packaged`` stores the winner in ``edge_runtime/crops.json`` under (detector, model), which the daemon reads
 (``crop.mode = "calibrated"``).
 """
 from __future__ import annotations
@@ -156,7 +156,7 @@ def main(argv=None) -> int:
         print(f"  {acc:.2%}  {spec}")
     if out is not None:
         table = json.loads((out if out.is_file() else CROPS_FILE).read_text())
-        table[a.detector] = fit
+        table.setdefault(a.detector, {})[read_manifest(a.artifacts).model] = fit  # keyed (detector, model)
         atomic_write_text(out, json.dumps(table, indent=1) + "\n")
         record_file(out)
         print(f"wrote {out}")

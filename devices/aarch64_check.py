@@ -3,8 +3,9 @@
 Run by ``devices/emulate-aarch64.sh check`` (``make aarch64-check``) after it has built the arm64
 Bookworm rootfs. Steps, each printed as it runs:
 
-1. pick an exported artifacts folder (``--artifacts``, else the newest ``artifacts/*/manifest.json``
-   with a usable ``tflite-int8`` and an ONNX artifact);
+1. pick an exported artifacts folder (``--artifacts``, else the model the package ships, which a
+   fresh checkout has; ``--artifacts newest`` takes the newest ``artifacts/*/manifest.json`` with a
+   usable ``tflite-int8`` and an ONNX artifact);
 2. write the synthetic test video (``edge_runtime.synthetic.make_video``: FER test faces
    composited at known places) and a batch of test-split faces into ``.cache/aarch64-check/``;
 3. backend probe: the same faces through ``edge_runtime.preprocess`` + ``edge_runtime.backends``
@@ -134,9 +135,12 @@ def _sha(a: np.ndarray) -> str:
 
 # ----------------------------------------------------------------------------- helpers
 def find_artifacts(explicit: str | None) -> Path:
-    cands = [Path(explicit)] if explicit else sorted(
-        (p.parent for p in (REPO / "artifacts").glob("*/manifest.json")), key=lambda p: p.stat().st_mtime,
-        reverse=True)
+    from edge_runtime.api import PACKAGED_ARTIFACTS
+    if explicit == "newest":
+        cands = sorted((p.parent for p in (REPO / "artifacts").glob("*/manifest.json")),
+                       key=lambda p: p.stat().st_mtime, reverse=True)
+    else:
+        cands = [Path(explicit) if explicit else PACKAGED_ARTIFACTS]
     for d in cands:
         try:
             arts = set(read_manifest(d).usable())
@@ -589,7 +593,8 @@ def main(argv=None) -> int:
     pr.add_argument("--frames", type=int, default=3)
     p.add_argument("--emulator", default=str(REPO / "devices" / "emulate-aarch64.sh"))
     p.add_argument("--rootfs", default=os.environ.get("ROOTFS", str(REPO / ".cache" / "aarch64-rootfs")))
-    p.add_argument("--artifacts", help="exported artifacts folder (default: newest artifacts/*/)")
+    p.add_argument("--artifacts", help="exported artifacts folder (default: the packaged model; 'newest': the "
+                                       "newest artifacts/*/)")
     p.add_argument("--data", default=os.environ.get("FER_DATA", str(REPO.parent / "shared" / "data" / "fer2013")))
     p.add_argument("--frames", type=int, default=20)
     p.add_argument("--faces", type=int, default=3)

@@ -74,10 +74,10 @@ class EmotionRecognizer:
         self.detector = make_detector(detector, threads)
         if crop is not None and not isinstance(crop, CropSpec):
             raise TypeError(f"crop must be a CropSpec (edge_runtime.CropSpec) or None, got {type(crop).__name__}")
-        self.crop = crop if crop is not None else calibrated_crop(detector.type)
         if artifacts is not None and not isinstance(artifacts, (str, os.PathLike)):
             raise TypeError(f"artifacts must be a folder path, got {type(artifacts).__name__}")
         self.manifest = read_manifest(artifacts or PACKAGED_ARTIFACTS)
+        self.crop = crop if crop is not None else calibrated_crop(detector.type, self.manifest.model)
         self.artifact = select_artifact(self.manifest, backend, precision)
         self.backend = load_backend(self.manifest, self.artifact, threads, providers)
         self.spec = self.manifest.preprocessing

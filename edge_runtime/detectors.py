@@ -10,6 +10,7 @@ best score first).
 from __future__ import annotations
 
 import json
+import logging
 import threading
 from functools import lru_cache
 from pathlib import Path
@@ -20,6 +21,8 @@ import numpy as np
 from .config import DetectorConfig
 from .geometry import CropSpec, Detections, finish, nms
 from .manifest import sha256_file, unique_keys
+
+log = logging.getLogger(__name__)
 
 MODELS = Path(__file__).resolve().parent / "models"
 DETECTORS = ("yunet", "haar")
@@ -237,15 +240,27 @@ def make_detector(cfg: DetectorConfig = DetectorConfig(), threads: int = 1) -> D
 CROPS_FILE = Path(__file__).resolve().parent / "crops.json"
 
 
-def calibrated_crop(detector: str) -> CropSpec:
-    """The crop fitted for ``detector`` by ``python -m benchmarks.calibrate`` (crops.json)."""
+CROP_FALLBACK_MODEL = "cbilstm"  # the model whose crops a model without its own fit borrows (said in the log)
+
+
+def calibrated_crop(detector: str, model: str = CROP_FALLBACK_MODEL) -> CropSpec:
+    """The crop ``python -m benchmarks.calibrate`` fitted for (``detector``, ``model``) (crops.json). A
+    model without its own fit (a user's retrained family member) gets the default model's, with a
+    warning: the framing the models were trained on is the same, the fit is not theirs."""
     try:
         table = json.loads(CROPS_FILE.read_text(), object_pairs_hook=unique_keys)
     except (OSError, ValueError) as e:
         raise DetectorError(f"{CROPS_FILE} is unreadable ({e}): reinstall fer-edge") from None
-    entry = table.get(detector)
-    if entry is None:
+    fits = table.get(detector) if isinstance(table, dict) else None
+    if not isinstance(fits, dict) or not fits:
         raise DetectorError(f"no calibrated crop for detector {detector!r} in {CROPS_FILE}")
+    entry = fits.get(model)
+    if entry is None:
+        entry = fits.get(CROP_FALLBACK_MODEL)
+        if entry is None:
+            raise DetectorError(f"no calibrated crop for detector {detector!r} and model {model!r} in {CROPS_FILE}")
+        log.warning("no crop calibrated for %s with model %s: using %s's (python -m benchmarks.calibrate fits one)",
+                    detector, model, CROP_FALLBACK_MODEL)
     try:
         return CropSpec.from_dict(entry["crop"])
     except (KeyError, TypeError, ValueError, AttributeError) as e:

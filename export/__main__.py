@@ -67,6 +67,14 @@ def _interrupt(signum, frame):
 
 
 def main(argv=None) -> int:
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:  # before the export's own handlers are in place (its imports): nothing written yet
+        print("export interrupted; nothing was written", file=sys.stderr)
+        return 130
+
+
+def _main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     from edge_runtime.config import check_threads

@@ -68,7 +68,8 @@ def test_broken_artifact_is_a_failed_row_not_a_crash(tiny_artifacts, tmp_path):
     r = _bench("--artifacts", broken, "--formats", "tflite-int8,onnx-fp32", "--json", tmp_path / "b.json",
                "--pipeline", "--detectors", "yunet-n")
     assert r.returncode == 1, r.stderr[-2000:]  # a failed row fails the command, after the table is written
-    assert "1 row(s) failed: tflite-int8" in r.stderr
+    # the scored row and its two video rows (one-face, moving) each count
+    assert "3 row(s) failed: tflite-int8, tflite-int8 on moving, tflite-int8 on one-face" in r.stderr
     rows = {row["artifact"]: row for row in json.loads((tmp_path / "b.json").read_text())["rows"]}
     assert rows["tflite-int8"]["status"] == "failed" and "truncated" in rows["tflite-int8"]["reason"]
     assert rows["onnx-fp32"]["status"] != "failed" and rows["onnx-fp32"]["accuracy"] > 0

@@ -22,7 +22,7 @@ def test_calibrate_fits_a_crop_on_validation_faces_and_writes_it_with_its_proven
     assert r.returncode == 0, r.stderr[-2000:]
     assert "validation faces; accuracy exact crop" in r.stdout and f"wrote {out}" in r.stdout
     table = json.loads(out.read_text())
-    entry, fit = table["yunet"], table["yunet"]["fit"]
+    entry, fit = table["yunet"]["cbilstm"], table["yunet"]["cbilstm"]["fit"]  # keyed (detector, model)
     crop = CropSpec.from_dict(entry["crop"])
     assert 0.8 <= crop.scale <= 1.5 and abs(crop.dy) <= 0.2  # YuNet's box is a little tighter than FER's framing
     assert fit["data"]["split"].startswith("validation") and fit["found"] >= 20

@@ -100,12 +100,16 @@ def test_crop_spec_scales_shifts_and_levels():
         CropSpec(scale=10)
 
 
-def test_calibrated_crops_are_shipped_for_every_detector():
+def test_calibrated_crops_are_shipped_for_every_detector_and_keyed_by_model(caplog):
+    table = json.loads(detectors.CROPS_FILE.read_text())
     for name in detectors.DETECTORS:
-        spec = calibrated_crop(name)
-        fit = json.loads(detectors.CROPS_FILE.read_text())[name]["fit"]
+        spec = calibrated_crop(name, "cbilstm")
+        fit = table[name]["cbilstm"]["fit"]
         assert fit["data"]["split"].startswith("validation") and fit["found"] >= 1000, name
-        assert spec.to_dict() == json.loads(detectors.CROPS_FILE.read_text())[name]["crop"]
+        assert spec.to_dict() == table[name]["cbilstm"]["crop"]
+    with caplog.at_level("WARNING"):  # a model without its own fit borrows the default's, and says so
+        assert calibrated_crop("yunet", "no-such-model") == calibrated_crop("yunet", "cbilstm")
+    assert "no crop calibrated for yunet with model no-such-model" in caplog.text
 
 
 def _faces_at(paths, box, size=(320, 240)):

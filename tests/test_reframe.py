@@ -34,18 +34,21 @@ def test_reframed_faces_are_the_daemons_crop_of_the_same_face(shared_root):
 def test_fine_tune_in_device_framing_replaces_an_existing_run_whole(tiny_run, shared_root, tmp_path):
     import shutil
     out = shutil.copytree(tiny_run, tmp_path / "ft")
-    (out / "stray.txt").write_text("from the old run")
-    r = subprocess.run([sys.executable, "-m", "train", "--data", str(shared_root), "--init", str(tiny_run),
-                        "--epochs", "1", "--lr", "3e-4", "--set", "reframe=0.5", "--val-fraction", "0",
-                        "--fraction", str(TINY_EXPORT_FRACTION), "--quiet", "--out", str(out)],
-                       capture_output=True, text=True, cwd=REPO, timeout=900)
+    (out / "stray.txt").write_text("someone's notes")
+    cmd = [sys.executable, "-m", "train", "--data", str(shared_root), "--init", str(tiny_run),
+           "--epochs", "1", "--lr", "3e-4", "--set", "reframe=0.5", "--val-fraction", "0",
+           "--fraction", str(TINY_EXPORT_FRACTION), "--quiet", "--out", str(out)]
+    r = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=900)
+    assert r.returncode == 2 and "holds files 'train' did not write (stray.txt)" in r.stderr  # never deleted
+    assert (out / "stray.txt").read_text() == "someone's notes"
+    (out / "stray.txt").unlink()
+    r = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "device framing: the detector found" in r.stdout
     m = read_manifest(out)
     assert m.init["model_sha256"] == read_manifest(tiny_run).model_sha256
     assert m.reframe["share"] == 0.5 and m.reframe["found"] >= 0.85 * m.reframe["faces"]
     assert m.model_sha256 == sha256_file(out / "model.keras")
-    assert not (out / "stray.txt").exists()  # the folder is the new run's, whole
     assert not list(tmp_path.glob(".ft.*"))  # no staging or replaced folder left
 
 

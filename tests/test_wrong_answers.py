@@ -83,7 +83,7 @@ def test_a_crops_table_with_a_string_for_level_is_refused(tmp_path, monkeypatch)
     from edge_runtime import detectors
     from edge_runtime.detectors import DetectorError, calibrated_crop
     table = json.loads(detectors.CROPS_FILE.read_text())
-    table["yunet"]["crop"]["level"] = "no"  # a true string: read as True, every crop would be rotated
+    table["yunet"]["cbilstm"]["crop"]["level"] = "no"  # a true string: read as True, every crop would be rotated
     bad = tmp_path / "crops.json"
     bad.write_text(json.dumps(table))
     monkeypatch.setattr(detectors, "CROPS_FILE", bad)

@@ -425,7 +425,7 @@ def _device_framed(cfg: TrainConfig, recipe: Recipe, data: Dataset,
     if not recipe.reframe:
         return None, None
     from .reframe import reframe_split
-    x_device, found = reframe_split(data.train, spec, seed=cfg.weights_seed, progress=cfg.progress)
+    x_device, found = reframe_split(data.train, spec, seed=cfg.weights_seed, progress=cfg.progress, model=cfg.model)
     print(f"device framing: the detector found {found.mean():.1%} of {len(found):,} training faces; "
           f"{recipe.reframe:.0%} of faces per step are shown that way")
     return x_device, {"share": recipe.reframe, "detector": "yunet", "found": int(found.sum()), "faces": len(found)}

@@ -62,10 +62,10 @@ def reframe_one(face: np.ndarray, detector, crop, spec: PreprocessSpec, rng: np.
 
 
 def reframe_split(split: Split, spec: PreprocessSpec, detector_kind: str = "yunet", seed: int = 0,
-                  progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    """-> (uint8 faces in the device's framing, aligned with ``split``; bool mask of faces found)."""
+                  progress: bool = True, model: str = "cbilstm") -> tuple[np.ndarray, np.ndarray]:
+    """-> (uint8 faces in the device's framing for ``model``, aligned with ``split``; bool mask of faces found)."""
     detector = make_detector(DetectorConfig(type=detector_kind))
-    crop = calibrated_crop(detector_kind)
+    crop = calibrated_crop(detector_kind, model)
     path = _cache_path(split, spec, detector, crop, seed)
     if path.is_file():
         try:
