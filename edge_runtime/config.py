@@ -212,6 +212,7 @@ class HttpConfig(Section):
     # another site's page must not reach the camera through a name that resolves here)
     hosts: tuple = ()
     max_streams_per_client: int = setting(2, 1, 1024)  # /stream.mjpg viewers from one address at once
+    max_per_client: int = setting(8, 1, 1024)  # connections from one address at once (slow ones included)
 
 
 @dataclass(frozen=True)

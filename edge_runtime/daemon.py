@@ -87,7 +87,7 @@ class Daemon:
             h = cfg.http
             self.http = HttpServer(h.bind, self.stats, h.token, self.jpeg if h.stream else None,
                                    h.timeout_s, h.max_clients, hosts=h.hosts,
-                                   max_streams_per_client=h.max_streams_per_client)
+                                   max_streams_per_client=h.max_streams_per_client, max_per_client=h.max_per_client)
         self.annotate = (VideoOut(cfg.run.annotate, src.fps or 15.0, inputs, cfg.run.overwrite)
                          if cfg.run.annotate else None)
         self.watchdog = Watchdog(cfg.run.watchdog_s)

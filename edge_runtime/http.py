@@ -150,28 +150,44 @@ BUSY = b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\nContent-Length: 0
 
 
 class _BoundedServer(ThreadingHTTPServer):
-    """At most ``max_clients`` connections at once (one more gets 503 and is closed), and a client
-    whose request line and headers are not complete ``timeout_s`` after it connected is cut off,
-    however slowly it drips them."""
+    """At most ``max_clients`` connections at once, and at most ``per_client`` from one address (one
+    more gets 503 and is closed before anything is read: an address that drips headers or holds
+    streams cannot take the slots of the others, /healthz's included). A client whose request line
+    and headers are not complete ``timeout_s`` after it connected is cut off, however slowly it drips
+    them."""
     daemon_threads = True
     request_queue_size = 128  # the listen backlog: a burst of clients is accepted (and refused) at once
 
-    def __init__(self, address, handler, stats, max_clients: int, timeout_s: float):
+    def __init__(self, address, handler, stats, max_clients: int, timeout_s: float, per_client: int = 8):
         self.stats, self.slots, self.timeout_s = stats, threading.BoundedSemaphore(max_clients), timeout_s
+        self.per_client = min(per_client, max_clients)
+        self.by_client: dict[str, int] = {}  # address -> connections held
         self.pending: dict = {}  # socket -> deadline for its request to be complete
         self.pending_lock = threading.Lock()
         super().__init__(address, handler)
 
+    def _refuse(self, request):
+        self.stats.inc("http_refused")
+        try:
+            request.setblocking(False)
+            request.send(BUSY)
+        except OSError:
+            pass
+        self.shutdown_request(request)
+
     def process_request(self, request, client_address):
+        addr = client_address[0]
+        with self.pending_lock:
+            mine = self.by_client.get(addr, 0)
+            if mine >= self.per_client:
+                addr = None
+            else:
+                self.by_client[client_address[0]] = mine + 1
+        if addr is None:
+            return self._refuse(request)
         if not self.slots.acquire(blocking=False):
-            self.stats.inc("http_refused")
-            try:
-                request.setblocking(False)
-                request.send(BUSY)
-            except OSError:
-                pass
-            self.shutdown_request(request)
-            return
+            self._release_client(client_address[0])
+            return self._refuse(request)
         with self.pending_lock:
             self.pending[request] = time.monotonic() + self.timeout_s
         try:
@@ -179,7 +195,14 @@ class _BoundedServer(ThreadingHTTPServer):
         except Exception:
             self.request_done(request)
             self.slots.release()
+            self._release_client(client_address[0])
             raise
+
+    def _release_client(self, addr: str) -> None:
+        with self.pending_lock:
+            self.by_client[addr] -= 1
+            if not self.by_client[addr]:
+                del self.by_client[addr]
 
     def process_request_thread(self, request, client_address):
         try:
@@ -187,6 +210,7 @@ class _BoundedServer(ThreadingHTTPServer):
         finally:
             self.request_done(request)
             self.slots.release()
+            self._release_client(client_address[0])
 
     def request_done(self, request) -> None:
         with self.pending_lock:
@@ -218,7 +242,7 @@ class _BoundedServer(ThreadingHTTPServer):
 
 class HttpServer:
     def __init__(self, bind: str, stats, token: str = "", jpeg=None, timeout_s: float = 10.0, max_clients: int = 32,
-                 hosts=(), max_streams_per_client: int = 2):
+                 hosts=(), max_streams_per_client: int = 2, max_per_client: int = 8):
         host, _, port = bind.rpartition(":")
         self.stats, self.token, self.jpeg = stats, token, jpeg
         self.hosts = {h.lower().strip("[]") for h in hosts} | ({host.strip("[]").lower()} if host else set())
@@ -233,7 +257,7 @@ class HttpServer:
         if ":" in host:  # an IPv6 address
             server = type("BoundedServer6", (_BoundedServer,), {"address_family": socket.AF_INET6})
         try:
-            self.httpd = server((host, int(port)), handler, stats, max_clients, timeout_s)
+            self.httpd = server((host, int(port)), handler, stats, max_clients, timeout_s, max_per_client)
         except OSError as e:
             raise OSError(f"http.bind {bind}: {e.strerror or e}") from None
         self.address = "%s:%d" % self.httpd.server_address[:2]

@@ -413,3 +413,33 @@ def test_one_address_holds_at_most_its_share_of_mjpeg_streams():
                 h.close()
     finally:
         srv.close()
+
+
+def test_64_slowloris_connections_leave_healthz_answerable():
+    """One address drips headers on 64 connections (and holds streams): it gets max_per_client slots,
+    the rest are refused before anything is read, and another client's /healthz is answered at once."""
+    from edge_runtime.http import HttpServer
+    from edge_runtime.stats import Stats
+    stats = Stats()
+    stats.set_health("ok")
+    srv = HttpServer("127.0.0.1:0", stats, timeout_s=30.0)  # the defaults: 32 clients, 8 per address
+    port = int(srv.address.rsplit(":", 1)[1])
+    socks = []
+    try:
+        for _ in range(64):
+            s = socket.create_connection(("127.0.0.1", port), timeout=5)
+            s.sendall(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n")  # never finished
+            socks.append(s)
+        wait_for(lambda: stats.counters["http_refused"] >= 56, 5)
+        for _ in range(3):
+            other = socket.create_connection(("127.0.0.1", port), timeout=5, source_address=("127.0.0.2", 0))
+            t0 = time.monotonic()
+            other.sendall(f"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n".encode())
+            reply = other.recv(200)
+            other.close()
+            assert reply.startswith(b"HTTP/1.0 200") or reply.startswith(b"HTTP/1.1 200"), reply
+            assert time.monotonic() - t0 < 2.0
+    finally:
+        for s in socks:
+            s.close()
+        srv.close()
