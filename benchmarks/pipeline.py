@@ -116,6 +116,31 @@ def match(truth_faces: list[dict], boxes: np.ndarray, frame_size=None) -> dict[i
     return pairs
 
 
+def cluster_se(values, clusters) -> float | None:
+    """Standard error of the mean of ``values`` when the values of one cluster are correlated: the
+    cluster-robust (sandwich) estimator, sqrt(G / (G - 1) * sum_c (sum_{i in c} (v_i - mean))^2) / n,
+    G clusters. Equal to the plain SE's order when every cluster has one value; None below 2 clusters."""
+    v = np.asarray(values, np.float64)
+    ids = {c: k for k, c in enumerate(dict.fromkeys(clusters))}
+    g = len(ids)
+    if g < 2:
+        return None
+    sums = np.zeros(g)
+    np.add.at(sums, [ids[c] for c in clusters], v - v.mean())
+    return float(np.sqrt(g / (g - 1) * np.sum(sums ** 2)) / len(v))
+
+
+def per_cluster_mean(values, clusters) -> float | None:
+    """The mean over clusters of each cluster's mean (each distinct face counts once)."""
+    if not values:
+        return None
+    ids = {c: k for k, c in enumerate(dict.fromkeys(clusters))}
+    sums, counts = np.zeros(len(ids)), np.zeros(len(ids))
+    np.add.at(sums, [ids[c] for c in clusters], np.asarray(values, np.float64))
+    np.add.at(counts, [ids[c] for c in clusters], 1)
+    return float(np.mean(sums / counts))
+
+
 def score(truth: dict, frame_dets: list[list[dict]], ceiling: list[list[str]], min_visible: float = 0.5) -> dict:
     """Recall over faces at least ``min_visible`` in view; label accuracy (raw, smoothed and the
     exact-crop ceiling) over the found faces fully in view (a face cut by the frame edge or another
@@ -124,6 +149,9 @@ def score(truth: dict, frame_dets: list[list[dict]], ceiling: list[list[str]], m
     label (smoothed), raw_label and track."""
     faces = found = judged = raw_ok = smooth_ok = ceil_ok = false_pos = 0
     paired: list[int] = []  # per judged face: exact crop right - detector crop right (-1, 0, 1)
+    cluster: list = []  # per judged face: which distinct face it is (its frames are not independent)
+    raw_hits: list[int] = []
+    ceil_hits: list[int] = []
     last_track: dict[int, int] = {}
     track_ids: dict[int, set] = {}
     switches = 0
@@ -146,6 +174,9 @@ def score(truth: dict, frame_dets: list[list[dict]], ceiling: list[list[str]], m
                 smooth_ok += d["label"] == f["label"]
                 ceil_ok += ceiling[i][ti] == f["label"]
                 paired.append(int(ceiling[i][ti] == f["label"]) - int(d["raw_label"] == f["label"]))
+                cluster.append(f.get("id", (i, ti)))  # a face without an id is seen in one frame only
+                raw_hits.append(int(d["raw_label"] == f["label"]))
+                ceil_hits.append(int(ceiling[i][ti] == f["label"]))
             if "track" in d:
                 fid = f.get("id", ti)
                 if fid in last_track and last_track[fid] != d["track"]:
@@ -158,6 +189,12 @@ def score(truth: dict, frame_dets: list[list[dict]], ceiling: list[list[str]], m
             # the ceiling minus the label accuracy on the same faces, and its standard error (a paired difference)
             "gap_pp": 100 * float(np.mean(paired)) if paired else None,
             "gap_se_pp": 100 * float(np.std(paired, ddof=1) / np.sqrt(len(paired))) if len(paired) > 1 else None,
+            # the same with each distinct face's frames as one cluster (they are not independent samples)
+            "gap_cluster_se_pp": 100 * cluster_se(paired, cluster) if paired else None,
+            "distinct_faces": len(set(cluster)),
+            # accuracy per distinct face: each face's share of frames right, averaged over faces
+            "label_acc_per_face": per_cluster_mean(raw_hits, cluster),
+            "ceiling_acc_per_face": per_cluster_mean(ceil_hits, cluster),
             "false_pos": false_pos, "id_switches": switches,
             "merged_tracks": sum(len(v) > 1 for v in track_ids.values())}
 
@@ -202,7 +239,7 @@ def fer_row(video: Path, truth: dict) -> dict:
            "frames": res["frames"], "seconds": res["seconds"], "fps": res["frames"] / res["seconds"],
            "runtime": res["runtime"], "stages_ms": {}}
     row.update(score(truth, res["per_frame"], ceiling))
-    for key in ("ceiling_acc", "gap_pp", "gap_se_pp"):  # no ceiling, so no gap to it
+    for key in ("ceiling_acc", "gap_pp", "gap_se_pp", "gap_cluster_se_pp", "ceiling_acc_per_face"):  # no ceiling
         row.pop(key)
     return row
 

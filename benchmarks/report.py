@@ -75,19 +75,24 @@ def pipeline_table(rows: list[dict]) -> str:
     if not rows:
         return ""
     lines = ["| scene | detector | backend | threads | faces found | label right (of found) | exact-crop ceiling "
-             "| gap ± SE | smoothed | false + | ID switches | merged tracks | FPS | detect ms | preprocess ms "
-             "| classify ms | postprocess ms |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| gap ± SE | gap ± SE per face | per distinct face: right / ceiling | smoothed | false + | ID switches "
+             "| merged tracks | FPS | detect ms | preprocess ms | classify ms | postprocess ms |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         head = f"| {r.get('scene', '')} | {r.get('detector', '')} | {r.get('artifact')} | {r.get('threads', '')} |"
         if r.get("status") == "failed":
-            lines.append(f"{head} failed: {r.get('reason')} |||||||||||||")
+            lines.append(f"{head} failed: {r.get('reason')} |||||||||||||||")
             continue
         s = r.get("stages_ms", {})
         ms = (lambda k: f"{s[k]:.2f}" if k in s else "")  # noqa: E731
         found = f"{_pct(r.get('recall'))} ({r.get('found')}/{r.get('faces')})" if "recall" in r else ""
         gap = f"{r['gap_pp']:.2f} ± {r['gap_se_pp']:.2f} pp" if r.get("gap_se_pp") is not None else ""
+        cgap = (f"± {r['gap_cluster_se_pp']:.2f} pp ({r['distinct_faces']} faces)"
+                if r.get("gap_cluster_se_pp") is not None else "")
+        per_face = (f"{_pct(r.get('label_acc_per_face'))} / {_pct(r.get('ceiling_acc_per_face'))}"
+                    if r.get("label_acc_per_face") is not None else "")
         lines.append(f"{head} {found} | {_pct(r.get('label_acc'))} | {_pct(r.get('ceiling_acc'))} | {gap} | "
+                     f"{cgap} | {per_face} | "
                      f"{_pct(r.get('smoothed_acc'))} | {r.get('false_pos', '')} | {r.get('id_switches', '')} | "
                      f"{r.get('merged_tracks', '')} | "
                      f"{r['fps']:.1f} | {ms('detect')} | {ms('preprocess')} | {ms('classify')} | {ms('postprocess')} |")

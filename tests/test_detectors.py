@@ -190,3 +190,17 @@ def test_pipeline_score_matches_faces_cut_by_the_frame_edge_by_their_visible_par
     s = score({"size": [640, 480], "per_frame": [[edge]]}, [[det]], [["sad"]])
     assert s["false_pos"] == 0 and s["faces"] == 0  # matched (not a false positive), too little in view to count
     assert score({"per_frame": [[edge]]}, [[det]], [["sad"]])["false_pos"] == 1  # unclipped IoU is only 0.2
+
+
+def test_the_gap_s_error_bar_treats_a_face_s_frames_as_one_cluster():
+    """Hand count. Face A: 4 frames, the detector crop wrong and the exact crop right in all (gap +1 each);
+    face B: 4 frames, both right (gap 0). Per frame the gap is 0.5 with SE 0.19 over 8 "independent"
+    samples; as 2 faces, the cluster-robust SE is sqrt(2/1 * ((4*0.5)^2 + (4*-0.5)^2)) / 8 = 0.5."""
+    from benchmarks.pipeline import cluster_se, per_cluster_mean
+    gaps, faces = [1, 1, 1, 1, 0, 0, 0, 0], ["A"] * 4 + ["B"] * 4
+    assert float(np.std(gaps, ddof=1) / np.sqrt(8)) == pytest.approx(0.18898, abs=1e-5)
+    assert cluster_se(gaps, faces) == pytest.approx(0.5)
+    assert cluster_se(gaps, list(range(8))) == pytest.approx(np.sqrt(8 / 7 * 8 * 0.25) / 8)  # one frame each
+    assert cluster_se([1, 0], ["A", "A"]) is None
+    # per distinct face: A right in 1 of 4 frames, B in 3 of 3 -> (0.25 + 1) / 2, not 4 / 7
+    assert per_cluster_mean([1, 0, 0, 0, 1, 1, 1], ["A"] * 4 + ["B"] * 3) == pytest.approx(0.625)
