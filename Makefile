@@ -27,11 +27,13 @@ $(WHEELS)/.done: pyproject.toml | $(BIN)/python
 	$(BIN)/pip download -q -d $(WHEELS) '.[edge]' 'setuptools>=77'  # setuptools: to build the wheel offline
 	touch $@
 
-# System packages the tests use: Mosquitto (a real MQTT broker) and Chromium (a real browser for the page).
+# System packages the tests use: Mosquitto (a real MQTT broker), Chromium (a real browser for the page)
+# and Prometheus' promtool (checks /metrics).
 system-packages:
 	@missing=""; \
 	command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ] || missing="$$missing mosquitto"; \
 	command -v chromium >/dev/null || missing="$$missing chromium"; \
+	command -v promtool >/dev/null || missing="$$missing prometheus"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \

@@ -20,7 +20,7 @@ from .geometry import CropSpec, landmark_list
 from .labels import LABELS
 from .outputs import OutputError, check_target, model_files
 from .sinks import JsonlSink, MqttSink
-from .sources import Capture, SourceError, check_source, is_picamera, source_kind
+from .sources import Capture, SourceError, check_source, is_picamera, redact, source_kind, with_credentials
 from .stats import Stats
 from .tracker import Tracker, thumbnails
 from .watchdog import Watchdog, sd_notify
@@ -40,11 +40,13 @@ class Daemon:
         self.stop_event = threading.Event()
         m, src, c = cfg.model, cfg.source, cfg.crop
         if src.uri.startswith("picamera2") and not is_picamera(src.uri):
-            raise ConfigError(f"source {src.uri}: use picamera2 or picamera2:N with a camera number, e.g. picamera2:1")
+            raise ConfigError(f"source {redact(src.uri)}: use picamera2 or picamera2:N with a camera number, "
+                              "e.g. picamera2:1")
         if source_kind(src.uri) == "file" and not _exists(src.uri):
-            raise ConfigError(f"source {src.uri} does not exist")
+            raise ConfigError(f"source {redact(src.uri)} does not exist")
         try:
             check_source(src.uri)
+            uri = with_credentials(src.uri, src.credentials_file)
         except SourceError as e:
             raise ConfigError(str(e)) from None
         self.recognizer = EmotionRecognizer(
@@ -57,7 +59,7 @@ class Daemon:
         self.tracker = Tracker(t.iou, t.smoothing, t.max_missed, t.appearance)
         self.stats.info = {"artifact": er.artifact, "backend": er.backend.format, "precision": er.backend.precision,
                            "runtime": er.backend.runtime, "sha256": er.backend.sha256,
-                           "detector": er.detector.name, "source": src.uri}
+                           "detector": er.detector.name, "source": redact(uri)}
         log.info("model %s (%s, sha256 %s…) on %s, %d thread(s); detector %s at %d px, crop %s",
                  er.artifact, er.backend.precision, er.backend.sha256[:12], er.backend.runtime, m.threads,
                  er.detector.name, er.detector_size, er.crop)
@@ -65,7 +67,7 @@ class Daemon:
         self._stop_requested = self._reopen_requested = False
         self._sink_warned: dict[str, float] = {}
         # what the daemon reads: an output may not be, hold or sit inside any of them
-        inputs = [*model_files(er.manifest.dir), src.uri if source_kind(src.uri) == "file" else None]
+        inputs = [*model_files(er.manifest.dir), uri if source_kind(uri) == "file" else None]
         try:
             if cfg.events.path not in ("", "-"):
                 check_target(cfg.events.path, inputs, "--events")
@@ -92,7 +94,7 @@ class Daemon:
                          if cfg.run.annotate else None)
         self.watchdog = Watchdog(cfg.run.watchdog_s)
         self.stats.progress_timeout_s = src.stall_s
-        self.capture = Capture(src.uri, self.stats, src.loop, src.realtime, src.width,
+        self.capture = Capture(uri, self.stats, src.loop, src.realtime, src.width,
                                src.height, src.fps, src.reconnect_max_s, stall_s=src.stall_s,
                                watchdog=self.watchdog)
 

@@ -11,6 +11,8 @@ Lost or unopenable sources put health to ``degraded`` and reconnect with capped 
 from __future__ import annotations
 
 import logging
+import os
+import re
 import threading
 import time
 from dataclasses import dataclass
@@ -35,6 +37,42 @@ class Frame:
 
 class SourceError(Exception):
     """A source that can never open on this machine (a missing library or build option): exit 2."""
+
+
+_USERINFO = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://)[^/@\s]*@")
+_SECRET_PARAM = re.compile(r"((?:^|[?&;\s,])(?:password|passwd|pwd|pass|user-pw|token|secret|key|auth)=)([^&;\s,\"']+)",
+                           re.IGNORECASE)
+
+
+def redact(uri: str) -> str:
+    """A source as it may be shown (logs, /healthz, /metrics, MQTT, the page): a URL's userinfo and any
+    password=/token=-like value, also inside a gst: pipeline, become ***."""
+    return _SECRET_PARAM.sub(r"\1***", _USERINFO.sub(r"\1***@", str(uri)))
+
+
+CREDENTIALS_ENV = "FER_EDGE_SOURCE_CREDENTIALS"  # user:password for a stream, kept out of ps and configs
+
+
+def with_credentials(uri: str, credentials_file: str = "") -> str:
+    """``uri`` with the user:password of ``credentials_file`` (its first line) or $FER_EDGE_SOURCE_CREDENTIALS
+    put into its userinfo; unchanged when neither is given. Raises SourceError for an unreadable file
+    or a source that is not a URL."""
+    from urllib.parse import quote
+    if credentials_file:
+        try:
+            cred = Path(credentials_file).read_text().splitlines()[0].strip()
+        except (OSError, IndexError, UnicodeDecodeError) as e:
+            raise SourceError(f"source.credentials_file {credentials_file}: cannot read user:password ({e})") from None
+    else:
+        cred = os.environ.get(CREDENTIALS_ENV, "")
+    if not cred:
+        return uri
+    if "://" not in uri:
+        raise SourceError("source credentials are given but the source is not a URL (rtsp://host/...)")
+    user, _, password = cred.partition(":")
+    scheme, _, rest = uri.partition("://")
+    rest = rest.split("@", 1)[1] if "@" in rest.split("/", 1)[0] else rest  # the file's credentials win
+    return f"{scheme}://{quote(user, safe='')}:{quote(password, safe='')}@{rest}"
 
 
 def source_kind(uri: str) -> str:
@@ -191,6 +229,7 @@ class Capture(threading.Thread):
                  stall_s: float = 5.0, watchdog=None):
         super().__init__(name="capture", daemon=True)
         self.uri, self.stats, self.loop = uri, stats, loop
+        self.shown = redact(uri)  # in every message: a stream's password never reaches a log
         self.kind = source_kind(uri)
         self.realtime = self.kind in ("camera", "stream") if realtime == "auto" else realtime == "true"
         self.size_fps = (width, height, fps)
@@ -229,7 +268,7 @@ class Capture(threading.Thread):
         if self.kind in ("camera", "stream") and silent > self.stall_s and not self._stalled:
             self._stalled = True
             self.stats.fault("source", f"source stalled: no frame for {silent:.0f} s")
-            log.warning("source %s stalled: no frame for %.1f s", self.uri, silent)
+            log.warning("source %s stalled: no frame for %.1f s", self.shown, silent)
         return self._stalled
 
     def _put(self, image: np.ndarray):
@@ -238,7 +277,7 @@ class Capture(threading.Thread):
         if self._stalled:
             self._stalled = False
             self.stats.fault("source", None)
-            log.info("source %s delivers frames again", self.uri)
+            log.info("source %s delivers frames again", self.shown)
         self.stats.inc("frames_read")
         with self._cond:
             if self.realtime:
@@ -261,7 +300,7 @@ class Capture(threading.Thread):
         self.delays.append(delay)
         self.stats.set_health("degraded", f"source lost: {reason}")
         self.stats.inc("reconnects")
-        log.warning("source %s lost (%s); retrying in %.1f s", self.uri, reason, delay)
+        log.warning("source %s lost (%s); retrying in %.1f s", self.shown, reason, delay)
         self._beat("a reconnect wait", delay)
         self.stop_event.wait(delay)
 
@@ -281,20 +320,20 @@ class Capture(threading.Thread):
     def _run(self):
         attempt = 0
         while not self.stop_event.is_set():
-            self._beat(f"opening {self.uri}")
+            self._beat(f"opening {self.shown}")
             cap = self.opener(self.uri, *self.size_fps, self.stall_s)
             if not cap.isOpened():
                 cap.release()
-                if self._never_works(f"{self.uri} is not a video OpenCV can read"):
+                if self._never_works(f"{self.shown} is not a video OpenCV can read"):
                     break
-                self._lost(f"cannot open {self.uri}", attempt)
+                self._lost(f"cannot open {self.shown}", attempt)
                 attempt += 1
                 continue
             n = self._read_all(cap)
             cap.release()
             if self.stop_event.is_set():
                 break
-            if n == 0 and self._never_works(f"{self.uri} holds no readable video frames"):
+            if n == 0 and self._never_works(f"{self.shown} holds no readable video frames"):
                 break
             if self.kind in ("file", "dir") and n > 0:
                 self.stats.set_health("ok")
@@ -336,7 +375,7 @@ class Capture(threading.Thread):
                 continue
             if failed and n:  # frames that would not decode, between two that did
                 self.stats.inc("frames_undecodable", failed)
-                log.warning("source %s: %d undecodable frame(s) skipped after frame %d", self.uri, failed, n)
+                log.warning("source %s: %d undecodable frame(s) skipped after frame %d", self.shown, failed, n)
             failed = 0
             if n == 0:
                 self.stats.set_health("ok")

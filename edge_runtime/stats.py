@@ -13,8 +13,21 @@ BUCKETS_MS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000)
 STAGES = ("capture_age", "detect", "preprocess", "classify", "postprocess", "total")
 ENDED_KEEP_S = 60.0  # /latest keeps a track's end event (with its summary) this long after it ended
 MOOD_WINDOW_S = 60.0  # the share of each emotion is over the faces seen in this many seconds
-COUNTERS = ("frames_read", "frames_processed", "frames_dropped", "frames_undecodable", "faces", "events",
-            "reconnects", "source_errors", "sink_errors", "events_dropped", "http_refused")
+# counter -> its Prometheus HELP text (the one place each counter is named and explained)
+COUNTER_HELP = {
+    "frames_read": "Frames read from the source.",
+    "frames_processed": "Frames run through detection and classification.",
+    "frames_dropped": "Frames a live source delivered while the previous one was still in work (skipped).",
+    "frames_undecodable": "Frames of a video file that did not decode (skipped, the file went on).",
+    "faces": "Faces detected, summed over processed frames.",
+    "events": "Track events produced (start, update, end).",
+    "reconnects": "Times the source was lost and reopened.",
+    "source_errors": "Source reads that failed.",
+    "sink_errors": "Event writes or publishes that failed.",
+    "events_dropped": "Events not delivered to a sink (a full disk, a FIFO nobody reads, an MQTT queue overflow).",
+    "http_refused": "HTTP connections refused because every slot (or the address's share) was taken.",
+}
+COUNTERS = tuple(COUNTER_HELP)
 
 
 def rss_bytes() -> int:
@@ -151,9 +164,13 @@ class Stats:
         lines = []
         with self._lock:
             for name, v in self.counters.items():
-                lines += [f"# TYPE edge_{name}_total counter", f"edge_{name}_total {v}"]
-            lines += ["# TYPE edge_tracks_active gauge", f"edge_tracks_active {self.tracks_active}",
+                lines += [f"# HELP edge_{name}_total {COUNTER_HELP[name]}", f"# TYPE edge_{name}_total counter",
+                          f"edge_{name}_total {v}"]
+            lines += ["# HELP edge_tracks_active Faces being tracked now.", "# TYPE edge_tracks_active gauge",
+                      f"edge_tracks_active {self.tracks_active}",
+                      "# HELP edge_healthy 1 when /healthz says ok, else 0 (degraded, starting, stopping).",
                       "# TYPE edge_healthy gauge", f"edge_healthy {int(self._health()[0] == 'ok')}",
+                      "# HELP edge_stage_latency_seconds Time per frame in each pipeline stage.",
                       "# TYPE edge_stage_latency_seconds histogram"]
             for stage, h in self.latency.items():
                 cum = 0
@@ -164,8 +181,10 @@ class Stats:
                 lines.append(f'edge_stage_latency_seconds_sum{{stage="{stage}"}} {h.sum / 1000:.6f}')
                 lines.append(f'edge_stage_latency_seconds_count{{stage="{stage}"}} {h.n}')
             labels = ",".join(f'{k}="{_esc(v)}"' for k, v in sorted(self.info.items()))
-            lines += ["# TYPE edge_info gauge", f"edge_info{{{labels}}} 1"]
-        lines += ["# TYPE process_resident_memory_bytes gauge", f"process_resident_memory_bytes {rss_bytes()}"]
+            lines += ["# HELP edge_info The model, runtime, detector and source this daemon runs (value 1).",
+                      "# TYPE edge_info gauge", f"edge_info{{{labels}}} 1"]
+        lines += ["# HELP process_resident_memory_bytes Resident memory of the daemon process.",
+                  "# TYPE process_resident_memory_bytes gauge", f"process_resident_memory_bytes {rss_bytes()}"]
         return "\n".join(lines) + "\n"
 
 
