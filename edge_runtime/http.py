@@ -113,7 +113,8 @@ class _Handler(BaseHTTPRequestHandler):
             return self._send(200, PAGE.read_bytes(), "text/html; charset=utf-8", csp=PAGE_CSP)
         if path == "/healthz":
             snap = app.stats.snapshot()
-            body = {"status": snap["status"], "reason": snap["reason"], "uptime_s": snap["uptime_s"]}
+            body = {"status": snap["status"], "reason": snap["reason"], "uptime_s": snap["uptime_s"],
+                    "fps": snap["fps"], "tracks_active": snap["tracks_active"]}
             return self._send(200 if snap["status"] == "ok" else 503, json.dumps(body).encode(), "application/json")
         if path == "/metrics":
             return self._send(200, app.stats.prometheus().encode(), "text/plain; version=0.0.4")

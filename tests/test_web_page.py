@@ -114,3 +114,52 @@ def test_annotate_writes_the_processed_frames_with_boxes_and_a_contact_sheet(pag
     assert bad.returncode == 2 and "name it .png" in bad.stderr and "Traceback" not in bad.stderr
     img = cv2.imread(str(sheet))
     assert img.shape == (2 * 240, 4 * 320, 3) and np.count_nonzero(img) > 0  # 6 frames on a 4-wide grid
+
+
+@pytest.fixture(scope="module")
+def moving_video(tmp_path_factory):
+    from edge_runtime.synthetic import moving_scene, pick_faces, write_scene
+    path = tmp_path_factory.mktemp("page") / "moving.avi"
+    write_scene(path, moving_scene(pick_faces(SHARED, 10, seed=4), 120, seed=4, max_faces=3))
+    return path
+
+
+@pytest.mark.parametrize("width, height", [(390, 844), (1280, 800)])
+def test_the_page_fits_a_phone_and_a_desktop_and_agrees_with_latest(moving_video, no_tf_path, tmp_path, width, height):
+    """Asserted, not only screenshotted: no horizontal overflow, the header's stats filled, and an ended
+    track's row showing its dominant emotion with that emotion's share, as /latest says."""
+    import json
+    port = free_port()
+    proc = start_daemon(no_tf_path, "--source", moving_video, "--loop", "--http", f"127.0.0.1:{port}",
+                        "--events", tmp_path / "ev.jsonl", stderr_path=tmp_path / "err")
+    base = f"http://127.0.0.1:{port}/"
+
+    def latest():
+        try:
+            with urllib.request.urlopen(base + "latest", timeout=5) as r:
+                return json.loads(r.read())
+        except OSError:
+            return []
+    try:
+        wait_for(lambda: any(e["type"] == "end" for e in latest()), 90)
+        r = subprocess.run([chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+                            f"--user-data-dir={tmp_path / 'profile'}", f"--window-size={width},{height}",
+                            "--virtual-time-budget=3000", "--dump-dom", base], capture_output=True, text=True, timeout=90)
+        assert r.returncode == 0, r.stderr[-2000:]
+        ended = {e["track"]: e["summary"] for e in latest() if e["type"] == "end"}
+        shot = tmp_path / f"page-{width}.png"
+        subprocess.run([chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+                        f"--user-data-dir={tmp_path / 'profile2'}", f"--window-size={width},{height}",
+                        "--virtual-time-budget=3000", f"--screenshot={shot}", base], capture_output=True, timeout=90)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(15)
+    dom = r.stdout
+    assert 'data-fits="true"' in dom, dom[:300]
+    assert re.search(r'id="stats" class="muted">\d+\.\d fps · \d+ faces? · up \d+ s<', dom), dom[-3000:]
+    rows = re.findall(r'<tr data-track="(\d+)" class="ended"><td>\d+</td><td>(\w+)</td><td>([\d.]+)</td>', dom)
+    checked = [(int(t), lab, float(sc)) for t, lab, sc in rows if int(t) in ended]
+    assert checked, (rows, sorted(ended))
+    for track, label, share in checked:
+        assert label == ended[track]["dominant"] and share == round(ended[track]["shares"][label], 2)
+    assert shot.stat().st_size > 10_000
