@@ -56,6 +56,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     a("--token", metavar="T", help="bearer token required by HTTP when bound beyond loopback")
     a("--mqtt", metavar="HOST:PORT", help="publish events/stats/availability to this MQTT broker")
     a("--mqtt-prefix", metavar="P", help=f"MQTT topic prefix (default {DEFAULTS['mqtt']['prefix']})")
+    a("--device-id", metavar="ID", help="this daemon's id: topics <prefix>/<ID>/..., the Home Assistant device "
+                                        "(default: host name + source, unique per camera)")
     a("--ha-discovery", action="store_true", default=None,
       help="publish Home Assistant MQTT discovery configs (a device with emotion, faces and share sensors)")
     a("--max-frames", type=int, metavar="N", help="stop after N processed frames")
@@ -72,7 +74,8 @@ def flags_to_layer(ns: argparse.Namespace) -> dict:
              "precision": ("model", "precision"), "threads": ("model", "threads"),
              "source": ("source", "uri"), "loop": ("source", "loop"), "detector": ("detector", "type"),
              "events": ("events", "path"), "http": ("http", "bind"), "token": ("http", "token"),
-             "mqtt_prefix": ("mqtt", "prefix"), "ha_discovery": ("mqtt", "discovery"), "max_frames": ("run", "max_frames"),
+             "mqtt_prefix": ("mqtt", "prefix"), "device_id": ("mqtt", "device_id"),
+             "ha_discovery": ("mqtt", "discovery"), "max_frames": ("run", "max_frames"),
              "log_level": ("run", "log_level"), "annotate": ("run", "annotate"), "overwrite": ("run", "overwrite")}
     layer: dict[str, dict] = {}
     for attr, (section, key) in table.items():

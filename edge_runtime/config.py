@@ -224,7 +224,10 @@ class MqttConfig(Section):
     host: str = ""                # "" = off
     port: int = setting(1883, 1, 65535)
     prefix: str = "fer-edge"
-    client_id: str = ""
+    # this daemon's id under <prefix>/ and in Home Assistant; "" = the host name and the source
+    # (sinks.default_device_id), so several daemons on one host and broker never mix their topics
+    device_id: str = ""
+    client_id: str = ""           # "" = fer-edge-<device id>
     stats_interval_s: float = setting(10.0, 0.5, 86_400.0)
     discovery: bool = False       # Home Assistant MQTT discovery configs (one device, its sensors)
     discovery_prefix: str = "homeassistant"
@@ -285,6 +288,8 @@ def check(cfg: Config) -> Config:
                 or not prefix.isprintable()):
             raise ConfigError(f"mqtt.{key} {prefix!r} must be a topic without wildcards (+, #) or control "
                               "characters, not starting with $ (broker-reserved), 1-200 characters")
+    if cfg.mqtt.device_id and not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", cfg.mqtt.device_id):
+        raise ConfigError(f"mqtt.device_id {cfg.mqtt.device_id!r} must be 1-64 letters, digits, _ or -")
     cid = cfg.mqtt.client_id
     if len(cid.encode()) > 64 or not cid.isprintable():
         raise ConfigError(f"mqtt.client_id {cid!r} must be printable and at most 64 bytes")

@@ -19,7 +19,7 @@ from .annotate import VideoOut, draw
 from .geometry import CropSpec, landmark_list
 from .labels import LABELS
 from .outputs import OutputError, check_target, model_files
-from .sinks import JsonlSink, MqttSink
+from .sinks import JsonlSink, MqttSink, default_device_id, node_id
 from .sources import Capture, SourceError, check_source, is_picamera, redact, source_kind, with_credentials
 from .stats import Stats
 from .tracker import Tracker, thumbnails
@@ -82,8 +82,10 @@ class Daemon:
         self.http = None
         if cfg.mqtt.host:
             q = cfg.mqtt
+            device = q.device_id or (node_id(q.client_id) if q.client_id else default_device_id(src.uri))
             self.sinks.append(MqttSink(q.host, q.port, q.prefix, self.stats, q.client_id,
-                                       q.stats_interval_s, q.discovery, q.discovery_prefix, q.queue))
+                                       q.stats_interval_s, q.discovery, q.discovery_prefix, q.queue, device))
+            self.stats.info["device_id"] = device
         if cfg.http.bind:
             from .http import HttpServer
             h = cfg.http

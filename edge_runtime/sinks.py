@@ -200,7 +200,7 @@ class MqttSink:
 
     def __init__(self, host: str, port: int, prefix: str, stats, client_id: str = "",
                  stats_interval_s: float = 10.0, discovery: bool = False, discovery_prefix: str = "homeassistant",
-                 queue: int = 1000):
+                 queue: int = 1000, device_id: str = ""):
         import collections
 
         import paho.mqtt.client as mqtt
@@ -209,10 +209,11 @@ class MqttSink:
         self._queue_max = queue
         self._qlock = threading.Lock()
         self._connected = False
-        self.prefix, self.stats, self.interval = prefix.rstrip("/"), stats, stats_interval_s
+        # every topic of this daemon lives under <prefix>/<device id>: several daemons share a broker
+        self.node_id = device_id or node_id(client_id)
+        self.prefix, self.stats, self.interval = f"{prefix.rstrip('/')}/{self.node_id}", stats, stats_interval_s
         self.discovery_prefix = discovery_prefix.rstrip("/") if discovery else ""
-        self.node_id = node_id(client_id)
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id or "")
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id or f"fer-edge-{self.node_id}")
         self.client.will_set(f"{self.prefix}/availability", "offline", qos=1, retain=True)
         self.client.reconnect_delay_set(1, 30)  # paho's own capped backoff when the broker drops
         self.client.on_connect = self._on_connect
@@ -315,6 +316,30 @@ class MqttSink:
                 self.stats.inc("events_dropped", len(self._backlog))
                 log.warning("MQTT: %d queued event(s) not delivered before exit", len(self._backlog))
                 self._backlog.clear()
+
+
+def default_device_id(source: str, host: str | None = None) -> str:
+    """This daemon's id when none is configured: the host name and what it watches, so two daemons on
+    one host (two USB cameras, N RTSP streams) get two ids ('pi-cam0', 'pi-cam1', 'nvr-lobby-cam')."""
+    import socket
+    from pathlib import PurePosixPath
+    from urllib.parse import urlsplit
+    src = str(source)
+    if src.isdigit():
+        what = f"cam{src}"
+    elif src.startswith("/dev/video"):
+        what = f"cam{src[len('/dev/video'):]}"
+    elif src.startswith("picamera2"):
+        what = f"picam{src.partition(':')[2] or '0'}"
+    elif src.startswith("gst:"):
+        import hashlib
+        what = f"gst-{hashlib.sha256(src.encode()).hexdigest()[:8]}"
+    elif "://" in src:
+        u = urlsplit(src)
+        what = "-".join(filter(None, [u.hostname or "", *PurePosixPath(u.path).parts[1:]]))
+    else:
+        what = PurePosixPath(src).stem or "source"
+    return node_id(f"{host or socket.gethostname()}-{what}")
 
 
 def node_id(client_id: str = "") -> str:

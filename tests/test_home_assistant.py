@@ -68,7 +68,8 @@ def test_discovery_configs_state_and_rediscovery(mosquitto, faces_video, no_tf_p
         assert len(set(ids)) == len(ids) and all(i.startswith(f"fer_edge_{node}_") for i in ids)
         for c in configs.values():
             assert {"name", "unique_id", "state_topic", "value_template", "availability_topic", "device"} <= set(c)
-            assert c["state_topic"] == f"{prefix}/state" and c["availability_topic"] == f"{prefix}/availability"
+            assert c["state_topic"] == f"{prefix}/{node}/state"  # every topic under the device's own id
+            assert c["availability_topic"] == f"{prefix}/{node}/availability"
             assert (c["payload_available"], c["payload_not_available"]) == ("online", "offline")
             assert c["device"]["identifiers"] == [f"fer_edge_{node}"] and c["device"]["name"]
             assert c["value_template"].startswith("{{ value_json.")
@@ -81,14 +82,14 @@ def test_discovery_configs_state_and_rediscovery(mosquitto, faces_video, no_tf_p
 
         # the state follows the events: three faces in view, shares over the window add up to 100 %
         def state():
-            states = [json.loads(p) for t, p, _ in sub.msgs if t == f"{prefix}/state"]
+            states = [json.loads(p) for t, p, _ in sub.msgs if t == f"{prefix}/{node}/state"]
             return states and states[-1]["faces"] == 3 and states[-1]
         s = wait_for(state, 30)
         assert s["dominant"] in LABELS and abs(sum(s["shares"].values()) - 100) < 0.5
-        events = [json.loads(p) for t, p, _ in sub.msgs if t == f"{prefix}/events"]
+        events = [json.loads(p) for t, p, _ in sub.msgs if t == f"{prefix}/{node}/events"]
         labels = {e["label"] for e in events if e["type"] != "end"}
         assert s["dominant"] in labels and {k for k, v in s["shares"].items() if v > 0} <= labels
-        assert sub.count(f"{prefix}/availability") >= 1
+        assert sub.count(f"{prefix}/{node}/availability") >= 1
 
         # Home Assistant restarts and says so: the configs come again
         before = sub.count("/config")
@@ -100,3 +101,45 @@ def test_discovery_configs_state_and_rediscovery(mosquitto, faces_video, no_tf_p
         sub.close()
     assert rc == 0, (tmp_path / "err").read_text()
     (tmp_path / "discovery-payloads.json").write_text(json.dumps(configs, indent=1))  # kept with the test's outputs
+
+
+def test_two_daemons_with_default_settings_on_one_host_keep_their_own_devices(mosquitto, no_tf_path, tmp_path):
+    """One host, one broker, two cameras, nothing configured but the broker: each daemon has its own
+    device id (host name + source), so its own topics and Home Assistant device; stopping one marks
+    only that one offline, and the other's state keeps coming from its own frames only."""
+    import socket
+
+    from edge_runtime.sinks import default_device_id
+    host, port = mosquitto
+    one, three = tmp_path / "one.avi", tmp_path / "three.avi"
+    make_video(one, SHARED, n_faces=1, frames=20, face=140, seed=21)
+    make_video(three, SHARED, n_faces=3, frames=20, face=140, seed=22)
+    ids = default_device_id(str(one)), default_device_id(str(three))
+    assert ids[0] != ids[1] and ids[0].startswith(socket.gethostname()[:20].replace(".", "_"))
+    sub = Listener(host, port, "fer-edge/#", "homeassistant/#")
+    procs = [start_daemon(no_tf_path, "--source", video, "--loop", "--mqtt", f"{host}:{port}", "--ha-discovery",
+                          "--events", tmp_path / f"ev{i}.jsonl", stderr_path=tmp_path / f"err{i}")
+             for i, video in enumerate((one, three))]
+    try:
+        def states(dev):
+            return [json.loads(p) for t, p, _ in sub.msgs if t == f"fer-edge/{dev}/state"]
+        wait_for(lambda: any(s["faces"] == 1 for s in states(ids[0])) and any(s["faces"] == 3 for s in states(ids[1])),
+                 60)
+        configs = sub.configs()
+        for dev in ids:  # each device's sensors read its own topics
+            mine = [c for t, c in configs.items() if f"/{dev}/" in t]
+            assert mine and all(c["state_topic"] == f"fer-edge/{dev}/state" for c in mine)
+        procs[1].send_signal(signal.SIGTERM)
+        assert procs[1].wait(15) == 0
+        n = len(states(ids[0]))
+        wait_for(lambda: len(states(ids[0])) > n + 2, 30)  # the other camera goes on
+        avail = {t: p for t, p, _ in sub.msgs if t.endswith("/availability")}
+        assert avail[f"fer-edge/{ids[1]}/availability"] == b"offline"
+        assert avail[f"fer-edge/{ids[0]}/availability"] == b"online"
+        assert {s["faces"] for s in states(ids[0])} <= {0, 1}  # never the three faces of the other camera
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+                p.wait(15)
+        sub.close()
