@@ -18,11 +18,14 @@ from edge_runtime.manifest import Manifest, ManifestError, atomic_write_json, at
 from edge_runtime.outputs import (OutputError, OwnedDir, add_overwrite_flag, check_target, claim_file, model_files,
                                   read_ledger, record_file)
 
+from train.data import data_root_or_none
+
 from . import report
 from .peers import PEERS, PeerError, peer_manifest_dir
 
 REPO = Path(__file__).resolve().parents[1]
 ORDER = ("keras", "tflite-fp32", "tflite-int8", "onnx-fp32", "onnx-int8")
+WRITER = "python -m benchmarks"  # its name in ownership ledgers
 
 
 def _thread_count(text: str) -> int:
@@ -151,7 +154,7 @@ def plan(args) -> Plan:
         raise UsageError(str(e)) from None
     if args.test_dir and not Path(args.test_dir).is_dir():
         raise UsageError(f"--test-dir {args.test_dir} is not a folder")
-    outputs(args, [*model_files(art_dir), args.video], [args.data, args.test_dir])
+    outputs(args, [*model_files(art_dir), args.video], [data_root_or_none(args.data), args.test_dir])
     names = [n for n in ORDER if n in manifest.artifacts]
     names += [n for n in manifest.artifacts if n not in names]
     if args.formats:
@@ -178,7 +181,7 @@ def outputs(args, inputs, data) -> None:
     try:
         for flag, path in (("--json", args.json), ("--md", args.md)):
             if path:
-                claim_file(path, inputs=inputs, data=data, flag=flag, overwrite=args.overwrite)
+                claim_file(path, writer=WRITER, inputs=inputs, data=data, flag=flag, overwrite=args.overwrite)
         if args.plots:
             claim_plots(args.plots, inputs, data, args.overwrite)
     except OutputError as e:
@@ -237,10 +240,10 @@ def write_results(p: Plan, args, rows: list[dict], pipeline_rows: list[dict]) ->
         Path(plot_dir).mkdir(parents=True, exist_ok=True)
         written = report.plots(rows, plot_dir)
         if read_ledger(plot_dir) is not None:
-            OwnedDir(Path(plot_dir), "benchmarks").record(*(Path(f).name for f in written))
+            OwnedDir(Path(plot_dir), "benchmarks").record(*(Path(f).name for f in written), writer=WRITER)
     for path in (json_path, md_path):
         if path:
-            record_file(path)
+            record_file(path, WRITER)
     for path in (json_path, md_path, plot_dir):
         if path:
             print(f"wrote {path}")

@@ -35,6 +35,8 @@ from edge_runtime.synthetic import shuffled_scene, write_scene
 
 from .pipeline import iter_frames, match
 
+WRITER = "python -m benchmarks.calibrate"
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -135,11 +137,12 @@ def main(argv=None) -> int:
     if not 20 <= a.faces <= 5000 or not (a.size == 0 or 64 <= a.size <= 4096):
         print("error: --faces must be in [20, 5000] and --size 0 or in [64, 4096]", file=sys.stderr)
         return 2
-    from train.data import DataError
+    from train.data import DataError, data_root_or_none
     out = CROPS_FILE if a.packaged else Path(a.write) if a.write else None
     try:
         if a.write:
-            claim_file(a.write, inputs=model_files(a.artifacts), data=[a.data], flag="--write", overwrite=a.overwrite)
+            claim_file(a.write, writer=WRITER, inputs=model_files(a.artifacts), data=[data_root_or_none(a.data)],
+                       flag="--write", overwrite=a.overwrite)
         setup = _setup(a)
     except (ManifestError, BackendError, DetectorError, DataError, OSError, ValueError) as e:  # OutputError too
         print(f"error: {e}", file=sys.stderr)
@@ -158,7 +161,7 @@ def main(argv=None) -> int:
         table = json.loads((out if out.is_file() else CROPS_FILE).read_text())
         table.setdefault(a.detector, {})[read_manifest(a.artifacts).model] = fit  # keyed (detector, model)
         atomic_write_text(out, json.dumps(table, indent=1) + "\n")
-        record_file(out)
+        record_file(out, WRITER)
         print(f"wrote {out}")
     return 0
 

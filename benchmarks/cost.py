@@ -92,10 +92,12 @@ def main(argv=None) -> int:
     from train.data import DataError, load_dataset
     from train.fit import TrainConfig, resolve_precision
     from edge_runtime.outputs import claim_file, record_file
+    from train.data import data_root_or_none
     rows, datasets = [], {}
     try:
         if args.json:
-            claim_file(args.json, data=[args.data], flag="--json", overwrite=args.overwrite)
+            claim_file(args.json, writer="python -m benchmarks.cost", data=[data_root_or_none(args.data)], flag="--json",
+                       overwrite=args.overwrite)
         for variant in args.variants or [{}]:
             cfg = TrainConfig(model=args.model, params=variant)
             params, recipe, spec = cfg.resolved()
@@ -122,7 +124,7 @@ def main(argv=None) -> int:
     if args.json:
         from edge_runtime.manifest import atomic_write_json
         atomic_write_json(args.json, rows)
-        record_file(args.json)
+        record_file(args.json, "python -m benchmarks.cost")
     return 0
 
 

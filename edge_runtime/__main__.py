@@ -107,7 +107,7 @@ def _main(argv=None) -> int:
         cfg = build(ns.profile, ns.config, flags_to_layer(ns))
         logging.getLogger().setLevel(cfg.run.log_level.upper())
         from .daemon import Daemon  # after config: a bad flag answers fast
-        daemon = Daemon(cfg)
+        daemon = Daemon(cfg, read_files=[f for f in (ns.config, ns.profile) if f])
     except (ConfigError, ManifestError, BackendError, DetectorError, OSError) as e:
         print(f"edge_runtime: error: {e}", file=sys.stderr)
         return 2

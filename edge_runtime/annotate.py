@@ -20,6 +20,8 @@ from .manifest import atomic_write_bytes
 from .outputs import OutputError, add_overwrite_flag, claim_file, record_file
 from .preprocess import to_gray
 
+VIDEO_WRITER, SHEET_WRITER = "python -m edge_runtime --annotate", "python -m edge_runtime.annotate sheet"
+
 GREEN, WHITE, DARK = (80, 220, 80), (255, 255, 255), (40, 40, 40)
 FOURCC = {".avi": "MJPG", ".mp4": "mp4v"}  # both in every OpenCV build from PyPI
 
@@ -59,14 +61,15 @@ class VideoOut:
     hidden name beside ``path`` and renamed over it at ``close()``: the target (possibly an existing
     file the user allowed with --overwrite) is replaced only by a finished video."""
 
-    def __init__(self, path: str | Path, fps: float = 15.0, inputs=(), overwrite: bool = False):
+    def __init__(self, path: str | Path, fps: float = 15.0, inputs=(), overwrite: bool = False, data=()):
         self.path = Path(path)
         if self.path.suffix.lower() not in FOURCC:
             raise ConfigError(f"--annotate {self.path}: use a .mp4 or .avi file")
         if not self.path.parent.is_dir():
             raise ConfigError(f"--annotate {self.path}: folder {self.path.parent} does not exist")
         try:
-            claim_file(self.path, inputs=inputs, flag="--annotate", overwrite=overwrite)
+            claim_file(self.path, writer=VIDEO_WRITER, inputs=inputs, data=data, flag="--annotate",
+                       overwrite=overwrite)
         except OutputError as e:
             raise ConfigError(str(e)) from None
         self.partial = self.path.with_name(f".{self.path.stem}.partial-{os.getpid()}{self.path.suffix}")
@@ -93,7 +96,7 @@ class VideoOut:
             self.writer.release()
             self.writer = None
             os.replace(self.partial, self.path)
-            record_file(self.path)
+            record_file(self.path, VIDEO_WRITER)
         self.partial.unlink(missing_ok=True)
 
 
@@ -102,7 +105,7 @@ def contact_sheet(video: str | Path, out: str | Path, frames: int = 8, columns: 
     """``frames`` frames spread over ``video``, as one PNG grid of ``columns`` (each ``width`` px wide)."""
     if Path(out).suffix.lower() not in (".png", ".jpg", ".jpeg"):
         raise ValueError(f"{out}: the sheet is an image: name it .png (or .jpg)")
-    claim_file(out, inputs=[video], flag="OUT", overwrite=overwrite)
+    claim_file(out, writer=SHEET_WRITER, inputs=[video], flag="OUT", overwrite=overwrite)
     cap = cv2.VideoCapture(str(video))
     total = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
     if not cap.isOpened() or total <= 0:
@@ -129,7 +132,7 @@ def contact_sheet(video: str | Path, out: str | Path, frames: int = 8, columns: 
     if not ok:
         raise OSError(f"cannot encode {out}")
     atomic_write_bytes(out, data.tobytes())
-    record_file(out)
+    record_file(out, SHEET_WRITER)
     return len(picks)
 
 

@@ -20,7 +20,8 @@ from .geometry import CropSpec, landmark_list
 from .labels import LABELS
 from .outputs import OutputError, check_target, model_files
 from .sinks import JsonlSink, MqttSink, default_device_id, node_id
-from .sources import Capture, SourceError, check_source, is_picamera, redact, source_kind, with_credentials
+from .sources import (Capture, SourceError, check_source, is_picamera, local_path, redact, source_kind,
+                      with_credentials)
 from .stats import Stats
 from .tracker import Tracker, thumbnails
 from .watchdog import Watchdog, sd_notify
@@ -34,7 +35,9 @@ def _probs(p: np.ndarray) -> dict[str, float]:
 
 
 class Daemon:
-    def __init__(self, cfg: Config):
+    def __init__(self, cfg: Config, read_files=()):
+        """``read_files``: other files the daemon was started from (its --config and --profile): no output
+        may be one of them."""
         self.cfg = check(cfg)  # the cross-field rules too, for a Config built in code
         self.stats = Stats()
         self.stop_event = threading.Event()
@@ -42,11 +45,11 @@ class Daemon:
         if src.uri.startswith("picamera2") and not is_picamera(src.uri):
             raise ConfigError(f"source {redact(src.uri)}: use picamera2 or picamera2:N with a camera number, "
                               "e.g. picamera2:1")
-        if source_kind(src.uri) == "file" and not _exists(src.uri):
+        if source_kind(src.uri) == "file" and not _exists(local_path(src.uri)):
             raise ConfigError(f"source {redact(src.uri)} does not exist")
         try:
             check_source(src.uri)
-            uri = with_credentials(src.uri, src.credentials_file)
+            uri = local_path(with_credentials(src.uri, src.credentials_file))
         except SourceError as e:
             raise ConfigError(str(e)) from None
         self.recognizer = EmotionRecognizer(
@@ -67,10 +70,12 @@ class Daemon:
         self._stop_requested = self._reopen_requested = False
         self._sink_warned: dict[str, float] = {}
         # what the daemon reads: an output may not be, hold or sit inside any of them
-        inputs = [*model_files(er.manifest.dir), uri if source_kind(uri) == "file" else None]
+        kind = source_kind(uri)
+        inputs = [*model_files(er.manifest.dir), *read_files, local_path(uri) if kind == "file" else None]
+        folder = [local_path(uri)] if kind == "dir" else []  # an image folder: nothing may be written inside
         try:
             if cfg.events.path not in ("", "-"):
-                check_target(cfg.events.path, inputs, "--events")
+                check_target(cfg.events.path, inputs, "--events", data=folder)
         except OutputError as e:
             raise ConfigError(str(e)) from None
         try:
@@ -92,7 +97,7 @@ class Daemon:
             self.http = HttpServer(h.bind, self.stats, h.token, self.jpeg if h.stream else None,
                                    h.timeout_s, h.max_clients, hosts=h.hosts,
                                    max_streams_per_client=h.max_streams_per_client, max_per_client=h.max_per_client)
-        self.annotate = (VideoOut(cfg.run.annotate, src.fps or 15.0, inputs, cfg.run.overwrite)
+        self.annotate = (VideoOut(cfg.run.annotate, src.fps or 15.0, inputs, cfg.run.overwrite, data=folder)
                          if cfg.run.annotate else None)
         self.watchdog = Watchdog(cfg.run.watchdog_s)
         self.stats.progress_timeout_s = src.stall_s

@@ -62,7 +62,7 @@ def check_target(path, inputs: Iterable = (), flag: str = "--out", data: Iterabl
             raise OutputError(f"{flag} {path} {what} this command's input {given}: choose another output")
     for given in data:
         if _inside(p, _real(given)):
-            raise OutputError(f"{flag} {path} is inside the data set {given}: choose another output")
+            raise OutputError(f"{flag} {path} is inside the input folder {given}: choose another output")
     return p
 
 
@@ -95,22 +95,35 @@ def _locked(folder: Path):
         os.close(fd)
 
 
+def _plain(name) -> bool:
+    """A ledger entry is a plain name in its folder: never a path out of it (a forged '../x', '/etc')."""
+    return isinstance(name, str) and name not in ("", ".", "..") and "/" not in name and "\\" not in name \
+        and "\0" not in name
+
+
 def read_ledger(folder) -> dict | None:
-    """The marker's content, or None where there is none (or it is not ours)."""
+    """The marker's content (entries that are not plain names dropped), or None where there is none."""
     try:
         data = json.loads((Path(folder) / MARKER).read_text())
     except (OSError, ValueError):
         return None
     if not isinstance(data, dict) or not isinstance(data.get("files"), list):
         return None
+    data["files"] = [n for n in data["files"] if _plain(n)]
+    writers = data.get("writers")
+    data["writers"] = {k: v for k, v in writers.items() if _plain(k) and isinstance(v, str)} \
+        if isinstance(writers, dict) else {}
     return data
 
 
-def _write_ledger(folder: Path, owner: str, files: Iterable[str]) -> None:
+def _write_ledger(folder: Path, owner: str, files: Iterable[str], writers: dict | None = None) -> None:
     from .manifest import atomic_write_json  # the same atomic writer as every manifest
-    atomic_write_json(folder / MARKER, {"schema": SCHEMA, "owner": owner, "files": sorted(set(files)),
-                                        "note": "written by fer-edge: the files its commands wrote here; "
-                                                "they replace or delete nothing else"})
+    files = sorted(set(files))
+    atomic_write_json(folder / MARKER, {"schema": SCHEMA, "owner": owner, "files": files,
+                                        "writers": {k: v for k, v in sorted((writers or {}).items()) if k in files},
+                                        "note": "written by fer-edge: the files its commands wrote here "
+                                                "(and which command wrote each file output); they replace "
+                                                "or delete nothing else"})
 
 
 class OwnedDir:
@@ -157,15 +170,19 @@ class OwnedDir:
     def owns(self, name: str) -> bool:
         return name in self.owned()
 
-    def record(self, *names: str) -> None:
+    def record(self, *names: str, writer: str | None = None) -> None:
+        """List ``names`` as ours; ``writer``: the command that wrote them, the only one that may
+        replace them without --overwrite."""
         with _locked(self.path):
-            ledger = read_ledger(self.path) or {"owner": self.owner, "files": []}
-            _write_ledger(self.path, ledger.get("owner", self.owner), [*ledger["files"], *names])
+            ledger = read_ledger(self.path) or {"owner": self.owner, "files": [], "writers": {}}
+            writers = {**ledger["writers"], **({n: writer for n in names} if writer else {})}
+            _write_ledger(self.path, ledger.get("owner", self.owner), [*ledger["files"], *names], writers)
 
     def forget(self, *names: str) -> None:
         with _locked(self.path):
-            ledger = read_ledger(self.path) or {"owner": self.owner, "files": []}
-            _write_ledger(self.path, ledger.get("owner", self.owner), set(ledger["files"]) - set(names))
+            ledger = read_ledger(self.path) or {"owner": self.owner, "files": [], "writers": {}}
+            _write_ledger(self.path, ledger.get("owner", self.owner), set(ledger["files"]) - set(names),
+                          ledger["writers"])
 
     def remove(self, name: str) -> bool:
         """Delete ``name`` if we wrote it (file or folder); -> whether it went."""
@@ -185,26 +202,30 @@ class OwnedDir:
         return sorted(c.name for c in self.path.iterdir() if c.name not in mine)
 
 
-def claim_file(path, *, inputs: Iterable = (), data: Iterable = (), flag: str, overwrite: bool = False) -> Path:
+def claim_file(path, *, writer: str, inputs: Iterable = (), data: Iterable = (), flag: str,
+               overwrite: bool = False) -> Path:
     """Check a file output before anything is opened: refused if it is an input (or holds one), the
-    root or home, or an existing file that no ledger beside it lists, without ``overwrite``."""
+    root or home, or an existing file that ``writer`` (this command) did not write, without
+    ``overwrite``: another command's output (an export's report, a run's model) is not this one's."""
     p = check_target(path, inputs, flag, data)
     if p.is_dir():
         raise OutputError(f"{flag} {path} is a folder: name a file")
     if p.exists() and not overwrite:
         ledger = read_ledger(p.parent)
-        if not ledger or p.name not in ledger["files"]:
-            raise OutputError(f"{flag} {path} exists and was not written by this toolkit: pass --overwrite "
-                              "to replace it, or name another file")
+        by = ledger["writers"].get(p.name) if ledger else None
+        if by != writer:
+            theirs = f" (it is {by}'s)" if by else ""
+            raise OutputError(f"{flag} {path} exists and was not written by this command{theirs}: "
+                              "pass --overwrite to replace it, or name another file")
     return p
 
 
-def record_file(path) -> None:
-    """After writing a file: list it in the ledger of its folder, if that folder has one (a user's own
-    folder gets no marker, so a second run there needs --overwrite)."""
+def record_file(path, writer: str) -> None:
+    """After writing a file: list it, and the command that wrote it, in the ledger of its folder, if that
+    folder has one (a user's own folder gets no marker, so a second run there needs --overwrite)."""
     p = _real(path)
     if read_ledger(p.parent) is not None:
-        OwnedDir(p.parent, "").record(p.name)
+        OwnedDir(p.parent, "").record(p.name, writer=writer)
 
 
 # ---------------------------------------------------------------- staging

@@ -29,8 +29,8 @@ class PreprocessSpec:
         for v in (self.scale, self.offset):
             if not isinstance(v, numbers.Real) or isinstance(v, bool) or not abs(v) < 1e6:  # also refuses NaN
                 raise ValueError(f"scale and offset must be finite numbers, got {v!r}")
-        if not self.scale > 0:  # 0 makes every face the same input; a negative one inverts the image
-            raise ValueError(f"scale must be positive, got {self.scale!r}")
+        if not np.float32(self.scale) * 255 > 1e-6:  # 0 (or one float32 rounds to 0) makes every face alike
+            raise ValueError(f"scale must be positive (and > 4e-9, to survive float32), got {self.scale!r}")
         if self.interpolation not in _INTERPOLATIONS:
             raise ValueError(f"interpolation must be one of {sorted(_INTERPOLATIONS)}")
         if self.color != "gray":

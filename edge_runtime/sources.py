@@ -39,6 +39,14 @@ class SourceError(Exception):
     """A source that can never open on this machine (a missing library or build option): exit 2."""
 
 
+def local_path(uri: str) -> str:
+    """A file:// URI as the path it names (other sources unchanged)."""
+    if uri.startswith("file://"):
+        from urllib.parse import unquote, urlsplit
+        return unquote(urlsplit(uri).path)
+    return uri
+
+
 _USERINFO = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://)[^/@\s]*@")
 _SECRET_PARAM = re.compile(r"((?:^|[?&;\s,])(?:password|passwd|pwd|pass|user-pw|token|secret|key|auth)=)([^&;\s,\"']+)",
                            re.IGNORECASE)
@@ -76,6 +84,8 @@ def with_credentials(uri: str, credentials_file: str = "") -> str:
 
 
 def source_kind(uri: str) -> str:
+    if uri.startswith("file://"):  # a local file, whatever its spelling: read once, never "reconnected"
+        return "dir" if Path(local_path(uri)).is_dir() else "file"
     if ascii_digits(uri) or uri.startswith("/dev/video") or is_picamera(uri) or uri.startswith("gst:"):
         return "camera"
     if "://" in uri:

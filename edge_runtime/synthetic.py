@@ -21,6 +21,8 @@ from .labels import LABELS
 from .manifest import atomic_write_text
 from .outputs import OutputError, add_overwrite_flag, claim_file, record_file
 
+WRITER = "python -m edge_runtime.synthetic"  # its name in ownership ledgers
+
 FOURCC = "MJPG"  # in every OpenCV build (no FFmpeg codec licensing surprises); use .avi
 
 
@@ -84,11 +86,11 @@ def make_video(path: str | Path, data_root: str | Path, n_faces: int = 1, frames
         writer.write(frame)
     writer.release()
     tmp.replace(path)
-    record_file(path)
+    record_file(path, WRITER)
     truth = {"frames": frames, "size": list(size), "fps": fps, "faces": faces}
     if truth_json:
         atomic_write_text(path.with_suffix(".json"), json.dumps(truth, indent=1))
-        record_file(path.with_suffix(".json"))
+        record_file(path.with_suffix(".json"), WRITER)
     return truth
 
 
@@ -197,8 +199,8 @@ def write_scene(path: str | Path, scene, fps: float = 15.0) -> dict:
     tmp.replace(path)
     truth = {"frames": len(per_frame), "size": list(size), "fps": fps, "faces": [], "per_frame": per_frame}
     atomic_write_text(path.with_suffix(".json"), json.dumps(truth))
-    record_file(path)
-    record_file(path.with_suffix(".json"))
+    record_file(path, WRITER)
+    record_file(path.with_suffix(".json"), WRITER)
     return truth
 
 
@@ -224,7 +226,7 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     try:
         for path, flag in ((a.out, "OUT"), (str(Path(a.out).with_suffix(".json")), "OUT's truth file")):
-            claim_file(path, data=[a.data], flag=flag, overwrite=a.overwrite)
+            claim_file(path, writer=WRITER, data=[a.data], flag=flag, overwrite=a.overwrite)
     except OutputError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -257,6 +257,8 @@ def run_export(cfg: ExportConfig) -> tuple[Manifest, int]:
     fmts = F.select(cfg.int8, cfg.formats, cfg.extras)
     run_dir, run = resolve_source(cfg.model)
     spec = run.preprocessing
+    if cfg.out is not None and not str(cfg.out).strip():  # an unset $OUT must not mean the default folder
+        raise ExportError("--out is empty: name the folder to write")
     if cfg.packaged and cfg.out:
         raise ExportError("--packaged writes the model the package ships: give it without --out")
     out = PACKAGED_DIR / run.model if cfg.packaged else Path(cfg.out) if cfg.out else Path("artifacts") / run_dir.name

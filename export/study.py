@@ -195,8 +195,10 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     if args.json:
+        from train.data import data_root_or_none
         try:
-            claim_file(args.json, inputs=model_files(args.model), data=[args.data], flag="--json", overwrite=args.overwrite)
+            claim_file(args.json, writer="python -m export.study", inputs=model_files(args.model),
+                       data=[data_root_or_none(args.data)], flag="--json", overwrite=args.overwrite)
         except OutputError as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
@@ -208,7 +210,7 @@ def main(argv=None) -> int:
           f"load average {os.getloadavg()[0]:.1f}")
     if args.json:
         atomic_write_text(args.json, json.dumps(rows, indent=1))
-        record_file(args.json)
+        record_file(args.json, "python -m export.study")
     return 0
 
 

@@ -30,7 +30,7 @@ import pytest
 
 from edge_runtime.outputs import MARKER, OutputError, OwnedDir, check_target, claim_file, read_ledger
 
-from .conftest import REPO
+from .conftest import REPO, SHARED
 
 def _tree_hash(folder: Path) -> str:
     h = hashlib.sha256()
@@ -82,7 +82,7 @@ def test_rule_refuses_root_home_and_inputs(tmp_path):
     data = tmp_path / "data"
     (data / "train").mkdir(parents=True)
     for target, why in (("/", "filesystem root"), (Path.home(), "home folder"), (data, "is this command's input"),
-                        (tmp_path, "contains this command's input"), (data / "train" / "x", "inside the data set")):
+                        (tmp_path, "contains this command's input"), (data / "train" / "x", "inside the input folder")):
         with pytest.raises(OutputError, match=why):
             check_target(target, data=[data])
     model = tmp_path / "model"
@@ -120,16 +120,37 @@ def test_a_folder_from_an_earlier_version_owns_only_what_its_manifest_names(tmp_
     assert d.owned() == {"manifest.json", "m.0123abcd.tflite"} and d.foreign() == ["mine.txt"]
 
 
-def test_a_file_output_needs_a_ledger_entry_or_overwrite(tmp_path, user_file):
+def test_a_file_output_is_replaced_only_by_the_command_that_wrote_it(tmp_path, user_file):
     with pytest.raises(OutputError, match="--overwrite"):
-        claim_file(user_file, flag="--json")
-    assert claim_file(user_file, flag="--json", overwrite=True) == user_file.resolve()
+        claim_file(user_file, writer="bench", flag="--json")
+    assert claim_file(user_file, writer="bench", flag="--json", overwrite=True) == user_file.resolve()
     d = OwnedDir.claim(tmp_path / "owned", "export")
     (d.path / "benchmark.md").write_text("old table")
-    d.record("benchmark.md")
-    assert claim_file(d.path / "benchmark.md", flag="--md")  # written by us before: replaced freely
+    d.record("benchmark.md", writer="bench")
+    assert claim_file(d.path / "benchmark.md", writer="bench", flag="--md")  # its own earlier output
+    with pytest.raises(OutputError, match="it is bench's"):  # another command's output is not this one's
+        claim_file(d.path / "benchmark.md", writer="cost", flag="--json")
+    (d.path / "export_report.json").write_text("{}")
+    d.record("export_report.json")  # the folder owner's file, no file writer: nobody's to replace
+    with pytest.raises(OutputError, match="--overwrite"):
+        claim_file(d.path / "export_report.json", writer="cost", flag="--json")
     with pytest.raises(OutputError, match="is this command's input"):
-        claim_file(user_file, inputs=[user_file], flag="--json", overwrite=True)
+        claim_file(user_file, writer="bench", inputs=[user_file], flag="--json", overwrite=True)
+
+
+def test_a_forged_ledger_cannot_reach_outside_its_folder(tmp_path):
+    import json
+    d = tmp_path / "out"
+    d.mkdir()
+    victim = tmp_path / "victim.deadbeef.keras"
+    victim.write_text("precious")
+    (tmp_path / "dir").mkdir()
+    (d / MARKER).write_text(json.dumps({"owner": "export", "files": ["../victim.deadbeef.keras", "/etc/passwd",
+                                                                    "..", "../dir"]}))
+    owned = OwnedDir(d, "export")
+    assert owned.owned() == set()
+    assert not owned.remove("../victim.deadbeef.keras") and victim.read_text() == "precious"
+    assert (tmp_path / "dir").is_dir()
 
 
 # ---------------------------------------------------------------- each command and flag
@@ -137,7 +158,7 @@ def test_train_never_replaces_its_data_or_a_user_folder(tiny_tree, user_folder):
     data = tiny_tree(per_class=2)
     before = _tree_hash(data)
     _refused(_run("train", "--data", data, "--out", data, "--epochs", "1"), "--out", "is this command's input")
-    _refused(_run("train", "--data", data, "--out", data / "train", "--epochs", "1"), "inside the data set")
+    _refused(_run("train", "--data", data, "--out", data / "train", "--epochs", "1"), "inside the input folder")
     assert _tree_hash(data) == before
     before = _tree_hash(user_folder)
     _refused(_run("train", "--data", data, "--out", user_folder, "--epochs", "1"), "not written by this toolkit")
@@ -218,6 +239,47 @@ def test_benchmarks_refuse_existing_user_files_and_their_inputs(tiny_artifacts, 
     assert user_file.read_bytes() == before
 
 
+def test_one_command_never_replaces_another_command_s_output(tiny_artifacts, tmp_path, shared_root):
+    import shutil
+    art = shutil.copytree(tiny_artifacts, tmp_path / "art")
+    before = (art / "export_report.json").read_bytes(), (art / "manifest.json").read_bytes()
+    _refused(_run("benchmarks.cost", "--json", art / "export_report.json"), "--overwrite")
+    _refused(_run("edge_runtime.synthetic", art / "manifest.avi", "--data", shared_root, "--frames", "3"),
+             "--overwrite")  # its truth file would be the export's manifest.json
+    assert ((art / "export_report.json").read_bytes(), (art / "manifest.json").read_bytes()) == before
+
+
+def test_the_default_data_set_is_protected_like_a_given_one(tiny_tree, monkeypatch):
+    data = tiny_tree(per_class=2)
+    monkeypatch.setenv("FER_DATA", str(data))
+    img = next((data / "test").rglob("*.jpg"))
+    before = img.read_bytes()
+    _refused(_run("benchmarks.cost", "--json", img, "--overwrite"), "inside the input folder")
+    assert img.read_bytes() == before
+
+
+def test_the_daemon_never_writes_into_what_it_reads(clip, tmp_path):
+    import shutil
+    before = clip.read_bytes()
+    _refused(_run("edge_runtime", "--source", f"file://{clip}", "--annotate", clip, "--overwrite"), "input")
+    _refused(_run("edge_runtime", "--source", f"file://{clip}", "--events", clip), "input")
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    shutil.copy(next((SHARED / "test" / "happy").glob("*.jpg")), folder / "a.jpg")
+    _refused(_run("edge_runtime", "--source", folder, "--events", folder / "a.jpg"), "inside the input folder")
+    cfg = tmp_path / "edge.toml"
+    cfg.write_text("[run]\nmax_frames = 1\n")
+    _refused(_run("edge_runtime", "--source", clip, "--config", cfg, "--events", cfg), "input")
+    assert clip.read_bytes() == before and cfg.read_text() == "[run]\nmax_frames = 1\n"
+    r = _run("edge_runtime", "--source", f"file://{clip}", "--events", tmp_path / "e.jsonl")
+    assert r.returncode == 0 and "end of source" in r.stderr  # a file:// source ends like a file
+
+
+def test_an_empty_out_is_refused_not_the_default_folder():
+    _refused(_run("train", "--out", "", "--epochs", "1"), "--out is empty")
+    _refused(_run("export", "--out", "", "--quiet"), "--out is empty")
+
+
 def test_calibrate_has_no_default_that_replaces_the_packaged_table():
     r = _run("benchmarks.calibrate", "--help")
     assert "--packaged" in r.stdout and "--write FILE" in r.stdout
@@ -242,7 +304,7 @@ def test_the_daemon_never_truncates_its_source_or_a_user_file(clip, user_file, t
 def test_synthetic_and_sheet_refuse_then_replace_what_they_wrote(clip, shared_root, tmp_path, user_file):
     _refused(_run("edge_runtime.synthetic", clip, "--data", shared_root, "--frames", "3"), "--overwrite")
     _refused(_run("edge_runtime.synthetic", shared_root / "x.avi", "--data", shared_root, "--frames", "3"),
-             "inside the data set")
+             "inside the input folder")
     sheet = tmp_path / "sheet.png"
     sheet.write_bytes(b"a user's picture")
     _refused(_run("edge_runtime.annotate", "sheet", clip, sheet), "--overwrite")

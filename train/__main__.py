@@ -118,6 +118,8 @@ def main(argv=None) -> int:
         from .fit import train_run
         from .threads import tf_threads
         tf_threads(args.threads)
+        if args.out is not None and not args.out.strip():  # an unset $OUT must not mean the default folder
+            raise ValueError("--out is empty: name the run folder to write")
         out = Path(args.out or f"runs/{cfg.model}")
         m = train_run(cfg, args.data, out)
     except (DataError, ValueError, TypeError) as e:

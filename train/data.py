@@ -106,6 +106,15 @@ def resolve_root(arg: str | os.PathLike | None = None) -> Path:
     raise DataError(f"no data found at {SHARED_ROOT}; {GET_DATA_HINT}")
 
 
+def data_root_or_none(arg=None) -> Path | None:
+    """The data root --data (or its default) names, or None where there is none: for the output checks
+    of commands that only may read data (a default data set is protected like a given one)."""
+    try:
+        return resolve_root(arg)
+    except DataError:
+        return None
+
+
 def find_layout(root: Path) -> tuple[str, Path, Path | None, str]:
     """-> (layout, train path or csv, eval dir or None, eval split name)."""
     if root.is_file():

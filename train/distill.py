@@ -140,10 +140,11 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     try:
-        claim_file(args.out, inputs=[f for t in args.teachers for f in model_files(t)], data=[resolve_root(args.data)], flag="--out",
+        claim_file(args.out, writer="python -m train.distill", inputs=[f for t in args.teachers for f in model_files(t)],
+                   data=[resolve_root(args.data)], flag="--out",
                    overwrite=args.overwrite)
         meta = make_soft_labels(args.teachers, args.out, args.data, args.fraction, progress=not args.quiet)
-        record_file(args.out)
+        record_file(args.out, "python -m train.distill")
     except (DataError, ManifestError, OSError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -35,6 +35,8 @@ from edge_runtime.preprocess import PreprocessSpec, scale_pixels
 from .data import REPO, DataError, Split, load_dataset, resolve_root
 from .distill import FORMAT, write_labels
 
+WRITER = "python -m train.kfold"
+
 FOLD_FORMAT = "fer-kfold-labels/1"
 FOLDS_DIR = REPO / "models" / "kfold"
 FOLD_SEED = 0  # fold membership; the validation split keeps python -m train's own seed
@@ -105,7 +107,7 @@ def teach(k: int, fold: int, data_root, epochs: int | None, runs: Path, folder: 
                         "recipe": manifest.recipe, "val_accuracy": manifest.metrics["val_accuracy"],
                         "train_seconds": manifest.train_seconds}}
     write_labels(fold_file(k, fold, folder), held.files, held.labels, probs, meta)
-    record_file(fold_file(k, fold, folder))
+    record_file(fold_file(k, fold, folder), WRITER)
     return meta
 
 
@@ -141,7 +143,7 @@ def assemble(k: int, out: Path, folder: Path | list[Path] = FOLDS_DIR, data_root
                             "val_split_files_hash": m0["val_split_files_hash"]},
             "faces": len(files), "ensemble_train_accuracy": float(np.mean(probs.argmax(1) == labels))}
     write_labels(out, files, labels, probs, meta)
-    record_file(out)
+    record_file(out, WRITER)
     return meta
 
 
@@ -192,7 +194,7 @@ def main(argv=None) -> int:
             if args.threads is not None:
                 check_threads(args.threads, "--threads")
             tf_threads(args.threads)
-            claim_file(fold_file(args.k, args.fold, args.dir), data=[resolve_root(args.data)], flag="--dir",
+            claim_file(fold_file(args.k, args.fold, args.dir), writer=WRITER, data=[resolve_root(args.data)], flag="--dir",
                        overwrite=args.overwrite)
             args.dir.mkdir(parents=True, exist_ok=True)
             m = teach(args.k, args.fold, args.data, args.epochs, args.runs, args.dir, not args.quiet, args.fraction)
@@ -201,7 +203,7 @@ def main(argv=None) -> int:
                   f"{fold_file(args.k, args.fold, args.dir)}")
         else:
             folders = args.dir or [FOLDS_DIR]
-            claim_file(args.out, inputs=folders, data=[resolve_root(args.data)], flag="--out",
+            claim_file(args.out, writer=WRITER, inputs=folders, data=[resolve_root(args.data)], flag="--out",
                        overwrite=args.overwrite)
             m = assemble(args.k, args.out, folders, args.data)
             print(f"{m['faces']:,} out-of-fold soft labels from {len(m['teachers'])} teachers "
