@@ -68,6 +68,9 @@ class _Handler(BaseHTTPRequestHandler):
     def end_headers(self):
         for k, v in SECURITY_HEADERS:
             self.send_header(k, v)
+        if not getattr(self, "_csp_sent", False):  # error replies (400, 501) too
+            self.send_header("Content-Security-Policy", "default-src 'none'; frame-ancestors 'none'")
+        self._csp_sent = False
         super().end_headers()
 
     def _host_allowed(self) -> bool:
@@ -84,6 +87,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_response(code)
         self.send_header("Content-Type", ctype)
         self.send_header("Content-Security-Policy", csp)
+        self._csp_sent = True
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
@@ -147,7 +151,9 @@ class _Handler(BaseHTTPRequestHandler):
             pass
 
 
-BUSY = b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+BUSY = (b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\nContent-Length: 0\r\nConnection: close\r\n"
+        + b"".join(f"{k}: {v}\r\n".encode() for k, v in SECURITY_HEADERS)
+        + b"Content-Security-Policy: default-src 'none'; frame-ancestors 'none'\r\n\r\n")
 
 
 class _BoundedServer(ThreadingHTTPServer):

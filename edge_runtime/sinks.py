@@ -316,6 +316,9 @@ class MqttSink:
                 self.stats.inc("events_dropped", len(self._backlog))
                 log.warning("MQTT: %d queued event(s) not delivered before exit", len(self._backlog))
                 self._backlog.clear()
+        dropped = self.stats.counters.get("events_dropped", 0)
+        if dropped:
+            log.warning("events dropped in all (a full queue, a failed write, exit): %d", dropped)
 
 
 def default_device_id(source: str, host: str | None = None) -> str:

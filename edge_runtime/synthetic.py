@@ -230,7 +230,18 @@ def main(argv=None) -> int:
     except OutputError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    w, h = (int(v) for v in a.size.lower().split("x"))
+    try:
+        return _write(a)
+    except (ValueError, RuntimeError, OSError) as e:  # a bad --size, an unwritable suffix or folder
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+def _write(a) -> int:
+    try:
+        w, h = (int(v) for v in a.size.lower().split("x"))
+    except ValueError:
+        raise ValueError(f"--size {a.size!r} should be WIDTHxHEIGHT, e.g. 640x480") from None
     if a.moving:
         faces = pick_faces(a.data, max(8, a.frames // 20), seed=0)
         truth = write_scene(a.out, moving_scene(faces, a.frames, (w, h), max_faces=max(2, a.faces)))

@@ -387,6 +387,11 @@ def test_http_refuses_foreign_host_names_and_says_how_to_be_framed(tmp_path, cap
             assert code == 200 and "frame-ancestors 'none'" in headers["Content-Security-Policy"]
             assert headers["X-Content-Type-Options"] == "nosniff" and headers["X-Frame-Options"] == "DENY"
             assert get("/nope", "localhost")[0] == 404
+            req = urllib.request.Request(f"http://127.0.0.1:{port}/healthz", data=b"x", method="POST")
+            with pytest.raises(urllib.error.HTTPError) as e:  # an error reply carries the headers too
+                urllib.request.urlopen(req, timeout=5)
+            assert e.value.code == 501 and e.value.headers["X-Content-Type-Options"] == "nosniff"
+            assert "frame-ancestors 'none'" in e.value.headers["Content-Security-Policy"]
         assert "TypeError" not in caplog.text and "--- Logging error ---" not in caplog.text
     finally:
         srv.close()
