@@ -186,7 +186,7 @@ def test_slow_clients_are_timed_out_and_capped():
             socks.append(s)
         wait_for(lambda: stats.counters["http_refused"] >= 22, 5)
         time.sleep(1.5)
-        answers = [s.recv(200) for s in socks]  # every one of them is closed by the server by now
+        answers = [s.recv(4096) for s in socks]  # every one of them is closed by the server by now
         assert sum(a.startswith(b"HTTP/1.1 503") for a in answers) >= 22  # the refused ones are told so
         assert all(a == b"" or a.startswith(b"HTTP/1.1 503") for a in answers)
         assert all(s.recv(10) == b"" for s in socks)
@@ -365,10 +365,10 @@ def test_the_events_sink_writes_to_a_pipe(tmp_path):
     got = []
     fd = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)  # the reader is there before the sink opens
     fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_NONBLOCK)  # then reads block
+    stats = Stats()
+    sink = JsonlSink(str(fifo), stats)  # a writer now exists: the reader's read() waits for data, not EOF
     reader = threading.Thread(target=lambda: got.extend(os.fdopen(fd).read().splitlines()))
     reader.start()
-    stats = Stats()
-    sink = JsonlSink(str(fifo), stats)
     for i in range(50):
         sink.emit({"type": "update", "i": i})
     sink.close()
