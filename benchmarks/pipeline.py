@@ -190,7 +190,7 @@ def score(truth: dict, frame_dets: list[list[dict]], ceiling: list[list[str]], m
             "gap_pp": 100 * float(np.mean(paired)) if paired else None,
             "gap_se_pp": 100 * float(np.std(paired, ddof=1) / np.sqrt(len(paired))) if len(paired) > 1 else None,
             # the same with each distinct face's frames as one cluster (they are not independent samples)
-            "gap_cluster_se_pp": 100 * cluster_se(paired, cluster) if paired else None,
+            "gap_cluster_se_pp": 100 * se if (se := cluster_se(paired, cluster)) is not None else None,
             "distinct_faces": len(set(cluster)),
             # accuracy per distinct face: each face's share of frames right, averaged over faces
             "label_acc_per_face": per_cluster_mean(raw_hits, cluster),

@@ -85,13 +85,43 @@ def model_files(folder) -> list[Path]:
     return [folder, *(folder / n for n in names)]
 
 
+_HELD: set[str] = set()  # folders this process holds exclusively (exclusive()): their ledger is ours to edit
+
+
 @contextmanager
 def _locked(folder: Path):
+    if str(_real(folder)) in _HELD:
+        yield
+        return
     fd = os.open(folder, os.O_RDONLY)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)  # several commands may record into one folder (make demo)
         yield
     finally:
+        os.close(fd)
+
+
+def held_folders() -> set[str]:
+    return set(_HELD)
+
+
+@contextmanager
+def exclusive(folder, what: str):
+    """Hold ``folder`` for one writer from start to commit (an export): a second one is refused at
+    once instead of interleaving its commit and prune with ours (the live manifest would then name
+    files the other pruned). Other commands recording into the folder wait until it is released."""
+    key = str(_real(folder))
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise OutputError(f"another {what} is writing into {folder}: wait for it to finish") from None
+    _HELD.add(key)
+    try:
+        yield
+    finally:
+        _HELD.discard(key)
         os.close(fd)
 
 

@@ -23,6 +23,7 @@ import signal
 import subprocess
 import sys
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -32,7 +33,8 @@ import numpy as np
 from edge_runtime.labels import LABELS
 from edge_runtime.manifest import (SCHEMA_VERSION, Artifact, Manifest, ManifestError, atomic_write_json,
                                    atomic_write_text, read_manifest, sha256_file, write_manifest)
-from edge_runtime.outputs import OutputError, OwnedDir, dead_staging, model_files, remove_staging, staging_dir
+from edge_runtime.outputs import (OutputError, OwnedDir, check_target, dead_staging, exclusive, held_folders,
+                                  model_files, remove_staging, staging_dir)
 from edge_runtime.preprocess import PreprocessSpec, scale_pixels
 from edge_runtime.versions import package_versions
 
@@ -123,9 +125,10 @@ def _legacy_export(out: Path) -> list[str] | None:
     return [*REPORTS, REJECTED_DIR, *(a.file for a in m.artifacts.values() if a.file)]
 
 
-def claim_out(cfg: "ExportConfig", run_dir: Path, data_root: Path, out: Path) -> OwnedDir:
+def claim_out(cfg: "ExportConfig", run_dir: Path, data_root: Path, out: Path, stack: ExitStack) -> OwnedDir:
     """OUT may be new, empty, or an export's folder; never the run or data it reads, nor the model the
-    package ships unless that is the point (--packaged)."""
+    package ships unless that is the point (--packaged). It is held for this export until ``stack``
+    closes: a second export into it is refused, never interleaved with this one's commit and prune."""
     if out.resolve() == run_dir.resolve():
         raise ExportError(f"--out {out} is the run folder being exported: choose another, e.g. artifacts/{run_dir.name}")
     packaged = out.resolve() == PACKAGED_DIR or PACKAGED_DIR in out.resolve().parents
@@ -138,8 +141,14 @@ def claim_out(cfg: "ExportConfig", run_dir: Path, data_root: Path, out: Path) ->
     except ManifestError:
         pass  # not ours to judge here: the claim below decides by the ownership marker
     try:
-        return OwnedDir.claim(out, "export", inputs=model_files(run_dir), data=[data_root], legacy=_legacy_export(out),
-                              accept=("export",))
+        check_target(out, model_files(run_dir), "--out", [data_root])
+        if out.is_dir():  # held before the claim, whose ledger lock would otherwise wait for the other export
+            stack.enter_context(exclusive(out, "export"))
+        owned = OwnedDir.claim(out, "export", inputs=model_files(run_dir), data=[data_root],
+                               legacy=_legacy_export(out), accept=("export",))
+        if str(owned.path) not in held_folders():
+            stack.enter_context(exclusive(owned.path, "export"))
+        return owned
     except OutputError as e:
         raise ExportError(str(e)) from None
 
@@ -267,45 +276,51 @@ def run_export(cfg: ExportConfig) -> tuple[Manifest, int]:
         data_root = resolve_root(cfg.data)
     except DataError as e:
         raise ExportError(str(e)) from e
-    owned = claim_out(cfg, run_dir, data_root, out)
-    log(f"export: {run_dir} ({run.model}, input {spec.size}x{spec.size}) -> {out}/ "
-        f"[{', '.join(f.name for f in fmts)}]")
-    data, calib = load_data(cfg, spec)
-    log(f"data: {data.root} ({data.layout}), test split '{data.test_name}' {len(data.test):,} images, "
-        f"calibration {len(calib)} train images (stratified)")
-
-    _clean_stale_staging(out)
-    staging, worker = out / f".staging-{os.getpid()}", None
+    stack = ExitStack()
     try:
-        staging_dir(out, staging.name)
-        worker = Worker(staging)
-        model_sha = _stage_job(staging, run_dir, run, spec, data, calib)
-        conv = _Conversions(staging, run_dir, run, spec, data, cfg, model_sha)
-        conv.run(worker, [f.name for f in fmts])
-        _time_all(conv, cfg)
-        manifest = _manifest(run_dir, run, data, calib, cfg, model_sha, conv, fmts,
-                             export_seconds=round(time.perf_counter() - t_start, 1))
-        committed = exit_code(manifest, cfg.allow_partial) == 0
-        held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
-        try:  # the commit runs whole: a signal now is delivered after it, and the message names the new manifest
-            (_commit if committed else _set_aside)(staging, owned, manifest)
-        finally:
-            signal.pthread_sigmask(signal.SIG_SETMASK, held)
-    except Interrupted as e:
-        e.live = _live(out)  # no commit happened: the live manifest, if any, is the previous one
+        owned = claim_out(cfg, run_dir, data_root, out, stack)
+    except BaseException:
+        stack.close()
         raise
-    finally:
-        if worker is not None:
-            worker.stop()
-        remove_staging(staging)
+    with stack:
+        log(f"export: {run_dir} ({run.model}, input {spec.size}x{spec.size}) -> {out}/ "
+            f"[{', '.join(f.name for f in fmts)}]")
+        data, calib = load_data(cfg, spec)
+        log(f"data: {data.root} ({data.layout}), test split '{data.test_name}' {len(data.test):,} images, "
+            f"calibration {len(calib)} train images (stratified)")
 
-    log("\nms/face: batch 1, %d thread(s), timed after conversion" % cfg.threads)
-    log(G.text_table(manifest))
-    code = exit_code(manifest, cfg.allow_partial, out if committed else out / REJECTED_DIR, log)
-    if not committed:
-        log(f"nothing committed ({_live(out)}); this export's manifest, reports and files are in "
-            f"{out / REJECTED_DIR}/", err=True)
-    return manifest, code
+        _clean_stale_staging(out)
+        staging, worker = out / f".staging-{os.getpid()}", None
+        try:
+            staging_dir(out, staging.name)
+            worker = Worker(staging)
+            model_sha = _stage_job(staging, run_dir, run, spec, data, calib)
+            conv = _Conversions(staging, run_dir, run, spec, data, cfg, model_sha)
+            conv.run(worker, [f.name for f in fmts])
+            _time_all(conv, cfg)
+            manifest = _manifest(run_dir, run, data, calib, cfg, model_sha, conv, fmts,
+                                 export_seconds=round(time.perf_counter() - t_start, 1))
+            committed = exit_code(manifest, cfg.allow_partial) == 0
+            held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
+            try:  # the commit runs whole: a signal now is delivered after it, and the message names the new manifest
+                (_commit if committed else _set_aside)(staging, owned, manifest)
+            finally:
+                signal.pthread_sigmask(signal.SIG_SETMASK, held)
+        except Interrupted as e:
+            e.live = _live(out)  # no commit happened: the live manifest, if any, is the previous one
+            raise
+        finally:
+            if worker is not None:
+                worker.stop()
+            remove_staging(staging)
+
+        log("\nms/face: batch 1, %d thread(s), timed after conversion" % cfg.threads)
+        log(G.text_table(manifest))
+        code = exit_code(manifest, cfg.allow_partial, out if committed else out / REJECTED_DIR, log)
+        if not committed:
+            log(f"nothing committed ({_live(out)}); this export's manifest, reports and files are in "
+                f"{out / REJECTED_DIR}/", err=True)
+        return manifest, code
 
 
 def _stage_job(staging: Path, run_dir: Path, run: Manifest, spec: PreprocessSpec, data, calib) -> str:

@@ -90,7 +90,7 @@ def test_recalibrate_cli_writes_a_scored_run_from_an_existing_one(tiny_run, tmp_
         np.testing.assert_allclose(v1, v2, rtol=1e-4, atol=1e-6)
 
     # bad input: one line, exit 2, nothing written
-    for args, msg in (((tiny_run, "--out", tiny_run), "must be a new folder"),
+    for args, msg in (((tiny_run, "--out", tiny_run), "is this command's input"),
                       ((tiny_run, "--out", tmp_path / "x", "--data", tiny_tree()), "differ from the data"),
                       ((tmp_path / "missing", "--out", tmp_path / "y"), "error:")):
         r = _recalibrate_cli(*args)

@@ -253,7 +253,7 @@ def _subscriber(port, got):
     import paho.mqtt.client as mqtt
     sub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
     subscribed = threading.Event()
-    sub.on_connect = lambda c, *a: c.subscribe("fer-edge/events", qos=0)
+    sub.on_connect = lambda c, *a: c.subscribe("fer-edge/+/events", qos=0)  # any device's events
     sub.on_subscribe = lambda *a: subscribed.set()
     sub.on_message = lambda c, u, m: got.append(json.loads(m.payload))
     sub.connect("127.0.0.1", port)

@@ -321,3 +321,17 @@ def test_synthetic_and_sheet_refuse_then_replace_what_they_wrote(clip, shared_ro
         assert r.returncode == 0, r.stderr[-1500:]
     assert {"demo.avi", "demo.json", "demo-sheet.png"} <= owned.owned()
     assert MARKER in os.listdir(owned.path)
+
+
+def test_a_second_export_into_a_folder_being_exported_is_refused(tiny_artifacts, tiny_run, tmp_path, shared_root):
+    """Two exports into one folder would interleave their commits and prunes (the live manifest could
+    name files the other pruned): the second is refused at once, the folder as it was."""
+    import shutil
+
+    from edge_runtime.outputs import exclusive
+    out = shutil.copytree(tiny_artifacts, tmp_path / "live")
+    before = _tree_hash(out)
+    with exclusive(out, "export"):  # as a running export holds it
+        _refused(_run("export", "--model", tiny_run, "--data", shared_root, "--out", out, "--quiet"),
+                 "another export is writing into")
+    assert _tree_hash(out) == before
