@@ -32,7 +32,10 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=f"models:\n{models}\n\nexamples:\n  python -m train --model thesis --epochs 30 --out runs/thesis\n"
                "  python -m train --params runs/grid/best_params.json --out runs/grid-best\n"
                "  python -m train --init models/cbilstm --val-fraction 0 --epochs 10 --lr 3e-4 --set reframe=0.5 "
-               "--out runs/cbilstm-device\n\n"
+               "--out runs/cbilstm-device\n"
+               "  python -m train --resume runs/cbilstm          # after a reboot, a kill or a lost session\n\n"
+               "After every epoch a checkpoint goes to .<run>.resume/ beside the run folder, so a killed run\n"
+               "loses at most the epoch in progress.\n\n"
                "exit codes: 0 trained, scored and written; 2 bad arguments or data (one line on stderr); an existing\n"
                "--out folder is replaced only when the new run is complete",
         formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -71,6 +74,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--init", type=Path, metavar="RUN",
                    help="fine-tune: start from this run folder's weights (same model and parameters), "
                         "e.g. --init models/cbilstm --epochs 10 --lr 3e-4 --set reframe=0.5")
+    p.add_argument("--resume", metavar="RUN",
+                   help="continue the interrupted run that was writing the run folder RUN, after its last "
+                        "finished epoch, with its own settings (only --threads and --quiet may be given); "
+                        "the result is the one the unbroken run would have written")
     p.add_argument("--threads", metavar="N", type=int, help="TensorFlow CPU threads, 1 .. the CPUs (default: all)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     return p
@@ -107,11 +114,32 @@ def config_from_args(args):
                        init=str(args.init) if args.init else None)
 
 
+def resumed_config(args, parser):
+    """--resume RUN: the interrupted run's own settings; any other training flag is an error."""
+    from .fit import TrainConfig
+    from .resume import read_state
+    given = [a for a in vars(args) if a not in ("resume", "threads", "quiet")
+             and getattr(args, a) != parser.get_default(a)]
+    if given:
+        raise ValueError(f"--resume continues a run with its own settings: drop --{given[0].replace('_', '-')}")
+    state = read_state(args.resume)
+    c = state["settings"]["config"]
+    c["holdout"] = tuple(c["holdout"]) if c.get("holdout") else None
+    cfg = TrainConfig(**{**c, "progress": not args.quiet})
+    return cfg, state["settings"]["data"], state
+
+
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     try:
-        cfg = config_from_args(args)
+        state = None
+        if args.resume:
+            cfg, args.data, state = resumed_config(args, parser)
+            args.out = args.resume
+        else:
+            cfg = config_from_args(args)
         cfg.resolved()  # validate overrides before TensorFlow starts
         if args.threads is not None:
             check_threads(args.threads, "--threads")
@@ -121,7 +149,7 @@ def main(argv=None) -> int:
         if args.out is not None and not args.out.strip():  # an unset $OUT must not mean the default folder
             raise ValueError("--out is empty: name the run folder to write")
         out = Path(args.out or f"runs/{cfg.model}")
-        m = train_run(cfg, args.data, out)
+        m = train_run(cfg, args.data, out, resume=state)
     except (DataError, ValueError, TypeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -112,6 +112,18 @@ def budget_callback(budget_s: float, max_epochs: int, steps_per_epoch: int, sche
             if done >= self.planned:
                 self.model.stop_training = True
 
+        def state(self) -> dict:
+            """What a resumed run needs to go on with the same plan (train/resume.py)."""
+            return {"planned": self.planned, "epoch_seconds": self.epoch_seconds, "replans": self.replans,
+                    "elapsed": time.perf_counter() - self.t0}
+
+        def restore(self, state: dict) -> None:
+            """Go on from ``state()``: the time already spent counts against the budget."""
+            self.planned, self.epoch_seconds = int(state["planned"]), list(state["epoch_seconds"])
+            self.replans = [list(r) for r in state["replans"]]
+            self.t_last = time.perf_counter()
+            self.t0 = self.t_last - float(state["elapsed"])
+
         def report(self) -> dict:
             """The plan (where the schedule ends), its revisions [epoch, planned] and every epoch's time."""
             return {"minutes": budget_s / 60, "planned_epochs": self.planned, "max_epochs": max_epochs,

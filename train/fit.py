@@ -175,9 +175,10 @@ def init_run(run_dir, model: str, params: dict) -> Path:
 
 
 def _datasets(data: Dataset, spec: PreprocessSpec, recipe: Recipe, seed: int, y_train: np.ndarray | None = None,
-              x_device: np.ndarray | None = None):
+              x_device: np.ndarray | None = None, skip_epochs: int = 0):
     """(train, val, steps per epoch); ``y_train`` replaces the one-hot targets (distillation);
-    ``x_device``: the training faces in the device's framing, shown instead with odds ``recipe.reframe``."""
+    ``x_device``: the training faces in the device's framing, shown instead with odds ``recipe.reframe``;
+    ``skip_epochs``: start where an unbroken run would be after that many epochs (a resumed run)."""
     import tensorflow as tf
     from .augment import augment_batch, check_config, mixup_batch
 
@@ -191,6 +192,9 @@ def _datasets(data: Dataset, spec: PreprocessSpec, recipe: Recipe, seed: int, y_
     ds = tf.data.Dataset.from_tensor_slices(slices)
     ds = ds.shuffle(len(x_train), seed=seed, reshuffle_each_iteration=True).repeat()
     ds = ds.batch(recipe.batch_size, drop_remainder=True)
+    steps = max(1, len(x_train) // recipe.batch_size)
+    skip = skip_epochs * steps  # batches already seen: shuffling and per-batch seeds are deterministic
+    ds = ds.skip(skip)
     alpha = float(recipe.mixup)
 
     def perturb(batch, s):
@@ -205,7 +209,7 @@ def _datasets(data: Dataset, spec: PreprocessSpec, recipe: Recipe, seed: int, y_
         return x, y, w
 
     if aug or alpha or share:
-        seeds = tf.data.Dataset.random(seed=seed)
+        seeds = tf.data.Dataset.random(seed=seed).skip(skip)
         ds = tf.data.Dataset.zip((ds, seeds)).map(perturb, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     ds = ds.prefetch(tf.data.AUTOTUNE)
     val = None
@@ -213,7 +217,6 @@ def _datasets(data: Dataset, spec: PreprocessSpec, recipe: Recipe, seed: int, y_
         x_val = scale_pixels(data.val.images, spec)
         y_val = np.eye(NUM_CLASSES, dtype=np.float32)[data.val.labels]
         val = tf.data.Dataset.from_tensor_slices((x_val, y_val)).batch(256)
-    steps = max(1, len(x_train) // recipe.batch_size)
     return ds, val, steps
 
 
@@ -379,14 +382,24 @@ def staged_run_folder(out_dir, inputs=(), flag: str = "--out", data=()):
         yield work
 
 
-def train_run(cfg: TrainConfig, data_root, out_dir) -> Manifest:
-    """Train, evaluate on the test split once, write the run folder (whole, when done); -> the manifest."""
+def train_run(cfg: TrainConfig, data_root, out_dir, resume: dict | None = None) -> Manifest:
+    """Train, evaluate on the test split once, write the run folder (whole, when done); -> the manifest.
+    After every epoch a checkpoint goes to ``.<out>.resume/``; ``resume`` (``train.resume.read_state``)
+    continues an interrupted run from it."""
     params, recipe, spec = cfg.resolved()
+    from . import resume as R
     from .data import resolve_root
-    from edge_runtime.outputs import model_files
-    with staged_run_folder(out_dir, [cfg.teacher, *model_files(cfg.init)], data=[resolve_root(data_root)]) as work:
+    from edge_runtime.outputs import check_target, model_files
+    inputs, data = [cfg.teacher, *model_files(cfg.init)], [resolve_root(data_root)]
+    check_target(out_dir, inputs, "--out", data)  # before the checkpoint folder beside it is made
+    ckpt = R.prepare(out_dir, resume is not None)
+    with staged_run_folder(out_dir, inputs, data=data) as work:
         print(f"writing the run to {work} until it is complete, then to {out_dir}")
-        manifest = _train_into(cfg, params, recipe, spec, data_root, work)
+        if resume is not None:
+            print(f"resuming after epoch {resume['epoch']} from {ckpt}")
+        manifest = _train_into(cfg, params, recipe, spec, data_root, work,
+                               checkpoint=(ckpt, R.settings_of(cfg, data_root), resume))
+    R.finish(out_dir)
     return manifest
 
 
@@ -449,7 +462,8 @@ def _callbacks(recipe: Recipe, out_dir: Path, best_path: Path, validating: bool)
 
 
 def _train_into(cfg: TrainConfig, params: dict, recipe: Recipe, spec: PreprocessSpec, data_root,
-                out_dir: Path) -> Manifest:
+                out_dir: Path, checkpoint: tuple | None = None) -> Manifest:
+    """``checkpoint``: (folder, settings, a state to resume or None), as train_run passes it."""
     import keras
 
     keras.utils.set_random_seed(cfg.weights_seed)
@@ -462,7 +476,9 @@ def _train_into(cfg: TrainConfig, params: dict, recipe: Recipe, spec: Preprocess
         model = build(cfg.model, params)
         if cfg.init:
             model.set_weights(keras.models.load_model(init_run(cfg.init, cfg.model, params), compile=False).get_weights())
-        train_ds, val_ds, steps = _datasets(data, spec, recipe, cfg.weights_seed, y_train, x_device)
+        restore = checkpoint[2] if checkpoint else None
+        start = int(restore["epoch"]) if restore else 0
+        train_ds, val_ds, steps = _datasets(data, spec, recipe, cfg.weights_seed, y_train, x_device, start)
         schedule = None  # the recipe's, unless a time budget needs one whose end can move
         if recipe.time_budget_min and recipe.schedule == "cosine":
             from .budget import stretchable_cosine
@@ -485,10 +501,25 @@ def _train_into(cfg: TrainConfig, params: dict, recipe: Recipe, spec: Preprocess
             budget = budget_callback(60 * float(recipe.time_budget_min), recipe.epochs, steps, schedule,
                                      recipe.bn_recalibration)
             callbacks.append(budget)
+        saver = None
+        if checkpoint:
+            from .resume import checkpoint_callback
+            kind = {type(c).__name__: c for c in callbacks}
+            saver = checkpoint_callback(checkpoint[0], checkpoint[1], epoch_log=kind["EpochLog"], budget=budget,
+                                        schedule=schedule, early=kind.get("EarlyStopping"),
+                                        best=kind.get("ModelCheckpoint"), best_path=best_path,
+                                        swap=kind.get("SwapEMAWeights"), restore=restore)
+            callbacks.append(saver)  # last: it saves what the others decided this epoch
         t0 = time.perf_counter()
-        hist = model.fit(train_ds, validation_data=val_ds, epochs=recipe.epochs, steps_per_epoch=steps,
-                         callbacks=callbacks, verbose=(1 if sys.stdout.isatty() and cfg.progress else 2))
-        fit_seconds = time.perf_counter() - t0
+        if restore and restore["stopped"]:  # killed after its last epoch: nothing left to fit
+            saver.set_model(model)
+            saver.restore()
+        else:
+            model.fit(train_ds, validation_data=val_ds, epochs=recipe.epochs, steps_per_epoch=steps,
+                      callbacks=callbacks, verbose=(1 if sys.stdout.isatty() and cfg.progress else 2),
+                      initial_epoch=start)
+        # a resumed run's fitting time includes the epochs before the interruption
+        fit_seconds = time.perf_counter() - t0 + (sum(r["seconds"] for r in restore["history_rows"]) if restore else 0)
         # A refit keeps the last epoch's weights; fit() has already written the EMA into them.
         best = keras.models.load_model(best_path, compile=False) if validating else model
         weights = best.get_weights()
@@ -497,7 +528,7 @@ def _train_into(cfg: TrainConfig, params: dict, recipe: Recipe, spec: Preprocess
     # and anyone loading model.keras compute in float32 whatever the training precision was.
     model = build(cfg.model, params)
     model.set_weights(weights)
-    history = {k: [float(v) for v in vals] for k, vals in hist.history.items()}
+    history = {k: [float(v) for v in vals] for k, vals in (saver.history if saver else model.history.history).items()}
     bn = recalibrate(model, data, spec, cfg.progress) if recipe.bn_recalibration else None
     train_seconds = fit_seconds + (bn["seconds"] if bn else 0.0)
     run = {"model": cfg.model, "params": params, "recipe": asdict(recipe), "precision": precision,
