@@ -12,6 +12,7 @@ from .config import DEFAULTS, ConfigError, ascii_digits, build
 from .detectors import DetectorError
 from .manifest import ManifestError
 from .outputs import OVERWRITE_HELP
+from .packaged import DENSE, LIGHT, MODEL_CHOICES
 
 DESCRIPTION = ("Facial-emotion camera daemon: reads a camera, stream, video file or image folder, finds faces, "
                "classifies each with an exported model (TFLite or ONNX, no TensorFlow) and emits per-face "
@@ -38,8 +39,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m edge_runtime", description=textwrap.fill(DESCRIPTION, 79),
                                 epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     a = p.add_argument
-    a("--artifacts", metavar="DIR", help="exported model folder with manifest.json (python -m export); "
-                                         "default: the model shipped in this package")
+    a("--model", choices=MODEL_CHOICES, help="which model shipped in this package: auto (default) picks "
+                                             f"{DENSE} on CPUs with int8 dot products, {LIGHT} on CPUs without them "
+                                             "(a Raspberry Pi 4 or 3); the choice is logged and in /healthz")
+    a("--artifacts", metavar="DIR", help="instead, an exported model folder with manifest.json (python -m export)")
     a("--backend", metavar="B", help="auto (int8 TFLite if LiteRT is installed, else ONNX) | tflite | onnx | "
                                      "an artifact name such as onnx-fp32")
     a("--precision", metavar="P", help="restrict --backend to one precision: int8, fp32, ... (as in the manifest)")
@@ -70,7 +73,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def flags_to_layer(ns: argparse.Namespace) -> dict:
     """Only the flags actually given, shaped like a config file."""
-    table = {"artifacts": ("model", "artifacts"), "backend": ("model", "backend"),
+    table = {"model": ("model", "name"), "artifacts": ("model", "artifacts"), "backend": ("model", "backend"),
              "precision": ("model", "precision"), "threads": ("model", "threads"),
              "source": ("source", "uri"), "loop": ("source", "loop"), "detector": ("detector", "type"),
              "events": ("events", "path"), "http": ("http", "bind"), "token": ("http", "token"),

@@ -1,7 +1,7 @@
 """The Python API: faces or frames in, emotions out, TensorFlow-free.
 
     from edge_runtime import EmotionRecognizer
-    er = EmotionRecognizer()                  # the packaged default model, YuNet-n, calibrated crop
+    er = EmotionRecognizer()                  # the packaged model for this CPU, YuNet-n, calibrated crop
     er.predict(faces); er.predict_proba(faces)
     er.detect_emotions(frame)                 # [{'box': [x, y, w, h], 'emotions': {...}, ...}]
 
@@ -13,7 +13,6 @@ import numbers
 import os
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
@@ -23,9 +22,8 @@ from .detectors import DEFAULT_SIZE, calibrated_crop, make_detector
 from .geometry import CropSpec, Detections, crop_faces, landmark_list
 from .labels import LABELS
 from .manifest import read_manifest
+from .packaged import AUTO, PackagedModelError, choose_model, packaged_dir
 from .preprocess import preprocess_batch, to_gray
-
-PACKAGED_ARTIFACTS = Path(__file__).resolve().parent / "models" / "cbilstm"
 
 
 @dataclass
@@ -43,8 +41,10 @@ class EmotionRecognizer:
 
     Parameters
     ----------
-    artifacts : folder with ``manifest.json`` from ``python -m export`` (default: the model shipped
-        in this package).
+    model : which model shipped in this package: ``auto`` (default: ``cbilstm`` on CPUs with int8 dot
+        products, ``cbilstm-lite`` on CPUs without them, such as a Raspberry Pi 4), ``cbilstm`` or
+        ``cbilstm-lite``. ``model_choice`` says what was chosen and why.
+    artifacts : instead, a folder with ``manifest.json`` from ``python -m export``.
     backend : ``auto`` (int8 TFLite where LiteRT is installed, else ONNX), ``tflite``, ``onnx`` or an
         artifact name such as ``onnx-fp32``; ``precision`` narrows it (``int8``, ``fp32``).
     threads : inference (and detector) threads, 1 .. the CPUs available.
@@ -60,7 +60,7 @@ class EmotionRecognizer:
                  precision: str | None = None, threads: int = 1, providers: list[str] | None = None,
                  detector: str | DetectorConfig = "yunet", detector_size: int = 0, score: float = 0.4,
                  min_face: int = 24, max_faces: int = 32, detector_model: str = "", detector_runtime: str = "auto",
-                 crop: CropSpec | None = None):
+                 crop: CropSpec | None = None, model: str = AUTO):
         if isinstance(threads, numbers.Integral) and not isinstance(threads, bool):
             threads = int(threads)
         check_threads(threads)
@@ -76,7 +76,15 @@ class EmotionRecognizer:
             raise TypeError(f"crop must be a CropSpec (edge_runtime.CropSpec) or None, got {type(crop).__name__}")
         if artifacts is not None and not isinstance(artifacts, (str, os.PathLike)):
             raise TypeError(f"artifacts must be a folder path, got {type(artifacts).__name__}")
-        self.manifest = read_manifest(artifacts or PACKAGED_ARTIFACTS)
+        if artifacts:
+            if model != AUTO:
+                raise PackagedModelError(f"model {model!r} and artifacts {str(artifacts)!r} both name a model: "
+                                         "give one")
+            self.model_choice = "artifacts folder"
+        else:
+            name, self.model_choice = choose_model(model)
+            artifacts = packaged_dir(name)
+        self.manifest = read_manifest(artifacts)
         self.crop = crop if crop is not None else calibrated_crop(detector.type, self.manifest.model)
         self.artifact = select_artifact(self.manifest, backend, precision)
         self.backend = load_backend(self.manifest, self.artifact, threads, providers)
@@ -181,4 +189,4 @@ def _frame(image) -> np.ndarray:
     return image if image.dtype == np.uint8 else to_gray(image)
 
 
-__all__ = ["EmotionRecognizer", "FrameResult", "PACKAGED_ARTIFACTS", "BackendError"]
+__all__ = ["EmotionRecognizer", "FrameResult", "BackendError", "PackagedModelError"]

@@ -15,6 +15,8 @@ from dataclasses import MISSING, dataclass, field, fields, replace
 from pathlib import Path
 from typing import ClassVar
 
+from .packaged import AUTO, MODEL_CHOICES
+
 
 class ConfigError(ValueError):
     """A user-facing configuration problem (one line, exit code 2)."""
@@ -135,7 +137,9 @@ class Section:
 @dataclass(frozen=True)
 class ModelConfig(Section):
     table: ClassVar[str] = "model"
-    artifacts: str = ""           # folder holding manifest.json + model files; "" = the packaged default
+    # which model shipped in the package: auto = by the CPU (edge_runtime/packaged.py)
+    name: str = setting(AUTO, choices=MODEL_CHOICES)
+    artifacts: str = ""           # instead, a folder holding manifest.json + model files (replaces name)
     backend: str = "auto"         # auto | tflite | onnx | an artifact name (e.g. "onnx-fp32")
     precision: str = ""           # "" = any, else the manifest's precision (int8, fp32, dr, int16x8, ...)
     threads: int = 1              # inference, detector and OpenCV threads: 1 .. the CPUs (checked at build)
@@ -234,6 +238,12 @@ class MqttConfig(Section):
     # events kept while the broker is unreachable, published when it is back; beyond this the oldest
     # are dropped and counted (edge_events_dropped_total)
     queue: int = setting(1000, 0, 1_000_000)
+    # broker login: a file whose first line is user:password, else $FER_EDGE_MQTT_CREDENTIALS (never a flag)
+    credentials_file: str = ""
+    tls: bool = False             # TLS to the broker (usually port 8883)
+    ca_file: str = ""             # CA certificate(s) to trust; "" = the system's
+    cert_file: str = ""           # client certificate and its key, for brokers that require one
+    key_file: str = ""
 
 
 @dataclass(frozen=True)
@@ -290,6 +300,14 @@ def check(cfg: Config) -> Config:
                               "characters, not starting with $ (broker-reserved), 1-200 characters")
     if cfg.mqtt.device_id and not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", cfg.mqtt.device_id):
         raise ConfigError(f"mqtt.device_id {cfg.mqtt.device_id!r} must be 1-64 letters, digits, _ or -")
+    q = cfg.mqtt
+    if (q.ca_file or q.cert_file or q.key_file) and not q.tls:
+        raise ConfigError("mqtt.ca_file, cert_file and key_file need mqtt.tls = true")
+    if bool(q.cert_file) != bool(q.key_file):
+        raise ConfigError("mqtt.cert_file and mqtt.key_file go together (a client certificate and its key)")
+    for key in ("credentials_file", "ca_file", "cert_file", "key_file"):
+        if getattr(q, key) and q.host and not Path(getattr(q, key)).is_file():
+            raise ConfigError(f"mqtt.{key} {getattr(q, key)} is not a readable file")
     cid = cfg.mqtt.client_id
     if len(cid.encode()) > 64 or not cid.isprintable():
         raise ConfigError(f"mqtt.client_id {cid!r} must be printable and at most 64 bytes")

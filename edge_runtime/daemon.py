@@ -14,11 +14,14 @@ import cv2
 import numpy as np
 
 from .api import EmotionRecognizer
+from .events import Event
 from .config import Config, ConfigError, check
+from .credentials import MQTT_ENV, CredentialsError, read_credentials
 from .annotate import VideoOut, draw
 from .geometry import CropSpec, landmark_list
 from .labels import LABELS
 from .outputs import OutputError, check_target, model_files
+from .packaged import AUTO
 from .sinks import JsonlSink, MqttSink, default_device_id, node_id
 from .sources import (Capture, SourceError, check_source, is_picamera, local_path, redact, source_kind,
                       with_credentials)
@@ -54,17 +57,18 @@ class Daemon:
             raise ConfigError(str(e)) from None
         self.recognizer = EmotionRecognizer(
             m.artifacts or None, m.backend, m.precision or None, m.threads, list(m.providers) or None,
-            detector=cfg.detector,
+            detector=cfg.detector, model=AUTO if m.artifacts else m.name,  # a folder replaces the packaged model
             crop=None if c.mode == "calibrated" else CropSpec(c.scale, c.dx, c.dy, c.level))
         er = self.recognizer
         cv2.setNumThreads(m.threads)
         t = cfg.tracker
         self.tracker = Tracker(t.iou, t.smoothing, t.max_missed, t.appearance)
-        self.stats.info = {"artifact": er.artifact, "backend": er.backend.format, "precision": er.backend.precision,
+        self.stats.info = {"model": er.manifest.model, "model_choice": er.model_choice, "artifact": er.artifact, "backend": er.backend.format, "precision": er.backend.precision,
                            "runtime": er.backend.runtime, "sha256": er.backend.sha256,
                            "detector": er.detector.name, "source": redact(uri)}
-        log.info("model %s (%s, sha256 %s…) on %s, %d thread(s); detector %s at %d px, crop %s",
-                 er.artifact, er.backend.precision, er.backend.sha256[:12], er.backend.runtime, m.threads,
+        log.info("model %s (%s), %s (%s, sha256 %s…) on %s, %d thread(s); detector %s at %d px, crop %s",
+                 er.manifest.model, er.model_choice, er.artifact, er.backend.precision, er.backend.sha256[:12],
+                 er.backend.runtime, m.threads,
                  er.detector.name, er.detector_size, er.crop)
         self.exit_code, self.exit_reason = 0, ""
         self._stop_requested = self._reopen_requested = False
@@ -82,15 +86,24 @@ class Daemon:
             self.sinks = [JsonlSink(cfg.events.path, self.stats, on_closed=self._output_closed)]
         except OSError as e:
             raise ConfigError(f"events file {cfg.events.path}: {e.strerror or e}") from None
-        self._last_view = None  # (frame index, image, tracks) for /stream.mjpg, encoded on demand
+        self._last_view = None  # (frame index, image, tracks, media s) for /stream.mjpg, encoded on demand
         self._jpeg_cache = (None, None)
         self.http = None
+        q = cfg.mqtt  # the device id names this daemon in every event, MQTT topic and HA device
+        self.device_id = q.device_id or (node_id(q.client_id) if q.client_id else default_device_id(src.uri))
+        self.stats.info["device_id"] = self.device_id
         if cfg.mqtt.host:
-            q = cfg.mqtt
-            device = q.device_id or (node_id(q.client_id) if q.client_id else default_device_id(src.uri))
-            self.sinks.append(MqttSink(q.host, q.port, q.prefix, self.stats, q.client_id,
-                                       q.stats_interval_s, q.discovery, q.discovery_prefix, q.queue, device))
-            self.stats.info["device_id"] = device
+            try:
+                login = read_credentials(q.credentials_file, MQTT_ENV, "mqtt.credentials_file")
+            except CredentialsError as e:
+                raise ConfigError(str(e)) from None
+            tls = {"ca_file": q.ca_file, "cert_file": q.cert_file, "key_file": q.key_file} if q.tls else None
+            try:
+                self.sinks.append(MqttSink(q.host, q.port, q.prefix, self.stats, q.client_id,
+                                           q.stats_interval_s, q.discovery, q.discovery_prefix, q.queue,
+                                           self.device_id, login, tls))
+            except (OSError, ValueError) as e:  # a CA or client certificate that does not load
+                raise ConfigError(f"mqtt TLS: {e}") from None
         if cfg.http.bind:
             from .http import HttpServer
             h = cfg.http
@@ -182,8 +195,8 @@ class Daemon:
         t3 = time.monotonic()
         looks = thumbnails(r.inputs) if self.tracker.appearance > -1 else None
         latency = {"capture_age": (t0 - frame.t_capture) * 1000, **r.ms}
-        changes = self.tracker.update(frame.index, r.detections, r.regions, r.probs, looks)
-        events = self._emit(changes, frame.index, latency)
+        changes = self.tracker.update(frame.index, r.detections, r.regions, r.probs, looks, frame.media_s)
+        events = self._emit(changes, frame.index, latency, frame.media_s)
         t4 = time.monotonic()
         latency["postprocess"] = (t4 - t3) * 1000  # appearance, tracking, smoothing, sinks; known only after emitting
         latency["total"] = (t4 - frame.t_capture) * 1000
@@ -191,7 +204,7 @@ class Daemon:
         self.stats.inc("frames_processed")
         self.stats.inc("faces", len(r.detections))
         self.stats.tracks_active = len(self.tracker.tracks)
-        self._last_view = (frame.index, frame.image, list(self.tracker.tracks.values()))
+        self._last_view = (frame.index, frame.image, list(self.tracker.tracks.values()), frame.media_s)
         if self.annotate is not None:
             try:
                 self.annotate.write(draw(frame.image, self._last_view[2]))
@@ -202,19 +215,21 @@ class Daemon:
                 self.annotate = None
         return events
 
-    def _emit(self, changes, index: int, latency: dict) -> list[dict]:
+    def _emit(self, changes, index: int, latency: dict, media_s: float | None) -> list[dict]:
         every = self.cfg.events.every
         events = []
         for kind, t in changes:
-            ev = {"type": kind, "ts": round(time.time(), 3), "frame": index, "track": t.id,
-                  "box": [int(round(float(v))) for v in t.box], "crop": [int(round(float(v))) for v in t.crop],
-                  "det_score": round(t.score, 4), "landmarks": landmark_list(t.landmarks),
-                  "label": LABELS[int(np.argmax(t.smooth))], "score": round(float(np.max(t.smooth)), 6),
-                  "raw_label": LABELS[int(np.argmax(t.raw))], "probs": _probs(t.smooth), "raw": _probs(t.raw),
-                  "first_frame": t.first_frame, "last_frame": t.last_frame,
-                  "latency_ms": {k: round(v, 3) for k, v in latency.items()}}
-            if kind == "end":
-                ev["summary"] = t.summary(LABELS)
+            # an end describes the whole track: its dominant emotion, that emotion's share, every share
+            p = t.shares() if kind == "end" else t.smooth
+            ev = Event(
+                type=kind, device=self.device_id, ts=round(time.time(), 3), media_s=media_s, frame=index, track=t.id,
+                box=[int(round(float(v))) for v in t.box], crop=[int(round(float(v))) for v in t.crop],
+                det_score=round(t.score, 4), landmarks=landmark_list(t.landmarks),
+                label=LABELS[int(np.argmax(p))], score=round(float(np.max(p)), 6),
+                raw_label=LABELS[int(np.argmax(t.raw))], probs=_probs(p), raw=_probs(t.raw),
+                first_frame=t.first_frame, last_frame=t.last_frame,
+                latency_ms={k: round(v, 3) for k, v in latency.items()},
+                summary=t.summary(LABELS) if kind == "end" else None).to_dict()
             self.stats.record_event(ev)
             if kind != "update" or index % every == 0:
                 for s in self.sinks:
@@ -239,7 +254,8 @@ class Daemon:
         self.watchdog.beat("main loop", doing="shutting down")
         self.capture.stop()
         self.capture.join(SHUTDOWN_JOIN_S)
-        self._emit(self.tracker.end_all(), self._last_view[0] if self._last_view else -1, {})
+        last = self._last_view
+        self._emit(self.tracker.end_all(), last[0] if last else -1, {}, last[3] if last else None)
         self.stats.tracks_active = 0
         for s in self.sinks:
             try:

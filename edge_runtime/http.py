@@ -118,7 +118,9 @@ class _Handler(BaseHTTPRequestHandler):
         if path == "/healthz":
             snap = app.stats.snapshot()
             body = {"status": snap["status"], "reason": snap["reason"], "uptime_s": snap["uptime_s"],
-                    "fps": snap["fps"], "tracks_active": snap["tracks_active"]}
+                    "fps": snap["fps"], "tracks_active": snap["tracks_active"],
+                    "frames_processed": snap["frames_processed"],
+                    "model": snap.get("model"), "model_choice": snap.get("model_choice")}
             return self._send(200 if snap["status"] == "ok" else 503, json.dumps(body).encode(), "application/json")
         if path == "/metrics":
             return self._send(200, app.stats.prometheus().encode(), "text/plain; version=0.0.4")

@@ -188,6 +188,10 @@ class JsonlSink:
                     pass
 
 
+SESSION_TAKEN_OVER = 0x8E  # MQTT 5 reason code: a newer connection with the same client id replaced ours
+SHORT_SESSION_S = 5.0  # closed sooner than this after the broker accepted us: a client-id clash, if it repeats
+
+
 class MqttSink:
     """``<prefix>/events`` (each event), ``<prefix>/stats`` and ``<prefix>/state`` (every
     stats_interval_s; state is what Home Assistant shows: faces, dominant emotion, each emotion's
@@ -200,7 +204,8 @@ class MqttSink:
 
     def __init__(self, host: str, port: int, prefix: str, stats, client_id: str = "",
                  stats_interval_s: float = 10.0, discovery: bool = False, discovery_prefix: str = "homeassistant",
-                 queue: int = 1000, device_id: str = ""):
+                 queue: int = 1000, device_id: str = "", credentials: tuple[str, str] | None = None,
+                 tls: dict | None = None):
         import collections
 
         import paho.mqtt.client as mqtt
@@ -213,7 +218,15 @@ class MqttSink:
         self.node_id = device_id or node_id(client_id)
         self.prefix, self.stats, self.interval = f"{prefix.rstrip('/')}/{self.node_id}", stats, stats_interval_s
         self.discovery_prefix = discovery_prefix.rstrip("/") if discovery else ""
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id or f"fer-edge-{self.node_id}")
+        self.client_id = client_id or f"fer-edge-{self.node_id}"
+        # MQTT 5: the broker says why it drops us (e.g. "session taken over": another client with our id)
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=self.client_id,
+                                  protocol=mqtt.MQTTv5)
+        if credentials is not None:
+            self.client.username_pw_set(*credentials)
+        if tls is not None:
+            self.client.tls_set(ca_certs=tls.get("ca_file") or None, certfile=tls.get("cert_file") or None,
+                                keyfile=tls.get("key_file") or None)
         self.client.will_set(f"{self.prefix}/availability", "offline", qos=1, retain=True)
         self.client.reconnect_delay_set(1, 30)  # paho's own capped backoff when the broker drops
         self.client.on_connect = self._on_connect
@@ -222,27 +235,42 @@ class MqttSink:
         self.client.on_disconnect = self._on_disconnect
         self.where = f"{host}:{port}"
         self._down = False
+        self._said = ("", 0.0)  # the last warning and when it was logged
+        self._connected_at, self._short_sessions = 0.0, 0  # connections the broker closed within seconds
         self._stop = threading.Event()
-        self.client.connect_async(host, port, keepalive=30)
+        self.client.connect_async(host, port, keepalive=30, clean_start=True)
         self.client.loop_start()
         self._ticker = threading.Thread(target=self._tick, name="mqtt-stats", daemon=True)
         self._ticker.start()
-        log.info("MQTT to %s:%d, topics %s/#%s", host, port, self.prefix,
+        log.info("MQTT to %s:%d%s%s, topics %s/#%s", host, port, " over TLS" if tls is not None else "",
+                 f" as {credentials[0]}" if credentials else "", self.prefix,
                  f", Home Assistant discovery under {self.discovery_prefix}/" if discovery else "")
 
     def _broker_down(self, reason: str):
         """Health degraded until the broker is back (paho keeps reconnecting with its backoff)."""
         self.stats.fault("mqtt", f"MQTT broker {self.where}: {reason}")
-        if not self._down:
+        now = time.monotonic()
+        if reason != self._said[0] or now - self._said[1] > 60:  # a flapping connection: once a minute
             log.warning("MQTT broker %s: %s; events are not published until it is back", self.where, reason)
+            self._said = (reason, now)
         self._down = True
 
     def _on_connect_fail(self, client, userdata):
         self._broker_down("unreachable")
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties=None):
-        self._connected = False
-        if not self._stop.is_set():
+        was, self._connected = self._connected, False
+        if self._stop.is_set() or (not was and self._down):  # a refused connect already said why
+            return
+        # MQTT 5 brokers may say "session taken over"; others (Mosquitto 2.0) just close the older of two
+        # connections with one client id, which then reconnects and closes the other: short sessions
+        short = time.monotonic() - self._connected_at < SHORT_SESSION_S
+        self._short_sessions = self._short_sessions + 1 if short else 0
+        if getattr(reason_code, "value", None) == SESSION_TAKEN_OVER or self._short_sessions >= 2:
+            self._broker_down(f"another client connected with this daemon's client id {self.client_id} (the broker "
+                              "keeps closing one of the two): give each daemon its own mqtt.device_id "
+                              "(--device-id), or its own mqtt.client_id")
+        else:
             self._broker_down(f"disconnected ({reason_code})")
 
     def _on_connect(self, client, userdata, flags, reason_code, properties=None):
@@ -254,7 +282,7 @@ class MqttSink:
         self._down = False
         self.stats.fault("mqtt", None)
         client.publish(f"{self.prefix}/availability", "online", qos=1, retain=True)
-        self._connected = True
+        self._connected, self._connected_at = True, time.monotonic()
         # not here, under paho's callback lock: the queue's lock may be held by emit() inside publish()
         threading.Thread(target=self._flush_queued, name="mqtt-flush", daemon=True).start()
         if self.discovery_prefix:
@@ -373,6 +401,6 @@ def discovery_configs(prefix: str, discovery_prefix: str, node: str, info: dict)
                          "icon": "mdi:account-group"}}
     for lab in LABELS:
         sensors[f"share_{lab}"] = {"name": f"{lab.capitalize()} share", "unit_of_measurement": "%",
-                                   "value_template": "{{ value_json.shares.%s }}" % lab, "state_class": "measurement"}
+                                   "value_template": "{{ value_json.shares_pct.%s }}" % lab, "state_class": "measurement"}
     return {f"{discovery_prefix}/sensor/{node}/{obj}/config": {**common, **cfg, "unique_id": f"fer_edge_{node}_{obj}"}
             for obj, cfg in sensors.items()}

@@ -11,7 +11,6 @@ Lost or unopenable sources put health to ``degraded`` and reconnect with capped 
 from __future__ import annotations
 
 import logging
-import os
 import re
 import threading
 import time
@@ -22,6 +21,7 @@ import cv2
 import numpy as np
 
 from .config import ascii_digits
+from .credentials import SOURCE_ENV as CREDENTIALS_ENV, CredentialsError, read_credentials
 
 log = logging.getLogger(__name__)
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".pgm", ".ppm", ".tif", ".tiff", ".webp"}
@@ -33,6 +33,7 @@ class Frame:
     image: np.ndarray
     index: int
     t_capture: float  # time.monotonic() when read
+    media_s: float | None = None  # position in the source, s (edge_runtime/events.py: Event.media_s)
 
 
 class SourceError(Exception):
@@ -58,7 +59,6 @@ def redact(uri: str) -> str:
     return _SECRET_PARAM.sub(r"\1***", _USERINFO.sub(r"\1***@", str(uri)))
 
 
-CREDENTIALS_ENV = "FER_EDGE_SOURCE_CREDENTIALS"  # user:password for a stream, kept out of ps and configs
 
 
 def with_credentials(uri: str, credentials_file: str = "") -> str:
@@ -66,18 +66,15 @@ def with_credentials(uri: str, credentials_file: str = "") -> str:
     put into its userinfo; unchanged when neither is given. Raises SourceError for an unreadable file
     or a source that is not a URL."""
     from urllib.parse import quote
-    if credentials_file:
-        try:
-            cred = Path(credentials_file).read_text().splitlines()[0].strip()
-        except (OSError, IndexError, UnicodeDecodeError) as e:
-            raise SourceError(f"source.credentials_file {credentials_file}: cannot read user:password ({e})") from None
-    else:
-        cred = os.environ.get(CREDENTIALS_ENV, "")
-    if not cred:
+    try:
+        cred = read_credentials(credentials_file, CREDENTIALS_ENV, "source.credentials_file")
+    except CredentialsError as e:
+        raise SourceError(str(e)) from None
+    if cred is None:
         return uri
     if "://" not in uri:
         raise SourceError("source credentials are given but the source is not a URL (rtsp://host/...)")
-    user, _, password = cred.partition(":")
+    user, password = cred
     scheme, _, rest = uri.partition("://")
     rest = rest.split("@", 1)[1] if "@" in rest.split("/", 1)[0] else rest  # the file's credentials win
     return f"{scheme}://{quote(user, safe='')}:{quote(password, safe='')}@{rest}"
@@ -253,6 +250,7 @@ class Capture(threading.Thread):
         self._cond = threading.Condition()
         self._slot: Frame | None = None
         self._index = 0
+        self._live_t0: float | None = None  # a live source's first frame (monotonic), its media time 0
         self.delays: list[float] = []  # backoff waits taken (inspected by tests and logs)
         self.watchdog = watchdog  # told before each call that may block (open, read, a backoff wait)
         self.crashed = ""  # the exception that ended the thread, if one did
@@ -281,7 +279,7 @@ class Capture(threading.Thread):
             log.warning("source %s stalled: no frame for %.1f s", self.shown, silent)
         return self._stalled
 
-    def _put(self, image: np.ndarray):
+    def _put(self, image: np.ndarray, media_s: float | None = None):
         index, self._index = self._index, self._index + 1
         self.last_frame_t = time.monotonic()
         if self._stalled:
@@ -298,7 +296,7 @@ class Capture(threading.Thread):
                     self._beat("waiting for the pipeline to take a frame")
                     self._cond.wait(0.1)
             # stamped once it is offered: for files, back-pressure waiting is not capture latency
-            self._slot = Frame(image, index, time.monotonic())
+            self._slot = Frame(image, index, time.monotonic(), media_s)
             self._cond.notify_all()
 
     def _beat(self, doing: str, extra_s: float = 0.0) -> None:
@@ -358,6 +356,19 @@ class Capture(threading.Thread):
             self._lost("no frames" if n == 0 else "read failed", attempt)
             attempt += 1
 
+    def _media_time(self, cap) -> float | None:
+        """A file's frame: its container timestamp. A live source: seconds since its capture began
+        (across reconnects). An image folder has no time."""
+        if self.kind == "file":
+            ms = cap.get(cv2.CAP_PROP_POS_MSEC)
+            return round(ms / 1000.0, 6) if ms is not None and ms >= 0 else None
+        if self.kind == "dir":
+            return None
+        now = time.monotonic()
+        if self._live_t0 is None:
+            self._live_t0 = now
+        return round(now - self._live_t0, 6)
+
     def _never_works(self, reason: str) -> bool:
         """A file that gave no frame the first time will not give one later: end with ``error``
         set instead of retrying it like a lost camera. (A folder may still receive images: retried.)"""
@@ -392,5 +403,5 @@ class Capture(threading.Thread):
             n += 1
             if fps and fps > 0:  # pace a file like the camera it stands in for
                 self.stop_event.wait(max(0.0, t0 + n / fps - time.monotonic()))
-            self._put(img)
+            self._put(img, self._media_time(cap))
         return n

@@ -147,7 +147,7 @@ class Stats:
 
     def mood(self) -> dict:
         """What a home-automation sensor shows: faces now, and each emotion's share of the faces
-        seen over the last MOOD_WINDOW_S seconds (percent), with the most common one."""
+        seen over the last MOOD_WINDOW_S seconds (percent, as the key says), with the most common one."""
         with self._lock:
             cutoff = time.time() - MOOD_WINDOW_S
             while self._seen and self._seen[0][0] < cutoff:
@@ -158,7 +158,7 @@ class Stats:
             total = sum(counts.values())
             dominant = max(counts, key=counts.get) if total else "none"
             return {"faces": self.tracks_active, "dominant": dominant, "window_s": MOOD_WINDOW_S,
-                    "shares": {k: round(100.0 * v / total, 1) if total else 0.0 for k, v in counts.items()}}
+                    "shares_pct": {k: round(100.0 * v / total, 1) if total else 0.0 for k, v in counts.items()}}
 
     def prometheus(self) -> str:
         lines = []

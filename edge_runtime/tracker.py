@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .events import TrackSummary
 from .geometry import Detections, iou_matrix
 
 THUMB = 16  # side of the appearance thumbnail
@@ -35,21 +36,35 @@ class Track:
     votes: np.ndarray | None = None  # frames per (smoothed) label: the track's summary
     t_first: float = field(default_factory=time.time)
     t_last: float = field(default_factory=time.time)
+    media_first: float | None = None  # the source's own time of the first and latest detection, s
+    media_last: float | None = None
 
-    def vote(self) -> None:
+    def vote(self, media_s: float | None = None) -> None:
         if self.votes is None:
             self.votes = np.zeros(len(self.smooth), np.int64)
+            self.media_first = media_s
         self.votes[int(np.argmax(self.smooth))] += 1
         self.t_last = time.time()
+        self.media_last = media_s
 
-    def summary(self, labels) -> dict:
-        """Per person, not per frame: how long, how often seen, and the share of each emotion."""
+    def shares(self) -> np.ndarray:
+        """Each label's share of the frames seen (fractions; zeros before any vote)."""
+        votes = self.votes if self.votes is not None else np.zeros(len(self.smooth), np.int64)
+        return votes / max(int(votes.sum()), 1)
+
+    def summary(self, labels) -> TrackSummary:
+        """Per person, not per frame: how long (in media seconds), how often seen, each emotion's share."""
         votes = self.votes if self.votes is not None else np.zeros(len(labels), np.int64)
         seen = int(votes.sum())
-        return {"duration_s": round(self.t_last - self.t_first, 3), "frames_seen": seen,
-                "frames_spanned": self.last_frame - self.first_frame + 1,
-                "dominant": labels[int(np.argmax(votes))] if seen else None,
-                "shares": {lab: round(float(v) / max(seen, 1), 4) for lab, v in zip(labels, votes)}}
+        pct = [round(100.0 * float(v) / max(seen, 1), 2) for v in votes]
+        first, last = self.media_first, self.media_last
+        return TrackSummary(
+            dominant=labels[int(np.argmax(votes))] if seen else None,
+            dominant_pct=max(pct) if seen else 0.0, shares_pct=dict(zip(labels, pct)), frames_seen=seen,
+            frames_spanned=self.last_frame - self.first_frame + 1,
+            first_media_s=_r(first), last_media_s=_r(last),
+            duration_s=_r(last - first) if first is not None and last is not None else None,
+            wall_s=round(self.t_last - self.t_first, 3))
 
     def predicted(self, frame: int) -> np.ndarray:
         b = np.asarray(self.box, np.float64).copy()
@@ -75,9 +90,9 @@ class Tracker:
         self._next_id = 1
 
     def update(self, frame: int, dets: Detections, crops: np.ndarray, probs: np.ndarray,
-               looks: np.ndarray | None = None):
+               looks: np.ndarray | None = None, media_s: float | None = None):
         """Feed one frame's detections, their crop regions, probabilities and (optionally) appearance
-        thumbnails; return [(kind, track)] with kind in new/update/end."""
+        thumbnails and the frame's media time; return [(kind, track)] with kind in new/update/end."""
         out = []
         ids = list(self.tracks)
         boxes = dets.boxes
@@ -104,13 +119,13 @@ class Tracker:
             if looks is not None:
                 t.look = looks[di]
             t.smooth = self.alpha * t.smooth + (1 - self.alpha) * probs[di]
-            t.vote()
+            t.vote(media_s)
             out.append(("update", t))
         for di in range(len(boxes)):
             if di not in matched_d:
                 t = Track(self._next_id, boxes[di], crops[di], probs[di], probs[di].copy(), frame, frame,
                           dets.landmarks[di], float(dets.scores[di]), None if looks is None else looks[di])
-                t.vote()
+                t.vote(media_s)
                 self.tracks[t.id] = t
                 self._next_id += 1
                 out.append(("new", t))
@@ -127,6 +142,10 @@ class Tracker:
         out = [("end", t) for t in self.tracks.values()]
         self.tracks.clear()
         return out
+
+
+def _r(x: float | None) -> float | None:
+    return None if x is None else round(float(x), 3)
 
 
 def _centre(box) -> np.ndarray:

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from edge_runtime import EmotionRecognizer
-from edge_runtime.api import PACKAGED_ARTIFACTS
+from edge_runtime.packaged import PACKAGED_MODELS, PackagedModelError, choose_model, packaged_dir
 from edge_runtime.backends import SCORING_BATCH, BackendError, load_backend
 from edge_runtime.config import max_threads
 from edge_runtime.labels import LABELS
@@ -17,6 +17,9 @@ from edge_runtime.synthetic import compose, pick_faces
 from tests.conftest import REPO, SHARED, read_gray
 
 PACKAGED_NAMES = {"tflite-int8", "onnx-int8", "onnx-fp32"}
+PACKAGED_ARTIFACTS = packaged_dir("cbilstm")
+# what each shipped model must at least score on test/ (int8), so a placeholder cannot pass
+FLOOR = {"cbilstm": 0.66, "cbilstm-lite": 0.60}
 
 
 @pytest.fixture(scope="module")
@@ -24,22 +27,58 @@ def er():
     return EmotionRecognizer()
 
 
-def test_the_packaged_default_is_the_shipped_model_exported_and_verified():
-    m = read_manifest(PACKAGED_ARTIFACTS).to_dict()
-    source = json.loads((REPO / "models" / "cbilstm" / "manifest.json").read_text())
-    assert m["source"]["sha256"] == source["model_sha256"] == sha256_file(REPO / "models" / "cbilstm" / "model.keras")
+@pytest.mark.parametrize("model", sorted(PACKAGED_MODELS))
+def test_each_packaged_model_is_its_run_folder_exported_and_verified(model):
+    d = packaged_dir(model)
+    m = read_manifest(d).to_dict()
+    assert m["model"] == model
+    source = json.loads((REPO / "models" / model / "manifest.json").read_text())
+    assert m["source"]["sha256"] == source["model_sha256"] == sha256_file(REPO / "models" / model / "model.keras")
     usable = {n for n, e in m["artifacts"].items() if e["status"] == "usable" and e["format"] != "keras"}
     assert usable == PACKAGED_NAMES
     for name in PACKAGED_NAMES:
         e = m["artifacts"][name]
-        verify_file(PACKAGED_ARTIFACTS / e["file"], e["sha256"], e.get("size"))
-    assert not list(PACKAGED_ARTIFACTS.glob("*.keras"))  # the device package carries no Keras file
+        verify_file(d / e["file"], e["sha256"], e.get("size"))
+    assert not list(d.glob("*.keras"))  # the device package carries no Keras file
 
 
-@pytest.mark.parametrize("name", ["tflite-int8", "onnx-int8"])
-def test_packaged_int8_scores_on_test_what_its_manifest_says(name):
+def test_the_model_is_chosen_by_the_cpu_and_can_be_named(tmp_path):
+    cpus = {"x86 VNNI": ("flags\t: fpu sse2 avx2 fma avx512f avx512_vnni\n", "cbilstm"),
+            "x86 AVX2 only": ("flags\t: fpu sse2 avx2 fma\n", "cbilstm-lite"),
+            # /proc/cpuinfo of a Raspberry Pi 4 (Cortex-A72) and a Pi 5 (Cortex-A76)
+            "Pi 4": ("Features\t: fp asimd evtstrm crc32 cpuid\n", "cbilstm-lite"),
+            "Pi 5": ("Features\t: fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics fphp asimdhp cpuid "
+                     "asimdrdm lrcpc dcpop asimddp\n", "cbilstm")}
+    for i, (cpu, (text, expected)) in enumerate(cpus.items()):
+        f = tmp_path / f"cpuinfo{i}"
+        f.write_text(text)
+        name, why = choose_model("auto", str(f))
+        assert name == expected, cpu
+        assert why.startswith("auto: this CPU has " + ("no " if expected == "cbilstm-lite" else ""))
+    assert choose_model("cbilstm-lite") == ("cbilstm-lite", "named")
+    with pytest.raises(PackagedModelError, match="choose from auto, cbilstm, cbilstm-lite"):
+        choose_model("cbilstm-tiny")
+    er = EmotionRecognizer(model="cbilstm-lite")
+    assert er.manifest.model == "cbilstm-lite" and er.model_choice == "named"
+    assert er.manifest.dir == packaged_dir("cbilstm-lite")
+    with pytest.raises(PackagedModelError, match="both name a model"):
+        EmotionRecognizer(packaged_dir("cbilstm"), model="cbilstm-lite")
+
+
+def test_the_light_model_fits_the_budget_of_a_cpu_without_int8_dot_products():
+    """At most the fer peer's 10.2 M multiply-accumulates per face, counted from the shipped graphs."""
+    from benchmarks.macs import count
+    macs = {}
+    for name in ("cbilstm-lite", "cbilstm"):
+        m = read_manifest(packaged_dir(name))
+        macs[name] = {a: count(m.dir / m.artifacts[a].file)["macs"] for a in ("tflite-int8", "onnx-int8")}
+    assert max(macs["cbilstm-lite"].values()) <= 10_000_000 < min(macs["cbilstm"].values())
+
+
+@pytest.mark.parametrize("model,name", [(m, n) for m in sorted(PACKAGED_MODELS) for n in ("tflite-int8", "onnx-int8")])
+def test_packaged_int8_scores_on_test_what_its_manifest_says(model, name):
     from train.data import load_test_split
-    m = read_manifest(PACKAGED_ARTIFACTS)
+    m = read_manifest(packaged_dir(model))
     spec = m.preprocessing
     split, _ = load_test_split(SHARED, spec)
     assert len(split) == m.data["test_size"] and split.files_hash() == m.data["test_files_hash"]
@@ -48,7 +87,7 @@ def test_packaged_int8_scores_on_test_what_its_manifest_says(name):
     probs = np.concatenate([backend.predict(scale_pixels(split.images[i:i + b], spec)) for i in range(0, len(split), b)])
     acc = float((probs.argmax(1) == split.labels).mean())
     assert acc == pytest.approx(m.artifacts[name].accuracy, abs=1e-9)
-    assert acc > 0.66  # the shipped default, not a placeholder
+    assert acc > FLOOR[model]  # the shipped model, not a placeholder
 
 
 def test_predict_and_predict_proba_on_faces_of_any_size_and_layout(er):

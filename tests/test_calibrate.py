@@ -4,7 +4,9 @@ import json
 import subprocess
 import sys
 
-from edge_runtime.api import PACKAGED_ARTIFACTS
+from edge_runtime.packaged import packaged_dir
+
+PACKAGED_ARTIFACTS = packaged_dir("cbilstm")
 from edge_runtime.detectors import CROPS_FILE
 from edge_runtime.geometry import CropSpec
 from edge_runtime.manifest import read_manifest

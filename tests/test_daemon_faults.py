@@ -298,7 +298,7 @@ def test_new_settings_are_bounded(layer, message):
         config.build(flags=layer)
 
 
-UNIT = REPO / "devices" / "edge-runtime.service"
+UNIT = REPO / "devices" / "edge-runtime@.service"
 
 
 def unit_service() -> dict:
@@ -313,8 +313,8 @@ def bad_inputs(tmp_path, video):
     """Each configuration or model error a device can meet, as (name, extra argv)."""
     import shutil
 
-    from edge_runtime.api import PACKAGED_ARTIFACTS
-    art = shutil.copytree(PACKAGED_ARTIFACTS, tmp_path / "art")
+    from edge_runtime.packaged import packaged_dir
+    art = shutil.copytree(packaged_dir("cbilstm"), tmp_path / "art")
     m = json.loads((art / "manifest.json").read_text())
     m["artifacts"]["tflite-int8"]["file"] = "../../etc/passwd"
     (art / "manifest.json").write_text(json.dumps(m))

@@ -291,3 +291,32 @@ def test_memory_stays_flat_over_5000_frames(edge_artifacts, no_tf_path, tmp_path
     assert "5000 processed" in (tmp_path / "err").read_text()
     growth = (peak - base) / 2**20
     assert growth < 16, f"RSS grew {growth:.1f} MiB after warm-up"
+
+
+@pytest.mark.parametrize("flags,model,why", [
+    (["--model", "cbilstm-lite"], "cbilstm-lite", "named"),
+    ([], None, "auto: this CPU has"),  # this machine's own choice, whichever CPU class it is
+])
+def test_the_model_in_use_and_why_are_logged_and_in_healthz(flags, model, why, four_faces, no_tf_path, tmp_path):
+    from edge_runtime.packaged import choose_model
+    model = model or choose_model()[0]
+    video, _ = four_faces
+    port = free_port()
+    proc = start_daemon(no_tf_path, *flags, "--threads", 1, "--source", video, "--loop", "--events",
+                        tmp_path / "events.jsonl", "--http", f"127.0.0.1:{port}", stderr_path=tmp_path / "err")
+    try:
+        def healthy():
+            try:
+                return json.loads(http_get(port, "/healthz")[1])["frames_processed"] > 0
+            except (OSError, KeyError, ValueError):
+                return False
+        wait_for(healthy, 60)
+        health = json.loads(http_get(port, "/healthz")[1])
+        assert health["model"] == model and health["model_choice"].startswith(why)
+        metrics = http_get(port, "/metrics")[1].decode()
+        assert f'model="{model}"' in metrics
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(10)
+    log = (tmp_path / "err").read_text()
+    assert f"model {model} ({why}" in log

@@ -334,12 +334,20 @@ def test_a_track_end_carries_its_summary_in_jsonl_and_latest(tmp_path):
         s = end["summary"]
         own = [e for e in events if e["track"] == end["track"] and e["type"] != "end"]
         assert s["frames_seen"] == len(own) == 9 and s["frames_spanned"] == 9
-        assert s["duration_s"] >= 0 and set(s["shares"]) == set(LABELS)
-        assert abs(sum(s["shares"].values()) - 1) < 1e-3
+        assert set(s["shares_pct"]) == set(LABELS)
+        assert abs(sum(s["shares_pct"].values()) - 100) < 0.1  # percent, as the key says
         counts = {lab: sum(e["label"] == lab for e in own) for lab in LABELS}
         assert s["dominant"] == max(counts, key=counts.get)
-        assert all(abs(s["shares"][lab] - counts[lab] / 9) < 1e-3 for lab in LABELS)
+        assert all(abs(s["shares_pct"][lab] - 100 * counts[lab] / 9) < 0.01 for lab in LABELS)
+        # the end row agrees with its summary: label, score and probs describe the whole track
+        assert end["label"] == s["dominant"] and abs(end["score"] - s["dominant_pct"] / 100) < 1e-4
+        assert all(abs(end["probs"][lab] - s["shares_pct"][lab] / 100) < 1e-4 for lab in LABELS)
+        # media time: the video's own clock (frame k at k / fps), not how fast this machine ran
+        fps = cv2.VideoCapture(str(video)).get(cv2.CAP_PROP_FPS)
+        assert s["first_media_s"] == 0.0 and s["last_media_s"] == pytest.approx(8 / fps, abs=1e-3)
+        assert s["duration_s"] == pytest.approx(8 / fps, abs=1e-3) and s["wall_s"] >= 0
+        assert [e["media_s"] for e in own] == pytest.approx([k / fps for k in range(9)], abs=1e-3)
     latest = d.stats.latest_events()
     assert sorted(e["track"] for e in latest if e["type"] == "end") == sorted(e["track"] for e in ends)
     mood = d.stats.mood()
-    assert mood["faces"] == 0 and abs(sum(mood["shares"].values()) - 100) < 0.5
+    assert mood["faces"] == 0 and abs(sum(mood["shares_pct"].values()) - 100) < 0.5

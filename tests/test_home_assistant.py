@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import json
 import signal
+import subprocess
+import sys
 import threading
 import uuid
+from pathlib import Path
 
 import paho.mqtt.client as mqtt
 import pytest
@@ -49,6 +52,35 @@ def faces_video(tmp_path_factory):
     return path
 
 
+HA_SENSOR = json.loads((Path(__file__).parent / "data" / "ha_mqtt_sensor_2024.3.3.json").read_text())
+
+
+def ha_sensor_schema_errors(config: dict) -> list[str]:
+    """What Home Assistant 2024.3.3's MQTT sensor schema would refuse in a discovery payload (the keys
+    vendored in tests/data: unknown keys, missing required ones, a device without an identifier)."""
+    s, errors = HA_SENSOR["sensor"], []
+    errors += [f"unknown key {k}" for k in config if k not in s["required"] + s["optional"]]
+    errors += [f"missing {k}" for k in s["required"] if k not in config]
+    errors += [f"both {a} and {b}" for a, b in s["exclusive"] if a in config and b in config]
+    if "state_class" in config and config["state_class"] not in HA_SENSOR["state_class"]:
+        errors.append(f"state_class {config['state_class']}")
+    device = config.get("device", {})
+    errors += [f"unknown device key {k}" for k in device if k not in HA_SENSOR["device"]["optional"]]
+    if device and not any(device.get(k) for k in HA_SENSOR["device"]["one_of_required"]):
+        errors.append("device without identifiers or connections")
+    return errors
+
+
+def test_the_vendored_schema_refuses_what_home_assistant_would():
+    good = {"state_topic": "a/state", "name": "Faces", "unique_id": "u", "device": {"identifiers": ["x"]},
+            "state_class": "measurement"}
+    assert ha_sensor_schema_errors(good) == []
+    assert ha_sensor_schema_errors({**good, "stat_topic": "typo"}) == ["unknown key stat_topic"]
+    assert ha_sensor_schema_errors({k: v for k, v in good.items() if k != "state_topic"}) == ["missing state_topic"]
+    assert ha_sensor_schema_errors({**good, "device": {"name": "d"}}) == ["device without identifiers or connections"]
+    assert ha_sensor_schema_errors({**good, "state_class": "mean"}) == ["state_class mean"]
+
+
 def test_discovery_configs_state_and_rediscovery(mosquitto, faces_video, no_tf_path, tmp_path):
     host, port = mosquitto
     run = uuid.uuid4().hex[:8]
@@ -77,18 +109,20 @@ def test_discovery_configs_state_and_rediscovery(mosquitto, faces_video, no_tf_p
         wait_for(lambda: len(late.configs()) == len(configs), 10)
         assert all(retain for t, _, retain in late.msgs) and late.configs() == configs
         late.close()
+        for topic, c in configs.items():
+            assert not ha_sensor_schema_errors(c), (topic, ha_sensor_schema_errors(c))
         shares = configs[f"{disc}/sensor/{node}/share_happy/config"]
-        assert shares["unit_of_measurement"] == "%" and shares["value_template"] == "{{ value_json.shares.happy }}"
+        assert shares["unit_of_measurement"] == "%" and shares["value_template"] == "{{ value_json.shares_pct.happy }}"
 
         # the state follows the events: three faces in view, shares over the window add up to 100 %
         def state():
             states = [json.loads(p) for t, p, _ in sub.msgs if t == f"{prefix}/{node}/state"]
             return states and states[-1]["faces"] == 3 and states[-1]
         s = wait_for(state, 30)
-        assert s["dominant"] in LABELS and abs(sum(s["shares"].values()) - 100) < 0.5
+        assert s["dominant"] in LABELS and abs(sum(s["shares_pct"].values()) - 100) < 0.5
         events = [json.loads(p) for t, p, _ in sub.msgs if t == f"{prefix}/{node}/events"]
         labels = {e["label"] for e in events if e["type"] != "end"}
-        assert s["dominant"] in labels and {k for k, v in s["shares"].items() if v > 0} <= labels
+        assert s["dominant"] in labels and {k for k, v in s["shares_pct"].items() if v > 0} <= labels
         assert sub.count(f"{prefix}/{node}/availability") >= 1
 
         # Home Assistant restarts and says so: the configs come again
@@ -143,3 +177,51 @@ def test_two_daemons_with_default_settings_on_one_host_keep_their_own_devices(mo
                 p.send_signal(signal.SIGTERM)
                 p.wait(15)
         sub.close()
+
+
+def test_a_removed_devices_retained_topics_are_cleared_with_one_command(mosquitto, tmp_path):
+    """mqtt_clean lists devices, clears one that is gone (and the un-scoped topics of old versions), refuses
+    one that is online, and leaves other integrations' discovery configs alone."""
+    import paho.mqtt.client as mqtt
+
+    from edge_runtime.sinks import discovery_configs
+    host, port = mosquitto
+    run = uuid.uuid4().hex[:8]
+    prefix, disc = f"fer-{run}", f"ha-{run}"
+    pub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+    pub.connect(host, port)
+    pub.loop_start()
+    retained = {f"{prefix}/state": "{}", f"{prefix}/availability": "offline",  # a version before device ids
+                f"{prefix}/old-cam/availability": "offline", f"{prefix}/old-cam/state": "{}",
+                f"{prefix}/live-cam/availability": "online",
+                f"{disc}/sensor/zigbee_lamp/power/config": json.dumps({"unique_id": "lamp_power", "state_topic": "z"})}
+    for node in ("old-cam", "live-cam"):
+        for topic, cfg in discovery_configs(f"{prefix}/{node}", disc, node, {}).items():
+            retained[topic] = json.dumps(cfg)
+    for topic, payload in retained.items():
+        pub.publish(topic, payload, qos=1, retain=True).wait_for_publish(5)
+    pub.disconnect()
+    pub.loop_stop()
+
+    def clean(*args):
+        return subprocess.run([sys.executable, "-m", "edge_runtime.mqtt_clean", "--mqtt", f"{host}:{port}",
+                               "--mqtt-prefix", prefix, "--discovery-prefix", disc, "--wait", "0.5", *args],
+                              capture_output=True, text=True, timeout=60)
+    r = clean()
+    assert r.returncode == 0, r.stderr
+    assert f"old-cam: offline, {2 + 2 + len(LABELS)} retained topic(s)" in r.stdout
+    assert "live-cam: online" in r.stdout and "zigbee" not in r.stdout and f"{prefix}/state" in r.stdout
+    r = clean("--device", "live-cam")
+    assert r.returncode == 2 and "device live-cam is online" in r.stderr
+    r = clean("--device", "old-cam", "--dry-run")
+    assert r.returncode == 0 and "would be cleared" in r.stdout
+    r = clean("--device", "old-cam", "--legacy")
+    assert r.returncode == 0 and f"{2 + 2 + len(LABELS) + 2} retained topic(s) cleared" in r.stdout, r.stdout
+    after = clean().stdout
+    assert "old-cam" not in after and f"{prefix}/state" not in after and "live-cam: online" in after
+    sub = Listener(host, port, f"{disc}/#")  # the other integration's config is still there
+    wait_for(lambda: any("zigbee_lamp" in t for t, _, _ in sub.msgs), 10)
+    sub.close()
+    r = subprocess.run([sys.executable, "-m", "edge_runtime.mqtt_clean", "--mqtt", "127.0.0.1:1", "--wait", "0.2"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1 and "error: broker 127.0.0.1:1" in r.stderr

@@ -9,7 +9,9 @@ import shutil
 import pytest
 
 from edge_runtime.__main__ import main
-from edge_runtime.api import PACKAGED_ARTIFACTS
+from edge_runtime.packaged import packaged_dir
+
+PACKAGED_ARTIFACTS = packaged_dir("cbilstm")
 from edge_runtime.manifest import read_manifest
 from tests.conftest import REPO
 

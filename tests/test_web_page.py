@@ -161,5 +161,5 @@ def test_the_page_fits_a_phone_and_a_desktop_and_agrees_with_latest(moving_video
     checked = [(int(t), lab, float(sc)) for t, lab, sc in rows if int(t) in ended]
     assert checked, (rows, sorted(ended))
     for track, label, share in checked:
-        assert label == ended[track]["dominant"] and share == round(ended[track]["shares"][label], 2)
+        assert label == ended[track]["dominant"] and share == round(ended[track]["dominant_pct"] / 100, 2)
     assert shot.stat().st_size > 10_000
