@@ -53,10 +53,10 @@ demo: $(STAMP)
 		--md $(OUT)/benchmark.md --json $(OUT)/benchmark.json --plots $(OUT)/plots
 	$(BIN)/python -m edge_runtime.synthetic $(OUT)/demo.avi --data $(DATA) --moving --faces 3 --frames 150
 	$(BIN)/python -m edge_runtime --artifacts $(OUT) --source $(OUT)/demo.avi --events $(OUT)/demo-events.jsonl \
-		--annotate $(OUT)/demo-annotated.mp4
-	$(BIN)/python -m edge_runtime.annotate sheet $(OUT)/demo-annotated.mp4 $(OUT)/demo-sheet.png
+		--annotate $(OUT)/demo-annotated.webm
+	$(BIN)/python -m edge_runtime.annotate sheet $(OUT)/demo-annotated.webm $(OUT)/demo-sheet.png
 	@echo "demo outputs in $(OUT): manifest.json, export_report.md, benchmark.md, plots/, demo-events.jsonl"
-	@echo "what the daemon saw: $(OUT)/demo-annotated.mp4 and $(OUT)/demo-sheet.png"
+	@echo "what the daemon saw: $(OUT)/demo-annotated.webm (plays in a browser) and $(OUT)/demo-sheet.png"
 
 # Regenerate the default model shipped inside edge_runtime (export + gate from models/cbilstm).
 PACKAGED := edge_runtime/models/cbilstm

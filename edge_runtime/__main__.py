@@ -65,7 +65,7 @@ def parse_args(argv=None) -> argparse.Namespace:
       help="publish Home Assistant MQTT discovery configs (a device with emotion, faces and share sensors)")
     a("--max-frames", type=int, metavar="N", help="stop after N processed frames")
     a("--annotate", metavar="VIDEO", help="also write the processed frames with boxes, track ids, labels and "
-                                          "probability bars to this .mp4 or .avi")
+                                          "probability bars to this .webm (plays in browsers), .mp4 or .avi")
     a("--overwrite", action="store_true", default=None, help=OVERWRITE_HELP + " (--annotate)")
     a("--log-level", choices=["debug", "info", "warning", "error"])
     return p.parse_args(argv)

@@ -1,11 +1,15 @@
 """Pictures of what the daemon sees: frames with each face's box, track id, label and a small bar
-per emotion; annotated videos (``--annotate out.mp4``) and a PNG contact sheet of such a video.
+per emotion; annotated videos (``--annotate out.webm``) and a PNG contact sheet of such a video.
+
+Containers: ``.webm`` (VP8) plays in every browser; ``.mp4`` (MPEG-4 Part 2) and ``.avi`` (MJPEG)
+play in desktop players (VLC, mpv) but not in browsers: OpenCV's wheels carry no H.264 encoder.
 
     python -m edge_runtime.annotate sheet demo-annotated.avi demo-sheet.png --frames 8
 """
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 from pathlib import Path
@@ -20,40 +24,99 @@ from .manifest import atomic_write_bytes
 from .outputs import OutputError, add_overwrite_flag, claim_file, record_file
 from .preprocess import to_gray
 
+log = logging.getLogger(__name__)
 VIDEO_WRITER, SHEET_WRITER = "python -m edge_runtime --annotate", "python -m edge_runtime.annotate sheet"
 
 GREEN, WHITE, DARK = (80, 220, 80), (255, 255, 255), (40, 40, 40)
-FOURCC = {".avi": "MJPG", ".mp4": "mp4v"}  # both in every OpenCV build from PyPI
+FOURCC = {".webm": "VP80", ".avi": "MJPG", ".mp4": "mp4v"}  # each in every OpenCV build from PyPI
+BROWSER_PLAYABLE = (".webm",)
+
+
+BAR_W, NAME_W, ROW_H = 64, 18, 10  # a probability panel: bar length, the 2-letter name after it, row height
+PANEL = (BAR_W + 2 + NAME_W, ROW_H * len(LABELS))  # its width and height, px
+
+
+def layout(tracks, w: int, h: int) -> list[tuple[str, tuple | None, tuple | None]]:
+    """Where each track's label and probability panel go in a ``w`` x ``h`` frame: (text, label rect or
+    None, panel rect or None), rects as (x0, y0, x1, y1). Every rect lies inside the frame and covers no
+    other label, panel or face. First every face gets its id (above its box, else inside its top, else
+    below it), then each id grows to the full "id label score" where that fits, then each panel goes
+    right of its box, else left of it, else is left out rather than drawn over another face."""
+    boxes = [tuple(int(round(float(v))) for v in t.box) for t in tracks]
+    faces = [(x, y, x + bw, y + bh) for x, y, bw, bh in boxes]
+    probs = [np.asarray(t.smooth, np.float64) for t in tracks]
+    full = [f"{t.id} {LABELS[int(np.argmax(p))]} {p.max():.0%}" for t, p in zip(tracks, probs)]
+    texts: list[str] = [str(t.id) for t in tracks]
+    labels: list[tuple | None] = [None] * len(tracks)
+
+    def place(i: int, text: str) -> tuple | None:
+        x, y, bw, bh = boxes[i]
+        (tw, th), _ = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, 0.5, 1)
+        lh = th + 6
+        busy = [r for j, r in enumerate(labels) if j != i and r is not None] + faces[:i] + faces[i + 1:]
+        for ty in (y - lh - 2, y + 2, y + bh + 2):  # above, inside the top, below
+            for tx in (x, x + bw - tw - 4):  # starting at the box's left edge, else ending at its right
+                tx = min(max(0, tx), max(0, w - tw - 4))
+                r = (tx, ty, tx + tw + 4, ty + lh)
+                if _fits(r, w, h) and not _hits(r, busy):
+                    return r
+        return None
+
+    for i in range(len(tracks)):
+        labels[i] = place(i, texts[i])
+    for i in range(len(tracks)):
+        if (r := place(i, full[i])) is not None:
+            labels[i], texts[i] = r, full[i]
+    taken = [r for r in labels if r is not None]
+    out = []
+    for i, (x, y, bw, bh) in enumerate(boxes):
+        others = faces[:i] + faces[i + 1:]
+        pw, ph = PANEL
+        py = min(max(0, y), max(0, h - ph))
+        panel = None
+        for px in (x + bw + 4, x - pw - 4):  # right of the face, else left of it
+            r = (px, py, px + pw, py + ph)
+            if _fits(r, w, h) and not _hits(r, taken) and not _hits(r, others):
+                taken.append(r)
+                panel = r
+                break
+        out.append((texts[i], labels[i], panel))
+    return out
+
+
+def _fits(r, w: int, h: int) -> bool:
+    return r[0] >= 0 and r[1] >= 0 and r[2] <= w and r[3] <= h
 
 
 def draw(image: np.ndarray, tracks) -> np.ndarray:
-    """A BGR copy of ``image`` with, per track: its box, "id label score" and one bar per emotion."""
+    """A BGR copy of ``image`` with, per track: its box, "id label score" and one bar per emotion,
+    placed by ``layout``."""
     img = to_bgr(image if image.dtype == np.uint8 else to_gray(image)).copy()
     h, w = img.shape[:2]
     for t in tracks:
         x, y, bw, bh = (int(round(float(v))) for v in t.box)
-        probs = np.asarray(t.smooth, np.float64)
-        k = int(np.argmax(probs))
         cv2.rectangle(img, (x, y), (x + bw, y + bh), GREEN, 2)
-        text = f"{t.id} {LABELS[k]} {probs[k]:.0%}"
-        (tw, th), _ = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, 0.5, 1)
-        ty, tx = max(th + 4, y - 4), min(max(0, x), max(0, w - tw - 4))  # the label stays in the picture
-        cv2.rectangle(img, (tx, ty - th - 4), (tx + tw + 4, ty + 2), DARK, -1)
-        cv2.putText(img, text, (tx + 2, ty - 2), cv2.FONT_HERSHEY_SIMPLEX, 0.5, WHITE, 1, cv2.LINE_AA)
-        _bars(img, probs, x + bw + 4 if x + bw + 80 < w else max(0, x - 80), y, min(bh, 7 * 12))
+    for t, (text, lab, panel) in zip(tracks, layout(tracks, w, h)):
+        if lab is not None:
+            cv2.rectangle(img, lab[:2], lab[2:], DARK, -1)
+            cv2.putText(img, text, (lab[0] + 2, lab[3] - 4), cv2.FONT_HERSHEY_SIMPLEX, 0.5, WHITE, 1, cv2.LINE_AA)
+        if panel is not None:
+            _bars(img, np.asarray(t.smooth, np.float64), panel[0], panel[1])
     return img
 
 
-def _bars(img: np.ndarray, probs: np.ndarray, x: int, y: int, height: int) -> None:
-    """Seven bars, one per emotion (a letter each), length = probability, beside the face."""
-    row = max(8, height // len(LABELS))
+def _hits(r, rects) -> bool:
+    return any(r[0] < q[2] and q[0] < r[2] and r[1] < q[3] and q[1] < r[3] for q in rects)
+
+
+def _bars(img: np.ndarray, probs: np.ndarray, x: int, y: int) -> None:
+    """Seven bars, one per emotion (its first two letters after it), length = probability."""
     for i, (lab, p) in enumerate(zip(LABELS, probs)):
-        yy = y + i * row
-        if yy + row > img.shape[0]:
-            break
-        cv2.rectangle(img, (x, yy + 1), (x + 64, yy + row - 1), DARK, -1)
-        cv2.rectangle(img, (x, yy + 1), (x + int(round(64 * float(p))), yy + row - 1), GREEN, -1)
-        cv2.putText(img, lab[:2], (x + 66, yy + row - 2), cv2.FONT_HERSHEY_PLAIN, 0.7, WHITE, 1, cv2.LINE_AA)
+        yy = y + i * ROW_H
+        cv2.rectangle(img, (x, yy + 1), (x + BAR_W + 2 + NAME_W, yy + ROW_H - 1), DARK, -1)
+        cv2.rectangle(img, (x, yy + 1), (x + int(round(BAR_W * float(p))), yy + ROW_H - 1), GREEN, -1)
+        cv2.putText(img, lab[:2], (x + BAR_W + 3, yy + ROW_H - 2), cv2.FONT_HERSHEY_PLAIN, 0.7, WHITE, 1,
+                    cv2.LINE_AA)
 
 
 class VideoOut:
@@ -64,7 +127,7 @@ class VideoOut:
     def __init__(self, path: str | Path, fps: float = 15.0, inputs=(), overwrite: bool = False, data=()):
         self.path = Path(path)
         if self.path.suffix.lower() not in FOURCC:
-            raise ConfigError(f"--annotate {self.path}: use a .mp4 or .avi file")
+            raise ConfigError(f"--annotate {self.path}: use a .webm (plays in browsers), .mp4 or .avi file")
         if not self.path.parent.is_dir():
             raise ConfigError(f"--annotate {self.path}: folder {self.path.parent} does not exist")
         try:
@@ -79,6 +142,9 @@ class VideoOut:
             raise ConfigError(f"--annotate {self.path}: OpenCV cannot write this file")
         self.writer.release()
         self.writer = None
+        if self.path.suffix.lower() not in BROWSER_PLAYABLE:
+            log.info("--annotate %s: %s plays in desktop players but not in browsers; name it .webm for a "
+                     "browser", self.path, "MPEG-4 Part 2" if self.path.suffix.lower() == ".mp4" else "MJPEG AVI")
 
     def _open(self, size) -> bool:
         fourcc = cv2.VideoWriter_fourcc(*FOURCC[self.path.suffix.lower()])

@@ -16,7 +16,7 @@ import pytest
 from edge_runtime.labels import LABELS
 from edge_runtime.synthetic import make_video
 from tests.conftest import SHARED
-from tests.edge_support import free_port, no_tf_path, start_daemon, wait_for  # noqa: F401
+from tests.edge_support import free_port, no_tf_path, run_daemon, start_daemon, wait_for  # noqa: F401
 
 TOKEN = "s3cret-token"
 
@@ -100,7 +100,7 @@ def test_annotate_writes_the_processed_frames_with_boxes_and_a_contact_sheet(pag
         edge = green[max(0, y - 2):y + 3, x:x + w]
         assert edge.mean() > 0.5, (e["box"], edge.mean())
     bad = run_daemon(no_tf_path, "--source", page_video, "--annotate", tmp_path / "seen.gif")
-    assert bad.returncode == 2 and "use a .mp4 or .avi" in bad.stderr
+    assert bad.returncode == 2 and "use a .webm (plays in browsers), .mp4 or .avi" in bad.stderr
     (tmp_path / "folder.avi").mkdir()
     bad = run_daemon(no_tf_path, "--source", page_video, "--annotate", tmp_path / "folder.avi")
     assert bad.returncode == 2 and "is a folder: name a file" in bad.stderr and "Traceback" not in bad.stderr
@@ -163,3 +163,62 @@ def test_the_page_fits_a_phone_and_a_desktop_and_agrees_with_latest(moving_video
     for track, label, share in checked:
         assert label == ended[track]["dominant"] and share == round(ended[track]["dominant_pct"] / 100, 2)
     assert shot.stat().st_size > 10_000
+
+
+def test_the_annotated_webm_plays_in_chromium(tmp_path, no_tf_path):
+    """--annotate out.webm: headless Chromium decodes it to readyState 4 (HAVE_ENOUGH_DATA) with its real
+    size and length; the .mp4 the daemon also writes is refused by the same browser, as the log says."""
+    video = tmp_path / "three.avi"
+    make_video(video, SHARED, n_faces=3, frames=45, face=120, seed=5)
+    for name in ("out.webm", "out.mp4"):
+        r = run_daemon(no_tf_path, "--threads", "1", "--source", video, "--events", tmp_path / f"{name}.jsonl",
+                       "--annotate", tmp_path / name)
+        assert r.returncode == 0, r.stderr[-2000:]
+    assert "MPEG-4 Part 2 plays in desktop players but not in browsers" in r.stderr
+
+    def play(name):
+        page = tmp_path / f"{name}.html"
+        page.write_text(f"""<!doctype html><body data-state="none"><video id="v" src="{name}" muted preload="auto"></video>
+<script>const v = document.getElementById("v");
+const say = () => document.body.dataset.state = `${{v.readyState}} ${{v.videoWidth}}x${{v.videoHeight}} ${{v.duration}}`;
+for (const e of ["loadedmetadata", "canplay", "canplaythrough", "error"]) v.addEventListener(e, say);
+v.addEventListener("error", () => document.body.dataset.error = v.error ? v.error.code : "?");</script></body>""")
+        r = browse(page.as_uri(), tmp_path, "--allow-file-access-from-files", "--dump-dom", budget_ms=5000)
+        assert r.returncode == 0, r.stderr[-2000:]
+        return r.stdout
+    dom = play("out.webm")
+    state = re.search(r'data-state="(\d) (\d+)x(\d+) ([\d.]+)"', dom)
+    assert state, dom[:500]
+    assert state.group(1) == "4" and state.groups()[1:3] == ("640", "480")
+    assert float(state.group(4)) == pytest.approx(45 / 15, abs=0.1)  # 45 frames at the source's 15 fps
+    assert "data-error" in play("out.mp4")  # MPEG-4 Part 2: what the hint is about
+
+
+def test_labels_and_panels_stay_in_the_frame_and_off_each_other():
+    """Faces side by side, at every edge and in a corner: no label or panel leaves the frame, and no
+    two of them overlap (a panel with no free side is left out rather than drawn over another face's)."""
+    import numpy as np
+
+    from edge_runtime.annotate import _hits, draw, layout
+
+    class T:
+        def __init__(self, i, box):
+            self.id, self.box = i, box
+            self.smooth = np.eye(len(LABELS))[i % len(LABELS)] * 0.7 + 0.3 / len(LABELS)
+    w, h = 640, 480
+    scenes = [[T(1, (200, 200, 60, 60)), T(2, (270, 205, 60, 60)), T(3, (340, 200, 60, 60))],  # a row of faces
+              [T(1, (0, 0, 80, 80)), T(2, (w - 80, 0, 80, 80)), T(3, (0, h - 80, 80, 80)), T(4, (w - 80, h - 80, 80, 80))],
+              [T(1, (-20, -10, 100, 100)), T(2, (w - 60, h - 40, 100, 100))],  # partly outside the frame
+              [T(i, (40 * i, 100, 44, 44)) for i in range(1, 14)]]  # crowded
+    for tracks in scenes:
+        rects = []
+        for text, lab, panel in layout(tracks, w, h):
+            for r in (lab, panel):
+                if r is not None:
+                    assert 0 <= r[0] < r[2] <= w and 0 <= r[1] < r[3] <= h, (text, r)
+                    assert not _hits(r, rects), (text, r, rects)
+                    rects.append(r)
+        draw(np.zeros((h, w, 3), np.uint8), tracks)  # and it draws
+    # every face keeps at least its id in view, and the row of three shows every full label
+    assert all(lab is not None for tracks in scenes for _, lab, _ in layout(tracks, w, h))
+    assert all("%" in text for text, _, _ in layout(scenes[0], w, h))
