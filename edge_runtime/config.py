@@ -158,6 +158,7 @@ class SourceConfig(Section):
     reconnect_max_s: float = setting(30.0, 0.1, 3600.0)  # backoff cap when the source is lost
     # a live source with no new frame for this long is stalled: health degraded, a stream read reconnects
     stall_s: float = setting(5.0, 0.5, 3600.0)
+    every: int = setting(1, 1, 100_000)  # analyse every Nth frame (frame indexes and media times stay the source's)
     # a file whose first line is user:password for a stream, so they need not be in the URI (ps, configs);
     # else $FER_EDGE_SOURCE_CREDENTIALS. Wherever the source is shown, credentials are redacted.
     credentials_file: str = ""

@@ -38,9 +38,10 @@ def _probs(p: np.ndarray) -> dict[str, float]:
 
 
 class Daemon:
-    def __init__(self, cfg: Config, read_files=()):
+    def __init__(self, cfg: Config, read_files=(), sinks=None):
         """``read_files``: other files the daemon was started from (its --config and --profile): no output
-        may be one of them."""
+        may be one of them. ``sinks``: objects with ``emit(event)`` and ``close()`` that take the events
+        instead of the JSON Lines file (the batch analyser collects them this way)."""
         self.cfg = check(cfg)  # the cross-field rules too, for a Config built in code
         self.stats = Stats()
         self.stop_event = threading.Event()
@@ -63,7 +64,8 @@ class Daemon:
         cv2.setNumThreads(m.threads)
         t = cfg.tracker
         self.tracker = Tracker(t.iou, t.smoothing, t.max_missed, t.appearance)
-        self.stats.info = {"model": er.manifest.model, "model_choice": er.model_choice, "artifact": er.artifact, "backend": er.backend.format, "precision": er.backend.precision,
+        self.stats.info = {"model": er.manifest.model, "model_choice": er.model_choice, "artifact": er.artifact,
+                           "backend": er.backend.format, "precision": er.backend.precision,
                            "runtime": er.backend.runtime, "sha256": er.backend.sha256,
                            "detector": er.detector.name, "source": redact(uri)}
         log.info("model %s (%s), %s (%s, sha256 %s…) on %s, %d thread(s); detector %s at %d px, crop %s",
@@ -83,7 +85,8 @@ class Daemon:
         except OutputError as e:
             raise ConfigError(str(e)) from None
         try:
-            self.sinks = [JsonlSink(cfg.events.path, self.stats, on_closed=self._output_closed)]
+            self.sinks = (list(sinks) if sinks is not None else
+                          [JsonlSink(cfg.events.path, self.stats, on_closed=self._output_closed)])
         except OSError as e:
             raise ConfigError(f"events file {cfg.events.path}: {e.strerror or e}") from None
         self._last_view = None  # (frame index, image, tracks, media s) for /stream.mjpg, encoded on demand
@@ -116,7 +119,7 @@ class Daemon:
         self.stats.progress_timeout_s = src.stall_s
         self.capture = Capture(uri, self.stats, src.loop, src.realtime, src.width,
                                src.height, src.fps, src.reconnect_max_s, stall_s=src.stall_s,
-                               watchdog=self.watchdog)
+                               watchdog=self.watchdog, every=src.every)
 
     # --- the loop ------------------------------------------------------------------------------
     # Signal handlers run in the main thread between two bytecodes, possibly while it holds a lock

@@ -267,7 +267,7 @@ def staging_dir(parent: Path, name: str) -> Path:
     return d
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -286,7 +286,7 @@ def dead_staging(parent: Path, pattern: str) -> list[Path]:
             pid = int(d.name.rsplit("-", 1)[1])
         except (IndexError, ValueError):
             continue
-        if d.is_dir() and not _pid_alive(pid) and read_ledger(d) is not None:
+        if d.is_dir() and not pid_alive(pid) and read_ledger(d) is not None:
             out.append(d)
     return out
 

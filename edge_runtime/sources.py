@@ -233,7 +233,7 @@ class Capture(threading.Thread):
 
     def __init__(self, uri: str, stats, loop: bool = False, realtime: str = "auto", width: int = 0,
                  height: int = 0, fps: float = 0.0, reconnect_max_s: float = 30.0, opener=open_source,
-                 stall_s: float = 5.0, watchdog=None):
+                 stall_s: float = 5.0, watchdog=None, every: int = 1):
         super().__init__(name="capture", daemon=True)
         self.uri, self.stats, self.loop = uri, stats, loop
         self.shown = redact(uri)  # in every message: a stream's password never reaches a log
@@ -249,7 +249,9 @@ class Capture(threading.Thread):
         self.error = ""  # why a file can never give frames (set with `ended`)
         self._cond = threading.Condition()
         self._slot: Frame | None = None
-        self._index = 0
+        self._index = 0  # frames handed to the pipeline
+        self._decoded = 0  # frames decoded: a frame's index, also with `every` > 1
+        self.every = max(1, int(every))  # analyse every Nth decoded frame
         self._live_t0: float | None = None  # a live source's first frame (monotonic), its media time 0
         self.delays: list[float] = []  # backoff waits taken (inspected by tests and logs)
         self.watchdog = watchdog  # told before each call that may block (open, read, a backoff wait)
@@ -279,8 +281,9 @@ class Capture(threading.Thread):
             log.warning("source %s stalled: no frame for %.1f s", self.shown, silent)
         return self._stalled
 
-    def _put(self, image: np.ndarray, media_s: float | None = None):
-        index, self._index = self._index, self._index + 1
+    def _put(self, image: np.ndarray, media_s: float | None = None, index: int | None = None):
+        index = self._index if index is None else index
+        self._index += 1
         self.last_frame_t = time.monotonic()
         if self._stalled:
             self._stalled = False
@@ -403,5 +406,8 @@ class Capture(threading.Thread):
             n += 1
             if fps and fps > 0:  # pace a file like the camera it stands in for
                 self.stop_event.wait(max(0.0, t0 + n / fps - time.monotonic()))
-            self._put(img, self._media_time(cap))
+            index, self._decoded = self._decoded, self._decoded + 1
+            if index % self.every:  # subsampling: the frames kept keep their own index and time
+                continue
+            self._put(img, self._media_time(cap), index)
         return n

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from edge_runtime.manifest import atomic_write_json
-from edge_runtime.outputs import _pid_alive, read_ledger, staging_dir
+from edge_runtime.outputs import pid_alive, read_ledger, staging_dir
 
 STATE = "state.json"
 FORMAT = 1
@@ -47,7 +47,7 @@ def read_state(out_dir) -> dict:
         raise ResumeError(f"--resume {out_dir}: cannot read its checkpoint {d / STATE}: {e}") from None
     if read_ledger(d) is None or state.get("format") != FORMAT:
         raise ResumeError(f"--resume {out_dir}: {d} is not a checkpoint this version of train wrote")
-    if _pid_alive(int(state.get("pid", 0))) and int(state["pid"]) != os.getpid():
+    if pid_alive(int(state.get("pid", 0))) and int(state["pid"]) != os.getpid():
         raise ResumeError(f"--resume {out_dir}: process {state['pid']} is still training it")
     return state
 
@@ -66,7 +66,7 @@ def prepare(out_dir, resume: bool) -> Path:
             epoch, pid = state["epoch"], int(state["pid"])
         except (OSError, ValueError, KeyError):
             epoch, pid = 0, 0
-        if pid and _pid_alive(pid):
+        if pid and pid_alive(pid):
             raise ResumeError(f"--out {out_dir} is being trained by process {pid}")
         if epoch:
             raise ResumeError(f"--out {out_dir} has an interrupted run (checkpoint after epoch {epoch} in {d}): "

@@ -1,0 +1,143 @@
+"""python -m edge_runtime.batch on real videos: the local pool and a real Dask LocalCluster give, frame for
+frame, the events the camera daemon writes for each video; tables load in pandas with the container's
+times; a SIGKILLed run resumes with every video done exactly once; a corrupt video is a failed row."""
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import cv2
+import pytest
+
+from edge_runtime.synthetic import make_video
+
+from .conftest import REPO, SHARED
+
+pd = pytest.importorskip("pandas")
+pytest.importorskip("pyarrow")
+
+# what differs between two runs of the same video and so is not compared: when it ran and how long it took
+VOLATILE = ("ts", "latency_ms")
+VOLATILE_SUMMARY = ("wall_s",)
+
+
+def comparable(event: dict) -> dict:
+    e = {k: v for k, v in event.items() if k not in VOLATILE}
+    if "summary" in e:
+        e["summary"] = {k: v for k, v in e["summary"].items() if k not in VOLATILE_SUMMARY}
+    return e
+
+
+@pytest.fixture(scope="module")
+def archive(tmp_path_factory):
+    """Three small videos in two folders, two of them with the same file name."""
+    root = tmp_path_factory.mktemp("archive")
+    specs = {"lobby/clip.avi": (2, 24, 1), "door/clip.avi": (1, 20, 2), "door/late/third.avi": (3, 16, 3)}
+    for rel, (faces, frames, seed) in specs.items():
+        make_video(root / rel, SHARED, n_faces=faces, frames=frames, face=130, fps=12.5, seed=seed, truth_json=False)
+    return root
+
+
+def daemon_events(video, tmp_path) -> list[dict]:
+    out = tmp_path / f"daemon-{video.parent.name}-{video.stem}.jsonl"
+    r = subprocess.run([sys.executable, "-m", "edge_runtime", "--source", str(video), "--threads", "1",
+                        "--events", str(out)], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert r.returncode == 0, r.stderr[-1500:]
+    return [json.loads(line) for line in out.read_text().splitlines()]
+
+
+def container_times(video) -> list[float]:
+    cap = cv2.VideoCapture(str(video))
+    times = []
+    while cap.read()[0]:
+        times.append(cap.get(cv2.CAP_PROP_POS_MSEC) / 1000)
+    return times
+
+
+@pytest.mark.parametrize("engine", [["--workers", "2"], ["--dask", "local", "--workers", "2"]],
+                         ids=["local-pool", "dask-localcluster"])
+def test_the_archive_gives_the_daemons_events_and_tables_with_media_times(engine, archive, tmp_path):
+    out = tmp_path / "analysis"
+    r = subprocess.run([sys.executable, "-m", "edge_runtime.batch", str(archive), "--out", str(out), "--csv",
+                        "--quiet", *engine], capture_output=True, text=True, cwd=REPO, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    index = pd.read_parquet(out / "index.parquet")
+    assert sorted(index["video"]) == ["door/clip.avi", "door/late/third.avi", "lobby/clip.avi"]
+    assert set(index["status"]) == {"ok"} and index["model_sha256"].nunique() == 1
+    for rel in index["video"]:
+        video = archive / rel
+        got = [json.loads(line) for line in (out / rel / "events.jsonl").read_text().splitlines()]
+        assert [comparable(e) for e in got] == [comparable(e) for e in daemon_events(video, tmp_path)], rel
+        frames = pd.read_parquet(out / rel / "frames.parquet")
+        assert len(frames) == sum(e["type"] != "end" for e in got)
+        assert frames.equals(pd.read_csv(out / rel / "frames.csv")[frames.columns].astype(frames.dtypes))
+        times = container_times(video)
+        assert frames["media_s"].tolist() == pytest.approx([times[f] for f in frames["frame"]], abs=1e-6)
+        people = pd.read_parquet(out / rel / "people.parquet")
+        assert len(people) == index.set_index("video").loc[rel, "tracks"] > 0
+        assert people["duration_s"].tolist() == pytest.approx((people["last_media_s"] - people["first_media_s"]).tolist(),
+                                                              abs=1e-3)
+        assert people[[c for c in people if c.startswith("share_pct_")]].sum(axis=1).tolist() == \
+            pytest.approx([100.0] * len(people), abs=0.05)
+        row = index.set_index("video").loc[rel]
+        assert row["video_s"] == pytest.approx(len(times) / 12.5, abs=1e-3) and row["frames"] == len(times)
+
+
+def test_python_api_every_nth_frame_and_a_corrupt_video(archive, tmp_path):
+    from edge_runtime.batch import analyze
+    (tmp_path / "in").mkdir()
+    good = tmp_path / "in" / "good.avi"
+    good.write_bytes((archive / "lobby" / "clip.avi").read_bytes())
+    bad = tmp_path / "in" / "bad.mp4"
+    bad.write_bytes(b"\x00\x00\x00\x18ftypmp42" + b"\x17" * 4000)  # a header and nothing playable
+    df = analyze([tmp_path / "in"], tmp_path / "out", workers=1, every=3, as_frame=True)
+    assert isinstance(df, pd.DataFrame)
+    rows = df.set_index("video")
+    assert rows.loc["bad.mp4", "status"] == "failed" and "not a video" in rows.loc["bad.mp4", "error"]
+    assert not (tmp_path / "out" / "bad.mp4").exists()  # a failed video has a row, no folder
+    assert rows.loc["good.avi", "status"] == "ok" and rows.loc["good.avi", "frames"] == 8  # 24 frames, every 3rd
+    frames = pd.read_parquet(tmp_path / "out" / "good.avi" / "frames.parquet")
+    assert set(frames["frame"]) == {0, 3, 6, 9, 12, 15, 18, 21}  # the source's own frame numbers
+    assert frames["media_s"].tolist() == pytest.approx((frames["frame"] / 12.5).tolist(), abs=1e-6)
+    r = subprocess.run([sys.executable, "-m", "edge_runtime.batch", str(tmp_path / "in"), "--out",
+                        str(tmp_path / "out"), "--every", "3", "--quiet"], capture_output=True, text=True, cwd=REPO,
+                       timeout=300)
+    assert r.returncode == 1 and "failed: bad.mp4" in r.stderr  # exit 1: some videos failed
+    r = subprocess.run([sys.executable, "-m", "edge_runtime.batch", str(tmp_path / "nowhere"), "--out",
+                        str(tmp_path / "o2")], capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "no such file or folder" in r.stderr
+
+
+def test_a_killed_run_resumes_with_every_video_done_exactly_once(tmp_path):
+    src = tmp_path / "in"
+    for i in range(6):
+        make_video(src / f"v{i}.avi", SHARED, n_faces=2, frames=60, face=120, seed=10 + i, truth_json=False)
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "edge_runtime.batch", str(src), "--out", str(out), "--workers", "1", "--quiet"]
+    p = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and p.poll() is None:
+        try:
+            if len(json.loads((out / ".index.json").read_text())) >= 2:
+                break
+        except (OSError, ValueError):
+            pass
+        time.sleep(0.05)
+    assert p.poll() is None, "the run finished before it could be killed"
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    first = {d.name: (d / "done.json").stat().st_mtime_ns for d in out.iterdir() if d.is_dir() and
+             not d.name.startswith(".")}
+    assert 2 <= len(first) < 6
+    for d in first:  # what exists is complete: every file of its done.json is there
+        files = json.loads((out / d / "done.json").read_text())["files"]
+        assert all((out / d / f).is_file() for f in files)
+    r = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    index = pd.read_parquet(out / "index.parquet")
+    assert sorted(index["video"]) == [f"v{i}.avi" for i in range(6)] and set(index["status"]) == {"ok"}
+    for d, mtime in first.items():  # done before the kill: not redone
+        assert (out / d / "done.json").stat().st_mtime_ns == mtime
+    leftovers = [f.name for f in out.rglob(".*") if f.name not in (".fer-edge-owner.json", ".index.json")]
+    assert not leftovers, leftovers  # no staging folder or half-written video of the killed run
