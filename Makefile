@@ -69,5 +69,9 @@ artifacts: $(STAMP)
 clean:
 	rm -rf runs artifacts .cache .pytest_cache
 
+# each packaged model on the core the runtime chooses it for: cbilstm-lite on the Pi 4's, cbilstm on the Pi 5's
 aarch64-check: $(STAMP)
-	PYTHON=$(abspath $(BIN))/python nice -n 10 devices/emulate-aarch64.sh check --data $(DATA)
+	QEMU_CPU=cortex-a72 PYTHON=$(abspath $(BIN))/python nice -n 10 devices/emulate-aarch64.sh check --data $(DATA) \
+		--work .cache/aarch64-check-pi4
+	QEMU_CPU=cortex-a76 PYTHON=$(abspath $(BIN))/python nice -n 10 devices/emulate-aarch64.sh check --data $(DATA) \
+		--work .cache/aarch64-check-pi5

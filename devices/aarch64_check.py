@@ -134,13 +134,24 @@ def _sha(a: np.ndarray) -> str:
 
 
 # ----------------------------------------------------------------------------- helpers
+# the packaged model the runtime chooses on each emulated core (edge_runtime/packaged.py: by int8 dot
+# products, which the Pi 5's Cortex-A76 has and the Pi 4's A72 and the Pi 3's A53 lack)
+MODEL_FOR_CPU = {"cortex-a76": "cbilstm", "cortex-a72": "cbilstm-lite", "cortex-a53": "cbilstm-lite"}
+
+
 def find_artifacts(explicit: str | None) -> Path:
-    from edge_runtime.api import PACKAGED_ARTIFACTS
+    from edge_runtime.packaged import packaged_dir
     if explicit == "newest":
         cands = sorted((p.parent for p in (REPO / "artifacts").glob("*/manifest.json")),
                        key=lambda p: p.stat().st_mtime, reverse=True)
     else:
-        cands = [Path(explicit) if explicit else PACKAGED_ARTIFACTS]
+        cpu = os.environ.get("QEMU_CPU", "cortex-a76")
+        if not explicit and cpu not in MODEL_FOR_CPU:
+            raise SystemExit(f"[aarch64-check] QEMU_CPU={cpu}: which packaged model would run there? "
+                             f"use one of {', '.join(MODEL_FOR_CPU)}, or pass --artifacts DIR")
+        cands = [Path(explicit) if explicit else packaged_dir(MODEL_FOR_CPU[cpu])]
+        if not explicit:
+            say(f"QEMU_CPU={cpu}: the packaged {MODEL_FOR_CPU[cpu]}, the model the runtime chooses there")
     for d in cands:
         try:
             arts = set(read_manifest(d).usable())
@@ -593,8 +604,8 @@ def main(argv=None) -> int:
     pr.add_argument("--frames", type=int, default=3)
     p.add_argument("--emulator", default=str(REPO / "devices" / "emulate-aarch64.sh"))
     p.add_argument("--rootfs", default=os.environ.get("ROOTFS", str(REPO / ".cache" / "aarch64-rootfs")))
-    p.add_argument("--artifacts", help="exported artifacts folder (default: the packaged model; 'newest': the "
-                                       "newest artifacts/*/)")
+    p.add_argument("--artifacts", help="exported artifacts folder (default: the packaged model the runtime "
+                                       "chooses on $QEMU_CPU; 'newest': the newest artifacts/*/)")
     p.add_argument("--data", default=os.environ.get("FER_DATA", str(REPO.parent / "shared" / "data" / "fer2013")))
     p.add_argument("--frames", type=int, default=20)
     p.add_argument("--faces", type=int, default=3)
