@@ -32,7 +32,7 @@ from edge_runtime.geometry import clip_boxes, cut_square, iou_matrix
 from edge_runtime.labels import LABELS
 from edge_runtime.manifest import read_manifest
 from edge_runtime.preprocess import preprocess_batch
-from edge_runtime.synthetic import moving_scene, shuffled_scene, write_scene
+from edge_runtime.synthetic import moving_scene, shuffled_scene, small_scene, write_scene
 
 REPO = Path(__file__).resolve().parents[1]
 MATCH_IOU = 0.3
@@ -40,7 +40,7 @@ SHARED_YUNET = REPO.parent / "shared" / "models" / "yunet"
 # detector rows: name -> config [detector] layer (yunet-s is converted from ../shared on first use)
 DETECTOR_ROWS = {"yunet-n": {"type": "yunet"}, "yunet-s": {"type": "yunet", "yunet": {"model": "@yunet_s"}},
                  "haar": {"type": "haar"}}
-SCENES = ("one-face", "moving")
+SCENES = ("one-face", "moving", "small-faces")  # small-faces: one face at a time, a second each, plain background
 SCENE_VERSION = 2  # bump when edge_runtime.synthetic draws scenes differently (the video cache key)
 
 
@@ -59,6 +59,7 @@ def scene_video(scene: str, faces: list[tuple[Path, str]], frames: int, seed: in
     path = cache / f"{scene}-640x480-{frames}-{key}.avi"
     if not (path.is_file() and path.with_suffix(".json").is_file()):
         gen = (shuffled_scene(faces[:frames], seed=seed) if scene == "one-face"
+               else small_scene(faces, frames, seed=seed) if scene == "small-faces"
                else moving_scene(faces, frames, seed=seed))
         write_scene(path, gen)
     return path

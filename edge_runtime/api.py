@@ -104,11 +104,13 @@ class EmotionRecognizer:
         return [LABELS[i] for i in self.predict_proba(faces).argmax(axis=1)]
 
     # --- frames ----------------------------------------------------------------------------------
-    def analyze(self, image: np.ndarray) -> FrameResult:
-        """One frame (gray, BGR, BGRA; uint8 or 16-bit) -> detections, crops, probabilities, timings."""
+    def analyze(self, image: np.ndarray, regions=None) -> FrameResult:
+        """One frame (gray, BGR, BGRA; uint8 or 16-bit) -> detections, crops, probabilities, timings.
+        ``regions`` (x, y, w, h rows): look for faces only there (the daemon passes the regions around
+        its tracks between full-frame detections); None: the whole frame."""
         t0 = time.perf_counter()
         image = _frame(image)
-        dets = self.detector.detect(image)
+        dets = self.detector.detect(image) if regions is None else self.detector.detect_regions(image, regions)
         t1 = time.perf_counter()
         patches, regions = crop_faces(image, dets, self.crop)  # grey per patch: cheaper than per frame
         batch = preprocess_batch(patches, self.spec)

@@ -90,6 +90,7 @@ class Daemon:
         except OSError as e:
             raise ConfigError(f"events file {cfg.events.path}: {e.strerror or e}") from None
         self._last_view = None  # (frame index, image, tracks, media s) for /stream.mjpg, encoded on demand
+        self._since_full, self._need_full = 0, True  # frames since the last full-frame detection
         self._jpeg_cache = (None, None)
         self.http = None
         q = cfg.mqtt  # the device id names this daemon in every event, MQTT topic and HA device
@@ -192,13 +193,30 @@ class Daemon:
             return self.exit_code
         return code
 
+    def _regions(self, index: int):
+        """Where to look for faces in frame ``index``: None (the whole frame) every ``full_every``
+        frames, when nothing is tracked or when a track was missed; else around each track's
+        predicted box. Kept here, not in the shared recognizer: it is this stream's history."""
+        d = self.cfg.detector
+        if d.full_every <= 1 or self._need_full or not self.tracker.tracks or self._since_full >= d.full_every:
+            return None
+        m = d.roi_margin
+        boxes = np.array([t.predicted(index) for t in self.tracker.tracks.values()], np.float64).reshape(-1, 4)
+        return np.concatenate([boxes[:, :2] - m * boxes[:, 2:], boxes[:, 2:] * (1 + 2 * m)], axis=1)
+
     def process(self, frame) -> list[dict]:
         t0 = time.monotonic()
-        r = self.recognizer.analyze(frame.image)
+        regions = self._regions(frame.index)
+        r = self.recognizer.analyze(frame.image, regions)
+        self._since_full = 1 if regions is None else self._since_full + 1
         t3 = time.monotonic()
         looks = thumbnails(r.inputs) if self.tracker.appearance > -1 else None
         latency = {"capture_age": (t0 - frame.t_capture) * 1000, **r.ms}
         changes = self.tracker.update(frame.index, r.detections, r.regions, r.probs, looks, frame.media_s)
+        # a track the regions missed, or one that ended: look at the whole frame next time
+        self._need_full = any(t.missed for t in self.tracker.tracks.values()) or any(k == "end" for k, _ in changes)
+        if regions is not None:
+            self.stats.inc("frames_region_detect")
         events = self._emit(changes, frame.index, latency, frame.media_s)
         t4 = time.monotonic()
         latency["postprocess"] = (t4 - t3) * 1000  # appearance, tracking, smoothing, sinks; known only after emitting

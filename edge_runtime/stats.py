@@ -20,6 +20,7 @@ COUNTER_HELP = {
     "frames_dropped": "Frames a live source delivered while the previous one was still in work (skipped).",
     "frames_undecodable": "Frames of a video file that did not decode (skipped, the file went on).",
     "faces": "Faces detected, summed over processed frames.",
+    "frames_region_detect": "Processed frames whose faces were looked for only around the live tracks (detector.full_every).",
     "events": "Track events produced (start, update, end).",
     "reconnects": "Times the source was lost and reopened.",
     "source_errors": "Source reads that failed.",

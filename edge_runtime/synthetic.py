@@ -118,6 +118,25 @@ def shuffled_scene(faces: list[tuple[Path, str]], size=(640, 480), sides=(64, 20
         yield frame, [{"box": [x, y, side, side], "label": label, "file": str(path), "id": i, "visible": 1.0}]
 
 
+def small_scene(faces: list[tuple[Path, str]], frames: int, size=(640, 480), sides=(64, 200), hold: int = 15,
+                seed: int = 0):
+    """One face at a time on a plain grey background (where Haar is at its best), each at a random
+    size in ``sides`` and place, staying ``hold`` frames (a second at 15 fps) before the next face
+    replaces it. Yields (BGR frame, truth list)."""
+    rng = np.random.default_rng(seed)
+    w, h = size
+    plain = np.full((h, w, 3), 128, np.uint8)
+    for i in range(frames):
+        k = i // hold
+        if i % hold == 0:
+            path, label = faces[k % len(faces)]
+            side = int(rng.integers(sides[0], sides[1] + 1))
+            x, y = int(rng.integers(0, w - side + 1)), int(rng.integers(0, h - side + 1))
+        frame = plain.copy()
+        paste(frame, path, x, y, side)
+        yield frame, [{"box": [x, y, side, side], "label": label, "file": str(path), "id": k, "visible": 1.0}]
+
+
 def moving_scene(faces: list[tuple[Path, str]], frames: int, size=(640, 480), sides=(64, 200),
                  max_faces: int = 4, seed: int = 0):
     """2..max_faces faces drifting across a still backdrop: they enter from an edge, cross one

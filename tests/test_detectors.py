@@ -204,3 +204,52 @@ def test_the_gap_s_error_bar_treats_a_face_s_frames_as_one_cluster():
     assert cluster_se([1, 0], ["A", "A"]) is None
     # per distinct face: A right in 1 of 4 frames, B in 3 of 3 -> (0.25 + 1) / 2, not 4 / 7
     assert per_cluster_mean([1, 0, 0, 0, 1, 1, 1], ["A"] * 4 + ["B"] * 3) == pytest.approx(0.625)
+
+
+def test_detection_in_regions_finds_the_tracked_faces_as_the_full_frame_does():
+    """detect_regions around known faces: the same boxes (within 2 px) and landmarks as a full-frame
+    detection, and nothing outside the regions; overlapping regions are looked at once."""
+    from edge_runtime.detectors import merge_regions
+    frame, placed = compose((640, 480), pick_faces(SHARED, 3, seed=21), 110, seed=21)
+    det = YuNetDetector()
+    full = det.detect(frame)
+    assert len(full) == 3
+    grown = np.array([[x - 0.5 * w, y - 0.5 * h, 2 * w, 2 * h] for x, y, w, h in full.boxes[:2]])
+    part = det.detect_regions(frame, grown)
+    assert len(part) == 2  # the third face lies outside every region
+    for box, lm in zip(part.boxes, part.landmarks):
+        k = int(np.argmax([iou(box, b) for b in full.boxes]))
+        side = float(full.boxes[k][2])  # the region is resized on its own pixel grid: a pixel or two
+        assert np.abs(box - full.boxes[k]).max() <= 0.03 * side and np.abs(lm - full.landmarks[k]).max() <= 0.03 * side
+    assert merge_regions(np.array([[0, 0, 100, 100], [50, 50, 100, 100], [300, 300, 50, 50]]), 640, 480) == \
+        [(0, 0, 150, 150), (300, 300, 350, 350)]
+    assert merge_regions(np.array([[-50, -50, 60, 60], [630, 470, 100, 100]]), 640, 480) == [(0, 0, 10, 10), (630, 470, 640, 480)]
+
+
+def test_the_daemon_detects_around_its_tracks_between_full_frames(tmp_path):
+    """[detector] full_every = 3: two of three frames are searched only around the tracks, with the
+    same tracks in every frame as every-frame detection on a still scene; boxes move by a few pixels
+    (the network sees less context), so a label may change only on a near tie."""
+    from edge_runtime.config import build
+    from edge_runtime.daemon import Daemon
+    from edge_runtime.synthetic import make_video
+    video = tmp_path / "still.avi"
+    make_video(video, SHARED, n_faces=3, frames=30, face=120, seed=5, truth_json=False)
+    runs = {}
+    for n in (1, 3):
+        cfg = build(flags={"source": {"uri": str(video)}, "events": {"path": str(tmp_path / f"ev{n}.jsonl")},
+                           "detector": {"full_every": n}})
+        d = Daemon(cfg)
+        assert d.run() == 0
+        events = [json.loads(x) for x in (tmp_path / f"ev{n}.jsonl").read_text().splitlines()]
+        runs[n] = ({(e["frame"], e["track"]): e for e in events if e["type"] != "end"},
+                   d.stats.counters["frames_region_detect"])
+    # frames 1, 2, 4, 5, ... of 30 (20), less any frame after a track was missed (full again)
+    assert runs[1][1] == 0 and 18 <= runs[3][1] <= 20
+    full, part = runs[1][0], runs[3][0]
+    assert set(full) == set(part) and len(full) == 90
+    for key, a in full.items():
+        b = part[key]
+        assert np.abs(np.subtract(a["box"], b["box"])).max() <= 0.06 * a["box"][3], key
+        top2 = sorted(a["raw"].values())[-2:]
+        assert a["raw_label"] == b["raw_label"] or top2[1] - top2[0] < 0.2, (key, a["raw"], b["raw"])
