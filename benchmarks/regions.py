@@ -31,31 +31,23 @@ from .pipeline import REPO, cluster_se, daemon_row, exact_crop_labels, iter_fram
 WRITER = "python -m benchmarks.regions"
 
 
-def recall_se(truth: dict, per_frame: list[list[dict]]) -> float:
-    """Standard error of recall with each distinct face's frames as one cluster."""
+def clustered_se(truth: dict, per_frame: list[list[dict]], what: str) -> float:
+    """Standard error of recall (``what`` = "recall": faces at least half in view) or of label accuracy
+    ("label": found faces fully in view), each distinct face's frames as one cluster."""
     from .pipeline import match
     hits, ids = [], []
     for i, faces in enumerate(truth["per_frame"][:len(per_frame)]):
         boxes = np.array([d["box"] for d in per_frame[i]], np.float64).reshape(-1, 4)
         pairs = match(faces, boxes, truth.get("size"))
         for ti, f in enumerate(faces):
-            if f.get("visible", 1.0) >= 0.5:
+            vis = f.get("visible", 1.0)
+            if what == "recall" and vis >= 0.5:
                 hits.append(int(ti in pairs))
-                ids.append(f.get("id", (i, ti)))
-    se = cluster_se(hits, ids)
-    return float(se) if se is not None else 0.0
-
-
-def label_se(truth: dict, per_frame: list[list[dict]]) -> float:
-    from .pipeline import match
-    hits, ids = [], []
-    for i, faces in enumerate(truth["per_frame"][:len(per_frame)]):
-        boxes = np.array([d["box"] for d in per_frame[i]], np.float64).reshape(-1, 4)
-        pairs = match(faces, boxes, truth.get("size"))
-        for ti, f in enumerate(faces):
-            if ti in pairs and f.get("visible", 1.0) >= 1.0:
+            elif what == "label" and ti in pairs and vis >= 1.0:
                 hits.append(int(per_frame[i][pairs[ti]]["raw_label"] == f["label"]))
-                ids.append(f.get("id", (i, ti)))
+            else:
+                continue
+            ids.append(f.get("id", (i, ti)))
     se = cluster_se(hits, ids)
     return float(se) if se is not None else 0.0
 
@@ -95,8 +87,8 @@ def main(argv=None) -> int:
             er = daemon.recognizer
             ceilings[scene] = exact_crop_labels(iter_frames(path), truth, er.backend, er.spec)
         s = score(truth, per_frame, ceilings[scene])
-        row = {"scene": scene, "full_every": n, "roi_margin": m, "recall": s["recall"], "recall_se": recall_se(truth, per_frame),
-               "label_acc": s["label_acc"], "label_se": label_se(truth, per_frame), "fps": timing["fps"],
+        row = {"scene": scene, "full_every": n, "roi_margin": m, "recall": s["recall"], "recall_se": clustered_se(truth, per_frame, "recall"),
+               "label_acc": s["label_acc"], "label_se": clustered_se(truth, per_frame, "label"), "fps": timing["fps"],
                "detect_ms": timing["stages_ms"].get("detect"), "region_frames": daemon.stats.counters["frames_region_detect"],
                "frames": timing["frames"]}
         rows.append(row)
