@@ -1,6 +1,6 @@
 # make demo : venv + install + the main job on the shipped default
 # make test : venv + install .[dev] + Mosquitto + the test suite (what CI runs)
-# make artifacts : re-export the default model that ships inside edge_runtime/
+# make artifacts : re-export the models that ship inside edge_runtime/ (cbilstm, cbilstm-lite)
 # make aarch64-check : the edge runtime in an arm64 Bookworm rootfs under qemu vs. x86 (root, slow; not in make test)
 PY ?= python3
 VENV ?= .venv
@@ -58,13 +58,17 @@ demo: $(STAMP)
 	@echo "demo outputs in $(OUT): manifest.json, export_report.md, benchmark.md, plots/, demo-events.jsonl"
 	@echo "what the daemon saw: $(OUT)/demo-annotated.webm (plays in a browser) and $(OUT)/demo-sheet.png"
 
-# Regenerate the default model shipped inside edge_runtime (export + gate from models/cbilstm).
-PACKAGED := edge_runtime/models/cbilstm
+# Regenerate the models shipped inside edge_runtime (export + gate from models/<name>), each with the
+# crop fitted for it: cbilstm (CPUs with int8 dot products) and cbilstm-lite (without; edge_runtime/packaged.py)
+PACKAGED_MODELS := cbilstm cbilstm-lite
 artifacts: $(STAMP)
-	$(BIN)/python -m export --int8 --formats tflite-int8,onnx-int8,onnx-fp32 --model models/cbilstm --data $(DATA) --packaged
-	rm -f $(PACKAGED)/*.keras $(PACKAGED)/export_worker.log  # the device needs no Keras file ...
-	$(BIN)/python -c "import dataclasses as d; from edge_runtime.manifest import read_manifest as r, write_manifest as w; \
-	  m = r('$(PACKAGED)'); w(m.dir, d.replace(m, artifacts={n: a for n, a in m.artifacts.items() if n != 'keras'}))"  # ... nor its entry (its score stays in 'reference')
+	for m in $(PACKAGED_MODELS); do \
+	  $(BIN)/python -m export --int8 --formats tflite-int8,onnx-int8,onnx-fp32 --model models/$$m --data $(DATA) --packaged && \
+	  rm -f edge_runtime/models/$$m/*.keras edge_runtime/models/$$m/export_worker.log && \
+	  $(BIN)/python -c "import dataclasses as d, sys; from edge_runtime.manifest import read_manifest as r, write_manifest as w; \
+	    m = r(sys.argv[1]); w(m.dir, d.replace(m, artifacts={n: a for n, a in m.artifacts.items() if n != 'keras'}))" \
+	    edge_runtime/models/$$m || exit 1; \
+	done  # the device needs no Keras file, nor its manifest entry (its score stays in 'reference')
 
 clean:
 	rm -rf runs artifacts .cache .pytest_cache

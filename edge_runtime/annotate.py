@@ -152,8 +152,12 @@ class VideoOut:
         return self.writer.isOpened()
 
     def write(self, frame: np.ndarray) -> None:
-        if self.writer is None and not self._open((frame.shape[1], frame.shape[0])):
-            raise ConfigError(f"--annotate {self.path}: OpenCV cannot write this file")
+        if self.writer is None:
+            if not self._open((frame.shape[1], frame.shape[0])):
+                raise ConfigError(f"--annotate {self.path}: OpenCV cannot write this file")
+            self.size = (frame.shape[1], frame.shape[0])
+        if (frame.shape[1], frame.shape[0]) != self.size:  # a source that changed size: fit, never drop
+            frame = cv2.resize(frame, self.size, interpolation=cv2.INTER_AREA)
         self.writer.write(frame)
         self.frames += 1
 

@@ -18,6 +18,9 @@ from typing import ClassVar
 from .packaged import AUTO, MODEL_CHOICES
 
 
+DEVICE_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")  # a daemon's id: an MQTT topic level and part of HA unique ids
+
+
 class ConfigError(ValueError):
     """A user-facing configuration problem (one line, exit code 2)."""
 
@@ -303,9 +306,12 @@ def check(cfg: Config) -> Config:
                 or not prefix.isprintable()):
             raise ConfigError(f"mqtt.{key} {prefix!r} must be a topic without wildcards (+, #) or control "
                               "characters, not starting with $ (broker-reserved), 1-200 characters")
-    if cfg.mqtt.device_id and not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", cfg.mqtt.device_id):
+    if cfg.mqtt.device_id and not DEVICE_ID.fullmatch(cfg.mqtt.device_id):
         raise ConfigError(f"mqtt.device_id {cfg.mqtt.device_id!r} must be 1-64 letters, digits, _ or -")
     q = cfg.mqtt
+    if q.host and not _is_host(q.host):
+        raise ConfigError("mqtt.host must be a host name or an IP address (no scheme, user or password: the "
+                          "login goes in mqtt.credentials_file)")
     if (q.ca_file or q.cert_file or q.key_file) and not q.tls:
         raise ConfigError("mqtt.ca_file, cert_file and key_file need mqtt.tls = true")
     if bool(q.cert_file) != bool(q.key_file):
@@ -329,6 +335,14 @@ def check(cfg: Config) -> Config:
         if not _is_loopback(host) and not token:
             raise ConfigError(f"http.bind {bind} is not loopback: set --token (clients send Authorization: Bearer)")
     return cfg
+
+
+def _is_host(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+        return True
+    except ValueError:
+        return bool(re.fullmatch(r"[A-Za-z0-9_]([A-Za-z0-9_-]{0,62})(\.[A-Za-z0-9_-]{1,63})*\.?", host)) and len(host) <= 253
 
 
 def _is_loopback(host: str) -> bool:

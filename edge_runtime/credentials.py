@@ -18,7 +18,8 @@ def read_credentials(path: str, env: str, what: str) -> tuple[str, str] | None:
     neither is given. ``what`` names the setting in the error (e.g. "mqtt.credentials_file")."""
     if path:
         try:
-            line = Path(path).read_text().splitlines()[0].strip()
+            # a BOM (Windows editors) is not part of the user name; spaces in a password are kept
+            line = Path(path).read_text(encoding="utf-8-sig").splitlines()[0].rstrip("\r\n")
         except (OSError, IndexError, UnicodeDecodeError) as e:
             raise CredentialsError(f"{what} {path}: cannot read user:password ({type(e).__name__})") from None
     else:

@@ -9,6 +9,7 @@ import logging
 import sys
 import threading
 import time
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -79,6 +80,9 @@ class Daemon:
         kind = source_kind(uri)
         inputs = [*model_files(er.manifest.dir), *read_files, local_path(uri) if kind == "file" else None]
         folder = [local_path(uri)] if kind == "dir" else []  # an image folder: nothing may be written inside
+        if cfg.run.annotate and cfg.events.path not in ("", "-") and \
+                Path(cfg.run.annotate).resolve() == Path(cfg.events.path).resolve():
+            raise ConfigError(f"--annotate and --events both name {cfg.run.annotate}: give each its own file")
         try:
             if cfg.events.path not in ("", "-"):
                 check_target(cfg.events.path, inputs, "--events", data=folder)
@@ -107,14 +111,18 @@ class Daemon:
                                            q.stats_interval_s, q.discovery, q.discovery_prefix, q.queue,
                                            self.device_id, login, tls))
             except (OSError, ValueError) as e:  # a CA or client certificate that does not load
-                raise ConfigError(f"mqtt TLS: {e}") from None
+                hint = " (a key file protected by a passphrase cannot be used: store it decrypted, readable " \
+                    "only by the daemon's user)" if q.key_file else ""
+                raise ConfigError(f"mqtt TLS: {e}{hint}") from None
         if cfg.http.bind:
             from .http import HttpServer
             h = cfg.http
             self.http = HttpServer(h.bind, self.stats, h.token, self.jpeg if h.stream else None,
                                    h.timeout_s, h.max_clients, hosts=h.hosts,
                                    max_streams_per_client=h.max_streams_per_client, max_per_client=h.max_per_client)
-        self.annotate = (VideoOut(cfg.run.annotate, src.fps or 15.0, inputs, cfg.run.overwrite, data=folder)
+        # the annotated video plays at the source's pace: a file's own frame rate (over --every)
+        rate = src.fps or (_file_fps(local_path(uri)) if kind == "file" else 0.0) or 15.0
+        self.annotate = (VideoOut(cfg.run.annotate, rate / src.every, inputs, cfg.run.overwrite, data=folder)
                          if cfg.run.annotate else None)
         self.watchdog = Watchdog(cfg.run.watchdog_s)
         self.stats.progress_timeout_s = src.stall_s
@@ -306,6 +314,15 @@ class Daemon:
         jpg = cv2.imencode(".jpg", draw(view[1], view[2]), [cv2.IMWRITE_JPEG_QUALITY, 80])[1].tobytes()
         self._jpeg_cache = (view[0], jpg)
         return jpg
+
+
+def _file_fps(path) -> float:
+    cap = cv2.VideoCapture(str(path))
+    try:
+        fps = cap.get(cv2.CAP_PROP_FPS) if cap.isOpened() else 0.0
+    finally:
+        cap.release()
+    return fps if fps and 0 < fps <= 1000 else 0.0
 
 
 def _exists(uri) -> bool:

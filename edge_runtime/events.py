@@ -56,7 +56,8 @@ class Event:
     device: str = field(metadata=doc("the daemon's device id (MQTT topics <prefix>/<device>/...)"))
     ts: float = field(metadata=doc("wall-clock UNIX time the frame was processed, s"))
     media_s: float | None = field(metadata=doc(
-        "the frame's position in the source, s: a file's container timestamp (restarts at 0 with --loop); "
+        "the frame's position in the source, s: a file's container timestamp (with --loop each pass continues from "
+        "the end of the last); "
         "a live source's seconds since its capture began; null for an image folder", minimum=0))
     frame: int = field(metadata=doc("index of the frame among those read (skipped corrupt frames not counted)",
                                     minimum=-1))

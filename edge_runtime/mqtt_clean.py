@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import threading
 import time
 
-from .config import DEFAULTS, ConfigError, ascii_digits, build
+from .config import DEFAULTS, DEVICE_ID, ConfigError, ascii_digits, build
 from .credentials import MQTT_ENV, CredentialsError, read_credentials
+from .sinks import TOPICS
 
 EXAMPLES = """examples:
   python -m edge_runtime.mqtt_clean --mqtt broker.local:1883                    # list devices and topics
@@ -62,26 +64,49 @@ def collect(client, topics: list[str], wait_s: float) -> dict[str, bytes]:
 
 
 def by_device(retained: dict[str, bytes], prefix: str, disc: str) -> tuple[dict[str, list[str]], list[str]]:
-    """Group retained topics per device id; the second list holds un-scoped (legacy) topics."""
+    """Group this toolkit's retained topics per device id; the second list holds the un-scoped topics of
+    versions before device ids. Only topics a daemon publishes count: ``<prefix>/<id>/<one of TOPICS>``
+    with a valid id, ``<prefix>/<one of TOPICS>``, and discovery configs whose unique_id is ours;
+    another integration's topics under the same prefixes are never listed, so never cleared."""
     devices: dict[str, list[str]] = {}
-    legacy = []
     for topic in sorted(retained):
         parts = topic.split("/")
-        if topic.startswith(prefix + "/"):
-            rest = topic[len(prefix) + 1:].split("/")
-            if len(rest) == 1:
-                legacy.append(topic)
-            else:
-                devices.setdefault(rest[0], []).append(topic)
-        elif topic.startswith(disc + "/") and len(parts) >= 4 and _ours(retained[topic]):
+        if topic.startswith(disc + "/") and len(parts) >= 4 and _ours(retained[topic], parts[-3]):
             devices.setdefault(parts[-3], []).append(topic)  # <disc>/sensor/<node>/<object>/config
+    # a device's own topics count when its state is a daemon's or its discovery configs are ours
+    ids = {t[len(prefix) + 1:].split("/")[0] for t in retained if t.startswith(prefix + "/")}
+    for dev in sorted(ids):
+        if DEVICE_ID.fullmatch(dev) and (dev in devices or _our_state(retained.get(f"{prefix}/{dev}/state"))):
+            devices.setdefault(dev, []).extend(t for t in (f"{prefix}/{dev}/{n}" for n in TOPICS) if t in retained)
+    legacy = [f"{prefix}/{n}" for n in TOPICS if f"{prefix}/{n}" in retained] \
+        if _our_state(retained.get(f"{prefix}/state")) else []
     return devices, legacy
 
 
-def _ours(payload: bytes) -> bool:
-    """A discovery config this toolkit published (other integrations' sensors share the prefix)."""
+def _our_state(payload: bytes | None) -> bool:
+    """A daemon's retained state (Stats.mood): faces, dominant and the shares."""
     try:
-        return str(json.loads(payload).get("unique_id", "")).startswith("fer_edge_")
+        d = json.loads(payload) if payload else None
+    except ValueError:
+        return False
+    return isinstance(d, dict) and {"faces", "dominant"} <= set(d) and ("shares_pct" in d or "shares" in d)
+
+
+def online(retained: dict[str, bytes], topics: list[str], prefix: str, dev: str) -> str | None:
+    """The availability topic that says this device is online: its own, or one its discovery configs name."""
+    avail = {f"{prefix}/{dev}/availability"}
+    for t in topics:
+        try:
+            avail.add(str(json.loads(retained[t]).get("availability_topic", "")))
+        except (ValueError, AttributeError):
+            pass
+    return next((a for a in sorted(avail) if retained.get(a) == b"online"), None)
+
+
+def _ours(payload: bytes, node: str) -> bool:
+    """A discovery config this toolkit published for ``node`` (other integrations' sensors share the prefix)."""
+    try:
+        return str(json.loads(payload).get("unique_id", "")).startswith(f"fer_edge_{node}_")
     except (ValueError, AttributeError):
         return False
 
@@ -102,8 +127,11 @@ def main(argv=None) -> int:
         q = build(None, a.config, layer).mqtt
         if not q.host:
             raise ConfigError("no broker: give --mqtt HOST:PORT or a --config with [mqtt] host")
-        if a.wait <= 0:
-            raise ConfigError("--wait must be positive")
+        if not (math.isfinite(a.wait) and 0 < a.wait <= 600):
+            raise ConfigError("--wait must be a number of seconds in (0, 600]")
+        bad = [d for d in a.device if not DEVICE_ID.fullmatch(d)]
+        if bad:
+            raise ConfigError(f"--device {bad[0]!r} is not a device id (1-64 letters, digits, _ or -)")
         login = read_credentials(q.credentials_file, MQTT_ENV, "mqtt.credentials_file")
     except (ConfigError, CredentialsError) as e:
         print(f"mqtt_clean: error: {e}", file=sys.stderr)
@@ -113,19 +141,36 @@ def main(argv=None) -> int:
     if login:
         client.username_pw_set(*login)
     if q.tls:
-        client.tls_set(ca_certs=q.ca_file or None, certfile=q.cert_file or None, keyfile=q.key_file or None)
+        client.tls_set(ca_certs=q.ca_file or None, certfile=q.cert_file or None, keyfile=q.key_file or None,
+                       keyfile_password="")
     prefix, disc = q.prefix.rstrip("/"), q.discovery_prefix.rstrip("/")
+    answer: dict = {}
+    connected = threading.Event()
+
+    def on_connect(c, u, flags, reason_code, properties=None):
+        answer["reason"] = reason_code
+        connected.set()
+    client.on_connect = on_connect
     try:
         rc = client.connect(q.host, q.port, keepalive=30)
         if rc != mqtt.MQTT_ERR_SUCCESS:
             raise ConnectionError(mqtt.error_string(rc))
         client.loop_start()
+        if not connected.wait(10):
+            raise ConnectionError("no answer to the connection")
+        if answer["reason"].is_failure:
+            raise ConnectionError(f"connection refused ({answer['reason']})")
         retained = collect(client, [f"{prefix}/#", f"{disc}/sensor/+/+/config"], a.wait)
     except (OSError, ConnectionError) as e:
         print(f"mqtt_clean: error: broker {q.host}:{q.port}: {e}", file=sys.stderr)
         return 1
     try:
         devices, legacy = by_device(retained, prefix, disc)
+        # the availability topics the configs name (a device may publish under another prefix)
+        named = {str(json.loads(retained[t]).get("availability_topic", "")) for ts in devices.values() for t in ts
+                 if t.startswith(disc + "/")} - set(retained) - {""}
+        if named:
+            retained.update(collect(client, sorted(named), min(a.wait, 1.0)))
         if not a.device and not a.legacy:
             for dev, topics in devices.items():
                 state = retained.get(f"{prefix}/{dev}/availability", b"?").decode(errors="replace")
@@ -137,10 +182,10 @@ def main(argv=None) -> int:
             return 0
         clear = list(legacy) if a.legacy else []
         for dev in a.device:
-            online = retained.get(f"{prefix}/{dev}/availability") == b"online"
-            if online and not a.force:
-                print(f"mqtt_clean: error: device {dev} is online: its daemon would publish everything again; "
-                      "stop it first (or --force)", file=sys.stderr)
+            live = online(retained, devices.get(dev, []), prefix, dev)
+            if live and not a.force:
+                print(f"mqtt_clean: error: device {dev} is online ({live}): its daemon would publish everything "
+                      "again; stop it first (or --force)", file=sys.stderr)
                 return 2
             if dev not in devices:
                 print(f"device {dev}: no retained topics (known: {', '.join(devices) or 'none'})")

@@ -188,6 +188,8 @@ class JsonlSink:
                     pass
 
 
+# the topics a daemon publishes under <prefix>/<device id>/ (and, before device ids, under <prefix>/)
+TOPICS = ("events", "stats", "state", "availability")
 SESSION_TAKEN_OVER = 0x8E  # MQTT 5 reason code: a newer connection with the same client id replaced ours
 SHORT_SESSION_S = 5.0  # closed sooner than this after the broker accepted us: a client-id clash, if it repeats
 
@@ -225,8 +227,9 @@ class MqttSink:
         if credentials is not None:
             self.client.username_pw_set(*credentials)
         if tls is not None:
+            # keyfile_password "": an encrypted key fails at once instead of prompting on a terminal
             self.client.tls_set(ca_certs=tls.get("ca_file") or None, certfile=tls.get("cert_file") or None,
-                                keyfile=tls.get("key_file") or None)
+                                keyfile=tls.get("key_file") or None, keyfile_password="")
         self.client.will_set(f"{self.prefix}/availability", "offline", qos=1, retain=True)
         self.client.reconnect_delay_set(1, 30)  # paho's own capped backoff when the broker drops
         self.client.on_connect = self._on_connect
@@ -237,6 +240,8 @@ class MqttSink:
         self._down = False
         self._said = ("", 0.0)  # the last warning and when it was logged
         self._connected_at, self._short_sessions = 0.0, 0  # connections the broker closed within seconds
+        self._last_stats = time.monotonic()
+        self._ever_connected = False
         self._stop = threading.Event()
         self.client.connect_async(host, port, keepalive=30, clean_start=True)
         self.client.loop_start()
@@ -277,12 +282,13 @@ class MqttSink:
         if reason_code.is_failure:
             self._broker_down(f"connection refused ({reason_code})")
             return
-        if self._down:
-            log.info("MQTT broker %s connected again", self.where)
-        self._down = False
-        self.stats.fault("mqtt", None)
+        if self._short_sessions < 2:  # during a client-id clash the fault stays until a session lasts
+            if self._down:
+                log.info("MQTT broker %s connected again", self.where)
+            self._down = False
+            self.stats.fault("mqtt", None)
         client.publish(f"{self.prefix}/availability", "online", qos=1, retain=True)
-        self._connected, self._connected_at = True, time.monotonic()
+        self._connected, self._connected_at, self._ever_connected = True, time.monotonic(), True
         # not here, under paho's callback lock: the queue's lock may be held by emit() inside publish()
         threading.Thread(target=self._flush_queued, name="mqtt-flush", daemon=True).start()
         if self.discovery_prefix:
@@ -300,10 +306,16 @@ class MqttSink:
             self.client.publish(topic, json.dumps(payload), qos=1, retain=True)
 
     def _tick(self):
-        while not self._stop.wait(self.interval):
-            self.publish_stats()
+        while not self._stop.wait(min(self.interval, SHORT_SESSION_S)):
+            if self._connected and self._short_sessions and time.monotonic() - self._connected_at > SHORT_SESSION_S:
+                self._short_sessions, self._down = 0, False  # the clash is over: this session lasted
+                self.stats.fault("mqtt", None)
+                log.info("MQTT broker %s: the connection holds again", self.where)
+            if time.monotonic() - self._last_stats >= self.interval:
+                self.publish_stats()
 
     def publish_stats(self):
+        self._last_stats = time.monotonic()
         self.client.publish(f"{self.prefix}/stats", json.dumps(self.stats.snapshot()), qos=0)
         self.client.publish(f"{self.prefix}/state", json.dumps(self.stats.mood()), qos=0, retain=True)
 
@@ -336,7 +348,10 @@ class MqttSink:
         try:
             info.wait_for_publish(timeout)
         except (RuntimeError, ValueError) as e:  # not connected: the broker's last will says offline
-            log.warning("MQTT offline not delivered (%s); the last will covers it", e)
+            if self._ever_connected:
+                log.warning("MQTT offline not delivered (%s); the last will covers it", e)
+            else:
+                log.warning("MQTT: never connected to %s, so nothing was published", self.where)
         self.client.disconnect()
         self.client.loop_stop()
         with self._qlock:
@@ -351,11 +366,19 @@ class MqttSink:
 
 def default_device_id(source: str, host: str | None = None) -> str:
     """This daemon's id when none is configured: the host name and what it watches, so two daemons on
-    one host (two USB cameras, N RTSP streams) get two ids ('pi-cam0', 'pi-cam1', 'nvr-lobby-cam')."""
+    one host (two USB cameras, N RTSP streams, two files of one name) get two ids ('pi-cam0', 'pi-cam1',
+    'nvr-lobby-cam-3f9a1c', 'vm-door-8b2e47'). Where the readable part could be shared (a file's stem,
+    a stream's port, query or a long path), a hash of the whole source (without its password) follows."""
+    import hashlib
+    import os
     import socket
     from pathlib import PurePosixPath
     from urllib.parse import urlsplit
+
+    def tag(text: str) -> str:
+        return hashlib.sha256(text.encode()).hexdigest()[:6]
     src = str(source)
+    extra = ""
     if src.isdigit():
         what = f"cam{src}"
     elif src.startswith("/dev/video"):
@@ -363,14 +386,16 @@ def default_device_id(source: str, host: str | None = None) -> str:
     elif src.startswith("picamera2"):
         what = f"picam{src.partition(':')[2] or '0'}"
     elif src.startswith("gst:"):
-        import hashlib
-        what = f"gst-{hashlib.sha256(src.encode()).hexdigest()[:8]}"
-    elif "://" in src:
+        what = f"gst-{tag(src)}"
+    elif "://" in src and not src.startswith("file://"):
         u = urlsplit(src)
         what = "-".join(filter(None, [u.hostname or "", *PurePosixPath(u.path).parts[1:]]))
+        extra = tag(f"{u.scheme}://{u.hostname}:{u.port}{u.path}?{u.query}#{u.fragment}")
     else:
-        what = PurePosixPath(src).stem or "source"
-    return node_id(f"{host or socket.gethostname()}-{what}")
+        path = src[len("file://"):] if src.startswith("file://") else src
+        what, extra = PurePosixPath(path).stem or "source", tag(os.path.abspath(path))
+    base = f"{host or socket.gethostname()}-{what}"
+    return node_id(f"{base[:57]}-{extra}" if extra else base)
 
 
 def node_id(client_id: str = "") -> str:

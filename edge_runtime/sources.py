@@ -253,6 +253,7 @@ class Capture(threading.Thread):
         self._decoded = 0  # frames decoded: a frame's index, also with `every` > 1
         self.every = max(1, int(every))  # analyse every Nth decoded frame
         self._live_t0: float | None = None  # a live source's first frame (monotonic), its media time 0
+        self._media_offset, self._media_last, self._frame_s = 0.0, None, 0.0  # a looped file's running time
         self.delays: list[float] = []  # backoff waits taken (inspected by tests and logs)
         self.watchdog = watchdog  # told before each call that may block (open, read, a backoff wait)
         self.crashed = ""  # the exception that ended the thread, if one did
@@ -352,6 +353,8 @@ class Capture(threading.Thread):
                     self.ended.set()
                     break
                 attempt = 0
+                if self._media_last is not None:  # the next pass starts one frame after this one ended
+                    self._media_offset = self._media_last + self._frame_s
                 continue  # loop: reopen from the start
             if n > 0:
                 attempt = 0
@@ -362,9 +365,12 @@ class Capture(threading.Thread):
     def _media_time(self, cap) -> float | None:
         """A file's frame: its container timestamp. A live source: seconds since its capture began
         (across reconnects). An image folder has no time."""
-        if self.kind == "file":
+        if self.kind == "file":  # with --loop, each pass goes on from where the last one ended
             ms = cap.get(cv2.CAP_PROP_POS_MSEC)
-            return round(ms / 1000.0, 6) if ms is not None and ms >= 0 else None
+            if ms is None or ms < 0:
+                return None
+            self._media_last = self._media_offset + ms / 1000.0
+            return round(self._media_last, 6)
         if self.kind == "dir":
             return None
         now = time.monotonic()
@@ -387,7 +393,9 @@ class Capture(threading.Thread):
         a frame that does not decode is skipped and counted (``frames_undecodable``): the file ends only
         after MAX_UNDECODABLE failed reads in a row, its real end."""
         n = failed = 0
-        fps = cap.get(cv2.CAP_PROP_FPS) if self.realtime and self.kind == "file" else 0.0
+        container_fps = cap.get(cv2.CAP_PROP_FPS) if self.kind == "file" else 0.0
+        self._frame_s = 1.0 / container_fps if container_fps and container_fps > 0 else 0.0
+        fps = container_fps if self.realtime else 0.0
         t0 = time.monotonic()
         while not self.stop_event.is_set():
             self._beat("reading a frame")

@@ -191,10 +191,15 @@ def test_a_removed_devices_retained_topics_are_cleared_with_one_command(mosquitt
     pub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
     pub.connect(host, port)
     pub.loop_start()
-    retained = {f"{prefix}/state": "{}", f"{prefix}/availability": "offline",  # a version before device ids
-                f"{prefix}/old-cam/availability": "offline", f"{prefix}/old-cam/state": "{}",
-                f"{prefix}/live-cam/availability": "online",
-                f"{disc}/sensor/zigbee_lamp/power/config": json.dumps({"unique_id": "lamp_power", "state_topic": "z"})}
+    state = json.dumps({"faces": 0, "dominant": "none", "window_s": 60, "shares_pct": {}})
+    retained = {f"{prefix}/state": json.dumps({"faces": 1, "dominant": "happy", "shares": {}}),  # before device ids
+                f"{prefix}/availability": "offline",
+                f"{prefix}/old-cam/availability": "offline", f"{prefix}/old-cam/state": state,
+                f"{prefix}/live-cam/availability": "online", f"{prefix}/live-cam/state": state,
+                # other integrations under the same prefixes: never listed, never cleared
+                f"{prefix}/kitchen": "21.5", f"{prefix}/bridge/state": "online", f"{prefix}/bridge/info": "{}",
+                f"{disc}/sensor/zigbee_lamp/power/config": json.dumps({"unique_id": "lamp_power", "state_topic": "z"}),
+                f"{disc}/sensor/old-cam/power/config": json.dumps({"unique_id": "esphome_power", "state_topic": "z"})}
     for node in ("old-cam", "live-cam"):
         for topic, cfg in discovery_configs(f"{prefix}/{node}", disc, node, {}).items():
             retained[topic] = json.dumps(cfg)
@@ -213,12 +218,25 @@ def test_a_removed_devices_retained_topics_are_cleared_with_one_command(mosquitt
     assert "live-cam: online" in r.stdout and "zigbee" not in r.stdout and f"{prefix}/state" in r.stdout
     r = clean("--device", "live-cam")
     assert r.returncode == 2 and "device live-cam is online" in r.stderr
+    # under another prefix the device's own availability is not found, but its configs name it: refused
+    r = clean("--device", "live-cam", "--mqtt-prefix", "typo")
+    assert r.returncode == 2 and f"({prefix}/live-cam/availability)" in r.stderr
+    r = clean("--device", "bridge")  # another integration's device under our prefix: not ours, nothing cleared
+    assert "device bridge: no retained topics" in r.stdout and "0 retained topic(s) cleared" in r.stdout
+    r = clean("--device", "#")
+    assert r.returncode == 2 and "not a device id" in r.stderr
     r = clean("--device", "old-cam", "--dry-run")
     assert r.returncode == 0 and "would be cleared" in r.stdout
     r = clean("--device", "old-cam", "--legacy")
     assert r.returncode == 0 and f"{2 + 2 + len(LABELS) + 2} retained topic(s) cleared" in r.stdout, r.stdout
     after = clean().stdout
     assert "old-cam" not in after and f"{prefix}/state" not in after and "live-cam: online" in after
+    left = Listener(host, port, f"{prefix}/#", f"{disc}/#")
+    wait_for(lambda: len(left.msgs) >= 4, 10)
+    topics = {t for t, _, _ in left.msgs}
+    left.close()
+    assert {f"{prefix}/kitchen", f"{prefix}/bridge/state", f"{prefix}/bridge/info",
+            f"{disc}/sensor/old-cam/power/config"} <= topics
     sub = Listener(host, port, f"{disc}/#")  # the other integration's config is still there
     wait_for(lambda: any("zigbee_lamp" in t for t, _, _ in sub.msgs), 10)
     sub.close()

@@ -192,8 +192,16 @@ def test_two_daemons_with_one_client_id_are_told_which_id_collides(secured_broke
             wait_for(told, 15)
             assert "another client connected with this daemon's client id fer-edge-door" in caplog.text
             assert "--device-id" in caplog.text
+            # while the clash goes on, health stays degraded on both (no "ok" between two reconnects)
+            time.sleep(3)
+            samples = []
+            for _ in range(20):
+                samples.append(("mqtt" in a_stats.faults, "mqtt" in b_stats.faults))
+                time.sleep(0.1)
+            assert all(a_down and b_down for a_down, b_down in samples), samples
         finally:
             b.close(timeout=0.2)
+        wait_for(lambda: "mqtt" not in a_stats.faults, 30)  # the other daemon gone: a's session lasts, health ok
     finally:
         a.close(timeout=0.2)
     time.sleep(0.1)

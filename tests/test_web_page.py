@@ -222,3 +222,32 @@ def test_labels_and_panels_stay_in_the_frame_and_off_each_other():
     # every face keeps at least its id in view, and the row of three shows every full label
     assert all(lab is not None for tracks in scenes for _, lab, _ in layout(tracks, w, h))
     assert all("%" in text for text, _, _ in layout(scenes[0], w, h))
+
+
+def test_the_annotated_video_keeps_the_sources_pace_and_every_frame(tmp_path, no_tf_path):
+    """A 7.5 fps file gives a 7.5 fps annotated video of the same length; an image folder whose images
+    change size gives one frame per image (fitted, not dropped); --events and --annotate on one file is
+    refused before either is created."""
+    import cv2
+    import numpy as np
+    video = tmp_path / "slow.avi"
+    make_video(video, SHARED, n_faces=1, frames=12, face=140, fps=7.5, seed=2)
+    r = run_daemon(no_tf_path, "--source", video, "--events", tmp_path / "a.jsonl", "--annotate", tmp_path / "a.webm")
+    assert r.returncode == 0, r.stderr[-1500:]
+    cap = cv2.VideoCapture(str(tmp_path / "a.webm"))
+    assert cap.get(cv2.CAP_PROP_FPS) == pytest.approx(7.5, abs=0.01) and cap.get(cv2.CAP_PROP_FRAME_COUNT) == 12
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i in range(6):
+        size = (640, 480) if i % 2 == 0 else (320, 240)
+        cv2.imwrite(str(folder / f"{i:02d}.png"), np.full((size[1], size[0], 3), 40 * i, np.uint8))
+    r = run_daemon(no_tf_path, "--source", folder, "--events", tmp_path / "b.jsonl", "--annotate", tmp_path / "b.avi")
+    assert r.returncode == 0, r.stderr[-1500:]
+    n = 0
+    cap = cv2.VideoCapture(str(tmp_path / "b.avi"))
+    while cap.read()[0]:
+        n += 1
+    assert n == 6 and "(6 frames)" in r.stderr
+    same = tmp_path / "same.webm"
+    r = run_daemon(no_tf_path, "--source", video, "--events", same, "--annotate", same, "--overwrite")
+    assert r.returncode == 2 and "both name" in r.stderr and not same.exists()

@@ -46,9 +46,12 @@ def test_wheel_installs_offline_and_runs_without_tensorflow(tmp_path):
     wheel = next(dist.glob("fer_edge-*.whl"))
     names = zipfile.ZipFile(wheel).namelist()
     for must in ("edge_runtime/models/yunet_n.onnx", "edge_runtime/models/NOTICE", "edge_runtime/crops.json",
-                 "edge_runtime/models/cbilstm/manifest.json", "edge_runtime/web/index.html"):
+                 "edge_runtime/models/cbilstm/manifest.json", "edge_runtime/models/cbilstm-lite/manifest.json",
+                 "edge_runtime/web/index.html"):
         assert must in names, must
-    assert sum(n.startswith("edge_runtime/models/cbilstm/") and n.endswith((".tflite", ".onnx")) for n in names) == 3
+    for model in ("cbilstm", "cbilstm-lite"):  # both packaged models: the runtime picks one by the CPU
+        assert sum(n.startswith(f"edge_runtime/models/{model}/") and n.endswith((".tflite", ".onnx"))
+                   for n in names) == 3
     assert not any(n.endswith(".keras") for n in names)
 
     venv = tmp_path / "venv"
@@ -72,15 +75,18 @@ def test_wheel_installs_offline_and_runs_without_tensorflow(tmp_path):
 import json, cv2, edge_runtime
 from edge_runtime import EmotionRecognizer
 assert edge_runtime.__file__.startswith({str(site)!r}), edge_runtime.__file__
-er = EmotionRecognizer()
 face = cv2.imread({str(face)!r})
-p = er.predict_proba([face])
-print(json.dumps({{"labels": er.predict([face]), "sum": float(p.sum()), "runtime": er.runtime,
-                  "classes": list(er.classes_)}}))
+for model in ("auto", "cbilstm", "cbilstm-lite"):
+    er = EmotionRecognizer(model=model)
+    p = er.predict_proba([face])
+    print(json.dumps({{"model": er.manifest.model, "why": er.model_choice, "labels": er.predict([face]),
+                      "sum": float(p.sum()), "runtime": er.runtime, "classes": list(er.classes_)}}))
 """, cwd=work, env=env)
-    out = json.loads(api.stdout.strip().splitlines()[-1])
-    assert out["classes"][0] == "angry" and len(out["labels"]) == 1 and abs(out["sum"] - 1) < 0.02
-    assert "litert" in out["runtime"]
+    outs = [json.loads(line) for line in api.stdout.strip().splitlines()[-3:]]
+    for out in outs:
+        assert out["classes"][0] == "angry" and len(out["labels"]) == 1 and abs(out["sum"] - 1) < 0.02
+        assert "litert" in out["runtime"]
+    assert [o["model"] for o in outs[1:]] == ["cbilstm", "cbilstm-lite"] and outs[0]["why"].startswith("auto")
 
     video = work / "clip.avi"
     truth = make_video(video, SHARED, n_faces=2, frames=10, seed=3)
