@@ -11,6 +11,7 @@ import argparse
 import hashlib
 import json
 import logging
+import math
 import os
 import shutil
 import sys
@@ -21,7 +22,7 @@ from pathlib import Path
 from .config import DEFAULTS, ConfigError, build
 from .labels import LABELS
 from .manifest import atomic_write_bytes, atomic_write_json
-from .outputs import OutputError, OwnedDir, exclusive, model_files, staging_dir
+from .outputs import OutputError, OwnedDir, check_target, exclusive, model_files
 from .packaged import MODEL_CHOICES
 
 WRITER = "python -m edge_runtime.batch"
@@ -57,41 +58,61 @@ class Job:
     settings: Settings
     model_sha256: str = ""  # the client's: every worker must load the same file
     identity: dict = field(default_factory=dict)
-    annotate_path: str = ""  # where a worker writes the annotated video (the client moves it into place)
+    display: str = ""        # the name shown and indexed
 
 
 # --------------------------------------------------------------------------------------- finding
-def find_videos(args: list[str]) -> list[tuple[Path, str]]:
-    """(path, relative name) of every video in the arguments; folders are searched recursively. The
-    relative name keeps the folder structure, so a/clip.mp4 and b/clip.mp4 never collide."""
-    found, seen = [], set()
+def find_videos(args: list[str]) -> tuple[list[tuple[Path, str]], list[tuple[str, str]]]:
+    """-> ([(video, output name)], [(name, problem)]) for the arguments; folders are searched
+    recursively (symlinked folders are not entered: a loop cannot trap the walk). The output name is
+    the video's absolute path without its leading '/', so it never depends on how the command was
+    spelled, never collides (a/clip.mp4, b/clip.mp4) and never leaves --out; a video given twice (or
+    in a folder given too) is analysed once."""
+    found: dict[str, Path] = {}
+    problems: list[tuple[str, str]] = []
+
+    def add(p: Path):
+        try:
+            real = p.resolve(strict=True)
+        except (OSError, RuntimeError) as e:  # a dangling symlink, a symlink loop
+            problems.append((str(p), f"cannot resolve the path ({type(e).__name__})"))
+            return
+        name = real.as_posix().lstrip("/")
+        try:
+            name.encode("utf-8")
+        except UnicodeEncodeError:
+            problems.append((name.encode("utf-8", "surrogateescape").decode("utf-8", "replace"),
+                             "the file name is not UTF-8: rename it"))
+            return
+        found.setdefault(name, real)
+
     for arg in args:
         p = Path(arg)
         if p.is_dir():
-            for f in sorted(p.rglob("*")):
-                if f.is_file() and f.suffix.lower() in VIDEO_EXTENSIONS:
-                    found.append((f, f"{p.name}/{f.relative_to(p).as_posix()}" if len(args) > 1 else
-                                  f.relative_to(p).as_posix()))
+            for root, dirs, files in os.walk(p, followlinks=False):
+                dirs.sort()
+                for f in sorted(files):
+                    if Path(f).suffix.lower() in VIDEO_EXTENSIONS:
+                        add(Path(root) / f)
         elif p.is_file():
-            found.append((p, p.name))
+            add(p)
+        elif p.is_symlink():
+            problems.append((str(p), "a symbolic link to nothing"))
         else:
             raise ConfigError(f"{arg}: no such file or folder")
-    out = []
-    for path, rel in found:
-        if rel in seen:
-            raise ConfigError(f"two inputs map to the same output name {rel!r}: pass their common folder instead")
-        seen.add(rel)
-        out.append((path, rel))
-    return out
+    return [(path, name) for name, path in found.items()], problems
 
 
 def identity(path: Path) -> dict:
-    """What makes a video the same video: size, mtime and a hash of its first and last MiB."""
+    """What makes a video the same video: size, mtime and a hash of its first and last MiB (all of it
+    up to 2 MiB)."""
     st = path.stat()
     h = hashlib.sha256()
     with open(path, "rb") as f:
-        h.update(f.read(1 << 20))
-        if st.st_size > 2 << 20:
+        if st.st_size <= 2 << 20:
+            h.update(f.read())
+        else:
+            h.update(f.read(1 << 20))
             f.seek(-(1 << 20), os.SEEK_END)
             h.update(f.read())
     return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256_ends": h.hexdigest()}
@@ -108,6 +129,16 @@ class _Collect:
         self.events.append(event)
 
     def close(self) -> None:
+        pass
+
+
+def _worker_init() -> None:
+    """A pool worker dies with the client (Linux): a killed client leaves no orphan behind."""
+    try:
+        import ctypes
+        import signal
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
         pass
 
 
@@ -129,8 +160,11 @@ def analyze_video(job: Job) -> dict:
         layer = {"source": {"uri": job.path, "every": every}, "model": {"threads": 1, "backend": job.settings.backend},
                  "detector": {"type": job.settings.detector}, "run": {"log_level": "warning"}}
         layer["model"].update({"artifacts": job.artifacts} if job.artifacts else {"name": job.model})
-        if job.settings.annotate:
-            layer["run"]["annotate"] = job.annotate_path
+        tmp = None
+        if job.settings.annotate:  # written in the worker's own temp folder, sent back with the events
+            import tempfile
+            tmp = tempfile.mkdtemp(prefix="fer-edge-batch-")
+            layer["run"]["annotate"] = os.path.join(tmp, "annotated.webm")
         from .daemon import Daemon
         sink = _Collect()
         d = Daemon(build(flags=layer), sinks=[sink])
@@ -138,14 +172,26 @@ def analyze_video(job: Job) -> dict:
         out["model_sha256"] = sha
         if job.model_sha256 and sha != job.model_sha256:
             raise RuntimeError(f"this worker loaded model {sha[:12]}…, the run uses {job.model_sha256[:12]}…")
-        rc = d.run()
+        try:
+            rc = d.run()
+            if tmp is not None and os.path.exists(os.path.join(tmp, "annotated.webm")):
+                with open(os.path.join(tmp, "annotated.webm"), "rb") as f:
+                    out["annotated"] = f.read()
+        finally:
+            if tmp is not None:
+                shutil.rmtree(tmp, ignore_errors=True)
         snap = d.stats.snapshot()
+        decoded = d.capture._decoded
         out.update(events=sink.events, frames=snap["frames_processed"], frames_undecodable=snap["frames_undecodable"],
                    fps=fps, duration_s=(n / fps if fps > 0 else 0.0), every=every)
         if rc != 0:
             out["error"] = d.capture.error or d.exit_reason or f"the daemon exited with {rc}"
+        elif snap["frames_undecodable"]:
+            out["status"], out["error"] = "partial", f"{snap['frames_undecodable']} frame(s) did not decode"
+        elif n > 0 and decoded < n:  # the container promises more frames than could be read: truncated
+            out["status"], out["error"] = "partial", f"{decoded} of the {int(n)} frames the file declares were read"
         else:
-            out["status"] = "partial" if snap["frames_undecodable"] else "ok"
+            out["status"] = "ok"
     except Exception as e:  # one bad video must not end the run: it is recorded, the others go on
         out["error"] = f"{type(e).__name__}: {e}"
     out["seconds"] = round(time.monotonic() - t0, 3)
@@ -187,13 +233,21 @@ PERSON_COLUMNS = ["track", "first_frame", "last_frame", "first_media_s", "last_m
                   "frames_seen", "frames_spanned", "dominant", "dominant_pct", *(f"share_pct_{lab}" for lab in LABELS)]
 
 
+def _schema(columns: list[str]):
+    """Every table's column types, so tables of different videos (a video without faces too) concatenate."""
+    import pyarrow as pa
+    text = {"label", "raw_label", "dominant", "video", "path", "status", "error", "model_sha256", "worker"}
+    ints = {"frame", "track", "x", "y", "w", "h", "first_frame", "last_frame", "frames_seen", "frames_spanned",
+            "frames", "frames_undecodable", "every", "faces", "tracks"}
+    return pa.schema([(c, pa.string() if c in text else pa.int64() if c in ints else pa.float64()) for c in columns])
+
+
 def write_table(rows: list[dict], columns: list[str], base: Path, formats) -> list[str]:
     """rows -> base.parquet (and base.csv): the files written."""
     import pyarrow as pa
     import pyarrow.csv as pacsv
     import pyarrow.parquet as pq
-    table = pa.Table.from_pylist(rows, schema=None) if rows else pa.table({c: pa.array([], pa.null()) for c in columns})
-    table = table.select(columns) if rows else table
+    table = pa.Table.from_pylist([{c: r.get(c) for c in columns} for r in rows], schema=_schema(columns))
     written = []
     if "parquet" in formats:
         pq.write_table(table, base.with_suffix(".parquet"))
@@ -214,50 +268,54 @@ def _done_key(job: Job, model_sha: str) -> dict:
 
 
 def already_done(out: Path, job: Job, model_sha: str) -> dict | None:
-    """The video's done.json when its outputs exist for this video, model and settings."""
+    """The video's done.json when its outputs exist, whole, for this video, model and settings."""
+    d = _video_dir(out, job.rel)
     try:
-        done = json.loads((_video_dir(out, job.rel) / DONE).read_text())
+        done = json.loads((d / DONE).read_text())
     except (OSError, ValueError):
         return None
-    return done if done.get("key") == _done_key(job, model_sha) else None
+    if done.get("key") != _done_key(job, model_sha):
+        return None
+    sizes = done.get("sizes") or {}
+    if set(sizes) != set(done.get("files", [])) or any(
+            not (d / f).is_file() or (d / f).stat().st_size != n for f, n in sizes.items()):
+        return None  # a file removed or changed since: analysed again
+    return done
+
+
+def foreign_files(out: Path, rel: str) -> list[str]:
+    """Files in a video's output folder that this command did not write (they block its replacement)."""
+    d = _video_dir(out, rel)
+    if not d.is_dir():
+        return []
+    return OwnedDir(d, WRITER).foreign()
 
 
 def write_video(out: Path, owned: OwnedDir, job: Job, res: dict, model_sha: str) -> dict:
-    """A finished video's folder, written whole: staged beside it, renamed into place."""
+    """A finished video's folder, written whole: staged beside it, sealed, swapped in; an older
+    folder of ours is replaced, one holding anybody else's files is never touched (outputs.py)."""
+    from .outputs import replaced_whole
     target = _video_dir(out, job.rel)
     target.parent.mkdir(parents=True, exist_ok=True)
-    stage = staging_dir(target.parent, f".{target.name}.staging-{os.getpid()}")
-    try:
+    with replaced_whole(target, WRITER, tag="staging", log=lambda m: log.warning(m)) as stage:
         lines = "".join(json.dumps(e, separators=(",", ":")) + "\n" for e in res["events"])
         atomic_write_bytes(stage / "events.jsonl", lines.encode())
         files = ["events.jsonl"]
         files += write_table(frame_rows(res["events"]), FRAME_COLUMNS, stage / "frames", job.settings.tables)
         files += write_table(person_rows(res["events"]), PERSON_COLUMNS, stage / "people", job.settings.tables)
-        if job.settings.annotate and Path(job.annotate_path).exists():
-            shutil.move(job.annotate_path, stage / "annotated.webm")
+        if res.get("annotated"):
+            atomic_write_bytes(stage / "annotated.webm", res["annotated"])
             files.append("annotated.webm")
         row = index_row(job, res)
-        atomic_write_json(stage / DONE, {"key": _done_key(job, model_sha), "row": row, "files": files})
-        from .outputs import seal
-        seal(stage, WRITER)
-        if target.exists():  # an older result for another model or settings: ours to replace
-            from .outputs import read_ledger
-            if (read_ledger(target) or {}).get("owner") != WRITER:
-                raise OutputError(f"{target} exists and was not written by {WRITER}: move it away")
-            old = target.parent / f".{target.name}.replaced-{os.getpid()}"
-            os.replace(target, old)
-            shutil.rmtree(old)
-        os.replace(stage, target)
-    except BaseException:
-        shutil.rmtree(stage, ignore_errors=True)
-        raise
+        atomic_write_json(stage / DONE, {"key": _done_key(job, model_sha), "row": row, "files": files,
+                                         "sizes": {f: (stage / f).stat().st_size for f in files}})
     owned.record(job.rel.split("/")[0])
     return row
 
 
 def index_row(job: Job, res: dict) -> dict:
     events = res.get("events", [])
-    return {"video": job.rel, "path": job.path, "status": res["status"], "error": res.get("error", ""),
+    return {"video": job.display or job.rel, "path": job.path, "status": res["status"], "error": res.get("error", ""),
             "frames": res.get("frames", 0), "frames_undecodable": res.get("frames_undecodable", 0),
             "every": res.get("every", job.settings.every),
             "faces": sum(e["type"] != "end" for e in events), "tracks": sum(e["type"] == "end" for e in events),
@@ -269,8 +327,12 @@ INDEX_COLUMNS = ["video", "path", "status", "error", "frames", "frames_undecodab
                  "video_s", "processing_s", "model_sha256", "worker"]
 
 
-def write_index(out: Path, rows: list[dict], formats) -> None:
-    write_table(sorted(rows, key=lambda r: r["video"]), INDEX_COLUMNS, out / INDEX, formats)
+def write_index(out: Path, owned: OwnedDir, rows: list[dict], formats) -> None:
+    atomic_write_json(out / f".{INDEX}.json", rows)
+    written = write_table(sorted(rows, key=lambda r: r["video"]), INDEX_COLUMNS, out / INDEX, formats)
+    owned.record(f".{INDEX}.json", *written)
+    if "csv" not in formats:  # a CSV of an earlier run would now be stale
+        owned.remove(f"{INDEX}.csv")
 
 
 class _Progress:
@@ -303,14 +365,15 @@ class _Progress:
 def analyze(paths, out, *, workers: int | None = None, dask: str | None = None, model: str = "auto",
             artifacts: str = "", every: int = 1, fps: float = 0.0, detector: str = "yunet", backend: str = "auto",
             csv: bool = False, annotate: bool = False, as_frame: bool = False, quiet: bool = True):
-    """Analyse videos (files or folders) into ``out``; -> the index, one record per video (a pandas
-    DataFrame with ``as_frame``). ``workers``: local processes (default: the CPUs); ``dask``: a
-    scheduler address or "local" instead."""
-    videos = find_videos([str(p) for p in ([paths] if isinstance(paths, (str, os.PathLike)) else paths)])
-    if not videos:
+    """Analyse videos (files or folders) into ``out``; -> one index record per video given (a pandas
+    DataFrame with ``as_frame``); ``out/index.parquet`` holds every video the folder has seen.
+    ``workers``: local processes (default: the CPUs); ``dask``: a scheduler address or "local" instead."""
+    args = [str(p) for p in ([paths] if isinstance(paths, (str, os.PathLike)) else list(paths))]
+    if every < 1 or every > 100_000 or not math.isfinite(fps) or fps < 0 or (every > 1 and fps):
+        raise ConfigError("give --every N (1..100000) or --fps F (F > 0), not both")
+    videos, problems = find_videos(args)
+    if not videos and not problems:
         raise ConfigError("no videos found (extensions: " + " ".join(VIDEO_EXTENSIONS) + ")")
-    if every < 1 or fps < 0 or (every > 1 and fps):
-        raise ConfigError("give --every N (N >= 1) or --fps F (F > 0), not both")
     settings = Settings(every=every, fps=fps, detector=detector, backend=backend, annotate=annotate,
                         tables=("parquet", "csv") if csv else ("parquet",))
     from .api import EmotionRecognizer  # the client's own load: the model every worker must match
@@ -319,46 +382,67 @@ def analyze(paths, out, *, workers: int | None = None, dask: str | None = None, 
     model_sha = er.backend.sha256
     out = Path(out)
     inputs = [*model_files(er.manifest.dir), *(p for p, _ in videos)]
+    folders = [Path(a) for a in args if Path(a).is_dir()]
     try:
-        owned = OwnedDir.claim(out, WRITER, inputs=inputs, data=[p for p in map(Path, [str(x) for x in
-                               ([paths] if isinstance(paths, (str, os.PathLike)) else paths)]) if p.is_dir()],
-                               flag="--out")
+        check_target(out, inputs, "--out", folders)
+        out.mkdir(parents=True, exist_ok=True)
+        with exclusive(out, "python -m edge_runtime.batch"):  # a second run into --out is refused at once
+            owned = OwnedDir.claim(out, WRITER, inputs=inputs, data=folders, flag="--out")
+            return _analyze(out, owned, videos, problems, settings, model, artifacts, model_sha, workers, dask,
+                            as_frame, quiet)
     except OutputError as e:
         raise ConfigError(str(e)) from None
+
+
+def _analyze(out, owned, videos, problems, settings, model, artifacts, model_sha, workers, dask, as_frame, quiet):
+    _remove_dead_staging(out)
     rows: dict[str, dict] = {}
     try:
-        old = json.loads((out / f".{INDEX}.json").read_text())
-        rows.update({r["video"]: r for r in old})
-    except (OSError, ValueError):
+        rows.update({r["video"]: r for r in json.loads((out / f".{INDEX}.json").read_text())})
+    except (OSError, ValueError, TypeError, KeyError):
         pass
-    with exclusive(out, "python -m edge_runtime.batch"):
-        _remove_dead_staging(out)
-        jobs, progress = [], _Progress(len(videos), quiet)
-        for path, rel in videos:
-            job = Job(str(path.resolve()), rel, "" if artifacts else model, str(artifacts or ""), settings, model_sha,
-                      identity(path))
-            if (done := already_done(out, job, model_sha)) is not None:
-                rows[rel] = done["row"]
-                progress.update(done["row"], skipped=True)
-                continue
-            job.annotate_path = str(out / f".{hashlib.sha256(rel.encode()).hexdigest()[:12]}-{os.getpid()}.webm")
-            jobs.append(job)
+    mine: list[str] = []  # this run's videos: what the return value, the summary and the exit code are about
+    jobs, progress = [], _Progress(len(videos) + len(problems), quiet)
+    for name, problem in problems:
+        rows[name] = {**index_row(Job(name, name, model, artifacts, settings, display=name),
+                                  {"status": "failed", "error": problem}), "path": name}
+        mine.append(name)
+        progress.update(rows[name])
+    for path, rel in videos:
+        job = Job(str(path), rel, "" if artifacts else model, str(artifacts or ""), settings, model_sha)
+        mine.append(rel)
         try:
-            for job, res in _run(jobs, workers, dask):
-                if res["status"] == "failed":
-                    row = index_row(job, res)
-                else:
+            job.identity = identity(path)
+        except OSError as e:
+            rows[rel] = index_row(job, {"status": "failed", "error": f"cannot read the file: {e.strerror or e}"})
+            progress.update(rows[rel])
+            continue
+        if (done := already_done(out, job, model_sha)) is not None:
+            rows[rel] = done["row"]
+            progress.update(done["row"], skipped=True)
+            continue
+        if foreign := foreign_files(out, rel):
+            rows[rel] = index_row(job, {"status": "failed", "error": f"its output folder holds files this command "
+                                        f"did not write ({', '.join(foreign[:3])}): move them, then run again"})
+            progress.update(rows[rel])
+            continue
+        jobs.append(job)
+    try:
+        for job, res in _run(jobs, workers, dask, quiet):
+            if res["status"] == "failed":
+                row = index_row(job, res)
+            else:
+                try:
                     row = write_video(out, owned, job, res, model_sha)
-                rows[job.rel] = row
-                atomic_write_json(out / f".{INDEX}.json", list(rows.values()))
-                write_index(out, list(rows.values()), settings.tables)
-                owned.record(f".{INDEX}.json", *(f"{INDEX}{s}" for s in (".parquet", ".csv") if (out / f"{INDEX}{s}").exists()))
-                progress.update(row)
-        finally:
-            progress.close()
-            for job in jobs:
-                Path(job.annotate_path).unlink(missing_ok=True)
-    index = sorted(rows.values(), key=lambda r: r["video"])
+                except OutputError as e:
+                    row = index_row(job, {**res, "status": "failed", "error": str(e)})
+            rows[job.rel] = row
+            write_index(out, owned, list(rows.values()), settings.tables)
+            progress.update(row)
+    finally:
+        progress.close()
+    write_index(out, owned, list(rows.values()), settings.tables)
+    index = [rows[v] for v in mine]
     if as_frame:
         import pandas as pd
         return pd.DataFrame(index, columns=INDEX_COLUMNS)
@@ -366,31 +450,36 @@ def analyze(paths, out, *, workers: int | None = None, dask: str | None = None, 
 
 
 def _remove_dead_staging(out: Path) -> None:
-    """What a killed run left: video folders it was staging and annotated videos in the making (their
-    process is gone; each carries our marker or our name pattern). Nothing else is touched."""
-    from .outputs import pid_alive, dead_staging, remove_staging
-    for folder in [out, *(d for d in out.rglob("*") if d.is_dir() and not d.name.startswith("."))]:
-        for d in dead_staging(folder, ".*.staging-*"):
-            remove_staging(d)
-    for f in out.glob(".*-*.webm"):
-        pid = f.stem.rsplit("-", 1)[-1]
-        if pid.isdigit() and not pid_alive(int(pid)):
-            f.unlink(missing_ok=True)
+    """What a killed run left: video folders it was staging or swapping (their process is gone; each
+    carries our marker). Nothing else is touched."""
+    from .outputs import dead_staging, remove_staging
+    for root, dirs, _ in os.walk(out, followlinks=False):
+        for pattern in (".*.staging-*", ".*.replaced-*"):
+            for d in dead_staging(Path(root), pattern):
+                remove_staging(d)
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
 
 
-def _run(jobs: list[Job], workers: int | None, dask: str | None):
-    """(job, result) as videos finish, on local processes or a Dask cluster."""
+def _run(jobs: list[Job], workers: int | None, dask: str | None, quiet: bool = True):
+    """(job, result) as videos finish, on local processes or a Dask cluster. A worker that dies (killed,
+    out of memory) fails its video, not the run: the others go on in a fresh pool."""
     if not jobs:
         return
     if dask:
         from dask.distributed import Client, LocalCluster, as_completed
-        cluster = LocalCluster(n_workers=workers or 2, threads_per_worker=1, processes=True,
-                               host="127.0.0.1", dashboard_address=None) if dask == "local" else None
+        cluster = LocalCluster(n_workers=workers or 2, threads_per_worker=1, processes=True, host="127.0.0.1",
+                               dashboard_address=None, silence_logs=logging.WARNING if quiet else logging.INFO) \
+            if dask == "local" else None
         client = Client(cluster if cluster is not None else dask)
         try:
             futures = {client.submit(analyze_video, job, pure=False): job for job in jobs}
             for fut in as_completed(futures):
-                yield futures[fut], fut.result()
+                job = futures[fut]
+                try:
+                    res = fut.result()
+                except Exception as e:  # the worker died under the video
+                    res = {"status": "failed", "error": f"the worker failed: {type(e).__name__}: {e}"}
+                yield job, res
         finally:
             client.close()
             if cluster is not None:
@@ -398,11 +487,34 @@ def _run(jobs: list[Job], workers: int | None, dask: str | None):
         return
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor, as_completed as done_first
-    n = workers or os.cpu_count() or 1
-    with ProcessPoolExecutor(max_workers=min(n, len(jobs)), mp_context=mp.get_context("spawn")) as pool:
-        futures = {pool.submit(analyze_video, job): job for job in jobs}
-        for fut in done_first(futures):
-            yield futures[fut], fut.result()
+    from concurrent.futures.process import BrokenProcessPool
+    todo, tries = list(jobs), {id(j): 0 for j in jobs}
+    while todo:
+        pool = ProcessPoolExecutor(max_workers=min(workers or os.cpu_count() or 1, len(todo)),
+                                   mp_context=mp.get_context("spawn"), initializer=_worker_init)
+        futures = {pool.submit(analyze_video, job): job for job in todo}
+        todo = []
+        try:
+            for fut in done_first(futures):
+                job = futures[fut]
+                try:
+                    res = fut.result()
+                except BrokenProcessPool:
+                    tries[id(job)] += 1
+                    if tries[id(job)] < 2:  # maybe not this video's fault: once more, in a fresh pool
+                        todo.append(job)
+                        continue
+                    res = {"status": "failed", "error": "the worker process died while analysing it (killed or "
+                                                        "out of memory), twice"}
+                yield job, res
+        except BaseException:
+            # Ctrl-C, SIGTERM or an error: stop at once, queued videos are not started, workers end now
+            procs = list((getattr(pool, "_processes", None) or {}).values())
+            pool.shutdown(wait=False, cancel_futures=True)
+            for proc in procs:
+                proc.terminate()
+            raise
+        pool.shutdown(wait=True)
 
 
 # ----------------------------------------------------------------------------------------- CLI
@@ -413,15 +525,17 @@ EPILOG = f"""examples:
   python -m edge_runtime.batch recordings/ --out analysis/ --dask local --workers 2
 
 Video extensions searched (folders recursively): {' '.join(VIDEO_EXTENSIONS)}
-Outputs, per video (folder OUT/<path relative to its argument>/, written whole): events.jsonl (the
-daemon's events, docs/events.schema.json), frames.parquet (one row per face per frame: media time,
-box, label, 7 probabilities), people.parquet (one row per track: first/last media time, duration,
-dominant emotion, shares); .csv beside each with --csv; annotated.webm with --annotate. OUT/index.parquet:
-one row per video (status ok / partial / failed, frames, faces, tracks, seconds of video and of
-processing, model sha256). A re-run skips the videos done with the same model and settings.
+Outputs, per video, in OUT/<the video's absolute path>/ (stable however the inputs are spelled, never
+colliding), written whole: events.jsonl (the daemon's events, docs/events.schema.json), frames.parquet
+(one row per face per frame: media time, box, label, 7 probabilities), people.parquet (one row per
+track: first/last media time, duration, dominant emotion, shares); .csv beside each with --csv;
+annotated.webm with --annotate. OUT/index.parquet: one row per video the folder has seen (status ok /
+partial / failed, frames, faces, tracks, seconds of video and of processing, model sha256). A re-run
+skips the videos done with the same model and settings whose files are all there.
 
-exit codes: 0 every video ok or partial (undecodable frames skipped and counted); 1 some videos
-failed (see the index's status and error); 2 bad arguments; 130 interrupted"""
+exit codes: 0 every video given ok or partial (undecodable frames skipped and counted, or a file shorter
+than it declares); 1 some failed (see the index's status and error); 2 bad arguments; 130 interrupted
+(Ctrl-C or SIGTERM: the videos finished are kept, the others are not started)"""
 
 
 def parse_args(argv=None):
@@ -451,11 +565,20 @@ def parse_args(argv=None):
 def main(argv=None) -> int:
     a = parse_args(argv)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
+    import signal
+
+    def stop(signum, frame):  # SIGTERM like Ctrl-C: finished videos are kept, the rest not started
+        raise KeyboardInterrupt
+    signal.signal(signal.SIGTERM, stop)
+    from .backends import BackendError
+    from .detectors import DetectorError
+    from .manifest import ManifestError
+    from .packaged import PackagedModelError
     try:
         if a.workers is not None and a.workers < 1:
             raise ConfigError("--workers must be at least 1")
-        if a.every < 1 or a.fps < 0:
-            raise ConfigError("--every must be at least 1 and --fps positive")
+        if not math.isfinite(a.fps) or a.fps < 0:
+            raise ConfigError("--fps must be a positive number of frames per second")
         index = analyze(a.inputs, a.out, workers=a.workers, dask=a.dask, model=a.model, artifacts=a.artifacts or "",
                         every=a.every, fps=a.fps, detector=a.detector, backend=a.backend, csv=a.csv,
                         annotate=a.annotate, quiet=a.quiet)
@@ -463,7 +586,7 @@ def main(argv=None) -> int:
         print("edge_runtime.batch: interrupted; the videos finished so far are kept, a re-run goes on",
               file=sys.stderr)
         return 130
-    except (ConfigError, OSError, ValueError) as e:
+    except (ConfigError, BackendError, DetectorError, ManifestError, PackagedModelError, OSError, ValueError) as e:
         print(f"edge_runtime.batch: error: {e}", file=sys.stderr)
         return 2
     failed = [r for r in index if r["status"] == "failed"]

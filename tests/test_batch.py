@@ -7,8 +7,12 @@ import subprocess
 import sys
 import time
 
+from pathlib import Path
+
 import cv2
 import pytest
+
+from edge_runtime.batch import FRAME_COLUMNS, PERSON_COLUMNS
 
 from edge_runtime.synthetic import make_video
 
@@ -63,10 +67,12 @@ def test_the_archive_gives_the_daemons_events_and_tables_with_media_times(engine
                         "--quiet", *engine], capture_output=True, text=True, cwd=REPO, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     index = pd.read_parquet(out / "index.parquet")
-    assert sorted(index["video"]) == ["door/clip.avi", "door/late/third.avi", "lobby/clip.avi"]
+    names = ["door/clip.avi", "door/late/third.avi", "lobby/clip.avi"]
+    # each video's outputs sit under its absolute path: the same however the inputs were spelled
+    assert sorted(index["video"]) == [(archive / n).resolve().as_posix().lstrip("/") for n in names]
     assert set(index["status"]) == {"ok"} and index["model_sha256"].nunique() == 1
-    for rel in index["video"]:
-        video = archive / rel
+    for rel, path in zip(index["video"], index["path"]):
+        video = Path(path)
         got = [json.loads(line) for line in (out / rel / "events.jsonl").read_text().splitlines()]
         assert [comparable(e) for e in got] == [comparable(e) for e in daemon_events(video, tmp_path)], rel
         frames = pd.read_parquet(out / rel / "frames.parquet")
@@ -76,6 +82,7 @@ def test_the_archive_gives_the_daemons_events_and_tables_with_media_times(engine
         assert frames["media_s"].tolist() == pytest.approx([times[f] for f in frames["frame"]], abs=1e-6)
         people = pd.read_parquet(out / rel / "people.parquet")
         assert len(people) == index.set_index("video").loc[rel, "tracks"] > 0
+        assert list(people.columns) == PERSON_COLUMNS and list(frames.columns) == FRAME_COLUMNS
         assert people["duration_s"].tolist() == pytest.approx((people["last_media_s"] - people["first_media_s"]).tolist(),
                                                               abs=1e-3)
         assert people[[c for c in people if c.startswith("share_pct_")]].sum(axis=1).tolist() == \
@@ -93,17 +100,17 @@ def test_python_api_every_nth_frame_and_a_corrupt_video(archive, tmp_path):
     bad.write_bytes(b"\x00\x00\x00\x18ftypmp42" + b"\x17" * 4000)  # a header and nothing playable
     df = analyze([tmp_path / "in"], tmp_path / "out", workers=1, every=3, as_frame=True)
     assert isinstance(df, pd.DataFrame)
-    rows = df.set_index("video")
+    rows = df.assign(name=[Path(p).name for p in df["path"]]).set_index("name")
     assert rows.loc["bad.mp4", "status"] == "failed" and "not a video" in rows.loc["bad.mp4", "error"]
-    assert not (tmp_path / "out" / "bad.mp4").exists()  # a failed video has a row, no folder
+    assert not (tmp_path / "out" / rows.loc["bad.mp4", "video"]).exists()  # a failed video has a row, no folder
     assert rows.loc["good.avi", "status"] == "ok" and rows.loc["good.avi", "frames"] == 8  # 24 frames, every 3rd
-    frames = pd.read_parquet(tmp_path / "out" / "good.avi" / "frames.parquet")
+    frames = pd.read_parquet(tmp_path / "out" / rows.loc["good.avi", "video"] / "frames.parquet")
     assert set(frames["frame"]) == {0, 3, 6, 9, 12, 15, 18, 21}  # the source's own frame numbers
     assert frames["media_s"].tolist() == pytest.approx((frames["frame"] / 12.5).tolist(), abs=1e-6)
     r = subprocess.run([sys.executable, "-m", "edge_runtime.batch", str(tmp_path / "in"), "--out",
                         str(tmp_path / "out"), "--every", "3", "--quiet"], capture_output=True, text=True, cwd=REPO,
                        timeout=300)
-    assert r.returncode == 1 and "failed: bad.mp4" in r.stderr  # exit 1: some videos failed
+    assert r.returncode == 1 and "bad.mp4: " in r.stderr and "failed:" in r.stderr  # exit 1: some videos failed
     r = subprocess.run([sys.executable, "-m", "edge_runtime.batch", str(tmp_path / "nowhere"), "--out",
                         str(tmp_path / "o2")], capture_output=True, text=True, cwd=REPO, timeout=60)
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "no such file or folder" in r.stderr
@@ -127,17 +134,48 @@ def test_a_killed_run_resumes_with_every_video_done_exactly_once(tmp_path):
     assert p.poll() is None, "the run finished before it could be killed"
     p.send_signal(signal.SIGKILL)
     p.wait()
-    first = {d.name: (d / "done.json").stat().st_mtime_ns for d in out.iterdir() if d.is_dir() and
-             not d.name.startswith(".")}
+    first = {d: d.stat().st_mtime_ns for d in out.rglob("done.json")}
     assert 2 <= len(first) < 6
     for d in first:  # what exists is complete: every file of its done.json is there
-        files = json.loads((out / d / "done.json").read_text())["files"]
-        assert all((out / d / f).is_file() for f in files)
+        files = json.loads(d.read_text())["files"]
+        assert all((d.parent / f).is_file() for f in files)
+    orphans = subprocess.run(["pgrep", "-f", "multiprocessing.spawn"], capture_output=True, text=True).stdout.split()
+    assert not [pid for pid in orphans if _parent(pid) == 1], "the killed client's workers outlived it"
     r = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
     index = pd.read_parquet(out / "index.parquet")
-    assert sorted(index["video"]) == [f"v{i}.avi" for i in range(6)] and set(index["status"]) == {"ok"}
+    assert sorted(Path(p).name for p in index["path"]) == [f"v{i}.avi" for i in range(6)]
+    assert set(index["status"]) == {"ok"}
     for d, mtime in first.items():  # done before the kill: not redone
-        assert (out / d / "done.json").stat().st_mtime_ns == mtime
+        assert d.stat().st_mtime_ns == mtime
     leftovers = [f.name for f in out.rglob(".*") if f.name not in (".fer-edge-owner.json", ".index.json")]
     assert not leftovers, leftovers  # no staging folder or half-written video of the killed run
+
+
+def _parent(pid: str) -> int:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return -1
+
+
+def test_inputs_spelled_twice_annotation_and_what_a_rerun_redoes(archive, tmp_path):
+    """A video given twice (and inside a folder given too) is analysed once; --annotate adds a playable
+    WebM; a removed output file makes the re-run redo that video; a user's file in a video's folder
+    is never deleted (that video fails with the reason instead)."""
+    from edge_runtime.batch import analyze
+    video = archive / "door" / "clip.avi"
+    out = tmp_path / "out"
+    rows = analyze([video, str(video), archive / "door"], out, workers=1, annotate=True)
+    assert sorted(Path(r["path"]).name for r in rows) == ["clip.avi", "third.avi"]
+    folder = out / rows[0]["video"]
+    webm = cv2.VideoCapture(str(folder / "annotated.webm"))
+    assert webm.get(cv2.CAP_PROP_FRAME_COUNT) == rows[0]["frames"] > 0
+    done = (folder / "done.json").stat().st_mtime_ns
+    (folder / "people.parquet").unlink()
+    rows = analyze([video], out, workers=1, annotate=True)
+    assert (folder / "people.parquet").is_file() and (folder / "done.json").stat().st_mtime_ns != done
+    (folder / "my-notes.txt").write_text("mine")
+    rows = analyze([video], out, workers=1, every=2)  # other settings: the folder would be replaced
+    assert rows[0]["status"] == "failed" and "my-notes.txt" in rows[0]["error"]
+    assert (folder / "my-notes.txt").read_text() == "mine" and (folder / "annotated.webm").is_file()
