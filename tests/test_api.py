@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -60,7 +61,7 @@ def test_the_model_is_chosen_by_the_cpu_and_can_be_named(tmp_path):
         choose_model("cbilstm-tiny")
     er = EmotionRecognizer(model="cbilstm-lite")
     assert er.manifest.model == "cbilstm-lite" and er.model_choice == "named"
-    assert er.manifest.dir == packaged_dir("cbilstm-lite")
+    assert Path(er.manifest.dir) == packaged_dir("cbilstm-lite")
     with pytest.raises(PackagedModelError, match="both name a model"):
         EmotionRecognizer(packaged_dir("cbilstm"), model="cbilstm-lite")
 
@@ -71,7 +72,7 @@ def test_the_light_model_fits_the_budget_of_a_cpu_without_int8_dot_products():
     macs = {}
     for name in ("cbilstm-lite", "cbilstm"):
         m = read_manifest(packaged_dir(name))
-        macs[name] = {a: count(m.dir / m.artifacts[a].file)["macs"] for a in ("tflite-int8", "onnx-int8")}
+        macs[name] = {a: count(Path(m.dir) / m.artifacts[a].file)["macs"] for a in ("tflite-int8", "onnx-int8")}
     assert max(macs["cbilstm-lite"].values()) <= 10_000_000 < min(macs["cbilstm"].values())
 
 

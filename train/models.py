@@ -106,8 +106,9 @@ def _squeeze_excite(x, name: str, ratio: int = 8):
 
 _STEM_MARKS = {"p": "pool", "e": "se"}  # stem tokens that are not convs
 CBILSTM_STEM = "16-32s-64-p-112-112-p-128-128"  # the default's stem (run D)
-# within the fer peer's 10.2 M MACs, for CPUs without int8 dot products (docs/experiments/pi-budget.md)
-LITE_STEM = "16-d32s-d64-p-d128-d128-p-d160-d160"
+# within the fer peer's 10.2 M MACs, for CPUs without int8 dot products (docs/experiments/pi-budget.md:
+# candidate L2, the shipped cbilstm-lite; L1 was "16-d32s-d64-p-d128-d128-p-d160-d160")
+LITE_STEM = "16s-d48-p-d96-d96-d96-p-d192-d192-d192"
 
 
 def parse_stem(stem: str) -> list[tuple[str, int]]:
@@ -192,7 +193,7 @@ REGISTRY: dict[str, ModelEntry] = {
         Recipe(epochs=74, batch_size=64, lr=2e-3, schedule="cosine", label_smoothing=0.1,
                class_weight="sqrt", weight_decay=1e-4, patience=20, augment=dict(_CBILSTM_AUG),
                precision="auto", ema=0.999, bn_recalibration=True),
-        "Depthwise-separable stem (48 -> 6 rows of 6 x 160) -> 2 x BiLSTM(64): 9.5 M MACs per face, for CPUs "
+        "Depthwise-separable stem (48 -> 6 rows of 6 x 192) -> 2 x BiLSTM(64): 9.7 M MACs per face, for CPUs "
         "without int8 dot products (a Raspberry Pi 4 or 3)."),
     "cbilstm-wide": ModelEntry(
         "cbilstm-wide", build_cbilstm,
