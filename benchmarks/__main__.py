@@ -65,8 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="end-to-end daemon runs on videos composited from the scored split (one face per frame; "
                         "2-4 moving faces): recall, label accuracy vs the exact-crop ceiling, ID switches, FPS; "
                         "with --peer fer also the fer package's own pipeline")
-    p.add_argument("--detectors", default="yunet-n,yunet-s,haar",
-                   help="detector rows of --pipeline (default yunet-n,yunet-s,haar)")
+    p.add_argument("--detectors", default="yunet-n,yunet-n-every-frame,yunet-s,haar",
+                   help="detector rows of --pipeline (default yunet-n,yunet-n-every-frame,yunet-s,haar)")
     p.add_argument("--frames", type=int, help="frames per --pipeline video (default 2000, --quick 60; 20..5000)")
     p.add_argument("--json", help="write machine-readable results here")
     p.add_argument("--md", help="write the Markdown table here")

@@ -38,8 +38,8 @@ REPO = Path(__file__).resolve().parents[1]
 MATCH_IOU = 0.3
 SHARED_YUNET = REPO.parent / "shared" / "models" / "yunet"
 # detector rows: name -> config [detector] layer (yunet-s is converted from ../shared on first use)
-DETECTOR_ROWS = {"yunet-n": {"type": "yunet"}, "yunet-s": {"type": "yunet", "yunet": {"model": "@yunet_s"}},
-                 "haar": {"type": "haar"}}
+DETECTOR_ROWS = {"yunet-n": {"type": "yunet"}, "yunet-n-every-frame": {"type": "yunet", "full_every": 1},
+                 "yunet-s": {"type": "yunet", "yunet": {"model": "@yunet_s"}}, "haar": {"type": "haar"}}
 SCENES = ("one-face", "moving", "small-faces")  # small-faces: one face at a time, a second each, plain background
 SCENE_VERSION = 2  # bump when edge_runtime.synthetic draws scenes differently (the video cache key)
 

@@ -216,6 +216,13 @@ class Daemon:
         t0 = time.monotonic()
         regions = self._regions(frame.index)
         r = self.recognizer.analyze(frame.image, regions)
+        if regions is not None and len(r.detections) < len(self.tracker.tracks):
+            # a tracked face is not where it was expected (it left, or moved fast): look at the whole
+            # frame now, or a face that replaced it elsewhere would be found frames late
+            spent = r.ms
+            r = self.recognizer.analyze(frame.image)
+            r.ms.update({k: r.ms[k] + spent.get(k, 0.0) for k in ("detect", "preprocess", "classify")})
+            regions = None
         self._since_full = 1 if regions is None else self._since_full + 1
         t3 = time.monotonic()
         looks = thumbnails(r.inputs) if self.tracker.appearance > -1 else None
