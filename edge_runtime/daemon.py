@@ -121,9 +121,11 @@ class Daemon:
                                    h.timeout_s, h.max_clients, hosts=h.hosts,
                                    max_streams_per_client=h.max_streams_per_client, max_per_client=h.max_per_client)
         # the annotated video plays at the source's pace: a file's own frame rate (over --every)
-        rate = src.fps or (_file_fps(local_path(uri)) if kind == "file" else 0.0) or 15.0
-        self.annotate = (VideoOut(cfg.run.annotate, rate / src.every, inputs, cfg.run.overwrite, data=folder)
-                         if cfg.run.annotate else None)
+        self.annotate = None
+        if cfg.run.annotate:  # a regular file only: opening a FIFO here would block before the watchdog runs
+            plain = kind == "file" and Path(local_path(uri)).is_file()
+            rate = src.fps or (_file_fps(local_path(uri)) if plain else 0.0) or 15.0
+            self.annotate = VideoOut(cfg.run.annotate, rate / src.every, inputs, cfg.run.overwrite, data=folder)
         self.watchdog = Watchdog(cfg.run.watchdog_s)
         self.stats.progress_timeout_s = src.stall_s
         self.capture = Capture(uri, self.stats, src.loop, src.realtime, src.width,

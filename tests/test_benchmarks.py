@@ -5,6 +5,8 @@ import sys
 
 import pytest
 
+from benchmarks.pipeline import SCENES
+
 from edge_runtime.manifest import read_manifest
 
 from .conftest import REPO
@@ -68,16 +70,17 @@ def test_broken_artifact_is_a_failed_row_not_a_crash(tiny_artifacts, tmp_path):
     r = _bench("--artifacts", broken, "--formats", "tflite-int8,onnx-fp32", "--json", tmp_path / "b.json",
                "--pipeline", "--detectors", "yunet-n")
     assert r.returncode == 1, r.stderr[-2000:]  # a failed row fails the command, after the table is written
-    # the scored row and its two video rows (one-face, moving) each count
-    assert "3 row(s) failed: tflite-int8, tflite-int8 on moving, tflite-int8 on one-face" in r.stderr
+    # the scored row and its three video rows (one-face, moving, small-faces) each count
+    assert ("4 row(s) failed: tflite-int8, tflite-int8 on moving, tflite-int8 on one-face, tflite-int8 on small-faces"
+            in r.stderr)
     rows = {row["artifact"]: row for row in json.loads((tmp_path / "b.json").read_text())["rows"]}
     assert rows["tflite-int8"]["status"] == "failed" and "truncated" in rows["tflite-int8"]["reason"]
     assert rows["onnx-fp32"]["status"] != "failed" and rows["onnx-fp32"]["accuracy"] > 0
     assert "FAILED" in r.stdout
     # the end-to-end daemon rows: same code path as python -m edge_runtime, sha256-checked too
     pipe = {(p["scene"], p["artifact"]): p for p in json.loads((tmp_path / "b.json").read_text())["pipeline"]}
-    assert set(pipe) == {(s, a) for s in ("one-face", "moving") for a in ("tflite-int8", "onnx-fp32")}
-    for scene in ("one-face", "moving"):
+    assert set(pipe) == {(s, a) for s in SCENES for a in ("tflite-int8", "onnx-fp32")}
+    for scene in SCENES:
         bad, ok = pipe[(scene, "tflite-int8")], pipe[(scene, "onnx-fp32")]
         assert bad["status"] == "failed" and "truncated" in bad["reason"]
         assert ok["status"] == "ok" and ok["frames"] == 60 and ok["fps"] > 0 and ok["detector"] == "yunet-n"
@@ -91,7 +94,7 @@ def test_pipeline_rows_per_detector_beside_the_fer_pipeline(tiny_artifacts, tmp_
                "--peer", "fer", "--frames", "40", "--json", tmp_path / "p.json", "--md", tmp_path / "p.md")
     assert r.returncode == 0, r.stderr[-2000:]
     rows = {(p["scene"], p["detector"]): p for p in json.loads((tmp_path / "p.json").read_text())["pipeline"]}
-    assert set(rows) == {(s, d) for s in ("one-face", "moving") for d in ("yunet-n", "haar", "fer (haar)")}
+    assert set(rows) == {(s, d) for s in SCENES for d in ("yunet-n", "haar", "fer (haar)")}
     for (scene, det), row in rows.items():
         assert row["status"] == "ok", row
         assert row["frames"] == 40 and row["fps"] > 0 and row["faces"] >= 40

@@ -307,7 +307,8 @@ def test_events_during_a_broker_outage_are_queued_or_counted(video, no_tf_path, 
     if queue > 1000:
         assert len(missing) <= 5 and dropped_metric == 0, (len(missing), dropped_metric)
     else:
-        assert len(missing) > 10 and dropped_metric >= len(missing) - 5, (len(missing), dropped_metric)
+        # QoS 0: events already in the socket's buffers when the broker died are lost uncounted (a few)
+        assert len(missing) > 10 and dropped_metric >= len(missing) - 10, (len(missing), dropped_metric)
 
 
 def test_stdout_redirected_to_a_full_disk_gets_whole_lines_only(tmp_path):

@@ -72,6 +72,7 @@ def prepare(out_dir, resume: bool) -> Path:
             raise ResumeError(f"--out {out_dir} has an interrupted run (checkpoint after epoch {epoch} in {d}): "
                               f"continue it with --resume {out_dir}, or remove {d} to start over")
         shutil.rmtree(d)  # a checkpoint folder from a run killed before its first epoch ended
+    d.parent.mkdir(parents=True, exist_ok=True)
     return staging_dir(d.parent, d.name)
 
 
