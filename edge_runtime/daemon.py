@@ -5,6 +5,7 @@ detector, sinks) *before* the source is opened, so a bad model never touches the
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import sys
 import threading
@@ -242,7 +243,10 @@ class Daemon:
         self.stats.inc("frames_processed")
         self.stats.inc("faces", len(r.detections))
         self.stats.tracks_active = len(self.tracker.tracks)
-        self._last_view = (frame.index, frame.image, list(self.tracker.tracks.values()), frame.media_s)
+        # a track missed in this frame is drawn where it is predicted to be, not where it was last seen
+        shown = [t if not t.missed else dataclasses.replace(t, box=t.predicted(frame.index))
+                 for t in self.tracker.tracks.values()]
+        self._last_view = (frame.index, frame.image, shown, frame.media_s)
         if self.annotate is not None:
             try:
                 self.annotate.write(draw(frame.image, self._last_view[2]))

@@ -351,3 +351,28 @@ def test_a_track_end_carries_its_summary_in_jsonl_and_latest(tmp_path):
     assert sorted(e["track"] for e in latest if e["type"] == "end") == sorted(e["track"] for e in ends)
     mood = d.stats.mood()
     assert mood["faces"] == 0 and abs(sum(mood["shares_pct"].values()) - 100) < 0.5
+
+
+def test_a_track_missed_in_a_frame_is_drawn_where_it_is_predicted(tmp_path):
+    """The live view and the annotated video show a briefly missed face at its predicted box, not
+    frames behind where it last was."""
+    import numpy as np
+
+    from edge_runtime.geometry import Detections
+    from edge_runtime.synthetic import make_video
+    video = tmp_path / "v.avi"
+    make_video(video, SHARED, n_faces=1, frames=3, face=140, seed=2)
+    d = Daemon(build(flags={"source": {"uri": str(video)}, "events": {"path": str(tmp_path / "e.jsonl")}}))
+    t = d.tracker
+    probs = np.full((1, 7), 1 / 7, np.float32)
+    frame = np.zeros((480, 640, 3), np.uint8)
+    for i, x in enumerate((100, 110, 120)):  # a face moving 10 px per frame
+        t.update(i, Detections.from_boxes([[x, 50, 80, 80]], [0.9]), np.array([[x, 50, 80, 80]]), probs)
+    class F:  # noqa: E306 - one frame in which the detector finds nothing
+        index, image, media_s, t_capture = 3, frame, 0.2, 0.0
+    d.recognizer.detector.detect = lambda image: Detections.empty()
+    d.recognizer.detector.detect_regions = lambda image, regions: Detections.empty()
+    d.process(F)
+    (shown,) = d._last_view[2]
+    assert shown.missed == 1 and abs(float(shown.box[0]) - 130) < 6  # predicted, not the last box at 120
+    assert float(t.tracks[shown.id].box[0]) == 120  # the track itself keeps its last detection
