@@ -16,10 +16,10 @@ import os
 import shutil
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-from .config import DEFAULTS, ConfigError, build
+from .config import DEFAULTS, ConfigError, SourceConfig, build
 from .labels import LABELS
 from .manifest import atomic_write_bytes, atomic_write_json
 from .outputs import OutputError, OwnedDir, check_target, exclusive, model_files
@@ -369,8 +369,9 @@ def analyze(paths, out, *, workers: int | None = None, dask: str | None = None, 
     DataFrame with ``as_frame``); ``out/index.parquet`` holds every video the folder has seen.
     ``workers``: local processes (default: the CPUs); ``dask``: a scheduler address or "local" instead."""
     args = [str(p) for p in ([paths] if isinstance(paths, (str, os.PathLike)) else list(paths))]
-    if every < 1 or every > 100_000 or not math.isfinite(fps) or fps < 0 or (every > 1 and fps):
-        raise ConfigError("give --every N (1..100000) or --fps F (F > 0), not both")
+    lo, hi = next(f for f in fields(SourceConfig) if f.name == "every").metadata["bounds"][:2]  # the config's own
+    if not lo <= every <= hi or not math.isfinite(fps) or fps < 0 or (every > 1 and fps):
+        raise ConfigError(f"give --every N ({lo}..{hi}) or --fps F (F > 0), not both")
     videos, problems = find_videos(args)
     if not videos and not problems:
         raise ConfigError("no videos found (extensions: " + " ".join(VIDEO_EXTENSIONS) + ")")
@@ -577,8 +578,6 @@ def main(argv=None) -> int:
     try:
         if a.workers is not None and a.workers < 1:
             raise ConfigError("--workers must be at least 1")
-        if not math.isfinite(a.fps) or a.fps < 0:
-            raise ConfigError("--fps must be a positive number of frames per second")
         index = analyze(a.inputs, a.out, workers=a.workers, dask=a.dask, model=a.model, artifacts=a.artifacts or "",
                         every=a.every, fps=a.fps, detector=a.detector, backend=a.backend, csv=a.csv,
                         annotate=a.annotate, quiet=a.quiet)

@@ -89,3 +89,16 @@ def test_the_time_budget_goes_on_from_where_it_was():
     b.restore(json.loads(json.dumps(a.state())))
     assert (b.planned, b.epoch_seconds, b.replans) == (30, [20.0, 19.0, 19.5], [[3, 30]])
     assert 58.5 <= time.perf_counter() - b.t0 < 60
+
+
+def test_a_checkpoint_folder_train_did_not_write_is_never_removed(tmp_path):
+    """.<run>.resume made by someone else (no marker): refused, left whole; ours, empty of epochs: replaced."""
+    from train.resume import ResumeError, prepare, resume_dir
+    theirs = resume_dir(tmp_path / "run")
+    theirs.mkdir()
+    (theirs / "notes.txt").write_text("mine")
+    with pytest.raises(ResumeError, match="not a checkpoint train wrote"):
+        prepare(tmp_path / "run", resume=False)
+    assert (theirs / "notes.txt").read_text() == "mine"
+    ours = prepare(tmp_path / "other", resume=False)  # a fresh one carries the marker
+    assert prepare(tmp_path / "other", resume=False) == ours and ours.is_dir()
