@@ -269,6 +269,15 @@ def test_cbilstm_stem_spec_gives_the_documented_shapes():
                                    se.get_layer("se4_excite").output]).predict(x, verbose=0)
     assert feats[1].shape == (2, 1, 1, 16) and ((feats[1] > 0) & (feats[1] < 1)).all()
     assert np.allclose(feats[2], feats[0] * feats[1], atol=1e-6)
+    # 'rN': a separable block added to its input, so it must keep the width of the block before it
+    assert parse_stem("16s-d48-p-r48-r48") == [("conv_s2", 16), ("sep", 48), ("pool", 0), ("res", 48), ("res", 48)]
+    for bad in ("r16", "16-r32", "16-p-e-r8"):
+        with pytest.raises(ValueError, match="residual block"):
+            parse_stem(bad)
+    res = build("cbilstm", {"stem": "8-r8"})
+    parts = keras.Model(res.input, [res.get_layer("c1_relu").output, res.get_layer("r2_pw_bn").output,
+                                    res.get_layer("r2_relu").output]).predict(x, verbose=0)
+    assert np.allclose(parts[2], np.maximum(parts[0] + parts[1], 0), atol=1e-5)
 
 
 def test_macro_f1_is_scikit_learns_with_every_class_counted():
