@@ -28,12 +28,13 @@ $(WHEELS)/.done: pyproject.toml | $(BIN)/python
 	touch $@
 
 # System packages the tests use: Mosquitto (a real MQTT broker), Chromium (a real browser for the page)
-# and Prometheus' promtool (checks /metrics).
+# Prometheus' promtool (checks /metrics) and valgrind (counts an AVX2-only CPU's instructions).
 system-packages:
 	@missing=""; \
 	command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ] || missing="$$missing mosquitto"; \
 	command -v chromium >/dev/null || missing="$$missing chromium"; \
 	command -v promtool >/dev/null || missing="$$missing prometheus"; \
+	command -v valgrind >/dev/null || missing="$$missing valgrind"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
