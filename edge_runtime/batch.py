@@ -59,6 +59,9 @@ class Job:
     model_sha256: str = ""  # the client's: every worker must load the same file
     identity: dict = field(default_factory=dict)
     display: str = ""        # the name shown and indexed
+    # decode in a second thread only where a core would otherwise idle (fewer workers than CPUs);
+    # the events are the same either way
+    decode_thread: bool = False
 
 
 # --------------------------------------------------------------------------------------- finding
@@ -157,7 +160,7 @@ def analyze_video(job: Job) -> dict:
         every = job.settings.every
         if job.settings.fps and fps > 0:
             every = max(1, int(round(fps / job.settings.fps)))
-        layer = {"source": {"uri": job.path, "every": every}, "model": {"threads": 1, "backend": job.settings.backend},
+        layer = {"source": {"uri": job.path, "every": every, "decode_thread": job.decode_thread}, "model": {"threads": 1, "backend": job.settings.backend},
                  "detector": {"type": job.settings.detector}, "run": {"log_level": "warning"}}
         layer["model"].update({"artifacts": job.artifacts} if job.artifacts else {"name": job.model})
         tmp = None
@@ -428,6 +431,9 @@ def _analyze(out, owned, videos, problems, settings, model, artifacts, model_sha
             progress.update(rows[rel])
             continue
         jobs.append(job)
+    cpus = os.cpu_count() or 1
+    for job in jobs:  # a Dask worker is one process per core (dask worker --nthreads 1)
+        job.decode_thread = not dask and min(workers or cpus, len(jobs)) < cpus
     try:
         for job, res in _run(jobs, workers, dask, quiet):
             if res["status"] == "failed":

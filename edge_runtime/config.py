@@ -162,6 +162,9 @@ class SourceConfig(Section):
     # a live source with no new frame for this long is stalled: health degraded, a stream read reconnects
     stall_s: float = setting(5.0, 0.5, 3600.0)
     every: int = setting(1, 1, 100_000)  # analyse every Nth frame (frame indexes and media times stay the source's)
+    # decode in a thread of its own, overlapping inference (a spare core's worth); false: in the main loop,
+    # one thread per stream, for python -m edge_runtime.batch's workers, which each have one core
+    decode_thread: bool = True
     # a file whose first line is user:password for a stream, so they need not be in the URI (ps, configs);
     # else $FER_EDGE_SOURCE_CREDENTIALS. Wherever the source is shown, credentials are redacted.
     credentials_file: str = ""

@@ -131,7 +131,7 @@ class Daemon:
         self.stats.progress_timeout_s = src.stall_s
         self.capture = Capture(uri, self.stats, src.loop, src.realtime, src.width,
                                src.height, src.fps, src.reconnect_max_s, stall_s=src.stall_s,
-                               watchdog=self.watchdog, every=src.every)
+                               watchdog=self.watchdog, every=src.every, threaded=src.decode_thread)
 
     # --- the loop ------------------------------------------------------------------------------
     # Signal handlers run in the main thread between two bytecodes, possibly while it holds a lock

@@ -229,12 +229,16 @@ def backoff_delay(attempt: int, cap_s: float) -> float:
 
 
 class Capture(threading.Thread):
-    """Reads frames into a one-slot mailbox; ``get()`` hands the newest one to the pipeline."""
+    """Reads frames into a one-slot mailbox; ``get()`` hands the newest one to the pipeline. With
+    ``threaded=False`` nothing runs in the background: ``get()`` decodes the next frame in the caller's
+    thread (a batch worker with one core gains nothing from a second thread, and loses the handoffs)."""
 
     def __init__(self, uri: str, stats, loop: bool = False, realtime: str = "auto", width: int = 0,
                  height: int = 0, fps: float = 0.0, reconnect_max_s: float = 30.0, opener=open_source,
-                 stall_s: float = 5.0, watchdog=None, every: int = 1):
+                 stall_s: float = 5.0, watchdog=None, every: int = 1, threaded: bool = True):
         super().__init__(name="capture", daemon=True)
+        self.threaded = threaded
+        self._gen = None  # inline: the producer, advanced by get()
         self.uri, self.stats, self.loop = uri, stats, loop
         self.shown = redact(uri)  # in every message: a stream's password never reaches a log
         self.kind = source_kind(uri)
@@ -259,7 +263,27 @@ class Capture(threading.Thread):
         self.crashed = ""  # the exception that ended the thread, if one did
 
     # --- consumer side -------------------------------------------------------------------
+    def start(self):
+        if self.threaded:
+            return super().start()
+        self._gen = self._produce()
+
+    def is_alive(self) -> bool:
+        return super().is_alive() if self.threaded else self._gen is not None
+
+    def join(self, timeout: float | None = None):
+        if self.threaded:
+            return super().join(timeout)
+        if self._gen is not None:
+            self._gen.close()  # releases the source
+            self._gen = None
+
     def get(self, timeout: float = 0.1) -> Frame | None:
+        if not self.threaded:
+            if self._slot is None and self._gen is not None and not self.stop_event.is_set():
+                if next(self._gen, StopIteration) is StopIteration:
+                    self._gen = None
+            timeout = 0.0  # nothing else will fill the slot
         with self._cond:
             if self._slot is None:
                 self._cond.wait(timeout)
@@ -317,8 +341,13 @@ class Capture(threading.Thread):
         self.stop_event.wait(delay)
 
     def run(self):
+        for _ in self._produce():
+            pass
+
+    def _produce(self):
+        """The producer; yields after each frame it hands over."""
         try:
-            self._run()
+            yield from self._run()
         except Exception as e:  # a bug or a driver's exception: say so; the daemon exits for a restart
             self.crashed = f"{type(e).__name__}: {e}"
             log.exception("capture thread died")
@@ -341,8 +370,10 @@ class Capture(threading.Thread):
                 self._lost(f"cannot open {self.shown}", attempt)
                 attempt += 1
                 continue
-            n = self._read_all(cap)
-            cap.release()
+            try:
+                n = yield from self._read_all(cap)
+            finally:
+                cap.release()
             if self.stop_event.is_set():
                 break
             if n == 0 and self._never_works(f"{self.shown} holds no readable video frames"):
@@ -418,4 +449,5 @@ class Capture(threading.Thread):
             if index % self.every:  # subsampling: the frames kept keep their own index and time
                 continue
             self._put(img, self._media_time(cap), index)
+            yield
         return n

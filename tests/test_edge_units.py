@@ -376,3 +376,29 @@ def test_a_track_missed_in_a_frame_is_drawn_where_it_is_predicted(tmp_path):
     (shown,) = d._last_view[2]
     assert shown.missed == 1 and abs(float(shown.box[0]) - 130) < 6  # predicted, not the last box at 120
     assert float(t.tracks[shown.id].box[0]) == 120  # the track itself keeps its last detection
+
+
+def test_inline_decoding_gives_the_threaded_frames_and_events(tmp_path):
+    """[source] decode_thread = false (the batch workers' mode) decodes in the main loop: the same
+    frames, indexes, media times and events as the capture thread, and no second thread runs."""
+    from edge_runtime.synthetic import make_video
+    video = tmp_path / "v.avi"
+    make_video(video, SHARED, n_faces=2, frames=20, face=120, seed=3)
+    runs = {}
+    for threaded in (True, False):
+        ev = tmp_path / f"ev-{threaded}.jsonl"
+        d = Daemon(build(flags={"source": {"uri": str(video), "every": 2, "decode_thread": threaded},
+                                "events": {"path": str(ev)}}))
+        seen = []
+        process = d.process
+        d.process = lambda frame: (seen.append((frame.index, frame.media_s, threading.current_thread().name,
+                                                threading.active_count())), process(frame))
+        assert d.run() == 0
+        assert d.capture._gen is None and not d.capture.is_alive()  # the source is released either way
+        runs[threaded] = seen, [{k: v for k, v in e.items() if k not in ("ts", "latency_ms", "summary")}
+                                for e in read_events(ev)]
+    (frames_t, events_t), (frames_i, events_i) = runs[True], runs[False]
+    assert [f[:2] for f in frames_t] == [f[:2] for f in frames_i] and [f[0] for f in frames_i] == list(range(0, 20, 2))
+    assert events_t == events_i and len(events_i) >= 20
+    assert not any(t.name == "capture" for t in threading.enumerate())
+    assert len({f[3] for f in frames_i}) == 1 and frames_i[0][3] < frames_t[0][3]  # one thread fewer
