@@ -17,13 +17,13 @@ from edge_runtime.config import check_threads
 from edge_runtime.manifest import Manifest, ManifestError, atomic_write_json, atomic_write_text, read_manifest
 from edge_runtime.outputs import (OutputError, OwnedDir, add_overwrite_flag, check_target, claim_file, model_files,
                                   read_ledger, record_file)
+from edge_runtime.paths import SOURCE_ROOT, cache_dir, checkout
 
 from train.data import data_root_or_none
 
 from . import report
 from .peers import PEERS, PeerError, peer_manifest_dir
 
-REPO = Path(__file__).resolve().parents[1]
 ORDER = ("keras", "tflite-fp32", "tflite-int8", "onnx-fp32", "onnx-int8")
 WRITER = "python -m benchmarks"  # its name in ownership ledgers
 
@@ -88,7 +88,7 @@ def run_row(manifest_dir: Path, artifact: str, threads: int, args, split_from: P
     if args.quick:
         cmd.append("--quick")
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=os.pathsep.join(
-        [str(REPO)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
+        [str(SOURCE_ROOT)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=os.getcwd())
     for line in proc.stdout.splitlines():
         if line.startswith("@@ROW@@"):
@@ -149,7 +149,7 @@ def plan(args) -> Plan:
         if manifest.kind == "run":
             raise ManifestError(f"{art_dir} is a training run, not an export: export it first: "
                                 f"python -m export --model {art_dir}")
-        peer_dirs = [peer_manifest_dir(p, REPO / ".cache" / "peers") for p in args.peer]
+        peer_dirs = [peer_manifest_dir(p, cache_dir("peers")) for p in args.peer]
     except (ManifestError, PeerError) as e:
         raise UsageError(str(e)) from None
     if args.test_dir and not Path(args.test_dir).is_dir():
@@ -171,10 +171,10 @@ def plan(args) -> Plan:
 def outputs(args, inputs, data) -> None:
     """Resolve --results into --json/--md/--plots and check each before anything is measured."""
     if args.results:
-        if not (REPO / ".git").exists():
+        if checkout() is None:
             raise UsageError("--results writes into the source checkout's benchmarks/results/: "
                              "use --json/--md/--plots outside a checkout")
-        base = REPO / "benchmarks" / "results"
+        base = SOURCE_ROOT / "benchmarks" / "results"
         args.json = args.json or str(base / f"{args.results}.json")
         args.md = args.md or str(base / f"{args.results}.md")
         args.plots = args.plots or str(base / args.results)

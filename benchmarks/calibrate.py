@@ -15,7 +15,6 @@ import argparse
 import itertools
 import json
 import logging
-import os
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
@@ -30,6 +29,7 @@ from edge_runtime.geometry import CropSpec, Detections, crop_faces, cut_square
 from edge_runtime.labels import LABELS
 from edge_runtime.manifest import ManifestError, atomic_write_text, read_manifest
 from edge_runtime.outputs import add_overwrite_flag, claim_file, model_files, record_file
+from edge_runtime.paths import SOURCE_ROOT, cache_dir
 from edge_runtime.preprocess import preprocess_batch, to_gray
 from edge_runtime.synthetic import shuffled_scene, write_scene
 
@@ -37,7 +37,6 @@ from .pipeline import iter_frames, match
 
 WRITER = "python -m benchmarks.calibrate"
 
-REPO = Path(__file__).resolve().parents[1]
 
 
 def validation_faces(data_root: str | None, n: int, seed: int) -> tuple[list[tuple[Path, str]], dict]:
@@ -130,7 +129,7 @@ def main(argv=None) -> int:
                                                    "earlier --write made it)")
     w.add_argument("--packaged", action="store_true",
                    help=f"store the fit in the crops table the package ships and the daemon reads "
-                        f"({CROPS_FILE.relative_to(REPO)}): a deliberate replacement")
+                        f"({CROPS_FILE.relative_to(SOURCE_ROOT)}): a deliberate replacement")
     add_overwrite_flag(p)
     a = p.parse_args(argv)
     logging.getLogger("edge_runtime").setLevel(logging.WARNING)
@@ -182,7 +181,7 @@ def _setup(a):
 def fit_crop(a, name, backend, pre, detector, size, faces, split):
     """Composite the faces, detect them, fit the crop; -> (crops.json entry, ranked crops), or
     None (with one line on stderr) when too few faces were found."""
-    cache = Path(os.environ.get("FER_CACHE", REPO / ".cache")) / "calibrate"
+    cache = cache_dir("calibrate")
     video = cache / f"val-{split['files_hash'][:12]}-{a.faces}-{a.seed}.avi"
     if not video.is_file():
         write_scene(video, shuffled_scene(faces, seed=a.seed))

@@ -31,12 +31,12 @@ from edge_runtime.daemon import Daemon
 from edge_runtime.geometry import clip_boxes, cut_square, iou_matrix
 from edge_runtime.labels import LABELS
 from edge_runtime.manifest import read_manifest
+from edge_runtime.paths import SOURCE_ROOT, cache_dir, shared_dir
 from edge_runtime.preprocess import preprocess_batch
 from edge_runtime.synthetic import moving_scene, shuffled_scene, small_scene, write_scene
 
-REPO = Path(__file__).resolve().parents[1]
 MATCH_IOU = 0.3
-SHARED_YUNET = REPO.parent / "shared" / "models" / "yunet"
+SHARED_YUNET = shared_dir("models", "yunet")
 # detector rows: name -> config [detector] layer (yunet-s is converted from ../shared on first use)
 DETECTOR_ROWS = {"yunet-n": {"type": "yunet"}, "yunet-n-every-frame": {"type": "yunet", "full_every": 1},
                  "yunet-s": {"type": "yunet", "yunet": {"model": "@yunet_s"}}, "haar": {"type": "haar"}}
@@ -229,7 +229,7 @@ def fer_row(video: Path, truth: dict) -> dict:
     """The fer package's own pipeline (Haar + its mini-Xception, TensorFlow, 1 thread) in its own process."""
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="")
     proc = subprocess.run([sys.executable, "-m", "benchmarks.fer_pipeline", str(video)], capture_output=True,
-                          text=True, env=env, cwd=REPO, timeout=3600)
+                          text=True, env=env, cwd=SOURCE_ROOT, timeout=3600)
     out = [line for line in proc.stdout.splitlines() if line.startswith("@@FER@@")]
     if proc.returncode != 0 or not out:
         tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
@@ -251,7 +251,7 @@ def run_pipeline(art_dir, video: str | None, threads: list[int], quick: bool = F
                  seed: int = 0) -> list[dict]:
     """-> one row per (scene, detector, artifact, threads), plus the peers' pipeline rows."""
     manifest = read_manifest(art_dir)
-    cache = REPO / ".cache" / "bench"
+    cache = cache_dir("bench")
     cache.mkdir(parents=True, exist_ok=True)
     logging.getLogger("edge_runtime").setLevel(logging.WARNING)
     names = [n for n, e in manifest.artifacts.items() if e.format in ("tflite", "onnx") and (not only or n in only)]

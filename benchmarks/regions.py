@@ -26,7 +26,10 @@ from edge_runtime.outputs import add_overwrite_flag, claim_file, record_file
 from edge_runtime.synthetic import moving_scene, small_scene, write_scene
 
 from .calibrate import validation_faces
-from .pipeline import REPO, cluster_se, daemon_row, exact_crop_labels, iter_frames, score
+from edge_runtime.packaged import packaged_dir
+from edge_runtime.paths import cache_dir
+
+from .pipeline import cluster_se, daemon_row, exact_crop_labels, iter_frames, score
 
 WRITER = "python -m benchmarks.regions"
 
@@ -55,7 +58,7 @@ def clustered_se(truth: dict, per_frame: list[list[dict]], what: str) -> float:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.regions", description=__doc__.split("\n\n")[0],
                                 epilog=__doc__.split("\n\n", 2)[2], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--artifacts", default=str(REPO / "edge_runtime" / "models" / "cbilstm"))
+    p.add_argument("--artifacts", default=str(packaged_dir("cbilstm")))
     p.add_argument("--data", help="FER2013 root (default: $FER_DATA, else ../shared/data/fer2013)")
     p.add_argument("--frames", type=int, default=600, help="frames per scene (15 fps)")
     p.add_argument("--every", default="1,2,3,5,8", help="full_every values to try")
@@ -67,7 +70,7 @@ def main(argv=None) -> int:
     art = Path(a.artifacts)
     manifest = read_manifest(art)
     faces, _ = validation_faces(a.data, max(200, a.frames), seed=7)
-    cache = REPO / ".cache" / "regions"
+    cache = cache_dir("regions")
     cache.mkdir(parents=True, exist_ok=True)
     videos = {}
     for name, gen in (("moving", moving_scene(faces, a.frames, seed=7)), ("small-faces", small_scene(faces, a.frames, seed=7))):

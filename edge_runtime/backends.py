@@ -29,6 +29,7 @@ import numpy as np
 
 from .labels import LABELS, remap_indices
 from .manifest import Artifact, Manifest, ManifestError, Tensor, artifact_path, read_manifest, verify_file
+from .paths import SOURCE_ROOT, cache_dir
 
 log = logging.getLogger(__name__)
 
@@ -365,9 +366,7 @@ def _one_line(e: Exception) -> str:
 
 
 def _probe_cache() -> Path:
-    base = os.environ.get("FER_EDGE_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "fer-edge")
-    return Path(base) / "probed"
+    return cache_dir("probed")
 
 
 def probe_in_child(manifest: Manifest, name: str, providers: list[str] | None = None) -> None:
@@ -384,7 +383,7 @@ def probe_in_child(manifest: Manifest, name: str, providers: list[str] | None = 
         return
     code = ("import sys\nfrom edge_runtime.backends import _probe_main\nsys.exit(_probe_main())")
     args = [sys.executable, "-c", code, str(manifest.dir), name, json.dumps(providers)]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1]),
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SOURCE_ROOT),
                                                         os.environ.get("PYTHONPATH", "")])}
     try:
         r = subprocess.run(args, capture_output=True, text=True, timeout=300, env=env)

@@ -14,6 +14,7 @@ import logging
 import math
 import os
 import shutil
+import stat
 import sys
 import time
 from dataclasses import asdict, dataclass, field, fields
@@ -67,43 +68,58 @@ class Job:
 # --------------------------------------------------------------------------------------- finding
 def find_videos(args: list[str]) -> tuple[list[tuple[Path, str]], list[tuple[str, str]]]:
     """-> ([(video, output name)], [(name, problem)]) for the arguments; folders are searched
-    recursively (symlinked folders are not entered: a loop cannot trap the walk). The output name is
-    the video's absolute path without its leading '/', so it never depends on how the command was
-    spelled, never collides (a/clip.mp4, b/clip.mp4) and never leaves --out; a video given twice (or
-    in a folder given too) is analysed once."""
+    recursively, symlinked folders included (each real folder once: a loop cannot trap the walk), for
+    regular files only (a FIFO named .mp4 would block the read). The output name is the video's
+    absolute path without its leading '/', so it never depends on how the command was spelled, never
+    collides (a/clip.mp4, b/clip.mp4) and never leaves --out; a video given twice (or in a folder given
+    too) is analysed once. A problem is keyed the same way when its path resolves."""
     found: dict[str, Path] = {}
-    problems: list[tuple[str, str]] = []
+    problems: dict[str, str] = {}
+
+    def key(p: Path) -> str:
+        try:
+            return p.resolve(strict=False).as_posix().lstrip("/")
+        except (OSError, RuntimeError):  # a symlink loop
+            return os.path.abspath(p).lstrip("/")
 
     def add(p: Path):
         try:
             real = p.resolve(strict=True)
+            regular = stat.S_ISREG(real.stat().st_mode)
         except (OSError, RuntimeError) as e:  # a dangling symlink, a symlink loop
-            problems.append((str(p), f"cannot resolve the path ({type(e).__name__})"))
+            problems[key(p)] = f"cannot resolve the path ({type(e).__name__})"
             return
         name = real.as_posix().lstrip("/")
         try:
             name.encode("utf-8")
         except UnicodeEncodeError:
-            problems.append((name.encode("utf-8", "surrogateescape").decode("utf-8", "replace"),
-                             "the file name is not UTF-8: rename it"))
+            problems[name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")] = \
+                "the file name is not UTF-8: rename it"
+            return
+        if not regular:
+            problems[name] = "not a regular file (a FIFO, a device or a socket): not read"
             return
         found.setdefault(name, real)
 
     for arg in args:
         p = Path(arg)
         if p.is_dir():
-            for root, dirs, files in os.walk(p, followlinks=False):
+            seen: set[str] = set()
+            for root, dirs, files in os.walk(p, followlinks=True):
+                real_root = os.path.realpath(root)
+                if real_root in seen:  # a symlinked folder met again (or a loop): searched once
+                    dirs[:] = []
+                    continue
+                seen.add(real_root)
                 dirs.sort()
                 for f in sorted(files):
                     if Path(f).suffix.lower() in VIDEO_EXTENSIONS:
                         add(Path(root) / f)
-        elif p.is_file():
+        elif os.path.lexists(p):
             add(p)
-        elif p.is_symlink():
-            problems.append((str(p), "a symbolic link to nothing"))
         else:
             raise ConfigError(f"{arg}: no such file or folder")
-    return [(path, name) for name, path in found.items()], problems
+    return [(path, name) for name, path in found.items()], list(problems.items())
 
 
 def identity(path: Path) -> dict:
@@ -135,14 +151,23 @@ class _Collect:
         pass
 
 
-def _worker_init() -> None:
-    """A pool worker dies with the client (Linux): a killed client leaves no orphan behind."""
+def _worker_init(client_pid: int | None = None) -> None:
+    """A pool worker dies with the client (Linux): a killed client leaves no orphan behind, also when
+    it died before this ran (the death signal is only armed from here on)."""
     try:
         import ctypes
         import signal
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
         pass
+    if client_pid is not None and os.getppid() != client_pid:
+        os._exit(1)
+
+
+def _ends_early(last_s: float | None, declared: float, fps: float) -> bool:
+    """Fewer frames than the container declares, and they stop short in time as well: a truncated file.
+    (A count alone misleads: OpenCV estimates it from duration x average fps, wrong for variable rates.)"""
+    return last_s is None or fps <= 0 or last_s + 1.5 / fps < declared / fps
 
 
 def analyze_video(job: Job) -> dict:
@@ -157,6 +182,8 @@ def analyze_video(job: Job) -> dict:
         cap = cv2.VideoCapture(job.path)
         fps, n = cap.get(cv2.CAP_PROP_FPS) or 0.0, cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0
         cap.release()
+        fps = fps if math.isfinite(fps) and 0 < fps < 1000 else 0.0
+        n = n if math.isfinite(n) and 0 < n < 1e9 else 0  # a raw MJPEG stream reports -1.9e14: unknown
         every = job.settings.every
         if job.settings.fps and fps > 0:
             every = max(1, int(round(fps / job.settings.fps)))
@@ -166,7 +193,13 @@ def analyze_video(job: Job) -> dict:
         tmp = None
         if job.settings.annotate:  # written in the worker's own temp folder, sent back with the events
             import tempfile
-            tmp = tempfile.mkdtemp(prefix="fer-edge-batch-")
+
+            from .outputs import pid_alive
+            for old in Path(tempfile.gettempdir()).glob("fer-edge-batch-*-*"):  # of workers killed mid-video
+                pid = old.name.split("-")[3]
+                if pid.isdigit() and not pid_alive(int(pid)):
+                    shutil.rmtree(old, ignore_errors=True)
+            tmp = tempfile.mkdtemp(prefix=f"fer-edge-batch-{os.getpid()}-")
             layer["run"]["annotate"] = os.path.join(tmp, "annotated.webm")
         from .daemon import Daemon
         sink = _Collect()
@@ -191,7 +224,7 @@ def analyze_video(job: Job) -> dict:
             out["error"] = d.capture.error or d.exit_reason or f"the daemon exited with {rc}"
         elif snap["frames_undecodable"]:
             out["status"], out["error"] = "partial", f"{snap['frames_undecodable']} frame(s) did not decode"
-        elif n > 0 and decoded < n:  # the container promises more frames than could be read: truncated
+        elif n > 0 and decoded < n and _ends_early(d.capture._media_last, n, fps):  # truncated
             out["status"], out["error"] = "partial", f"{decoded} of the {int(n)} frames the file declares were read"
         else:
             out["status"] = "ok"
@@ -239,7 +272,8 @@ PERSON_COLUMNS = ["track", "first_frame", "last_frame", "first_media_s", "last_m
 def _schema(columns: list[str]):
     """Every table's column types, so tables of different videos (a video without faces too) concatenate."""
     import pyarrow as pa
-    text = {"label", "raw_label", "dominant", "video", "path", "status", "error", "model_sha256", "worker"}
+    text = {"label", "raw_label", "dominant", "video", "path", "status", "error", "model_sha256", "model", "detector",
+            "backend", "worker", "analysed_at"}
     ints = {"frame", "track", "x", "y", "w", "h", "first_frame", "last_frame", "frames_seen", "frames_spanned",
             "frames", "frames_undecodable", "every", "faces", "tracks"}
     return pa.schema([(c, pa.string() if c in text else pa.int64() if c in ints else pa.float64()) for c in columns])
@@ -252,12 +286,12 @@ def write_table(rows: list[dict], columns: list[str], base: Path, formats) -> li
     import pyarrow.parquet as pq
     table = pa.Table.from_pylist([{c: r.get(c) for c in columns} for r in rows], schema=_schema(columns))
     written = []
-    if "parquet" in formats:
-        pq.write_table(table, base.with_suffix(".parquet"))
-        written.append(base.with_suffix(".parquet").name)
-    if "csv" in formats:
-        pacsv.write_csv(table, base.with_suffix(".csv"))
-        written.append(base.with_suffix(".csv").name)
+    for fmt, write in (("parquet", pq.write_table), ("csv", pacsv.write_csv)):
+        if fmt in formats:  # whole or not at all: a kill mid-write leaves the previous file
+            buf = pa.BufferOutputStream()
+            write(table, buf)
+            atomic_write_bytes(base.with_suffix(f".{fmt}"), buf.getvalue().to_pybytes())
+            written.append(base.with_suffix(f".{fmt}").name)
     return written
 
 
@@ -316,6 +350,23 @@ def write_video(out: Path, owned: OwnedDir, job: Job, res: dict, model_sha: str)
     return row
 
 
+def _drop_stale(out: Path, job: Job) -> None:
+    """A video that failed now: the results of its earlier content are no longer its results. Its
+    folder is removed if it is wholly ours (sealed by this command); anything else stays."""
+    from .outputs import read_ledger
+    target = _video_dir(out, job.rel)
+    ledger = read_ledger(target) if target.is_dir() else None
+    if ledger is not None and ledger.get("owner") == WRITER and not OwnedDir(target, WRITER).foreign():
+        shutil.rmtree(target)
+        log.warning("%s: removed the results of its earlier content (it failed now)", job.rel)
+
+
+def utc_now() -> str:
+    """'2026-12-07T11:35:12.123456Z': sorts as text, fine enough to tell this run's rows from the last's."""
+    from datetime import datetime, timezone
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
 def index_row(job: Job, res: dict) -> dict:
     events = res.get("events", [])
     return {"video": job.display or job.rel, "path": job.path, "status": res["status"], "error": res.get("error", ""),
@@ -323,11 +374,18 @@ def index_row(job: Job, res: dict) -> dict:
             "every": res.get("every", job.settings.every),
             "faces": sum(e["type"] != "end" for e in events), "tracks": sum(e["type"] == "end" for e in events),
             "video_s": round(res.get("duration_s", 0.0), 3), "processing_s": res.get("seconds", 0.0),
-            "model_sha256": res.get("model_sha256", ""), "worker": res.get("worker", "")}
+            "model_sha256": res.get("model_sha256", ""), "model": job.model or job.artifacts,
+            "detector": job.settings.detector, "backend": job.settings.backend, "worker": res.get("worker", ""),
+            "analysed_at": utc_now()}
 
 
+# what a row was made with (model, detector, backend, every): an archive analysed in parts stays readable
 INDEX_COLUMNS = ["video", "path", "status", "error", "frames", "frames_undecodable", "every", "faces", "tracks",
-                 "video_s", "processing_s", "model_sha256", "worker"]
+                 "video_s", "processing_s", "model_sha256", "model", "detector", "backend", "worker", "analysed_at"]
+
+
+def index_files(formats) -> list[str]:
+    return [f".{INDEX}.json", *(f"{INDEX}.{fmt}" for fmt in formats)]
 
 
 def write_index(out: Path, owned: OwnedDir, rows: list[dict], formats) -> None:
@@ -373,8 +431,18 @@ def analyze(paths, out, *, workers: int | None = None, dask: str | None = None, 
     ``workers``: local processes (default: the CPUs); ``dask``: a scheduler address or "local" instead."""
     args = [str(p) for p in ([paths] if isinstance(paths, (str, os.PathLike)) else list(paths))]
     lo, hi = next(f for f in fields(SourceConfig) if f.name == "every").metadata["bounds"][:2]  # the config's own
-    if not lo <= every <= hi or not math.isfinite(fps) or fps < 0 or (every > 1 and fps):
-        raise ConfigError(f"give --every N ({lo}..{hi}) or --fps F (F > 0), not both")
+    if isinstance(every, bool) or not isinstance(every, int) or not lo <= every <= hi:
+        raise ConfigError(f"--every must be a whole number in {lo}..{hi}, not {every!r}")
+    if isinstance(fps, bool) or not isinstance(fps, (int, float)) or not math.isfinite(fps) or fps < 0:
+        raise ConfigError(f"--fps must be a number of frames per second > 0, not {fps!r}")
+    if every > 1 and fps:
+        raise ConfigError("give --every N or --fps F, not both")
+    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
+        raise ConfigError(f"--workers must be a whole number of processes, at least 1, not {workers!r}")
+    if str(out).strip() == "":
+        raise ConfigError("--out needs a folder")
+    if Path(out).exists() and not Path(out).is_dir():
+        raise ConfigError(f"--out {out} is a file, not a folder")
     videos, problems = find_videos(args)
     if not videos and not problems:
         raise ConfigError("no videos found (extensions: " + " ".join(VIDEO_EXTENSIONS) + ")")
@@ -399,6 +467,13 @@ def analyze(paths, out, *, workers: int | None = None, dask: str | None = None, 
 
 
 def _analyze(out, owned, videos, problems, settings, model, artifacts, model_sha, workers, dask, as_frame, quiet):
+    names = index_files(("parquet", "csv"))
+    if foreign := [f for f in index_files(settings.tables) if (out / f).exists() and not owned.owns(f)]:
+        raise OutputError(f"--out {out} holds {', '.join(foreign)}, which this command did not write: move it, "
+                          "or choose another folder")
+    for f in names:  # temp files of an index write that a kill interrupted (only one run writes here)
+        for tmp in out.glob(f".{f}.*.tmp"):
+            tmp.unlink(missing_ok=True)
     _remove_dead_staging(out)
     rows: dict[str, dict] = {}
     try:
@@ -441,8 +516,11 @@ def _analyze(out, owned, videos, problems, settings, model, artifacts, model_sha
             else:
                 try:
                     row = write_video(out, owned, job, res, model_sha)
-                except OutputError as e:
-                    row = index_row(job, {**res, "status": "failed", "error": str(e)})
+                except (OutputError, OSError) as e:  # e.g. a name too long to stage beside: this video only
+                    reason = str(e) if isinstance(e, OutputError) else f"cannot write its results: {e}"
+                    row = index_row(job, {**res, "status": "failed", "error": reason})
+            if row["status"] == "failed":
+                _drop_stale(out, job)
             rows[job.rel] = row
             write_index(out, owned, list(rows.values()), settings.tables)
             progress.update(row)
@@ -458,12 +536,14 @@ def _analyze(out, owned, videos, problems, settings, model, artifacts, model_sha
 
 def _remove_dead_staging(out: Path) -> None:
     """What a killed run left: video folders it was staging or swapping (their process is gone; each
-    carries our marker). Nothing else is touched."""
-    from .outputs import dead_staging, remove_staging
+    carries our marker). A swap killed between its two renames is completed (or undone) first, as
+    every writer's is (outputs.recover_swap): the last whole copy of a video's results is never removed."""
+    from .outputs import dead_staging, recover_swap
     for root, dirs, _ in os.walk(out, followlinks=False):
-        for pattern in (".*.staging-*", ".*.replaced-*"):
-            for d in dead_staging(Path(root), pattern):
-                remove_staging(d)
+        for tag in ("staging", "replaced"):
+            for d in dead_staging(Path(root), f".*.{tag}-*"):
+                target = Path(root) / d.name[1:].rsplit(f".{tag}-", 1)[0]
+                recover_swap(target, "staging")
         dirs[:] = [d for d in dirs if not d.startswith(".")]
 
 
@@ -473,6 +553,8 @@ def _run(jobs: list[Job], workers: int | None, dask: str | None, quiet: bool = T
     if not jobs:
         return
     if dask:
+        if quiet:  # distributed logs its start-up at INFO
+            logging.getLogger("distributed").setLevel(logging.WARNING)
         from dask.distributed import Client, LocalCluster, as_completed
         cluster = LocalCluster(n_workers=workers or 2, threads_per_worker=1, processes=True, host="127.0.0.1",
                                dashboard_address=None, silence_logs=logging.WARNING if quiet else logging.INFO) \
@@ -498,7 +580,8 @@ def _run(jobs: list[Job], workers: int | None, dask: str | None, quiet: bool = T
     todo, tries = list(jobs), {id(j): 0 for j in jobs}
     while todo:
         pool = ProcessPoolExecutor(max_workers=min(workers or os.cpu_count() or 1, len(todo)),
-                                   mp_context=mp.get_context("spawn"), initializer=_worker_init)
+                                   mp_context=mp.get_context("spawn"), initializer=_worker_init,
+                                   initargs=(os.getpid(),))
         futures = {pool.submit(analyze_video, job): job for job in todo}
         todo = []
         try:
@@ -581,9 +664,8 @@ def main(argv=None) -> int:
     from .detectors import DetectorError
     from .manifest import ManifestError
     from .packaged import PackagedModelError
+    started = utc_now()
     try:
-        if a.workers is not None and a.workers < 1:
-            raise ConfigError("--workers must be at least 1")
         index = analyze(a.inputs, a.out, workers=a.workers, dask=a.dask, model=a.model, artifacts=a.artifacts or "",
                         every=a.every, fps=a.fps, detector=a.detector, backend=a.backend, csv=a.csv,
                         annotate=a.annotate, quiet=a.quiet)
@@ -595,9 +677,10 @@ def main(argv=None) -> int:
         print(f"edge_runtime.batch: error: {e}", file=sys.stderr)
         return 2
     failed = [r for r in index if r["status"] == "failed"]
-    frames = sum(r["frames"] for r in index)
-    print(f"{len(index)} video(s): {len(index) - len(failed)} analysed, {len(failed)} failed; {frames} frames; "
-          f"index: {Path(a.out) / (INDEX + '.parquet')}")
+    skipped = [r for r in index if r.get("analysed_at", "") < started and r["status"] != "failed"]
+    frames = sum(r["frames"] for r in index if r not in skipped)
+    print(f"{len(index)} video(s): {len(index) - len(failed) - len(skipped)} analysed, {len(skipped)} skipped (done "
+          f"before), {len(failed)} failed; {frames} frames analysed; index: {Path(a.out) / (INDEX + '.parquet')}")
     for r in failed:
         print(f"failed: {r['video']}: {r['error']}", file=sys.stderr)
     return 1 if failed else 0

@@ -311,7 +311,7 @@ def _sealed(d: Path) -> bool:
     return ledger is not None and ledger.get("owner") != "staging"
 
 
-def _recover_swap(out: Path, tag: str) -> None:
+def recover_swap(out: Path, tag: str) -> None:
     """Leftovers of writers that died: a swap killed between its two renames left no folder, the
     finished new one (promoted) and the old one (restored if the new one is not whole). Other
     staging folders of dead writers are removed; a live writer's folder is left alone."""
@@ -342,7 +342,7 @@ def replaced_whole(out, owner: str, *, inputs: Iterable = (), data: Iterable = (
             raise OutputError(f"{flag} {out} holds files '{owner}' did not write ({', '.join(foreign[:3])}"
                               f"{', ...' if len(foreign) > 3 else ''}): move them or choose another folder")
     out.parent.mkdir(parents=True, exist_ok=True)
-    _recover_swap(out, tag)
+    recover_swap(out, tag)
     work = staging_dir(out.parent, f".{out.name}.{tag}-{os.getpid()}")
     try:
         yield work

@@ -400,8 +400,11 @@ class Capture(threading.Thread):
             ms = cap.get(cv2.CAP_PROP_POS_MSEC)
             if ms is None or ms < 0:
                 return None
-            self._media_last = self._media_offset + ms / 1000.0
-            return round(self._media_last, 6)
+            t = self._media_offset + ms / 1000.0
+            if self._media_last is not None and t <= self._media_last:
+                t = self._media_last + self._frame_s  # a demuxer's flush (MPEG-PS) reports 0: time never runs back
+            self._media_last = t
+            return round(t, 6)
         if self.kind == "dir":
             return None
         now = time.monotonic()
@@ -439,6 +442,7 @@ class Capture(threading.Thread):
             if failed and n:  # frames that would not decode, between two that did
                 self.stats.inc("frames_undecodable", failed)
                 log.warning("source %s: %d undecodable frame(s) skipped after frame %d", self.shown, failed, n)
+            self._decoded += failed  # they held places in the file: later frames keep their own numbers
             failed = 0
             if n == 0:
                 self.stats.set_health("ok")

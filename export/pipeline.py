@@ -35,14 +35,14 @@ from edge_runtime.manifest import (SCHEMA_VERSION, Artifact, Manifest, ManifestE
                                    atomic_write_text, read_manifest, sha256_file, write_manifest)
 from edge_runtime.outputs import (OutputError, OwnedDir, check_target, dead_staging, exclusive, held_folders,
                                   model_files, remove_staging, staging_dir)
+from edge_runtime.paths import SOURCE_ROOT, work_root
 from edge_runtime.preprocess import PreprocessSpec, scale_pixels
 from edge_runtime.versions import package_versions
 
 from . import formats as F
 from . import gate as G
 
-REPO = Path(__file__).resolve().parents[1]
-MODELS_DIR = REPO / "models"
+MODELS_DIR = work_root() / "models"
 PACKAGED_DIR = Path(__import__("edge_runtime").__file__).resolve().parent / "models"  # what the package ships
 REPORTS = ("manifest.json", "export_report.json", "export_report.md", "export_worker.log")
 DEFAULT_MODEL = "cbilstm"
@@ -221,11 +221,11 @@ class Worker:
         self.log_path = staging / "worker.log"
 
     def events(self, names: list[str]):
-        env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": str(REPO) + os.pathsep
+        env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": str(SOURCE_ROOT) + os.pathsep
                + os.environ.get("PYTHONPATH", "")}
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen([sys.executable, "-m", "export.worker", str(self.staging), *names],
-                                         stdout=subprocess.PIPE, stderr=log, cwd=REPO, env=env, text=True)
+                                         stdout=subprocess.PIPE, stderr=log, cwd=SOURCE_ROOT, env=env, text=True)
         for line in self.proc.stdout:
             if line.startswith("{"):
                 yield json.loads(line)

@@ -28,7 +28,7 @@ def pick_files(root: Path, split: str, per_class: int) -> dict[str, list[Path]]:
 @pytest.fixture
 def tiny_tree(tmp_path, shared_root, monkeypatch):
     """A small train/ + test/ copy of the shared data in a temp folder (never in the repo)."""
-    monkeypatch.setenv("FER_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("FER_EDGE_CACHE", str(tmp_path / "cache"))
 
     def make(name="tiny", per_class=6, test_name="test", rename=None):
         root = tmp_path / name

@@ -2,6 +2,7 @@
 frame, the events the camera daemon writes for each video; tables load in pandas with the container's
 times; a SIGKILLed run resumes with every video done exactly once; a corrupt video is a failed row."""
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -179,3 +180,79 @@ def test_inputs_spelled_twice_annotation_and_what_a_rerun_redoes(archive, tmp_pa
     rows = analyze([video], out, workers=1, every=2)  # other settings: the folder would be replaced
     assert rows[0]["status"] == "failed" and "my-notes.txt" in rows[0]["error"]
     assert (folder / "my-notes.txt").read_text() == "mine" and (folder / "annotated.webm").is_file()
+
+
+def _batch(*args, timeout=300):
+    return subprocess.run([sys.executable, "-m", "edge_runtime.batch", *map(str, args), "--workers", "1", "--quiet"],
+                          capture_output=True, text=True, cwd=REPO, timeout=timeout)
+
+
+def _dead_pid() -> int:
+    p = subprocess.Popen([sys.executable, "-c", "pass"])
+    p.wait()
+    return p.pid
+
+
+def test_what_a_hostile_probe_broke_stays_fixed(archive, tmp_path):
+    """Each finding of the probe of this command (2026-12-07), on real files."""
+    import os
+    src = tmp_path / "in"
+    (src / "sub").mkdir(parents=True)
+    good = src / "good.avi"
+    good.write_bytes((archive / "lobby" / "clip.avi").read_bytes())  # 24 frames at 12.5 fps
+    # a frame that does not decode keeps its place: frames after it keep their own numbers and times
+    data = bytearray(good.read_bytes())
+    starts = [i for i in range(len(data) - 1) if data[i] == 0xFF and data[i + 1] == 0xD8]
+    data[starts[10] + 200:starts[10] + 2500] = bytes(2300)
+    (src / "sub" / "holed.avi").write_bytes(bytes(data))
+    # a symlinked folder is searched; a FIFO named like a video is a failed row, never opened
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "linked.avi").write_bytes(good.read_bytes()[:-1] + b"\x00")
+    (src / "link").symlink_to(tmp_path / "elsewhere", target_is_directory=True)
+    os.mkfifo(src / "pipe.mp4")
+    out = tmp_path / "out"
+    r = _batch(src, "--out", out)
+    assert r.returncode == 1, r.stderr[-2000:]  # the FIFO failed
+    index = pd.read_parquet(out / "index.parquet").assign(name=lambda d: [Path(p).name for p in d["path"]])
+    rows = index.set_index("name")
+    assert set(rows.index) == {"good.avi", "holed.avi", "linked.avi", "pipe.mp4"}
+    assert rows.loc["pipe.mp4", "status"] == "failed" and "not a regular file" in rows.loc["pipe.mp4", "error"]
+    assert rows.loc["holed.avi", "status"] == "partial" and rows.loc["holed.avi", "frames_undecodable"] == 1
+    frames = pd.read_parquet(out / rows.loc["holed.avi", "video"] / "frames.parquet")
+    assert 10 not in set(frames["frame"]) and frames["frame"].max() == 23
+    assert frames["media_s"].tolist() == pytest.approx((frames["frame"] / 12.5).tolist(), abs=1e-6)
+    assert set(rows["detector"]) == {"yunet"} and rows["analysed_at"].str.endswith("Z").all()
+    assert "4 video(s): 3 analysed, 0 skipped" in r.stdout
+    # a re-run says what it skipped
+    r = _batch(src, "--out", out)
+    assert "0 analysed, 3 skipped (done before), 1 failed" in r.stdout, r.stdout
+    # a kill between a swap's two renames (old folder set aside, new one sealed but not yet in place),
+    # then a run on another video: the video's results come back, never both copies removed
+    target = out / rows.loc["good.avi", "video"]
+    pid = _dead_pid()
+    shutil.copytree(target, target.with_name(f".{target.name}.staging-{pid}"))
+    os.replace(target, target.with_name(f".{target.name}.replaced-{pid}"))
+    other = tmp_path / "other.avi"
+    other.write_bytes((archive / "door" / "clip.avi").read_bytes())
+    assert _batch(other, "--out", out).returncode == 0
+    assert (target / "done.json").is_file() and (target / "frames.parquet").is_file()
+    assert not list(target.parent.glob(f".{target.name}.*"))
+    # an index.csv the user put there is never replaced: refused, kept
+    (out / "index.csv").write_text("mine\n")
+    r = _batch(other, "--out", out, "--csv")
+    assert r.returncode == 2 and "index.csv" in r.stderr and (out / "index.csv").read_text() == "mine\n"
+    (out / "index.csv").unlink()
+    # a video that fails now has its earlier results removed: no table describes content that is gone
+    good.write_bytes(b"not a video any more")
+    r = _batch(src, "--out", out)
+    assert r.returncode == 1 and not target.exists()
+    assert pd.read_parquet(out / "index.parquet").set_index("video").loc[rows.loc["good.avi", "video"], "status"] == "failed"
+    # bad numbers say which flag is wrong; a file is not a folder
+    for args, words in ((["--every", "0"], "--every must be"), (["--fps", "-1"], "--fps must be"),
+                        (["--workers", "0"], "--workers must be")):
+        r = subprocess.run([sys.executable, "-m", "edge_runtime.batch", str(other), "--out", str(tmp_path / "o3"),
+                            *args], capture_output=True, text=True, cwd=REPO, timeout=120)
+        assert r.returncode == 2 and words in r.stderr and r.stderr.count("\n") == 1, r.stderr
+    r = subprocess.run([sys.executable, "-m", "edge_runtime.batch", str(other), "--out", str(other)],
+                       capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1

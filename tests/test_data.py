@@ -97,7 +97,7 @@ def test_cache_makes_the_second_load_fast(tiny_tree, tmp_path):
     root = tiny_tree(per_class=20)
     spec = PreprocessSpec(size=48)
     first = load_folder_split(root / "train", spec, progress=False)
-    cached = list((tmp_path / "cache").glob("*.npz"))
+    cached = list((tmp_path / "cache" / "data").glob("*.npz"))  # $FER_EDGE_CACHE/data (edge_runtime/paths.py)
     assert len(cached) == 1
     t0 = time.perf_counter()
     second = load_folder_split(root / "train", spec, progress=False)

@@ -121,7 +121,7 @@ def test_a_swap_killed_between_its_renames_is_recovered(tmp_path):
     """The old run moved aside, the new one not yet in place, the process killed: the next training
     promotes the finished (sealed) new run, or restores the old one if the new one is not whole. A
     folder that merely has a staging folder's name, without our marker, is never touched."""
-    from edge_runtime.outputs import _recover_swap, seal, staging_dir
+    from edge_runtime.outputs import recover_swap, seal, staging_dir
     dead = 2 ** 22 + 12345  # no such process
     out = tmp_path / "run"
     new, old = tmp_path / f".run.training-{dead}", tmp_path / f".run.replaced-{dead}"
@@ -130,7 +130,7 @@ def test_a_swap_killed_between_its_renames_is_recovered(tmp_path):
         (d / "manifest.json").write_text(json.dumps({"tag": tag}))
     seal(new, "train")
     seal(old, "train")
-    _recover_swap(out, "training")
+    recover_swap(out, "training")
     assert json.loads((out / "manifest.json").read_text())["tag"] == "new" and not new.exists() and not old.exists()
 
     shutil.rmtree(out)
@@ -138,14 +138,14 @@ def test_a_swap_killed_between_its_renames_is_recovered(tmp_path):
     staging_dir(tmp_path, old.name)
     (old / "manifest.json").write_text(json.dumps({"tag": "old"}))
     seal(old, "train")
-    _recover_swap(out, "training")
+    recover_swap(out, "training")
     assert json.loads((out / "manifest.json").read_text())["tag"] == "old" and not new.exists()
 
     shutil.rmtree(out)
     lookalike = tmp_path / f".run.training-{dead}"  # the user's own folder with that name
     lookalike.mkdir()
     (lookalike / "notes.txt").write_text("mine")
-    _recover_swap(out, "training")
+    recover_swap(out, "training")
     assert (lookalike / "notes.txt").read_text() == "mine" and not out.exists()
 
 

@@ -87,6 +87,11 @@ for model in ("auto", "cbilstm", "cbilstm-lite"):
         assert out["classes"][0] == "angry" and len(out["labels"]) == 1 and abs(out["sum"] - 1) < 0.02
         assert "litert" in out["runtime"]
     assert [o["model"] for o in outs[1:]] == ["cbilstm", "cbilstm-lite"] and outs[0]["why"].startswith("auto")
+    # installed, the work folders are the current folder's and the cache is the user's (edge_runtime/paths.py)
+    where = run(py, "-c", "from edge_runtime import paths as p; print(p.checkout(), p.work_root(), p.cache_dir('probed'))",
+                cwd=work, env={**{k: v for k, v in env.items() if k != "FER_EDGE_CACHE"},
+                                        "XDG_CACHE_HOME": str(tmp_path / "xdg")}).stdout.split()
+    assert where == ["None", str(work), str(tmp_path / "xdg" / "fer-edge" / "probed")]
 
     video = work / "clip.avi"
     truth = make_video(video, SHARED, n_faces=2, frames=10, seed=3)

@@ -21,10 +21,10 @@ from tqdm.auto import tqdm
 
 from edge_runtime.labels import CSV_ORDER, LABELS, canonical_label
 from edge_runtime.manifest import atomic_write_bytes
+from edge_runtime.paths import cache_dir, shared_dir
 from edge_runtime.preprocess import PreprocessSpec, to_uint8
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED_ROOT = REPO.parent / "shared" / "data" / "fer2013"
+SHARED_ROOT = shared_dir("data", "fer2013")
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".pgm", ".webp", ".tif", ".tiff"}
 EVAL_DIRS = ("test", "validation", "val", "publictest")
 CACHE_VERSION = 2  # 2: truncated JPEG/PNG files are skipped
@@ -157,7 +157,7 @@ def list_class_folders(split_dir: Path) -> list[tuple[str, int]]:
 
 
 def _cache_dir() -> Path:
-    return Path(os.environ.get("FER_CACHE", REPO / ".cache" / "data"))
+    return cache_dir("data")
 
 
 def _cache_key(parts: list[str], spec: PreprocessSpec) -> str:

@@ -32,13 +32,15 @@ from edge_runtime.manifest import ManifestError, read_manifest
 from edge_runtime.outputs import add_overwrite_flag, claim_file, record_file
 from edge_runtime.preprocess import PreprocessSpec, scale_pixels
 
-from .data import REPO, DataError, Split, load_dataset, resolve_root
+from edge_runtime.paths import work_root
+
+from .data import DataError, Split, load_dataset, resolve_root
 from .distill import FORMAT, write_labels
 
 WRITER = "python -m train.kfold"
 
 FOLD_FORMAT = "fer-kfold-labels/1"
-FOLDS_DIR = REPO / "models" / "kfold"
+FOLDS_DIR = work_root() / "models" / "kfold"
 FOLD_SEED = 0  # fold membership; the validation split keeps python -m train's own seed
 
 
@@ -167,7 +169,7 @@ def main(argv=None) -> int:
     t = sub.add_parser("teach", help="train one teacher and label its held-out fold")
     t.add_argument("--fold", type=int, required=True, help="the fold this teacher labels (0 .. k-1)")
     t.add_argument("--epochs", type=int, help="teacher epochs (default: the cbilstm recipe's)")
-    t.add_argument("--runs", type=Path, default=REPO / "runs" / "kfold", help="teacher run folders (default runs/kfold)")
+    t.add_argument("--runs", type=Path, default=work_root() / "runs" / "kfold", help="teacher run folders (default runs/kfold)")
     t.add_argument("--fraction", metavar="SHARE", type=float, default=1.0,
                    help="thin train/ and test/ to this stratified share, for quick runs (default 1.0)")
     t.add_argument("--threads", metavar="N", type=int, help="TensorFlow CPU threads, 1 .. the CPUs (default: all)")

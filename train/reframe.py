@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
 from pathlib import Path
 
 import cv2
@@ -25,10 +24,11 @@ from edge_runtime.config import DetectorConfig
 from edge_runtime.detectors import calibrated_crop, make_detector
 from edge_runtime.geometry import crop_faces, iou_matrix
 from edge_runtime.manifest import atomic_write_bytes
+from edge_runtime.paths import cache_dir
 from edge_runtime.preprocess import PreprocessSpec, to_gray, to_uint8
 from edge_runtime.synthetic import background
 
-from .data import REPO, Split
+from .data import Split
 
 FRAME = (640, 480)
 SIDES = (64, 200)  # face sizes in the frame, px: the pipeline benchmark's range
@@ -39,7 +39,7 @@ def _cache_path(split: Split, spec: PreprocessSpec, detector, crop, seed: int) -
     key = json.dumps([split.files_hash(), spec.to_dict(), type(detector).__name__,
                       getattr(detector, "model", None), getattr(detector, "size", None), crop.to_dict(), seed,
                       FRAME, SIDES], sort_keys=True)
-    root = Path(os.environ.get("FER_CACHE", REPO / ".cache")) / "reframe"
+    root = cache_dir("reframe")
     return root / f"{hashlib.sha256(key.encode()).hexdigest()[:20]}.npz"
 
 
