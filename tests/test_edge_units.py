@@ -402,3 +402,29 @@ def test_inline_decoding_gives_the_threaded_frames_and_events(tmp_path):
     assert events_t == events_i and len(events_i) >= 20
     assert not any(t.name == "capture" for t in threading.enumerate())
     assert len({f[3] for f in frames_i}) == 1 and frames_i[0][3] < frames_t[0][3]  # one thread fewer
+
+
+def test_a_files_media_time_never_runs_back(tmp_path):
+    """MPEG-PS demuxers report 0 for the frame after their flush: it gets the previous time + one frame."""
+    class FlushingFile:  # the calls Capture makes of cv2.VideoCapture, with the times such a file reports
+        times = iter([0.0, 40.0, 80.0, 0.0])
+
+        def isOpened(self):  # noqa: N802 - mirrors cv2.VideoCapture
+            return True
+
+        def read(self):
+            self.ms = next(self.times, None)
+            return (self.ms is not None), (np.zeros((8, 8, 3), np.uint8) if self.ms is not None else None)
+
+        def get(self, prop):
+            return 25.0 if prop == cv2.CAP_PROP_FPS else self.ms
+
+        def release(self):
+            pass
+
+    video = tmp_path / "x.mpg"
+    video.write_bytes(b"stand-in")
+    cap = Capture(str(video), Stats(), opener=lambda *a: FlushingFile(), threaded=False)
+    cap.start()
+    got = [f.media_s for f in iter(lambda: cap.get(0), None)]
+    assert got == pytest.approx([0.0, 0.04, 0.08, 0.12])
