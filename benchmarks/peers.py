@@ -11,7 +11,7 @@ import importlib.util
 import shutil
 from pathlib import Path
 
-from edge_runtime.manifest import SCHEMA_VERSION, sha256_file, write_manifest
+from edge_runtime.manifest import SCHEMA_VERSION, Status, sha256_file, write_manifest
 from edge_runtime.preprocess import PreprocessSpec
 
 FER_LABELS = ["angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"]
@@ -56,7 +56,7 @@ def peer_manifest_dir(name: str, cache: Path) -> Path:
         "schema": SCHEMA_VERSION, "kind": "peer", "model": name, "description": peer["description"],
         "labels": peer["labels"], "preprocessing": peer["preprocessing"].to_dict(),
         "artifacts": {peer["artifact"]: {
-            "file": dst.name, "format": "tflite", "precision": peer["precision"], "status": "usable",
+            "file": dst.name, "format": "tflite", "precision": peer["precision"], "status": Status.USABLE,
             "sha256": sha256_file(dst), "size": dst.stat().st_size,
             "input": {"shape": [1, 64, 64, 1], "dtype": "float32"},
             "output": {"shape": [1, 7], "dtype": "float32"}}},

@@ -28,12 +28,12 @@ from pathlib import Path
 import numpy as np
 
 from .labels import LABELS, remap_indices
-from .manifest import Artifact, Manifest, ManifestError, Tensor, artifact_path, read_manifest, verify_file
+from .manifest import Artifact, Manifest, ManifestError, Status, Tensor, artifact_path, read_manifest, verify_file
 from .paths import SOURCE_ROOT, cache_dir
 
 log = logging.getLogger(__name__)
 
-STATUS_USABLE = "usable"
+STATUS_USABLE = Status.USABLE
 # Accuracy is scored one face per call, as a one-face frame sees it: onnx-int8 quantizes LSTM/MatMul
 # activations dynamically, with a scale computed per call over the whole batch, so its outputs
 # depend on which faces share a batch. Export and benchmarks both score with this batch size.

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from enum import Enum
 import os
 import tempfile
 from dataclasses import dataclass, field, fields, replace
@@ -20,6 +21,17 @@ SCHEMA_VERSION = 1
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 MANIFEST_NAME = "manifest.json"
+
+
+class Status(str, Enum):
+    """An artifact's status: the one place these words are written (export's gate, the backends and
+    the benchmark's peers use these members; in JSON they are the plain words)."""
+    USABLE = "usable"      # passed the gate: a device may load it
+    REJECTED = "rejected"  # converted and ran, but the gate refused its accuracy
+    FAILED = "failed"      # did not convert or did not run
+
+    def __str__(self) -> str:
+        return self.value
 
 
 class ManifestError(Exception):
@@ -129,7 +141,7 @@ class Artifact:
     """One model file of an export: what it is, its checksum, and what the export measured."""
     format: str                       # tflite | onnx | keras (the reference)
     precision: str                    # fp32 | int8 | dr | int16x8 ...
-    status: str                       # usable | rejected (by the gate) | failed (did not convert or run)
+    status: str                       # a Status: usable | rejected (by the gate) | failed (did not convert or run)
     file: str | None = None           # a plain file name in the manifest's folder; None when it failed
     sha256: str | None = None
     size: int | None = None
@@ -159,6 +171,10 @@ class Artifact:
         for key in ("format", "precision", "status"):
             if not isinstance(d.get(key), str):
                 raise ManifestError(f"{where}: {key} {d.get(key)!r:.60} should be a string")
+        if d["status"] not in {s.value for s in Status}:
+            raise ManifestError(f"{where}: status {d['status']!r:.60} should be one of "
+                                f"{', '.join(s.value for s in Status)}")
+        d["status"] = Status(d["status"])
         for key in ("input", "output"):
             if d.get(key) is not None:
                 d[key] = Tensor.from_dict(d[key], f"{where}.{key}")
@@ -289,7 +305,7 @@ class Manifest:
         return out
 
     def usable(self) -> dict[str, Artifact]:
-        return {n: a for n, a in self.artifacts.items() if a.status == "usable"}
+        return {n: a for n, a in self.artifacts.items() if a.status == Status.USABLE}
 
 
 def unique_keys(pairs: list[tuple[str, object]]) -> dict:

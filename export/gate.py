@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from edge_runtime.manifest import Manifest
+from edge_runtime.manifest import Manifest, Status
 from train.scores import macro_f1
 
-USABLE, REJECTED, FAILED = "usable", "rejected", "failed"
+USABLE, REJECTED, FAILED = Status.USABLE, Status.REJECTED, Status.FAILED
 
 
 def score(probs: np.ndarray, y_true: np.ndarray, ref_probs: np.ndarray | None = None,
