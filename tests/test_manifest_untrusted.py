@@ -60,6 +60,7 @@ def _set(path, value):
     (_set(["preprocessing"], None), "bad preprocessing spec"),
     (_set(["labels"], "angry"), "not the FER2013 emotions"),
     (_set(["artifacts", "tflite-int8", "fiel"], "x.tflite"), "unknown key 'fiel'"),
+    (_set(["artifacts", "tflite-int8", "status"], "Usable"), "should be one of usable, rejected, failed"),
     (_set(["modle"], "cbilstm"), "unknown key 'modle'"),
     (_set(["kind"], "weights"), "is not one of run, artifacts, peer"),
     (_set(["schema"], 99), "written by a newer version (schema 99"),
