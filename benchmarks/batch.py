@@ -68,7 +68,12 @@ def main(argv=None) -> int:
     p.add_argument("--md", help="also write the table here")
     add_overwrite_flag(p)
     a = p.parse_args(argv)
-    work = OwnedDir.claim(Path(a.work), WRITER).path
+    from edge_runtime.outputs import OutputError
+    try:
+        work = OwnedDir.claim(Path(a.work), WRITER, flag="--work").path
+    except OutputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     archive = work / "videos"
     archive.mkdir(exist_ok=True)
     work_dir = OwnedDir(work, WRITER)
