@@ -19,7 +19,7 @@ import cv2
 import numpy as np
 from tqdm.auto import tqdm
 
-from edge_runtime.labels import CSV_ORDER, LABELS, canonical_label
+from edge_runtime.labels import CSV_ORDER, LABELS, NUM_CLASSES, canonical_label
 from edge_runtime.manifest import atomic_write_bytes
 from edge_runtime.paths import cache_dir, shared_dir
 from edge_runtime.preprocess import PreprocessSpec, to_uint8
@@ -27,6 +27,7 @@ from edge_runtime.preprocess import PreprocessSpec, to_uint8
 SHARED_ROOT = shared_dir("data", "fer2013")
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".pgm", ".webp", ".tif", ".tiff"}
 EVAL_DIRS = ("test", "validation", "val", "publictest")
+FOLD_SEED = 0  # k-fold membership (train.kfold); the validation split keeps python -m train's own seed
 CACHE_VERSION = 2  # 2: truncated JPEG/PNG files are skipped
 GET_DATA_HINT = ("get FER2013 (e.g. Kaggle 'msambare/fer2013' image folders or the original fer2013.csv) "
                  "and pass --data DIR or set FER_DATA")
@@ -342,6 +343,21 @@ def load_dataset(root=None, spec: PreprocessSpec = PreprocessSpec(), val_fractio
     return Dataset(root, layout, train, val, test, eval_name, val_fraction, seed)
 
 
+def load_train_split(root=None, spec: PreprocessSpec = PreprocessSpec(), fraction: float = 1.0, seed: int = 1337,
+                     progress: bool = True) -> tuple[Path, Split]:
+    """Only the training split (stratified ``fraction`` as load_dataset takes it), for work that carves
+    its own folds (the grid search) and never needs test/: -> (resolved root, split)."""
+    if not 0.0 < fraction <= 1.0:
+        raise DataError("--fraction must be in (0, 1]")
+    root = resolve_root(root)
+    layout, train_src, _, _ = find_layout(root)
+    train = load_csv(train_src, spec, progress)["Training"] if layout == "csv" else \
+        load_folder_split(train_src, spec, progress)
+    if fraction < 1.0:
+        train = train.take(stratified_indices(train.labels, fraction, seed)[0])
+    return root, train
+
+
 def load_test_split(root, spec: PreprocessSpec, progress: bool = False) -> tuple[Split, str]:
     """Only the evaluation split of a data root (or any image-folder split with class sub-folders)."""
     root = resolve_root(root)
@@ -354,3 +370,15 @@ def load_test_split(root, spec: PreprocessSpec, progress: bool = False) -> tuple
             raise DataError(f"{train_src} has no {eval_name} rows")
         return parts[eval_name], eval_name
     return load_folder_split(eval_dir, spec, progress), eval_name
+
+
+def fold_of(labels: np.ndarray, k: int, seed: int = FOLD_SEED) -> np.ndarray:
+    """A fold number in [0, k) per face, stratified: each class is spread evenly over the folds."""
+    if not 2 <= k <= 20:
+        raise ValueError(f"k must be in [2, 20], not {k!r}")
+    rng = np.random.default_rng(seed)
+    out = np.empty(len(labels), np.int64)
+    for c in range(NUM_CLASSES):
+        idx = np.flatnonzero(labels == c)
+        out[idx[rng.permutation(len(idx))]] = np.arange(len(idx)) % k
+    return out

@@ -25,7 +25,7 @@ from edge_runtime.versions import package_versions
 
 from . import reports
 from .scores import metrics
-from .data import Dataset, load_dataset
+from .data import Dataset, fold_of, load_dataset
 from .models import DISTILL_WEIGHT, Recipe, build, get_entry, parse_stem
 
 
@@ -406,7 +406,6 @@ def _training_data(cfg: TrainConfig, spec: PreprocessSpec, data_root, out_dir: P
     """Load and split the data (less the held-out fold of a teacher); write the data report and pictures."""
     data = load_dataset(data_root, spec, cfg.val_fraction, cfg.seed, cfg.fraction, cfg.progress)
     if cfg.holdout:
-        from .kfold import fold_of
         k, fold, fold_seed = cfg.holdout
         data.train = data.train.take(np.flatnonzero(fold_of(data.train.labels, k, fold_seed) != fold))
         print(f"out-of-fold teacher: fold {fold} of {k} held out; training on the other {len(data.train):,} faces")

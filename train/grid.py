@@ -208,20 +208,13 @@ def check_cells(cells: list[dict], base_model: str):
 # ---------------------------------------------------------------- data
 
 def load_train_split(root, spec, fraction: float, seed: int, progress: bool = True):
-    """The train split only (stratified ``fraction`` as in train.data.load_dataset) -> X, y."""
+    """The train split only (train.data.load_train_split), scaled for the network -> root, X, y."""
     from edge_runtime.preprocess import scale_pixels
 
-    from .data import find_layout, load_csv, load_folder_split, resolve_root, skipped_note, stratified_indices
-    if not 0.0 < fraction <= 1.0:
-        raise DataError("--fraction must be in (0, 1]")
-    root = resolve_root(root)
-    layout, train_src, _, _ = find_layout(root)
-    train = load_csv(train_src, spec, progress)["Training"] if layout == "csv" else \
-        load_folder_split(train_src, spec, progress)
+    from .data import load_train_split as load, skipped_note
+    root, train = load(root, spec, fraction, seed, progress)
     if note := skipped_note(train=train):
         print(f"warning: {note}", file=sys.stderr)
-    if fraction < 1.0:
-        train = train.take(stratified_indices(train.labels, fraction, seed)[0])
     return root, scale_pixels(train.images, spec), train.labels
 
 

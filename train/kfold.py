@@ -34,26 +34,13 @@ from edge_runtime.preprocess import PreprocessSpec, scale_pixels
 
 from edge_runtime.paths import work_root
 
-from .data import DataError, Split, load_dataset, resolve_root
+from .data import FOLD_SEED, DataError, Split, fold_of, load_dataset, resolve_root
 from .distill import FORMAT, write_labels
 
 WRITER = "python -m train.kfold"
 
 FOLD_FORMAT = "fer-kfold-labels/1"
 FOLDS_DIR = work_root() / "models" / "kfold"
-FOLD_SEED = 0  # fold membership; the validation split keeps python -m train's own seed
-
-
-def fold_of(labels: np.ndarray, k: int, seed: int = FOLD_SEED) -> np.ndarray:
-    """A fold number in [0, k) per face, stratified: each class is spread evenly over the folds."""
-    if not 2 <= k <= 20:
-        raise ValueError(f"k must be in [2, 20], not {k!r}")
-    rng = np.random.default_rng(seed)
-    out = np.empty(len(labels), np.int64)
-    for c in range(NUM_CLASSES):
-        idx = np.flatnonzero(labels == c)
-        out[idx[rng.permutation(len(idx))]] = np.arange(len(idx)) % k
-    return out
 
 
 def files_hash(files: list[str]) -> str:
