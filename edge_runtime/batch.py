@@ -357,7 +357,9 @@ def _drop_stale(out: Path, job: Job) -> None:
     target = _video_dir(out, job.rel)
     ledger = read_ledger(target) if target.is_dir() else None
     if ledger is not None and ledger.get("owner") == WRITER and not OwnedDir(target, WRITER).foreign():
-        shutil.rmtree(target)
+        gone = target.with_name(f".{target.name}.dropped-{os.getpid()}")  # out of sight at once, then removed
+        os.replace(target, gone)
+        shutil.rmtree(gone)
         log.warning("%s: removed the results of its earlier content (it failed now)", job.rel)
 
 
@@ -471,7 +473,8 @@ def _analyze(out, owned, videos, problems, settings, model, artifacts, model_sha
     if foreign := [f for f in index_files(settings.tables) if (out / f).exists() and not owned.owns(f)]:
         raise OutputError(f"--out {out} holds {', '.join(foreign)}, which this command did not write: move it, "
                           "or choose another folder")
-    for f in names:  # temp files of an index write that a kill interrupted (only one run writes here)
+    from .outputs import MARKER
+    for f in [*names, MARKER]:  # temp files of a write that a kill interrupted (only one run writes here)
         for tmp in out.glob(f".{f}.*.tmp"):
             tmp.unlink(missing_ok=True)
     _remove_dead_staging(out)
@@ -480,6 +483,7 @@ def _analyze(out, owned, videos, problems, settings, model, artifacts, model_sha
         rows.update({r["video"]: r for r in json.loads((out / f".{INDEX}.json").read_text())})
     except (OSError, ValueError, TypeError, KeyError):
         pass
+    _agree_with_folders(out, rows)
     mine: list[str] = []  # this run's videos: what the return value, the summary and the exit code are about
     jobs, progress = [], _Progress(len(videos) + len(problems), quiet)
     for name, problem in problems:
@@ -534,17 +538,35 @@ def _analyze(out, owned, videos, problems, settings, model, artifacts, model_sha
     return index
 
 
+def _agree_with_folders(out: Path, rows: dict[str, dict]) -> None:
+    """A kill between a video's folder swap and the index write leaves the index a step behind: each
+    row takes what the video's own folder says (its done.json), and a row whose folder is gone says so."""
+    for name, row in rows.items():
+        if row.get("status") == "failed":
+            continue
+        try:
+            done = json.loads((_video_dir(out, name) / DONE).read_text())
+        except (OSError, ValueError):
+            rows[name] = {**row, "status": "failed", "error": "its results folder is gone (removed, or a run was "
+                                                          "killed while replacing it): run it again"}
+            continue
+        if isinstance(done, dict) and isinstance(done.get("row"), dict) and done["row"] != row:
+            rows[name] = done["row"]
+
+
 def _remove_dead_staging(out: Path) -> None:
     """What a killed run left: video folders it was staging or swapping (their process is gone; each
     carries our marker). A swap killed between its two renames is completed (or undone) first, as
     every writer's is (outputs.recover_swap): the last whole copy of a video's results is never removed."""
-    from .outputs import dead_staging, recover_swap
+    from .outputs import dead_staging, recover_swap, remove_staging
     for root, dirs, _ in os.walk(out, followlinks=False):
         for tag in ("staging", "replaced"):
             for d in dead_staging(Path(root), f".*.{tag}-*"):
                 target = Path(root) / d.name[1:].rsplit(f".{tag}-", 1)[0]
                 recover_swap(target, "staging")
-        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        for d in dead_staging(Path(root), ".*.dropped-*"):  # a stale folder a killed run was removing
+            remove_staging(d)
+        dirs[:] = [d for d in dirs if not any(f".{tag}-" in d for tag in ("staging", "replaced", "dropped"))]
 
 
 def _run(jobs: list[Job], workers: int | None, dask: str | None, quiet: bool = True):

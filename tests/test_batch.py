@@ -237,6 +237,17 @@ def test_what_a_hostile_probe_broke_stays_fixed(archive, tmp_path):
     assert _batch(other, "--out", out).returncode == 0
     assert (target / "done.json").is_file() and (target / "frames.parquet").is_file()
     assert not list(target.parent.glob(f".{target.name}.*"))
+    # a kill after a video's folder was swapped but before the index was written: the index follows
+    # the folder; a stale folder a killed run was removing (out of sight already) is removed
+    index_json = out / ".index.json"
+    stale = json.loads(index_json.read_text())
+    for row in stale:
+        row["faces"] = 999 if row["status"] != "failed" else row["faces"]
+    index_json.write_text(json.dumps(stale))
+    shutil.copytree(target, target.with_name(f".{target.name}.dropped-{pid}"))
+    assert _batch(other, "--out", out).returncode == 0
+    assert 999 not in set(pd.read_parquet(out / "index.parquet")["faces"])
+    assert not list(target.parent.glob(f".{target.name}.*"))
     # an index.csv the user put there is never replaced: refused, kept
     (out / "index.csv").write_text("mine\n")
     r = _batch(other, "--out", out, "--csv")
