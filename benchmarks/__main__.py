@@ -14,7 +14,8 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from edge_runtime.config import check_threads
-from edge_runtime.manifest import Manifest, ManifestError, atomic_write_json, atomic_write_text, read_manifest
+from edge_runtime.manifest import (ARTIFACT_KINDS, REFERENCE, Manifest, ManifestError, atomic_write_json,
+                                   atomic_write_text, read_manifest)
 from edge_runtime.outputs import (OutputError, OwnedDir, add_overwrite_flag, check_target, claim_file, model_files,
                                   read_ledger, record_file)
 from edge_runtime.paths import SOURCE_ROOT, cache_dir, checkout
@@ -24,7 +25,7 @@ from train.data import data_root_or_none
 from . import report
 from .peers import PEERS, PeerError, peer_manifest_dir
 
-ORDER = ("keras", "tflite-fp32", "tflite-int8", "onnx-fp32", "onnx-int8")
+ORDER = (REFERENCE, *(k.name for k in ARTIFACT_KINDS))  # rows in the export's order
 WRITER = "python -m benchmarks"  # its name in ownership ledgers
 
 

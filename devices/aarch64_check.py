@@ -52,7 +52,7 @@ try:  # the rootfs venv has the project installed (pip install .); a dev checkou
     import edge_runtime  # noqa: F401
 except ImportError:
     sys.path.insert(0, str(REPO))
-from edge_runtime.manifest import Manifest, ManifestError, read_manifest  # noqa: E402
+from edge_runtime.manifest import DEVICE_ORDER, Manifest, ManifestError, read_manifest  # noqa: E402
 WORK = REPO / ".cache" / "aarch64-check"
 VENV_IN = "/opt/fer-edge"
 FP32_TOL = 1e-4
@@ -571,7 +571,7 @@ def check(args) -> int:
     from edge_runtime.labels import LABELS
     t_start = time.perf_counter()
     c, truth, video, frames_dir = prepare(args)
-    names = [n for n in ("tflite-int8", "tflite-fp32", "onnx-fp32", "onnx-int8") if n in c.manifest.usable()]
+    names = [n for n in DEVICE_ORDER if n in c.manifest.usable()]
     probe_out = run_probes(c, names, video)
     ok = probe_out["x86_64"]["batch_sha"] == probe_out["aarch64"]["batch_sha"]
     say(f"preprocessed batch identical on both: {ok} ({probe_out['x86_64']['batch_sha']})")

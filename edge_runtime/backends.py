@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from .labels import LABELS, remap_indices
-from .manifest import Artifact, Manifest, ManifestError, Status, Tensor, artifact_path, read_manifest, verify_file
+from .manifest import DEVICE_ORDER, Artifact, Manifest, ManifestError, Status, Tensor, artifact_path, read_manifest, verify_file
 from .paths import SOURCE_ROOT, cache_dir
 
 log = logging.getLogger(__name__)
@@ -38,8 +38,7 @@ STATUS_USABLE = Status.USABLE
 # activations dynamically, with a scale computed per call over the whole batch, so its outputs
 # depend on which faces share a batch. Export and benchmarks both score with this batch size.
 SCORING_BATCH = 1
-# `auto` tries these in order: int8 TFLite is the smallest and fastest form on ARM CPUs.
-AUTO_ORDER = ("tflite-int8", "onnx-int8", "tflite-fp32", "onnx-fp32")
+AUTO_ORDER = DEVICE_ORDER  # `auto` tries these in order (manifest.py)
 
 
 class BackendError(Exception):

@@ -34,6 +34,25 @@ class Status(str, Enum):
         return self.value
 
 
+@dataclass(frozen=True)
+class ArtifactKind:
+    name: str       # the artifact's key in a manifest
+    format: str     # runtime format: tflite | onnx
+    precision: str  # fp32 | int8 | dr (int8 weights, float activations) | int16x8
+
+
+REFERENCE = "keras"  # the trained model an export scores its artifacts against
+# Every artifact an export can write, in the export's order; export.formats adds how each is made.
+ARTIFACT_KINDS: tuple[ArtifactKind, ...] = (
+    ArtifactKind("tflite-fp32", "tflite", "fp32"), ArtifactKind("onnx-fp32", "onnx", "fp32"),
+    ArtifactKind("tflite-int8", "tflite", "int8"), ArtifactKind("onnx-int8", "onnx", "int8"),
+    ArtifactKind("tflite-dr", "tflite", "dr"), ArtifactKind("tflite-int16x8", "tflite", "int16x8"),
+)
+ARTIFACT_KIND_BY_NAME = {k.name: k for k in ARTIFACT_KINDS}
+# what a device loads first (backend `auto`): int8 TFLite is the smallest and fastest form on ARM CPUs
+DEVICE_ORDER = ("tflite-int8", "onnx-int8", "tflite-fp32", "onnx-fp32")
+
+
 class ManifestError(Exception):
     """A manifest or the file it describes cannot be trusted."""
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-REFERENCE = "keras"
+from edge_runtime.manifest import ARTIFACT_KIND_BY_NAME, REFERENCE  # noqa: F401 - REFERENCE: for the pipeline
 
 
 @dataclass(frozen=True)
@@ -23,19 +23,26 @@ class Format:
     notes: str = ""
 
 
+def _made(name: str, suffix: str, tag: str, converter: str, **kw) -> Format:
+    """A format of edge_runtime.manifest.ARTIFACT_KINDS (its name, runtime format and precision) and how
+    export makes it."""
+    kind = ARTIFACT_KIND_BY_NAME[name]
+    return Format(kind.name, suffix, kind.format, kind.precision, tag, converter, **kw)
+
+
 FORMATS: tuple[Format, ...] = (
-    Format("tflite-fp32", ".tflite", "tflite", "fp32", "fp32", "export.tflite:convert_fp32",
-           notes="batch 1, unrolled LSTMs (exact), LiteRT/tflite-runtime"),
-    Format("onnx-fp32", ".onnx", "onnx", "fp32", "fp32", "export.onnx:convert_fp32",
-           notes="opset 17, dynamic batch, ONNX LSTM ops"),
-    Format("tflite-int8", ".tflite", "tflite", "int8", "int8", "export.tflite:convert_int8", int8=True,
-           notes="full integer 8x8, int8 input/output, unrolled LSTMs, calibrated on train"),
-    Format("onnx-int8", ".onnx", "onnx", "int8", "int8", "export.onnx:convert_int8", int8=True,
-           notes="static QDQ int8 conv stem + dynamic int8 LSTM/MatMul (onnxruntime)"),
-    Format("tflite-dr", ".tflite", "tflite", "dr", "dr", "export.tflite:convert_dynamic_range",
-           int8=True, extra=True, notes="int8 weights, float activations and I/O"),
-    Format("tflite-int16x8", ".tflite", "tflite", "int16x8", "int16x8", "export.tflite:convert_int16x8",
-           int8=True, extra=True, notes="int16 activations, int8 weights, int16 input/output"),
+    _made("tflite-fp32", ".tflite", "fp32", "export.tflite:convert_fp32",
+          notes="batch 1, unrolled LSTMs (exact), LiteRT/tflite-runtime"),
+    _made("onnx-fp32", ".onnx", "fp32", "export.onnx:convert_fp32",
+          notes="opset 17, dynamic batch, ONNX LSTM ops"),
+    _made("tflite-int8", ".tflite", "int8", "export.tflite:convert_int8", int8=True,
+          notes="full integer 8x8, int8 input/output, unrolled LSTMs, calibrated on train"),
+    _made("onnx-int8", ".onnx", "int8", "export.onnx:convert_int8", int8=True,
+          notes="static QDQ int8 conv stem + dynamic int8 LSTM/MatMul (onnxruntime)"),
+    _made("tflite-dr", ".tflite", "dr", "export.tflite:convert_dynamic_range",
+          int8=True, extra=True, notes="int8 weights, float activations and I/O"),
+    _made("tflite-int16x8", ".tflite", "int16x8", "export.tflite:convert_int16x8",
+          int8=True, extra=True, notes="int16 activations, int8 weights, int16 input/output"),
 )
 BY_NAME = {f.name: f for f in FORMATS}
 

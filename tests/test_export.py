@@ -162,3 +162,15 @@ def test_help_explains_the_command():
     for word in ("--int8", "--max-drop", "--calibration", "--allow-partial", "tflite-int8", "onnx-int8",
                  "exit codes", "manifest.json"):
         assert word in r.stdout, word
+
+
+def test_every_format_is_named_once_in_edge_runtime_and_export_only_adds_how_to_make_it():
+    """The artifact names, runtime formats and precisions live in edge_runtime.manifest.ARTIFACT_KINDS;
+    export's table, the device's auto order and the benchmark's row order derive from it."""
+    from benchmarks.__main__ import ORDER
+    from edge_runtime.backends import AUTO_ORDER
+    from edge_runtime.manifest import ARTIFACT_KINDS, DEVICE_ORDER, REFERENCE
+    from export.formats import FORMATS
+    assert [(f.name, f.format, f.precision) for f in FORMATS] == [(k.name, k.format, k.precision) for k in ARTIFACT_KINDS]
+    assert AUTO_ORDER is DEVICE_ORDER and set(DEVICE_ORDER) <= {k.name for k in ARTIFACT_KINDS}
+    assert ORDER == (REFERENCE, *(k.name for k in ARTIFACT_KINDS))
