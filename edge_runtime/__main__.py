@@ -8,7 +8,7 @@ import sys
 import textwrap
 
 from .backends import BackendError
-from .config import DEFAULTS, ConfigError, ascii_digits, build
+from .config import DEFAULTS, DETECTOR_SIZES, ConfigError, ascii_digits, build
 from .detectors import DetectorError
 from .manifest import ManifestError
 from .outputs import OVERWRITE_HELP
@@ -51,7 +51,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                                       "gst:PIPELINE (GStreamer, e.g. a Jetson CSI camera), video file, rtsp://... "
                                       "or image folder")
     a("--loop", action="store_true", default=None, help="restart a file/folder at its end instead of exiting")
-    a("--detector", choices=["yunet", "haar"], help="face detector (default yunet: shipped with the package)")
+    a("--detector", choices=list(DETECTOR_SIZES), help="face detector (default yunet: shipped with the package)")
     a("--config", metavar="TOML", help="config file (e.g. /etc/fer-edge/edge.toml)")
     a("--profile", metavar="TOML", help="device profile, e.g. devices/raspberry-pi-5.toml")
     a("--events", metavar="FILE|-", help="JSON Lines events file, '-' for stdout (default)")

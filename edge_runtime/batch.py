@@ -20,7 +20,7 @@ import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-from .config import DEFAULTS, ConfigError, SourceConfig, build
+from .config import DEFAULTS, DETECTOR_SIZES, ConfigError, SourceConfig, build
 from .labels import LABELS
 from .manifest import atomic_write_bytes, atomic_write_json
 from .outputs import OutputError, OwnedDir, check_target, exclusive, model_files
@@ -664,7 +664,7 @@ def parse_args(argv=None):
                    help="packaged model (auto: by the client's CPU; every worker must load the same file)")
     p.add_argument("--artifacts", metavar="DIR", help="instead, an exported model folder (python -m export)")
     p.add_argument("--backend", default="auto", metavar="B", help="auto | tflite | onnx | an artifact name")
-    p.add_argument("--detector", choices=["yunet", "haar"], default=DEFAULTS["detector"]["type"])
+    p.add_argument("--detector", choices=list(DETECTOR_SIZES), default=DEFAULTS["detector"]["type"])
     g = p.add_mutually_exclusive_group()
     g.add_argument("--every", type=int, default=1, metavar="N", help="analyse every Nth frame (default 1)")
     g.add_argument("--fps", type=float, default=0.0, metavar="F", help="analyse about F frames per second of video")

@@ -17,6 +17,10 @@ from typing import ClassVar
 
 from .packaged import AUTO, MODEL_CHOICES
 
+# the face detectors and the longer side of the frame each sees by default, px: the one list of their
+# names (config choices, the CLIs' --detector, detectors.make_detector's registry all derive from it)
+DETECTOR_SIZES = {"yunet": 512, "haar": 320}
+
 
 DEVICE_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")  # a daemon's id: an MQTT topic level and part of HA unique ids
 
@@ -181,7 +185,7 @@ class YuNetConfig(Section):
 @dataclass(frozen=True)
 class DetectorConfig(Section):
     table: ClassVar[str] = "detector"
-    type: str = setting("yunet", choices=("yunet", "haar"))  # yunet: shipped model, 5 landmarks
+    type: str = setting("yunet", choices=tuple(DETECTOR_SIZES))  # yunet: shipped model, 5 landmarks
     size: int = setting(0, 64, 4096, zero_ok=True)  # longer side of the frame it sees, px; 0 = yunet 512, haar 320
     min_size: int = setting(24, 1, 4096)             # smallest face, full-frame pixels
     max_faces: int = setting(32, 1, 256)

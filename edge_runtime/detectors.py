@@ -18,15 +18,15 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from .config import DetectorConfig
+from .config import DETECTOR_SIZES, DetectorConfig
 from .geometry import CropSpec, Detections, finish, nms
 from .manifest import sha256_file, unique_keys
 
 log = logging.getLogger(__name__)
 
 MODELS = Path(__file__).resolve().parent / "models"
-DETECTORS = ("yunet", "haar")
-DEFAULT_SIZE = {"yunet": 512, "haar": 320}  # longer side of the frame each detector sees, px
+DETECTORS = tuple(DETECTOR_SIZES)
+DEFAULT_SIZE = DETECTOR_SIZES  # longer side of the frame each detector sees, px
 RUNTIMES = ("auto", "onnxruntime", "opencv")
 # Packaged detector models: file -> sha256 (verified before loading). See models/NOTICE.
 PACKAGED = {"yunet_n": ("yunet_n.onnx", "ade75ae0241e2801a1be4e79cf88ac0c4494c4753b9fc432eaa4ef5eed5507ad")}
@@ -42,6 +42,10 @@ class Detector:
     name = "?"
 
     def detect(self, image: np.ndarray) -> Detections:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    @classmethod
+    def from_config(cls, cfg: DetectorConfig, size: int, threads: int) -> "Detector":
         raise NotImplementedError
 
     def detect_regions(self, image: np.ndarray, regions: np.ndarray) -> Detections:
@@ -80,6 +84,10 @@ class HaarDetector(Detector):
         self.size, self.min_size, self.max_faces = size, min_size, max_faces
         self.scale_factor, self.min_neighbors = scale_factor, min_neighbors
         self._lock = threading.Lock()  # OpenCV does not document CascadeClassifier as thread-safe
+
+    @classmethod
+    def from_config(cls, cfg: DetectorConfig, size: int, threads: int) -> "HaarDetector":
+        return cls(size=size, min_size=cfg.min_size, max_faces=cfg.max_faces)
 
     def detect(self, image: np.ndarray) -> Detections:
         gray = image if image.ndim == 2 else cv2.cvtColor(to_bgr(image), cv2.COLOR_BGR2GRAY)
@@ -186,6 +194,12 @@ def resolve_model(model: str) -> tuple[Path, str | None]:
 class YuNetDetector(Detector):
     name = "yunet"
 
+    @classmethod
+    def from_config(cls, cfg: DetectorConfig, size: int, threads: int) -> "YuNetDetector":
+        y = cfg.yunet
+        return cls(y.model, size=size, score=y.score, min_size=cfg.min_size, max_faces=cfg.max_faces,
+                   threads=threads, runtime=y.runtime)
+
     def __init__(self, model: str = "", size: int = 512, score: float = 0.4, nms_iou: float = 0.3,
                  min_size: int = 24, max_faces: int = 32, threads: int = 1, runtime: str = "auto"):
         path, sha = resolve_model(model)
@@ -286,16 +300,16 @@ def merge_regions(regions: np.ndarray, width: int, height: int) -> list[tuple[in
     return [tuple(r) for r in rects]
 
 
+# every name in config.DETECTOR_SIZES has its class here (tests/test_detectors.py)
+REGISTRY: dict[str, type[Detector]] = {c.name: c for c in (YuNetDetector, HaarDetector)}
+
+
 def make_detector(cfg: DetectorConfig = DetectorConfig(), threads: int = 1) -> Detector:
     """The detector a [detector] table describes (size 0: the detector's default)."""
-    size = cfg.size or DEFAULT_SIZE.get(cfg.type, 0)
-    if cfg.type == "yunet":
-        y = cfg.yunet
-        return YuNetDetector(y.model, size=size, score=y.score, min_size=cfg.min_size, max_faces=cfg.max_faces,
-                             threads=threads, runtime=y.runtime)
-    if cfg.type == "haar":
-        return HaarDetector(size=size, min_size=cfg.min_size, max_faces=cfg.max_faces)
-    raise DetectorError(f"unknown detector {cfg.type!r} (choose from {', '.join(DETECTORS)})")
+    kind = REGISTRY.get(cfg.type)
+    if kind is None:
+        raise DetectorError(f"unknown detector {cfg.type!r} (choose from {', '.join(DETECTORS)})")
+    return kind.from_config(cfg, cfg.size or DEFAULT_SIZE[cfg.type], threads)
 
 
 CROPS_FILE = Path(__file__).resolve().parent / "crops.json"

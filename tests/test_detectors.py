@@ -253,3 +253,25 @@ def test_the_daemon_detects_around_its_tracks_between_full_frames(tmp_path):
         assert np.abs(np.subtract(a["box"], b["box"])).max() <= 0.06 * a["box"][3], key
         top2 = sorted(a["raw"].values())[-2:]
         assert a["raw_label"] == b["raw_label"] or top2[1] - top2[0] < 0.2, (key, a["raw"], b["raw"])
+
+
+def test_detector_names_live_in_one_place():
+    """config.DETECTOR_SIZES names the detectors; the config's choices, the registry make_detector
+    builds from and both CLIs' --detector choices follow it."""
+    import dataclasses
+
+    import subprocess
+    import sys
+
+    from edge_runtime.batch import parse_args
+    from edge_runtime.config import DETECTOR_SIZES, DetectorConfig
+    from edge_runtime.detectors import REGISTRY, make_detector
+    names = list(DETECTOR_SIZES)
+    assert list(REGISTRY) == names
+    assert list(next(f for f in dataclasses.fields(DetectorConfig) if f.name == "type").metadata["choices"]) == names
+    for cmd in ("edge_runtime", "edge_runtime.batch"):
+        r = subprocess.run([sys.executable, "-m", cmd, "--help"], capture_output=True, text=True, timeout=120)
+        assert "--detector {" + ",".join(names) + "}" in r.stdout, cmd
+    assert parse_args(["x", "--out", "y"]).detector == "yunet"
+    for name, size in DETECTOR_SIZES.items():
+        assert make_detector(DetectorConfig(type=name)).size == size
