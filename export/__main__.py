@@ -42,9 +42,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="replace the model the package ships (edge_runtime/models/<model>/) instead of --out: "
                         "what make artifacts does")
     p.add_argument("--int8", action="store_true", help="also write the int8 artifacts (tflite-int8, onnx-int8)")
-    p.add_argument("--max-drop", type=float, default=1.0, metavar="PP",
+    from .gate import MAX_DROP_PP
+    p.add_argument("--max-drop", type=float, default=MAX_DROP_PP, metavar="PP",
                    help="largest accuracy change vs Keras, in percentage points, for an artifact to be "
-                        "usable (default 1.0; two-sided: gains count too)")
+                        f"usable (default {MAX_DROP_PP:.1f}; two-sided: gains count too)")
     p.add_argument("--calibration", type=int, default=500, metavar="N",
                    help="train images (stratified, never test) that calibrate int8 ranges (default 500)")
     p.add_argument("--formats", metavar="A,B", help="write exactly these artifacts (comma-separated names)")

@@ -27,6 +27,9 @@ def score(probs: np.ndarray, y_true: np.ndarray, ref_probs: np.ndarray | None = 
     return out
 
 
+MAX_DROP_PP = 1.0  # the default gate: an artifact whose accuracy moves by more than this (either way) is rejected
+
+
 def gate(drop_pp: float, max_drop: float) -> tuple[str, str]:
     """-> (status, reason). Two-sided: |drop| <= max_drop."""
     if abs(drop_pp) <= max_drop:

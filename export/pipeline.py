@@ -65,7 +65,7 @@ class ExportConfig:
     data: str | None = None
     out: str | None = None
     int8: bool = False
-    max_drop: float = 1.0
+    max_drop: float = G.MAX_DROP_PP
     calibration: int = 500
     formats: list[str] | None = None
     extras: bool = False
