@@ -8,6 +8,8 @@ import os
 import signal
 import subprocess
 
+import pytest
+
 from edge_runtime.labels import LABELS
 from edge_runtime.synthetic import make_video
 from tests.conftest import REPO, SHARED
@@ -72,3 +74,28 @@ def test_without_picamera2_or_gstreamer_the_daemon_says_how_to_fix_it(no_tf_path
                            capture_output=True, text=True, timeout=60)
         lines = r.stderr.strip().splitlines()
         assert r.returncode == 2 and len(lines) == 1 and words in lines[0], r.stderr
+
+
+def test_the_arm_check_gives_an_int8_tflite_the_tolerance_of_its_own_quantization_error():
+    """The packaged models ship no tflite-fp32: tflite-int8's fp32 twin is then the ONNX fp32 export of
+    the same model, so the cross-arch tolerance is the int8 model's own error, not two output steps."""
+    import sys
+    from pathlib import Path
+
+    import numpy as np
+    sys.path.insert(0, str(REPO / "devices"))
+    try:
+        import aarch64_check as ac
+    finally:
+        sys.path.pop(0)
+    from edge_runtime.manifest import read_manifest
+    man = read_manifest(REPO / "edge_runtime" / "models" / "cbilstm-lite")
+    assert "tflite-fp32" not in man.artifacts and "onnx-fp32" in man.artifacts
+    c = ac.Check(args=None, work=Path("."), emu=[], art=Path(man.dir), manifest=man, report={"probe": {}})
+    fp32 = np.full((4, 7), 1 / 7)
+    int8 = fp32.copy()
+    int8[:, 0] += 0.05
+    names = ["tflite-int8", "onnx-fp32"]
+    tols = ac.probe_tolerances(c, names, {"tflite-int8": {"probs": int8.tolist()}, "onnx-fp32": {"probs": fp32.tolist()}})
+    assert tols["tflite-int8"] == pytest.approx(0.05) and tols["onnx-fp32"] == ac.FP32_TOL
+    assert c.report["probe"]["int8_error_vs_fp32_x86_64"]["tflite-int8"]["vs"] == "onnx-fp32"
