@@ -187,19 +187,19 @@ def analyze_video(job: Job) -> dict:
         every = job.settings.every
         if job.settings.fps and fps > 0:
             every = max(1, int(round(fps / job.settings.fps)))
-        layer = {"source": {"uri": job.path, "every": every, "decode_thread": job.decode_thread}, "model": {"threads": 1, "backend": job.settings.backend},
+        layer = {"source": {"uri": job.path, "every": every, "decode_thread": job.decode_thread},
+                 "model": {"threads": 1, "backend": job.settings.backend},
                  "detector": {"type": job.settings.detector}, "run": {"log_level": "warning"}}
         layer["model"].update({"artifacts": job.artifacts} if job.artifacts else {"name": job.model})
         tmp = None
         if job.settings.annotate:  # written in the worker's own temp folder, sent back with the events
             import tempfile
 
-            from .outputs import pid_alive
-            for old in Path(tempfile.gettempdir()).glob("fer-edge-batch-*-*"):  # of workers killed mid-video
-                pid = old.name.split("-")[3]
-                if pid.isdigit() and not pid_alive(int(pid)):
-                    shutil.rmtree(old, ignore_errors=True)
-            tmp = tempfile.mkdtemp(prefix=f"fer-edge-batch-{os.getpid()}-")
+            from .outputs import dead_staging, remove_staging, staging_dir
+            scratch = Path(tempfile.gettempdir())
+            for old in dead_staging(scratch, "fer-edge-batch-*"):  # of workers killed mid-video: ours, marked
+                remove_staging(old)
+            tmp = str(staging_dir(scratch, f"fer-edge-batch-{os.urandom(4).hex()}-{os.getpid()}"))
             layer["run"]["annotate"] = os.path.join(tmp, "annotated.webm")
         from .daemon import Daemon
         sink = _Collect()
@@ -215,7 +215,7 @@ def analyze_video(job: Job) -> dict:
                     out["annotated"] = f.read()
         finally:
             if tmp is not None:
-                shutil.rmtree(tmp, ignore_errors=True)
+                remove_staging(Path(tmp))
         snap = d.stats.snapshot()
         decoded = d.capture._decoded
         out.update(events=sink.events, frames=snap["frames_processed"], frames_undecodable=snap["frames_undecodable"],

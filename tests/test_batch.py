@@ -267,3 +267,20 @@ def test_what_a_hostile_probe_broke_stays_fixed(archive, tmp_path):
     r = subprocess.run([sys.executable, "-m", "edge_runtime.batch", str(other), "--out", str(other)],
                        capture_output=True, text=True, cwd=REPO, timeout=120)
     assert r.returncode == 2 and r.stderr.count("\n") == 1
+
+
+def test_a_failing_videos_folder_holding_a_users_file_is_kept(archive, tmp_path):
+    """A video that fails now loses its earlier results folder only when that folder is wholly this
+    command's: a file the user put there keeps the folder, and the file, where they are."""
+    src = tmp_path / "in"
+    src.mkdir()
+    video = src / "v.avi"
+    video.write_bytes((archive / "door" / "clip.avi").read_bytes())
+    out = tmp_path / "out"
+    assert _batch(src, "--out", out).returncode == 0
+    folder = next(p.parent for p in out.rglob("done.json"))
+    (folder / "my-notes.txt").write_text("mine\n")
+    video.write_bytes(b"not a video any more")
+    r = _batch(src, "--out", out)
+    assert r.returncode == 1
+    assert (folder / "my-notes.txt").read_text() == "mine\n" and (folder / "done.json").is_file()
