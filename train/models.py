@@ -152,12 +152,12 @@ def parse_stem(stem: str) -> list[tuple[str, int]]:
 
 def build_cbilstm(size: int = 48, stem: str = CBILSTM_STEM, row_features: int = 128,
                   lstm_units: int = 64, lstm_layers: int = 2, dropout: float = 0.3,
-                  unroll: bool = False) -> keras.Model:
+                  pool_dropout: float = 0.1, unroll: bool = False) -> keras.Model:
     """Conv stem turns the face into a sequence of feature rows; stacked BiLSTMs read the rows.
 
     ``stem`` lists the stem's layers: N = 3x3 conv + BN + ReLU with N filters, dN = depthwise-separable
     (3x3 depthwise + 1x1 pointwise to N, each + BN + ReLU), rN = the same block added to its input (width N
-    = the previous block's), a trailing s = stride 2, p = 2x2 max-pool (+ dropout 0.1 per pool so far), e = squeeze-excitation gates on
+    = the previous block's), a trailing s = stride 2, p = 2x2 max-pool (+ dropout ``pool_dropout`` per pool so far), e = squeeze-excitation gates on
     the channels so far. The default 48 -> 24 -> 12 -> 6
     gives 6 rows of 6 x 128 features, projected to ``row_features`` per row, then
     ``lstm_layers`` bidirectional LSTMs (the last returns its final state) -> dropout -> softmax.
@@ -171,7 +171,8 @@ def build_cbilstm(size: int = 48, stem: str = CBILSTM_STEM, row_features: int = 
         if kind == "pool":
             pools += 1
             x = layers.MaxPooling2D(2, name=f"pool{pools}")(x)
-            x = layers.Dropout(0.1 * pools, name=f"pool{pools}_drop")(x)
+            if pool_dropout:
+                x = layers.Dropout(pool_dropout * pools, name=f"pool{pools}_drop")(x)
         elif kind == "se":
             x = _squeeze_excite(x, f"se{i + 1}")
         elif kind == "res":
@@ -213,7 +214,8 @@ REGISTRY: dict[str, ModelEntry] = {
         "Light conv stem (48 -> 6 rows of 6 x 128) -> 2 x BiLSTM(64): the project's default."),
     "cbilstm-lite": ModelEntry(
         "cbilstm-lite", build_cbilstm,
-        {"size": 48, "stem": LITE_STEM, "row_features": 128, "lstm_units": 64, "lstm_layers": 2, "dropout": 0.3},
+        {"size": 48, "stem": LITE_STEM, "row_features": 128, "lstm_units": 64, "lstm_layers": 2, "dropout": 0.3,
+         "pool_dropout": 0.1},
         PreprocessSpec(size=48),
         Recipe(epochs=74, batch_size=64, lr=2e-3, schedule="cosine", label_smoothing=0.1,
                class_weight="sqrt", weight_decay=1e-4, patience=20, augment=dict(_CBILSTM_AUG),
