@@ -190,7 +190,7 @@ class DetectorConfig(Section):
     min_size: int = setting(24, 1, 4096)             # smallest face, full-frame pixels
     max_faces: int = setting(32, 1, 256)
     # between full-frame detections, detect only around the live tracks' predicted boxes: a full frame
-    # every `full_every` frames (1 = always), and whenever no face is tracked or a track was missed;
+    # every `full_every` frames (1 = always), and whenever no face is tracked or a region search missed a face;
     # 8 and 0.5 chosen on validation videos by python -m benchmarks.regions (docs/pipeline.md)
     full_every: int = setting(8, 1, 1000)
     roi_margin: float = setting(0.5, 0.1, 5.0)  # a region: the predicted box grown by this share of its side, each way

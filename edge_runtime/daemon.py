@@ -206,8 +206,9 @@ class Daemon:
 
     def _regions(self, index: int):
         """Where to look for faces in frame ``index``: None (the whole frame) every ``full_every``
-        frames, when nothing is tracked or when a track was missed; else around each track's
-        predicted box. Kept here, not in the shared recognizer: it is this stream's history."""
+        frames, when nothing is tracked or when a region search missed a track; else around each
+        track's predicted box (a missed one's too, so a face the detector lost for a frame comes back
+        under its id). Kept here, not in the shared recognizer: it is this stream's history."""
         d = self.cfg.detector
         if d.full_every <= 1 or self._need_full or not self.tracker.tracks or self._since_full >= d.full_every:
             return None
@@ -218,10 +219,11 @@ class Daemon:
     def process(self, frame) -> list[dict]:
         t0 = time.monotonic()
         regions = self._regions(frame.index)
+        seen = sum(1 for t in self.tracker.tracks.values() if not t.missed)  # faces found last frame
         r = self.recognizer.analyze(frame.image, regions)
-        if regions is not None and len(r.detections) < len(self.tracker.tracks):
-            # a tracked face is not where it was expected (it left, or moved fast): look at the whole
-            # frame now, or a face that replaced it elsewhere would be found frames late
+        if regions is not None and len(r.detections) < seen:
+            # a face seen last frame is not where it was expected (it left, or moved fast): look at the
+            # whole frame now, or a face that replaced it elsewhere would be found frames late
             spent = r.ms
             r = self.recognizer.analyze(frame.image)
             r.ms.update({k: r.ms[k] + spent.get(k, 0.0) for k in ("detect", "preprocess", "classify")})
@@ -231,8 +233,9 @@ class Daemon:
         looks = thumbnails(r.inputs) if self.tracker.appearance > -1 else None
         latency = {"capture_age": (t0 - frame.t_capture) * 1000, **r.ms}
         changes = self.tracker.update(frame.index, r.detections, r.regions, r.probs, looks, frame.media_s)
-        # a track the regions missed, or one that ended: look at the whole frame next time
-        self._need_full = any(t.missed for t in self.tracker.tracks.values()) or any(k == "end" for k, _ in changes)
+        # a track first missed by a region search (the count above can hide it): the whole frame next
+        # time; one a full-frame search already missed is sought in its region, not in every frame
+        self._need_full = regions is not None and any(t.missed == 1 for t in self.tracker.tracks.values())
         if regions is not None:
             self.stats.inc("frames_region_detect")
         events = self._emit(changes, frame.index, latency, frame.media_s)
