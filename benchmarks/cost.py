@@ -41,7 +41,7 @@ def measure(model_name: str, params: dict, faces: np.ndarray, labels: np.ndarray
             train_images: int, steps: int = 10, precision: str = "float32", train_step: bool = True) -> dict:
     from export.study import tflite_runner
     from export.tflite import convert_int8
-    from train.fit import dtype_policy
+    from train.recipe import dtype_policy
     from train.models import build
 
     from .latency import per_face_latency
@@ -90,7 +90,7 @@ def main(argv=None) -> int:
     from edge_runtime.preprocess import scale_pixels
 
     from train.data import DataError, load_dataset
-    from train.fit import TrainConfig, resolve_precision
+    from train.recipe import TrainConfig, resolve_precision
     from edge_runtime.outputs import claim_file, record_file
     from train.data import data_root_or_none
     rows, datasets = [], {}

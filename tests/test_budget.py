@@ -54,14 +54,14 @@ def test_budget_plans_from_the_epochs_pace_and_moves_the_schedule_end(monkeypatc
     import keras
 
     from train import budget
-    from train.fit import COSINE_ALPHA, _optimizer, _warmup_steps
+    from train.optimize import COSINE_ALPHA, make_optimizer, warmup_steps
     from train.models import Recipe
 
     clock = iter(np.cumsum([0.0, *ticks]))
     monkeypatch.setattr(budget.time, "perf_counter", lambda: float(next(clock)))
     recipe = Recipe(epochs=max_epochs, lr=1e-2, schedule="cosine", time_budget_min=budget_s / 60)
     steps = 5
-    warm = _warmup_steps(recipe, steps)
+    warm = warmup_steps(recipe, steps)
     schedule = budget.stretchable_cosine(recipe.lr / 10, recipe.lr, warm, recipe.epochs * steps - warm, COSINE_ALPHA)
     ends = []  # the schedule's end in force while each epoch trains (this callback runs first)
     record = keras.callbacks.LambdaCallback(on_epoch_begin=lambda e, logs: ends.append(
@@ -69,7 +69,7 @@ def test_budget_plans_from_the_epochs_pace_and_moves_the_schedule_end(monkeypatc
     cb = budget.budget_callback(budget_s, recipe.epochs, steps, schedule, bn_pass=True)
     keras.utils.set_random_seed(0)
     model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, activation="softmax")])
-    model.compile(optimizer=_optimizer(recipe, steps, schedule), loss="categorical_crossentropy")
+    model.compile(optimizer=make_optimizer(recipe, steps, schedule), loss="categorical_crossentropy")
     x = np.random.default_rng(0).random((40, 4)).astype("float32")
     y = keras.utils.to_categorical(np.arange(40) % 3, 3)
     hist = model.fit(x, y, batch_size=8, epochs=recipe.epochs, callbacks=[record, cb], verbose=0)

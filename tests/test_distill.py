@@ -43,7 +43,7 @@ def test_soft_targets_mix_teacher_and_one_hot_and_reach_the_training_batches(sha
 
 
 def test_teacher_settings_are_checked_before_training(tmp_path):
-    from train.fit import TrainConfig
+    from train.recipe import TrainConfig
     with pytest.raises(ValueError, match="distill needs soft labels"):
         TrainConfig(model="cbilstm", recipe={"distill": 0.5}).resolved()
     with pytest.raises(ValueError, match="does not exist"):

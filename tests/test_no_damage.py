@@ -150,6 +150,6 @@ def test_a_swap_killed_between_its_renames_is_recovered(tmp_path):
 
 
 def test_whole_number_floats_become_integers_before_training():
-    from train.fit import TrainConfig
+    from train.recipe import TrainConfig
     _, recipe, _ = TrainConfig(model="cbilstm", recipe={"epochs": 10.0, "batch_size": 32.0}).resolved()
     assert (recipe.epochs, recipe.batch_size) == (10, 32) and isinstance(recipe.epochs, int)

@@ -1,5 +1,6 @@
 """Training in the device's framing (train/reframe.py), fine-tuning from a run (--init) that
 replaces a run folder whole: real FER faces, the packaged YuNet, real TensorFlow training."""
+import json
 import subprocess
 import sys
 
@@ -53,10 +54,24 @@ def test_fine_tune_in_device_framing_replaces_an_existing_run_whole(tiny_run, sh
 
 
 def test_init_must_be_a_run_of_the_same_model_and_params(tiny_run, tmp_path):
-    from train.fit import TrainConfig
+    from train.recipe import TrainConfig
     with pytest.raises(ValueError, match="is not a cbilstm run with these parameters"):
         TrainConfig(model="cbilstm", params={"lstm_units": 32}, init=str(tiny_run)).resolved()
     with pytest.raises(ValueError, match="--init"):
         TrainConfig(model="cbilstm", init=str(tmp_path)).resolved()
     with pytest.raises(ValueError, match="reframe must be a share"):
         TrainConfig(model="cbilstm", recipe={"reframe": 1.5}).resolved()
+
+
+def test_a_run_written_before_a_parameter_was_added_can_be_fine_tuned():
+    """models/cbilstm-lite was written before `pool_dropout` existed; its manifest lacks the key, and
+    the registry's default (0.1, what that run trained with) stands in for it."""
+    from train.models import get_entry
+    from train.recipe import TrainConfig
+    lite = REPO / "models" / "cbilstm-lite"
+    assert "pool_dropout" not in json.loads((lite / "manifest.json").read_text())["params"]
+    assert get_entry("cbilstm-lite").params["pool_dropout"] == 0.1
+    params, _, _ = TrainConfig(model="cbilstm-lite", init=str(lite)).resolved()
+    assert params["pool_dropout"] == 0.1
+    with pytest.raises(ValueError, match="--init"):
+        TrainConfig(model="cbilstm-lite", params={"pool_dropout": 0.0}, init=str(lite)).resolved()

@@ -53,7 +53,7 @@ def test_refit_trains_on_all_of_train_for_the_given_epochs(tmp_path, shared_root
     carved = load_dataset(shared_root, PreprocessSpec.from_dict(m["preprocessing"]), fraction=0.03, progress=False)
     assert m["data"]["sizes"]["train"] == len(carved.train) + len(carved.val)
     assert not (out / ".best.keras").exists()
-    from train.fit import TrainConfig
+    from train.recipe import TrainConfig
     with pytest.raises(ValueError, match="needs a validation split"):
         TrainConfig(model="cbilstm", recipe={"schedule": "plateau"}, val_fraction=0).resolved()
 
@@ -115,7 +115,7 @@ def test_class_weights():
 
 
 def test_precision_and_ema_settings_are_checked_before_training():
-    from train.fit import TrainConfig, cpu_has_native_bf16, resolve_precision
+    from train.recipe import TrainConfig, cpu_has_native_bf16, resolve_precision
     assert resolve_precision("float32") == "float32"
     assert resolve_precision("auto") == ("mixed_bfloat16" if cpu_has_native_bf16() else "float32")
     with pytest.raises(ValueError, match="precision must be one of"):
@@ -132,11 +132,11 @@ def test_precision_and_ema_settings_are_checked_before_training():
 def test_weight_ema_warms_up_and_top_class_share_counts_predictions():
     import keras
 
-    from train.fit import _optimizer, top_class_share
+    from train.optimize import make_optimizer, top_class_share
     from train.models import Recipe
     keras.utils.set_random_seed(0)
     model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1, use_bias=False)])
-    model.compile(optimizer=_optimizer(Recipe(lr=0.1, weight_decay=1e-4, ema=0.99), 10), loss="mse")
+    model.compile(optimizer=make_optimizer(Recipe(lr=0.1, weight_decay=1e-4, ema=0.99), 10), loss="mse")
     x, y = np.ones((4, 3), np.float32), np.full((4, 1), 5.0, np.float32)
     kernel = model.layers[0].kernel
     expected = kernel.numpy()  # the average starts from the initial weights
@@ -190,13 +190,13 @@ def test_weight_decay_shrinks_kernels_and_spares_biases_and_batchnorm():
     import keras
     from keras import ops
 
-    from train.fit import _optimizer
+    from train.optimize import make_optimizer
     from train.models import Recipe
     keras.utils.set_random_seed(0)
     model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(4, bias_initializer="ones"),
                               keras.layers.BatchNormalization(beta_initializer="ones")])
     # A loss with zero gradient: whatever moves is weight decay alone.
-    model.compile(optimizer=_optimizer(Recipe(lr=0.1, weight_decay=0.5), 10), loss=lambda y, p: 0.0 * ops.sum(p))
+    model.compile(optimizer=make_optimizer(Recipe(lr=0.1, weight_decay=0.5), 10), loss=lambda y, p: 0.0 * ops.sum(p))
     before = {v.path: v.numpy().copy() for v in model.trainable_variables}
     for _ in range(5):
         model.train_on_batch(np.ones((8, 3), np.float32), np.zeros((8, 4), np.float32))

@@ -84,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def config_from_args(args):
-    from .fit import TrainConfig
+    from .recipe import TrainConfig
     from .models import DEFAULT_MODEL, REGISTRY, Recipe
 
     overrides = {}
@@ -116,7 +116,7 @@ def config_from_args(args):
 
 def resumed_config(args, parser):
     """--resume RUN: the interrupted run's own settings; any other training flag is an error."""
-    from .fit import TrainConfig
+    from .recipe import TrainConfig
     from .resume import read_state
     given = [a for a in vars(args) if a not in ("resume", "threads", "quiet")
              and getattr(args, a) != parser.get_default(a)]

@@ -75,7 +75,8 @@ def read_fold(path: Path) -> tuple[list[str], np.ndarray, np.ndarray, dict]:
 def teach(k: int, fold: int, data_root, epochs: int | None, runs: Path, folder: Path, progress: bool,
           fraction: float = 1.0, extra_recipe: dict | None = None) -> dict:
     """Train teacher ``fold`` on the other folds, label its fold, write the fold file; -> its meta."""
-    from .fit import TrainConfig, train_run
+    from .recipe import TrainConfig
+    from .fit import train_run
     if not 0 <= fold < k:
         raise ValueError(f"--fold must be in [0, {k - 1}]")
     recipe = {**({"epochs": epochs} if epochs else {}), **(extra_recipe or {})}

@@ -47,7 +47,7 @@ def recalibrate_run(run_dir, out_dir, data_root=None, progress: bool = True) -> 
 
 
 def _recalibrate_into(m: Manifest, run_dir: Path, out_dir: Path, data_root, progress: bool) -> Manifest:
-    from .fit import finish_run, recalibrate
+    from .evaluate import finish_run, recalibrate
     from .models import Recipe
     spec, d = m.preprocessing, m.data
     model_path = run_dir / m.model_file

@@ -6,7 +6,7 @@ box and ``edge_runtime/crops.json`` make. Here each training face is pasted at a
 packaged detector then finds it, and the calibrated crop is cut and resized to the model's input,
 with the daemon's own functions. A face the detector misses keeps its FER framing.
 
-``recipe.reframe`` (train/fit.py) is the share of training faces shown in this framing at each step.
+``recipe.reframe`` (train/models.py Recipe; train/fit.py) is the share of training faces shown in this framing at each step.
 The arrays are cached under ``.cache/reframe``, keyed by the faces, the detector, the crop and the seed.
 """
 from __future__ import annotations
