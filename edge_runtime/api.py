@@ -91,6 +91,15 @@ class EmotionRecognizer:
         self.spec = self.manifest.preprocessing
 
     # --- faces (already cropped) ---------------------------------------------------------------
+
+    @classmethod
+    def from_config(cls, cfg) -> "EmotionRecognizer":
+        """From a daemon ``Config``'s ``[model]``, ``[detector]`` and ``[crop]`` sections: an artifacts
+        folder replaces the packaged model; ``crop.mode = "calibrated"`` takes the fitted crop."""
+        m, c = cfg.model, cfg.crop
+        return cls(m.artifacts or None, m.backend, m.precision or None, m.threads, list(m.providers) or None,
+                   detector=cfg.detector, model=AUTO if m.artifacts else m.name,
+                   crop=None if c.mode == "calibrated" else CropSpec(c.scale, c.dx, c.dy, c.level))
     def predict_proba(self, faces) -> np.ndarray:
         """Face crops (a list of images of any size and channels, or an (N, H, W[, C]) array) ->
         (N, 7) probabilities in ``classes_`` order. A single face goes in a list: ``[face]``."""

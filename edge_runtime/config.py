@@ -110,6 +110,13 @@ class Section:
                 raise ConfigError(problem)
             object.__setattr__(self, f.name, value)  # the coerced value (int -> float, list -> tuple)
 
+    def check(self) -> None:
+        """This section's rules across its own keys (ConfigError); one key's type and bounds are
+        checked when it is built. ``config.check`` runs every section's, then the cross-section ones."""
+        for f in fields(self):
+            if isinstance(value := getattr(self, f.name), Section):
+                value.check()
+
     def merged(self, layer: dict, origin: str = "config"):
         """A copy with ``layer`` (a TOML table's dict) applied; errors name ``origin``."""
         if not isinstance(layer, dict):
@@ -151,6 +158,12 @@ class ModelConfig(Section):
     precision: str = ""           # "" = any, else the manifest's precision (int8, fp32, dr, int16x8, ...)
     threads: int = 1              # inference, detector and OpenCV threads: 1 .. the CPUs (checked at build)
     providers: tuple[str, ...] = ()  # onnxruntime providers in preference order; () = best available
+
+    def check(self) -> None:
+        try:
+            check_threads(self.threads, "model.threads")
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
 
 
 @dataclass(frozen=True)
@@ -237,6 +250,16 @@ class HttpConfig(Section):
     max_streams_per_client: int = setting(2, 1, 1024)  # /stream.mjpg viewers from one address at once
     max_per_client: int = setting(8, 1, 1024)  # connections from one address at once (slow ones included)
 
+    def check(self) -> None:
+        if self.token and not re.fullmatch(r"[A-Za-z0-9._~+/-]+=*", self.token):
+            raise ConfigError("http.token may hold only letters, digits and -._~+/ (a bearer token, RFC 6750)")
+        if self.bind:
+            host, _, port = self.bind.rpartition(":")
+            if not host or not ascii_digits(port) or not 0 <= int(port) < 65536:
+                raise ConfigError(f"http.bind {self.bind!r} should be HOST:PORT with a port in [0, 65535]")
+            if not _is_loopback(host) and not self.token:
+                raise ConfigError(f"http.bind {self.bind} is not loopback: set --token (clients send Authorization: Bearer)")
+
 
 @dataclass(frozen=True)
 class MqttConfig(Section):
@@ -260,6 +283,28 @@ class MqttConfig(Section):
     ca_file: str = ""             # CA certificate(s) to trust; "" = the system's
     cert_file: str = ""           # client certificate and its key, for brokers that require one
     key_file: str = ""
+
+    def check(self) -> None:
+        for key in ("prefix", "discovery_prefix"):
+            prefix = getattr(self, key)
+            if (not prefix.strip("/") or any(c in prefix for c in "+#\0") or len(prefix) > 200 or prefix.startswith("$")
+                    or not prefix.isprintable()):
+                raise ConfigError(f"mqtt.{key} {prefix!r} must be a topic without wildcards (+, #) or control "
+                                  "characters, not starting with $ (broker-reserved), 1-200 characters")
+        if self.device_id and not DEVICE_ID.fullmatch(self.device_id):
+            raise ConfigError(f"mqtt.device_id {self.device_id!r} must be 1-64 letters, digits, _ or -")
+        if self.host and not _is_host(self.host):
+            raise ConfigError("mqtt.host must be a host name or an IP address (no scheme, user or password: the "
+                              "login goes in mqtt.credentials_file)")
+        if (self.ca_file or self.cert_file or self.key_file) and not self.tls:
+            raise ConfigError("mqtt.ca_file, cert_file and key_file need mqtt.tls = true")
+        if bool(self.cert_file) != bool(self.key_file):
+            raise ConfigError("mqtt.cert_file and mqtt.key_file go together (a client certificate and its key)")
+        for key in ("credentials_file", "ca_file", "cert_file", "key_file"):
+            if getattr(self, key) and self.host and not Path(getattr(self, key)).is_file():
+                raise ConfigError(f"mqtt.{key} {getattr(self, key)} is not a readable file")
+        if len(self.client_id.encode()) > 64 or not self.client_id.isprintable():
+            raise ConfigError(f"mqtt.client_id {self.client_id!r} must be printable and at most 64 bytes")
 
 
 @dataclass(frozen=True)
@@ -303,45 +348,11 @@ def load_toml(path: str | Path) -> dict:
 
 
 def check(cfg: Config) -> Config:
-    """Rules a single key's type and bounds cannot express."""
-    try:
-        check_threads(cfg.model.threads, "model.threads")
-    except ValueError as e:
-        raise ConfigError(str(e)) from None
-    for key in ("prefix", "discovery_prefix"):
-        prefix = getattr(cfg.mqtt, key)
-        if (not prefix.strip("/") or any(c in prefix for c in "+#\0") or len(prefix) > 200 or prefix.startswith("$")
-                or not prefix.isprintable()):
-            raise ConfigError(f"mqtt.{key} {prefix!r} must be a topic without wildcards (+, #) or control "
-                              "characters, not starting with $ (broker-reserved), 1-200 characters")
-    if cfg.mqtt.device_id and not DEVICE_ID.fullmatch(cfg.mqtt.device_id):
-        raise ConfigError(f"mqtt.device_id {cfg.mqtt.device_id!r} must be 1-64 letters, digits, _ or -")
-    q = cfg.mqtt
-    if q.host and not _is_host(q.host):
-        raise ConfigError("mqtt.host must be a host name or an IP address (no scheme, user or password: the "
-                          "login goes in mqtt.credentials_file)")
-    if (q.ca_file or q.cert_file or q.key_file) and not q.tls:
-        raise ConfigError("mqtt.ca_file, cert_file and key_file need mqtt.tls = true")
-    if bool(q.cert_file) != bool(q.key_file):
-        raise ConfigError("mqtt.cert_file and mqtt.key_file go together (a client certificate and its key)")
-    for key in ("credentials_file", "ca_file", "cert_file", "key_file"):
-        if getattr(q, key) and q.host and not Path(getattr(q, key)).is_file():
-            raise ConfigError(f"mqtt.{key} {getattr(q, key)} is not a readable file")
-    cid = cfg.mqtt.client_id
-    if len(cid.encode()) > 64 or not cid.isprintable():
-        raise ConfigError(f"mqtt.client_id {cid!r} must be printable and at most 64 bytes")
+    """Every section's own rules (``Section.check``), then the rules between sections."""
+    cfg.check()
     if cfg.run.watchdog_s <= cfg.source.stall_s:
         raise ConfigError(f"run.watchdog_s ({cfg.run.watchdog_s:g}) must exceed source.stall_s "
                           f"({cfg.source.stall_s:g}): a stream's open or read may take that long")
-    token, bind = cfg.http.token, cfg.http.bind
-    if token and not re.fullmatch(r"[A-Za-z0-9._~+/-]+=*", token):
-        raise ConfigError("http.token may hold only letters, digits and -._~+/ (a bearer token, RFC 6750)")
-    if bind:
-        host, _, port = bind.rpartition(":")
-        if not host or not ascii_digits(port) or not 0 <= int(port) < 65536:
-            raise ConfigError(f"http.bind {bind!r} should be HOST:PORT with a port in [0, 65535]")
-        if not _is_loopback(host) and not token:
-            raise ConfigError(f"http.bind {bind} is not loopback: set --token (clients send Authorization: Bearer)")
     return cfg
 
 

@@ -18,15 +18,12 @@ import numpy as np
 from .api import EmotionRecognizer
 from .events import Event
 from .config import Config, ConfigError, check
-from .credentials import MQTT_ENV, CredentialsError, read_credentials
 from .annotate import VideoOut, draw
-from .geometry import CropSpec, landmark_list
+from .geometry import landmark_list
 from .labels import LABELS
 from .outputs import OutputError, check_target, model_files
-from .packaged import AUTO
 from .sinks import JsonlSink, MqttSink, default_device_id, node_id
-from .sources import (Capture, SourceError, check_source, is_picamera, local_path, redact, source_kind,
-                      with_credentials)
+from .sources import Capture, local_path, redact, source_kind, source_uri
 from .stats import Stats
 from .tracker import Tracker, thumbnails
 from .watchdog import Watchdog, sd_notify
@@ -47,25 +44,12 @@ class Daemon:
         self.cfg = check(cfg)  # the cross-field rules too, for a Config built in code
         self.stats = Stats()
         self.stop_event = threading.Event()
-        m, src, c = cfg.model, cfg.source, cfg.crop
-        if src.uri.startswith("picamera2") and not is_picamera(src.uri):
-            raise ConfigError(f"source {redact(src.uri)}: use picamera2 or picamera2:N with a camera number, "
-                              "e.g. picamera2:1")
-        if source_kind(src.uri) == "file" and not _exists(local_path(src.uri)):
-            raise ConfigError(f"source {redact(src.uri)} does not exist")
-        try:
-            check_source(src.uri)
-            uri = local_path(with_credentials(src.uri, src.credentials_file))
-        except SourceError as e:
-            raise ConfigError(str(e)) from None
-        self.recognizer = EmotionRecognizer(
-            m.artifacts or None, m.backend, m.precision or None, m.threads, list(m.providers) or None,
-            detector=cfg.detector, model=AUTO if m.artifacts else m.name,  # a folder replaces the packaged model
-            crop=None if c.mode == "calibrated" else CropSpec(c.scale, c.dx, c.dy, c.level))
+        m, src = cfg.model, cfg.source
+        uri = source_uri(src)
+        self.recognizer = EmotionRecognizer.from_config(cfg)
         er = self.recognizer
         cv2.setNumThreads(m.threads)
-        t = cfg.tracker
-        self.tracker = Tracker(t.iou, t.smoothing, t.max_missed, t.appearance)
+        self.tracker = Tracker.from_config(cfg.tracker)
         self.stats.info = {"model": er.manifest.model, "model_choice": er.model_choice, "artifact": er.artifact,
                            "backend": er.backend.format, "precision": er.backend.precision,
                            "runtime": er.backend.runtime, "sha256": er.backend.sha256,
@@ -102,25 +86,10 @@ class Daemon:
         self.device_id = q.device_id or (node_id(q.client_id) if q.client_id else default_device_id(src.uri))
         self.stats.info["device_id"] = self.device_id
         if cfg.mqtt.host:
-            try:
-                login = read_credentials(q.credentials_file, MQTT_ENV, "mqtt.credentials_file")
-            except CredentialsError as e:
-                raise ConfigError(str(e)) from None
-            tls = {"ca_file": q.ca_file, "cert_file": q.cert_file, "key_file": q.key_file} if q.tls else None
-            try:
-                self.sinks.append(MqttSink(q.host, q.port, q.prefix, self.stats, q.client_id,
-                                           q.stats_interval_s, q.discovery, q.discovery_prefix, q.queue,
-                                           self.device_id, login, tls))
-            except (OSError, ValueError) as e:  # a CA or client certificate that does not load
-                hint = " (a key file protected by a passphrase cannot be used: store it decrypted, readable " \
-                    "only by the daemon's user)" if q.key_file else ""
-                raise ConfigError(f"mqtt TLS: {e}{hint}") from None
+            self.sinks.append(MqttSink.from_config(q, self.stats, self.device_id))
         if cfg.http.bind:
             from .http import HttpServer
-            h = cfg.http
-            self.http = HttpServer(h.bind, self.stats, h.token, self.jpeg if h.stream else None,
-                                   h.timeout_s, h.max_clients, hosts=h.hosts,
-                                   max_streams_per_client=h.max_streams_per_client, max_per_client=h.max_per_client)
+            self.http = HttpServer.from_config(cfg.http, self.stats, self.jpeg)
         # the annotated video plays at the source's pace: a file's own frame rate (over --every)
         self.annotate = None
         if cfg.run.annotate:  # a regular file only: opening a FIFO here would block before the watchdog runs
@@ -129,9 +98,7 @@ class Daemon:
             self.annotate = VideoOut(cfg.run.annotate, rate / src.every, inputs, cfg.run.overwrite, data=folder)
         self.watchdog = Watchdog(cfg.run.watchdog_s)
         self.stats.progress_timeout_s = src.stall_s
-        self.capture = Capture(uri, self.stats, src.loop, src.realtime, src.width,
-                               src.height, src.fps, src.reconnect_max_s, stall_s=src.stall_s,
-                               watchdog=self.watchdog, every=src.every, threaded=src.decode_thread)
+        self.capture = Capture.from_config(uri, src, self.stats, self.watchdog)
 
     # --- the loop ------------------------------------------------------------------------------
     # Signal handlers run in the main thread between two bytecodes, possibly while it holds a lock
@@ -339,8 +306,3 @@ def _file_fps(path) -> float:
     finally:
         cap.release()
     return fps if fps and 0 < fps <= 1000 else 0.0
-
-
-def _exists(uri) -> bool:
-    from pathlib import Path
-    return Path(str(uri)).exists()

@@ -276,6 +276,13 @@ class HttpServer:
         threading.Thread(target=self.httpd.reap, args=(self.stopping,), name="http-reaper", daemon=True).start()
         log.info("HTTP on http://%s (/ /healthz /metrics /latest%s)", self.address, " /stream.mjpg" if jpeg else "")
 
+
+    @classmethod
+    def from_config(cls, h, stats, jpeg) -> "HttpServer":
+        """From the config's ``[http]`` section (``config.HttpConfig``); ``jpeg``: the latest annotated
+        frame for /stream.mjpg, used only when ``h.stream``."""
+        return cls(h.bind, stats, h.token, jpeg if h.stream else None, h.timeout_s, h.max_clients, hosts=h.hosts,
+                   max_streams_per_client=h.max_streams_per_client, max_per_client=h.max_per_client)
     def viewer_start(self, client: str) -> bool:
         with self._viewers_lock:
             if self._viewers.get(client, 0) >= self.max_streams:

@@ -251,6 +251,26 @@ class MqttSink:
                  f" as {credentials[0]}" if credentials else "", self.prefix,
                  f", Home Assistant discovery under {self.discovery_prefix}/" if discovery else "")
 
+
+    @classmethod
+    def from_config(cls, q, stats, device_id: str) -> "MqttSink":
+        """From the config's ``[mqtt]`` section (``config.MqttConfig``): the login from its credentials
+        file or $FER_EDGE_MQTT_CREDENTIALS, TLS when asked. A login or certificate that cannot be used
+        is a ConfigError, said before anything connects."""
+        from .config import ConfigError
+        from .credentials import MQTT_ENV, CredentialsError, read_credentials
+        try:
+            login = read_credentials(q.credentials_file, MQTT_ENV, "mqtt.credentials_file")
+        except CredentialsError as e:
+            raise ConfigError(str(e)) from None
+        tls = {"ca_file": q.ca_file, "cert_file": q.cert_file, "key_file": q.key_file} if q.tls else None
+        try:
+            return cls(q.host, q.port, q.prefix, stats, q.client_id, q.stats_interval_s, q.discovery,
+                       q.discovery_prefix, q.queue, device_id, login, tls)
+        except (OSError, ValueError) as e:  # a CA or client certificate that does not load
+            hint = " (a key file protected by a passphrase cannot be used: store it decrypted, readable " \
+                "only by the daemon's user)" if q.key_file else ""
+            raise ConfigError(f"mqtt TLS: {e}{hint}") from None
     def _broker_down(self, reason: str):
         """Health degraded until the broker is back (paho keeps reconnecting with its backoff)."""
         self.stats.fault("mqtt", f"MQTT broker {self.where}: {reason}")

@@ -228,6 +228,22 @@ def backoff_delay(attempt: int, cap_s: float) -> float:
     return min(cap_s, BACKOFF_START_S * 2.0 ** min(attempt, 40))  # the exponent capped: 2**1024 overflows a float
 
 
+def source_uri(src) -> str:
+    """The URI to open for the config's ``[source]`` section (``config.SourceConfig``), checked before
+    anything starts, with its credentials applied; a source that cannot be is a ConfigError."""
+    from .config import ConfigError
+    if src.uri.startswith("picamera2") and not is_picamera(src.uri):
+        raise ConfigError(f"source {redact(src.uri)}: use picamera2 or picamera2:N with a camera number, "
+                          "e.g. picamera2:1")
+    if source_kind(src.uri) == "file" and not Path(str(local_path(src.uri))).exists():
+        raise ConfigError(f"source {redact(src.uri)} does not exist")
+    try:
+        check_source(src.uri)
+        return local_path(with_credentials(src.uri, src.credentials_file))
+    except SourceError as e:
+        raise ConfigError(str(e)) from None
+
+
 class Capture(threading.Thread):
     """Reads frames into a one-slot mailbox; ``get()`` hands the newest one to the pipeline. With
     ``threaded=False`` nothing runs in the background: ``get()`` decodes the next frame in the caller's
@@ -263,6 +279,13 @@ class Capture(threading.Thread):
         self.crashed = ""  # the exception that ended the thread, if one did
 
     # --- consumer side -------------------------------------------------------------------
+
+    @classmethod
+    def from_config(cls, uri: str, src, stats, watchdog=None) -> "Capture":
+        """From the config's ``[source]`` section (``config.SourceConfig``); ``uri``: the source to open,
+        credentials already applied (``with_credentials``)."""
+        return cls(uri, stats, src.loop, src.realtime, src.width, src.height, src.fps, src.reconnect_max_s,
+                   stall_s=src.stall_s, watchdog=watchdog, every=src.every, threaded=src.decode_thread)
     def start(self):
         if self.threaded:
             return super().start()

@@ -89,6 +89,11 @@ class Tracker:
         self.tracks: dict[int, Track] = {}
         self._next_id = 1
 
+
+    @classmethod
+    def from_config(cls, cfg) -> "Tracker":
+        """From the config's ``[tracker]`` section (``config.TrackerConfig``)."""
+        return cls(cfg.iou, cfg.smoothing, cfg.max_missed, cfg.appearance)
     def update(self, frame: int, dets: Detections, crops: np.ndarray, probs: np.ndarray,
                looks: np.ndarray | None = None, media_s: float | None = None):
         """Feed one frame's detections, their crop regions, probabilities and (optionally) appearance

@@ -428,3 +428,44 @@ def test_a_files_media_time_never_runs_back(tmp_path):
     cap.start()
     got = [f.media_s for f in iter(lambda: cap.get(0), None)]
     assert got == pytest.approx([0.0, 0.04, 0.08, 0.12])
+
+
+def test_each_component_is_built_from_its_own_config_section(tmp_path):
+    """Tracker, capture, HTTP server, MQTT sink and recognizer each read their own section: a value set in
+    the config arrives in the component, and a section's problem is a ConfigError before anything starts."""
+    from edge_runtime.api import EmotionRecognizer
+    from edge_runtime.config import build
+    from edge_runtime.http import HttpServer
+    from edge_runtime.sinks import MqttSink
+    from edge_runtime.sources import Capture, source_uri
+    from edge_runtime.stats import Stats
+    from edge_runtime.tracker import Tracker
+    video = tmp_path / "v.avi"
+    video.write_bytes(b"")
+    (tmp_path / "login").write_text("no colon here\n")  # a file, but no user:password in it
+    cfg = build(flags={"tracker": {"iou": 0.45, "smoothing": 0.2, "max_missed": 9, "appearance": -1.0},
+                       "source": {"uri": str(video), "loop": True, "every": 3, "stall_s": 7.0, "decode_thread": False},
+                       "http": {"bind": "127.0.0.1:0", "max_clients": 5, "stream": False},
+                       "mqtt": {"host": "127.0.0.1", "credentials_file": str(tmp_path / "login")},
+                       "detector": {"full_every": 4}, "crop": {"mode": "manual", "scale": 1.3}})
+    t = Tracker.from_config(cfg.tracker)
+    assert (t.iou, t.alpha, t.max_missed, t.appearance) == (0.45, 0.2, 9, -1.0)
+    cap = Capture.from_config(source_uri(cfg.source), cfg.source, Stats())
+    assert (cap.uri, cap.loop, cap.every, cap.stall_s, cap.threaded) == (str(video), True, 3, 7.0, False)
+    http = HttpServer.from_config(cfg.http, Stats(), jpeg=lambda: b"")
+    try:
+        assert http.jpeg is None  # stream = false: no /stream.mjpg
+    finally:
+        http.close()
+    with pytest.raises(ConfigError, match="user:password"):
+        MqttSink.from_config(cfg.mqtt, Stats(), "door")
+    er = EmotionRecognizer.from_config(cfg)
+    assert er.crop.scale == 1.3 and er.detector.name == "yunet"
+    with pytest.raises(ConfigError, match="does not exist"):
+        source_uri(build(flags={"source": {"uri": str(tmp_path / "gone.avi")}}).source)
+    # a section checks its own rules, also when built in code
+    from edge_runtime.config import HttpConfig, MqttConfig
+    with pytest.raises(ConfigError, match="not loopback"):
+        HttpConfig(bind="0.0.0.0:8080").check()
+    with pytest.raises(ConfigError, match="mqtt.cert_file and mqtt.key_file"):
+        MqttConfig(tls=True, cert_file="c.pem").check()
