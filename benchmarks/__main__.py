@@ -13,6 +13,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from edge_runtime.cli import command, results
 from edge_runtime.config import check_threads
 from edge_runtime.manifest import (ARTIFACT_KINDS, REFERENCE, Manifest, ManifestError, atomic_write_json,
                                    atomic_write_text, read_manifest)
@@ -91,9 +92,8 @@ def run_row(manifest_dir: Path, artifact: str, threads: int, args, split_from: P
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=os.pathsep.join(
         [str(SOURCE_ROOT)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=os.getcwd())
-    for line in proc.stdout.splitlines():
-        if line.startswith("@@ROW@@"):
-            return json.loads(line[len("@@ROW@@"):])
+    for row in results(proc.stdout):
+        return row
     tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
     how = f"crashed (signal {-proc.returncode})" if proc.returncode < 0 else f"exit {proc.returncode}"
     return {"artifact": artifact, "threads": threads, "status": "failed", "reason": f"{how}: {tail}"[:300]}
@@ -250,13 +250,10 @@ def write_results(p: Plan, args, rows: list[dict], pipeline_rows: list[dict]) ->
             print(f"wrote {path}")
 
 
+@command("python -m benchmarks", bad_input=(UsageError,))
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        p = plan(args)
-    except UsageError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    p = plan(args)
     rows = measure_rows(p, args)
     pipeline_rows = []
     if args.video or args.pipeline:

@@ -8,14 +8,14 @@ same videos in the same run. Run it on an otherwise idle machine.
 from __future__ import annotations
 
 import argparse
-import json
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 from edge_runtime.cpu import cpu_class, cpu_name
-from edge_runtime.outputs import OwnedDir, add_overwrite_flag, claim_file, record_file
+from edge_runtime.outputs import OutputError, OwnedDir, add_overwrite_flag, claim_file, record_file
+from edge_runtime.cli import command, results
 
 WRITER = "python -m benchmarks.batch"
 FPS = 15.0
@@ -51,14 +51,14 @@ def run_fer(videos: list[Path]) -> dict:
     frames, secs = 0, 0.0
     for v in videos:
         r = subprocess.run([sys.executable, "-m", "benchmarks.fer_pipeline", str(v)], capture_output=True, text=True)
-        line = next((ln for ln in r.stdout.splitlines() if ln.startswith("@@FER@@")), None)
-        if line is None:
+        res = next(results(r.stdout), None)
+        if res is None:
             raise RuntimeError(f"fer on {v}: {r.stderr[-1500:]}")
-        res = json.loads(line[len("@@FER@@"):])
         frames, secs = frames + res["frames"], secs + res["seconds"]
     return {"frames": frames, "seconds": secs}
 
 
+@command("python -m benchmarks.batch", bad_input=(OutputError,))
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.batch", description=__doc__.split("\n\n")[0])
     p.add_argument("--videos", type=int, default=8)
@@ -68,12 +68,7 @@ def main(argv=None) -> int:
     p.add_argument("--md", help="also write the table here")
     add_overwrite_flag(p)
     a = p.parse_args(argv)
-    from edge_runtime.outputs import OutputError
-    try:
-        work = OwnedDir.claim(Path(a.work), WRITER, flag="--work").path
-    except OutputError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    work = OwnedDir.claim(Path(a.work), WRITER, flag="--work").path
     archive = work / "videos"
     archive.mkdir(exist_ok=True)
     work_dir = OwnedDir(work, WRITER)

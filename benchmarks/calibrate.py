@@ -23,6 +23,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from edge_runtime.backends import BackendError, load_backend, select_artifact
+from edge_runtime.cli import command
 from edge_runtime.config import DetectorConfig, max_threads
 from edge_runtime.detectors import CROPS_FILE, DEFAULT_SIZE, DETECTORS, DetectorError, make_detector
 from edge_runtime.geometry import CropSpec, Detections, crop_faces, cut_square
@@ -32,6 +33,8 @@ from edge_runtime.outputs import add_overwrite_flag, claim_file, model_files, re
 from edge_runtime.paths import SOURCE_ROOT, cache_dir
 from edge_runtime.preprocess import preprocess_batch, to_gray
 from edge_runtime.synthetic import shuffled_scene, write_scene
+
+from train.data import DataError
 
 from .pipeline import iter_frames, match
 
@@ -110,6 +113,8 @@ def search(grays, dets, labels, start: CropSpec, backend, pre, levels) -> list[t
     return sorted(out, key=lambda r: (-r[0], abs(r[1].scale / start.scale - 1) + abs(r[1].dy - start.dy)))
 
 
+@command("python -m benchmarks.calibrate", bad_input=(ManifestError, BackendError, DetectorError, DataError, OSError,
+                                                      ValueError))  # OutputError is a ValueError
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.calibrate", description=__doc__.split("\n")[0],
                                 epilog="examples:\n  python -m benchmarks.calibrate --artifacts artifacts/cbilstm "
@@ -134,22 +139,13 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     logging.getLogger("edge_runtime").setLevel(logging.WARNING)
     if not 20 <= a.faces <= 5000 or not (a.size == 0 or 64 <= a.size <= 4096):
-        print("error: --faces must be in [20, 5000] and --size 0 or in [64, 4096]", file=sys.stderr)
-        return 2
-    from train.data import DataError, data_root_or_none
+        raise ValueError("--faces must be in [20, 5000] and --size 0 or in [64, 4096]")
+    from train.data import data_root_or_none
     out = CROPS_FILE if a.packaged else Path(a.write) if a.write else None
-    try:
-        if a.write:
-            claim_file(a.write, writer=WRITER, inputs=model_files(a.artifacts), data=[data_root_or_none(a.data)],
-                       flag="--write", overwrite=a.overwrite)
-        setup = _setup(a)
-    except (ManifestError, BackendError, DetectorError, DataError, OSError, ValueError) as e:  # OutputError too
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    fitted = fit_crop(a, *setup)
-    if fitted is None:
-        return 2
-    fit, ranked = fitted
+    if a.write:
+        claim_file(a.write, writer=WRITER, inputs=model_files(a.artifacts), data=[data_root_or_none(a.data)],
+                   flag="--write", overwrite=a.overwrite)
+    fit, ranked = fit_crop(a, *_setup(a))
     f = fit["fit"]
     print(f"{a.detector}: found {f['found']}/{f['data']['faces']} validation faces; accuracy exact crop "
           f"{f['exact_crop_accuracy']:.2%}, geometric fit {CropSpec.from_dict(f['geometric'])} "
@@ -179,8 +175,8 @@ def _setup(a):
 
 
 def fit_crop(a, name, backend, pre, detector, size, faces, split):
-    """Composite the faces, detect them, fit the crop; -> (crops.json entry, ranked crops), or
-    None (with one line on stderr) when too few faces were found."""
+    """Composite the faces, detect them, fit the crop; -> (crops.json entry, ranked crops). Too few faces
+    found to fit on: ValueError."""
     cache = cache_dir("calibrate")
     video = cache / f"val-{split['files_hash'][:12]}-{a.faces}-{a.seed}.avi"
     if not video.is_file():
@@ -188,8 +184,7 @@ def fit_crop(a, name, backend, pre, detector, size, faces, split):
     truth = json.loads(video.with_suffix(".json").read_text())
     grays, dets, truths = found_faces(video, truth, detector)
     if len(dets) < 20:
-        print(f"error: the detector found only {len(dets)} faces", file=sys.stderr)
-        return None
+        raise ValueError(f"the detector found only {len(dets)} faces")
     labels = np.array([LABELS.index(f["label"]) for f in truths])
     start = geometric_fit(dets, truths)
     levels = (False, True) if dets.has_landmarks().all() else (False,)

@@ -16,6 +16,8 @@ import sys
 import time
 
 import numpy as np
+from edge_runtime.cli import command
+from train.data import DataError
 
 
 def _variant(text: str) -> dict:
@@ -68,8 +70,8 @@ def measure(model_name: str, params: dict, faces: np.ndarray, labels: np.ndarray
     return {**row, "train_step_s": step, "epoch_s_est": step * train_images / batch_size}
 
 
+@command("python -m benchmarks.cost", bad_input=(DataError, ValueError), tf_log="3")
 def main(argv=None) -> int:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     from train.models import DEFAULT_MODEL, REGISTRY
     p = argparse.ArgumentParser(
         prog="python -m benchmarks.cost", description=__doc__.split("\n\n")[1].replace("\n", " "),
@@ -89,35 +91,31 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     from edge_runtime.preprocess import scale_pixels
 
-    from train.data import DataError, load_dataset
+    from train.data import load_dataset
     from train.recipe import TrainConfig, resolve_precision
     from edge_runtime.outputs import claim_file, record_file
     from train.data import data_root_or_none
     rows, datasets = [], {}
-    try:
-        if args.json:
-            claim_file(args.json, writer="python -m benchmarks.cost", data=[data_root_or_none(args.data)], flag="--json",
-                       overwrite=args.overwrite)
-        for variant in args.variants or [{}]:
-            cfg = TrainConfig(model=args.model, params=variant)
-            params, recipe, spec = cfg.resolved()
-            if spec not in datasets:  # variants usually share one input size
-                datasets[spec] = load_dataset(args.data, spec, cfg.val_fraction, cfg.seed, progress=False)
-            data = datasets[spec]
-            idx = np.random.default_rng(0).choice(len(data.train), 256, replace=False)
-            faces, labels = scale_pixels(data.train.images[idx], spec), data.train.labels[idx]
-            row = {"variant": variant or "registered", **measure(args.model, params, faces, labels,
-                                                                recipe.batch_size, len(data.train),
-                                                                precision=resolve_precision(recipe.precision),
-                                                                train_step=args.train_step)}
-            rows.append(row)
-            train = (f", train step {row['train_step_s']:.3f} s -> ~{row['epoch_s_est']:.0f} s/epoch"
-                     if "train_step_s" in row else "")
-            print(f"{json.dumps(row['variant'])}: {row['macs'] / 1e6:.2f} M MACs/face, {row['parameters']:,} params, "
-                  f"int8 {row['int8_kb']:.0f} KB, {row['int8_ms_p50']:.3f} ms/face (1 thread){train}", flush=True)
-    except (DataError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    if args.json:
+        claim_file(args.json, writer="python -m benchmarks.cost", data=[data_root_or_none(args.data)], flag="--json",
+                   overwrite=args.overwrite)
+    for variant in args.variants or [{}]:
+        cfg = TrainConfig(model=args.model, params=variant)
+        params, recipe, spec = cfg.resolved()
+        if spec not in datasets:  # variants usually share one input size
+            datasets[spec] = load_dataset(args.data, spec, cfg.val_fraction, cfg.seed, progress=False)
+        data = datasets[spec]
+        idx = np.random.default_rng(0).choice(len(data.train), 256, replace=False)
+        faces, labels = scale_pixels(data.train.images[idx], spec), data.train.labels[idx]
+        row = {"variant": variant or "registered", **measure(args.model, params, faces, labels,
+                                                            recipe.batch_size, len(data.train),
+                                                            precision=resolve_precision(recipe.precision),
+                                                            train_step=args.train_step)}
+        rows.append(row)
+        train = (f", train step {row['train_step_s']:.3f} s -> ~{row['epoch_s_est']:.0f} s/epoch"
+                 if "train_step_s" in row else "")
+        print(f"{json.dumps(row['variant'])}: {row['macs'] / 1e6:.2f} M MACs/face, {row['parameters']:,} params, "
+              f"int8 {row['int8_kb']:.0f} KB, {row['int8_ms_p50']:.3f} ms/face (1 thread){train}", flush=True)
     from edge_runtime.cpu import cpu_class
     print(f"timings on {cpu_class()}; load average {os.getloadavg()[0]:.1f} (timings are only comparable on an "
           "idle machine; MACs on any)")

@@ -1,17 +1,17 @@
 """The `fer` package's own pipeline on a video, for the pipeline benchmark's peer row (TensorFlow,
-1 thread): python -m benchmarks.fer_pipeline VIDEO. Prints one @@FER@@ JSON line: per-frame boxes
+1 thread): python -m benchmarks.fer_pipeline VIDEO. Prints one result line (edge_runtime.cli.emit_result): per-frame boxes
 and top labels, frames and seconds (reading + detect_emotions)."""
 from __future__ import annotations
 
-import json
-import os
 import sys
 import time
 
+from edge_runtime.cli import command, emit_result
 
+
+@command("python -m benchmarks.fer_pipeline", tf_log="3")
 def main(argv=None) -> int:
     video = (argv or sys.argv[1:])[0]
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     import cv2
     import tensorflow as tf
 
@@ -38,8 +38,8 @@ def main(argv=None) -> int:
                            "label": max(f["emotions"], key=f["emotions"].get)} for f in faces])
         n += 1
     secs = time.perf_counter() - t0
-    print("@@FER@@" + json.dumps({"frames": n, "seconds": secs, "per_frame": per_frame,
-                                  "runtime": f"fer (tensorflow {tf.__version__})"}))
+    emit_result({"frames": n, "seconds": secs, "per_frame": per_frame,
+                 "runtime": f"fer (tensorflow {tf.__version__})"})
     return 0
 
 

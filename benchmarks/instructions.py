@@ -21,6 +21,10 @@ import sys
 import tempfile
 from pathlib import Path
 
+from edge_runtime.cli import command, error
+
+from .peers import PeerError
+
 WRITER = "python -m benchmarks.instructions"
 FORBIDDEN = re.compile(r"avx512|vnni|amx", re.I)  # kernels an AVX2-only CPU does not have
 
@@ -93,6 +97,7 @@ def kernel_isas(kernels: list[str]) -> list[str]:
     return sorted({m.group(1) for k in kernels if (m := re.search(r"__(avx2|avx|sse\d+|fma3)", k))})
 
 
+@command(WRITER, bad_input=(InstructionError, PeerError, ValueError))  # OutputError is a ValueError
 def main(argv=None) -> int:
     if argv is None and len(sys.argv) == 4 and sys.argv[1] == "--child":
         _child(sys.argv[2], int(sys.argv[3]))
@@ -105,26 +110,22 @@ def main(argv=None) -> int:
     p.add_argument("--peer", action="append", default=[], help="also count a peer's model (fer)")
     p.add_argument("--invokes", type=int, default=100, help="invocations counted per model (default 100)")
     p.add_argument("--md", help="also write the table here (Markdown)")
-    from edge_runtime.outputs import OutputError, add_overwrite_flag, claim_file, record_file
+    from edge_runtime.outputs import add_overwrite_flag, claim_file, record_file
     add_overwrite_flag(p)
     args = p.parse_args(argv)
     from benchmarks.macs import count as count_macs
-    from benchmarks.peers import PeerError, locate
-    try:
-        if args.invokes < 1:
-            raise InstructionError("--invokes must be at least 1")
-        targets = [tflite_file(m) for m in args.models] + [(f"peer {n}", locate(n)) for n in args.peer]
-        if args.md:
-            claim_file(args.md, writer=WRITER, inputs=[t[1] for t in targets], flag="--md", overwrite=args.overwrite)
-    except (InstructionError, PeerError, OutputError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    from benchmarks.peers import locate
+    if args.invokes < 1:
+        raise InstructionError("--invokes must be at least 1")
+    targets = [tflite_file(m) for m in args.models] + [(f"peer {n}", locate(n)) for n in args.peer]
+    if args.md:
+        claim_file(args.md, writer=WRITER, inputs=[t[1] for t in targets], flag="--md", overwrite=args.overwrite)
     rows = []
     for name, path in targets:
         try:
             res = count(path, args.invokes)
-        except InstructionError as e:
-            print(f"error: {e}", file=sys.stderr)
+        except InstructionError as e:  # valgrind ran and failed: the work failed, not the input
+            error(WRITER, e)
             return 1
         rows.append({"model": name, "file": path.name, "macs": count_macs(path)["macs"], **res})
         print(f"{name}: {res['instructions'] / 1e6:.2f} M instructions/face", file=sys.stderr, flush=True)

@@ -26,6 +26,7 @@ import cv2
 import numpy as np
 
 from edge_runtime import config
+from edge_runtime.cli import results
 from edge_runtime.backends import select_artifact
 from edge_runtime.daemon import Daemon
 from edge_runtime.geometry import clip_boxes, cut_square, iou_matrix
@@ -230,11 +231,11 @@ def fer_row(video: Path, truth: dict) -> dict:
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="")
     proc = subprocess.run([sys.executable, "-m", "benchmarks.fer_pipeline", str(video)], capture_output=True,
                           text=True, env=env, cwd=SOURCE_ROOT, timeout=3600)
-    out = [line for line in proc.stdout.splitlines() if line.startswith("@@FER@@")]
+    out = list(results(proc.stdout))
     if proc.returncode != 0 or not out:
         tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
         return {"detector": "fer (haar)", "artifact": "peer-fer", "status": "failed", "reason": tail[:300]}
-    res = json.loads(out[0][len("@@FER@@"):])
+    res = out[0]
     ceiling = [[""] * len(t) for t in truth["per_frame"]]  # the peer's own ceiling is not ours to claim
     row = {"detector": "fer (haar)", "artifact": "peer-fer", "threads": 1, "status": "ok",
            "frames": res["frames"], "seconds": res["seconds"], "fps": res["frames"] / res["seconds"],

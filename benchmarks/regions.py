@@ -20,10 +20,13 @@ from pathlib import Path
 
 import numpy as np
 
+from edge_runtime.cli import command
 from edge_runtime.cpu import cpu_class
-from edge_runtime.manifest import read_manifest
+from edge_runtime.manifest import ManifestError, read_manifest
 from edge_runtime.outputs import add_overwrite_flag, claim_file, record_file
 from edge_runtime.synthetic import moving_scene, small_scene, write_scene
+
+from train.data import DataError
 
 from .calibrate import validation_faces
 from edge_runtime.packaged import packaged_dir
@@ -55,6 +58,7 @@ def clustered_se(truth: dict, per_frame: list[list[dict]], what: str) -> float:
     return float(se) if se is not None else 0.0
 
 
+@command(WRITER, bad_input=(ManifestError, DataError, ValueError))  # OutputError is a ValueError
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.regions", description=__doc__.split("\n\n")[0],
                                 epilog=__doc__.split("\n\n", 2)[2], formatter_class=argparse.RawDescriptionHelpFormatter)

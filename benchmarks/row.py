@@ -6,7 +6,6 @@ row, not a dead benchmark) and makes peak RSS a per-artifact figure. Prints one 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import resource
 import sys
@@ -16,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from edge_runtime.manifest import artifact_path, read_manifest, verify_file
+from edge_runtime.cli import command, emit_result
 from edge_runtime.preprocess import scale_pixels
 
 from .accuracy import evaluate
@@ -79,6 +79,7 @@ def measure(manifest_dir: str, artifact: str, threads: int, data: str | None, te
     return row
 
 
+@command("python -m benchmarks.row", bad_input=(), tf_log="3")  # every failure is a row
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.row", description=__doc__)
     p.add_argument("--manifest", required=True)
@@ -94,7 +95,7 @@ def main(argv=None) -> int:
     except Exception as e:  # any failure is a row, not a crash of the whole benchmark
         row = {"artifact": a.artifact, "threads": a.threads, "status": "failed",
                "reason": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]}
-    sys.stdout.write("\n@@ROW@@" + json.dumps(row) + "\n")
+    emit_result(row)
     return 0
 
 

@@ -53,6 +53,7 @@ try:  # the rootfs venv has the project installed (pip install .); a dev checkou
     import edge_runtime  # noqa: F401
 except ImportError:
     sys.path.insert(0, str(REPO))
+from edge_runtime.cli import command  # noqa: E402
 from edge_runtime.manifest import DEVICE_ORDER, Manifest, ManifestError, read_manifest  # noqa: E402
 WORK = REPO / ".cache" / "aarch64-check"
 VENV_IN = "/opt/fer-edge"
@@ -596,8 +597,9 @@ def check(args) -> int:
     return 0 if all_ok else 1
 
 
+@command("python -m devices.aarch64_check", bad_input=(ManifestError, ValueError))
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m devices.aarch64_check", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="cmd")
     pr = sub.add_parser("probe", help="worker: predict saved faces with each artifact (runs on either arch)")
     pr.add_argument("--artifacts", required=True)

@@ -8,6 +8,7 @@ import sys
 import textwrap
 
 from .backends import BackendError
+from .cli import command
 from .config import DEFAULTS, DETECTOR_SIZES, ConfigError, ascii_digits, build
 from .detectors import DetectorError
 from .manifest import ManifestError
@@ -93,27 +94,17 @@ def flags_to_layer(ns: argparse.Namespace) -> dict:
     return layer
 
 
+# Ctrl-C before the loop runs (model load): one line, the shell's 130
+@command("edge_runtime", bad_input=(ConfigError, ManifestError, BackendError, DetectorError, OSError))
 def main(argv=None) -> int:
-    try:
-        return _main(argv)
-    except KeyboardInterrupt:  # Ctrl-C before the loop runs (model load): one line, the shell's 130
-        print("edge_runtime: interrupted", file=sys.stderr)
-        return 130
-
-
-def _main(argv=None) -> int:
     signal.signal(signal.SIGHUP, signal.SIG_IGN)  # a log rotation while the model loads must not kill us
     ns = parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        cfg = build(ns.profile, ns.config, flags_to_layer(ns))
-        logging.getLogger().setLevel(cfg.run.log_level.upper())
-        from .daemon import Daemon  # after config: a bad flag answers fast
-        daemon = Daemon(cfg, read_files=[f for f in (ns.config, ns.profile) if f])
-    except (ConfigError, ManifestError, BackendError, DetectorError, OSError) as e:
-        print(f"edge_runtime: error: {e}", file=sys.stderr)
-        return 2
+    cfg = build(ns.profile, ns.config, flags_to_layer(ns))
+    logging.getLogger().setLevel(cfg.run.log_level.upper())
+    from .daemon import Daemon  # after config: a bad flag answers fast
+    daemon = Daemon(cfg, read_files=[f for f in (ns.config, ns.profile) if f])
     signal.signal(signal.SIGTERM, daemon.stop)
     signal.signal(signal.SIGINT, daemon.stop)
     signal.signal(signal.SIGHUP, daemon.request_reopen)

@@ -23,6 +23,7 @@ from .labels import LABELS
 from .manifest import atomic_write_bytes
 from .outputs import OutputError, add_overwrite_flag, claim_file, record_file
 from .preprocess import to_gray
+from .cli import command
 
 log = logging.getLogger(__name__)
 VIDEO_WRITER, SHEET_WRITER = "python -m edge_runtime --annotate", "python -m edge_runtime.annotate sheet"
@@ -206,6 +207,7 @@ def contact_sheet(video: str | Path, out: str | Path, frames: int = 8, columns: 
     return len(picks)
 
 
+@command("python -m edge_runtime.annotate", bad_input=(ValueError, OSError))
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m edge_runtime.annotate", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -215,13 +217,9 @@ def main(argv=None) -> int:
     s.add_argument("--frames", type=int, default=8, help="frames on the sheet (1..64, default 8)")
     add_overwrite_flag(s)
     a = p.parse_args(argv)
-    try:
-        if not 1 <= a.frames <= 64:
-            raise ValueError("--frames must be in [1, 64]")
-        n = contact_sheet(a.video, a.out, a.frames, overwrite=a.overwrite)
-    except (ValueError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    if not 1 <= a.frames <= 64:
+        raise ValueError("--frames must be in [1, 64]")
+    n = contact_sheet(a.video, a.out, a.frames, overwrite=a.overwrite)
     print(f"wrote {a.out} ({n} frames of {a.video})")
     return 0
 

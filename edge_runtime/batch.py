@@ -20,9 +20,12 @@ import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
+from .backends import BackendError
+from .cli import command
 from .config import DEFAULTS, DETECTOR_SIZES, ConfigError, SourceConfig, build
+from .detectors import DetectorError
 from .labels import LABELS
-from .manifest import atomic_write_bytes, atomic_write_json
+from .manifest import ManifestError, atomic_write_bytes, atomic_write_json
 from .outputs import OutputError, OwnedDir, check_target, exclusive, model_files
 from .packaged import MODEL_CHOICES
 
@@ -674,6 +677,8 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
+@command("python -m edge_runtime.batch", bad_input=(BackendError, DetectorError, ManifestError, OSError, ValueError),
+         interrupted="interrupted; the videos finished so far are kept, a re-run goes on")
 def main(argv=None) -> int:
     a = parse_args(argv)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
@@ -682,22 +687,10 @@ def main(argv=None) -> int:
     def stop(signum, frame):  # SIGTERM like Ctrl-C: finished videos are kept, the rest not started
         raise KeyboardInterrupt
     signal.signal(signal.SIGTERM, stop)
-    from .backends import BackendError
-    from .detectors import DetectorError
-    from .manifest import ManifestError
-    from .packaged import PackagedModelError
     started = utc_now()
-    try:
-        index = analyze(a.inputs, a.out, workers=a.workers, dask=a.dask, model=a.model, artifacts=a.artifacts or "",
-                        every=a.every, fps=a.fps, detector=a.detector, backend=a.backend, csv=a.csv,
-                        annotate=a.annotate, quiet=a.quiet)
-    except KeyboardInterrupt:
-        print("edge_runtime.batch: interrupted; the videos finished so far are kept, a re-run goes on",
-              file=sys.stderr)
-        return 130
-    except (ConfigError, BackendError, DetectorError, ManifestError, PackagedModelError, OSError, ValueError) as e:
-        print(f"edge_runtime.batch: error: {e}", file=sys.stderr)
-        return 2
+    index = analyze(a.inputs, a.out, workers=a.workers, dask=a.dask, model=a.model, artifacts=a.artifacts or "",
+                    every=a.every, fps=a.fps, detector=a.detector, backend=a.backend, csv=a.csv,
+                    annotate=a.annotate, quiet=a.quiet)  # ConfigError, PackagedModelError: ValueErrors
     failed = [r for r in index if r["status"] == "failed"]
     skipped = [r for r in index if r.get("analysed_at", "") < started and r["status"] != "failed"]
     frames = sum(r["frames"] for r in index if r not in skipped)

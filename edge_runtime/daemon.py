@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import sys
 import threading
 import time
 from pathlib import Path
@@ -16,6 +15,7 @@ import cv2
 import numpy as np
 
 from .api import EmotionRecognizer
+from .cli import error
 from .events import Event
 from .config import Config, ConfigError, check
 from .annotate import VideoOut, draw
@@ -152,7 +152,7 @@ class Daemon:
                     frame = self.capture.get(0)  # the last frame may land just before `ended`
                     if frame is None:
                         if self.capture.error:  # a file that can never give a frame
-                            print(f"edge_runtime: error: {self.capture.error}", file=sys.stderr)
+                            error("edge_runtime", self.capture.error)
                             code = 2
                         else:
                             log.info("end of source after %d frames", done)
@@ -167,7 +167,7 @@ class Daemon:
         finally:
             self.shutdown()
         if self.exit_code:
-            print(f"edge_runtime: error: {self.exit_reason}", file=sys.stderr)
+            error("edge_runtime", self.exit_reason)
             return self.exit_code
         return code
 

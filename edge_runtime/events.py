@@ -16,6 +16,7 @@ import types
 import typing
 from dataclasses import MISSING, asdict, dataclass, field, fields
 
+from .cli import command
 from .labels import LABELS
 
 # 2: media_s, device, schema; summary times in media seconds; shares in percent (shares_pct);
@@ -155,6 +156,7 @@ def json_schema() -> dict:
             "title": f"fer-edge event, schema version {EVENT_SCHEMA_VERSION}", **s}
 
 
+@command("python -m edge_runtime.events")
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] in ("-h", "--help"):
@@ -162,8 +164,7 @@ def main(argv=None) -> int:
               f"(version {EVENT_SCHEMA_VERSION}), generated from edge_runtime.events.Event.")
         return 0
     if argv:
-        print(f"python -m edge_runtime.events: error: unexpected argument {argv[0]!r}", file=sys.stderr)
-        return 2
+        raise ValueError(f"unexpected argument {argv[0]!r}")
     print(json.dumps(json_schema(), indent=2))
     return 0
 

@@ -14,6 +14,7 @@ import sys
 import threading
 import time
 
+from .cli import command, error
 from .config import DEFAULTS, DEVICE_ID, ConfigError, ascii_digits, build
 from .credentials import MQTT_ENV, CredentialsError, read_credentials
 from .sinks import TOPICS
@@ -111,31 +112,31 @@ def _ours(payload: bytes, node: str) -> bool:
         return False
 
 
+PROG = "python -m edge_runtime.mqtt_clean"
+
+
+@command(PROG, bad_input=(ConfigError, CredentialsError))
 def main(argv=None) -> int:
     a = parse_args(argv)
-    try:
-        layer: dict = {"mqtt": {}}
-        if a.mqtt:
-            host, _, port = a.mqtt.rpartition(":")
-            if not host.strip("[]") or not ascii_digits(port):
-                raise ConfigError(f"--mqtt {a.mqtt!r} should be HOST:PORT")
-            layer["mqtt"].update(host=host.strip("[]"), port=int(port))
-        if a.mqtt_prefix:
-            layer["mqtt"]["prefix"] = a.mqtt_prefix
-        if a.discovery_prefix:
-            layer["mqtt"]["discovery_prefix"] = a.discovery_prefix
-        q = build(None, a.config, layer).mqtt
-        if not q.host:
-            raise ConfigError("no broker: give --mqtt HOST:PORT or a --config with [mqtt] host")
-        if not (math.isfinite(a.wait) and 0 < a.wait <= 600):
-            raise ConfigError("--wait must be a number of seconds in (0, 600]")
-        bad = [d for d in a.device if not DEVICE_ID.fullmatch(d)]
-        if bad:
-            raise ConfigError(f"--device {bad[0]!r} is not a device id (1-64 letters, digits, _ or -)")
-        login = read_credentials(q.credentials_file, MQTT_ENV, "mqtt.credentials_file")
-    except (ConfigError, CredentialsError) as e:
-        print(f"mqtt_clean: error: {e}", file=sys.stderr)
-        return 2
+    layer: dict = {"mqtt": {}}
+    if a.mqtt:
+        host, _, port = a.mqtt.rpartition(":")
+        if not host.strip("[]") or not ascii_digits(port):
+            raise ConfigError(f"--mqtt {a.mqtt!r} should be HOST:PORT")
+        layer["mqtt"].update(host=host.strip("[]"), port=int(port))
+    if a.mqtt_prefix:
+        layer["mqtt"]["prefix"] = a.mqtt_prefix
+    if a.discovery_prefix:
+        layer["mqtt"]["discovery_prefix"] = a.discovery_prefix
+    q = build(None, a.config, layer).mqtt
+    if not q.host:
+        raise ConfigError("no broker: give --mqtt HOST:PORT or a --config with [mqtt] host")
+    if not (math.isfinite(a.wait) and 0 < a.wait <= 600):
+        raise ConfigError("--wait must be a number of seconds in (0, 600]")
+    bad = [d for d in a.device if not DEVICE_ID.fullmatch(d)]
+    if bad:
+        raise ConfigError(f"--device {bad[0]!r} is not a device id (1-64 letters, digits, _ or -)")
+    login = read_credentials(q.credentials_file, MQTT_ENV, "mqtt.credentials_file")
     import paho.mqtt.client as mqtt
     client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"fer-edge-clean-{int(time.time())}")
     if login:
@@ -162,7 +163,7 @@ def main(argv=None) -> int:
             raise ConnectionError(f"connection refused ({answer['reason']})")
         retained = collect(client, [f"{prefix}/#", f"{disc}/sensor/+/+/config"], a.wait)
     except (OSError, ConnectionError) as e:
-        print(f"mqtt_clean: error: broker {q.host}:{q.port}: {e}", file=sys.stderr)
+        error(PROG, f"broker {q.host}:{q.port}: {e}")
         return 1
     try:
         devices, legacy = by_device(retained, prefix, disc)
@@ -184,9 +185,8 @@ def main(argv=None) -> int:
         for dev in a.device:
             live = online(retained, devices.get(dev, []), prefix, dev)
             if live and not a.force:
-                print(f"mqtt_clean: error: device {dev} is online ({live}): its daemon would publish everything "
-                      "again; stop it first (or --force)", file=sys.stderr)
-                return 2
+                raise ConfigError(f"device {dev} is online ({live}): its daemon would publish everything "
+                                  "again; stop it first (or --force)")
             if dev not in devices:
                 print(f"device {dev}: no retained topics (known: {', '.join(devices) or 'none'})")
             clear += devices.get(dev, [])

@@ -19,7 +19,8 @@ import numpy as np
 from .geometry import iou  # noqa: F401  (re-exported: tests match boxes with it)
 from .labels import LABELS
 from .manifest import atomic_write_text
-from .outputs import OutputError, add_overwrite_flag, claim_file, record_file
+from .cli import command
+from .outputs import add_overwrite_flag, claim_file, record_file
 
 WRITER = "python -m edge_runtime.synthetic"  # its name in ownership ledgers
 
@@ -228,6 +229,7 @@ def frame_truth(truth: dict, index: int) -> list[dict]:
     return truth["per_frame"][index] if truth.get("per_frame") else truth["faces"]
 
 
+@command("python -m edge_runtime.synthetic", bad_input=(ValueError, RuntimeError, OSError))  # OutputError is a ValueError
 def main(argv=None) -> int:
     import argparse
     p = argparse.ArgumentParser(prog="python -m edge_runtime.synthetic",
@@ -243,17 +245,9 @@ def main(argv=None) -> int:
                    help="2-4 faces (at most --faces) of 64-200 px drifting, crossing, entering and leaving")
     add_overwrite_flag(p)
     a = p.parse_args(argv)
-    try:
-        for path, flag in ((a.out, "OUT"), (str(Path(a.out).with_suffix(".json")), "OUT's truth file")):
-            claim_file(path, writer=WRITER, data=[a.data], flag=flag, overwrite=a.overwrite)
-    except OutputError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    try:
-        return _write(a)
-    except (ValueError, RuntimeError, OSError) as e:  # a bad --size, an unwritable suffix or folder
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    for path, flag in ((a.out, "OUT"), (str(Path(a.out).with_suffix(".json")), "OUT's truth file")):
+        claim_file(path, writer=WRITER, data=[a.data], flag=flag, overwrite=a.overwrite)
+    return _write(a)  # a bad --size, an unwritable suffix or folder: bad input
 
 
 def _write(a) -> int:

@@ -2,9 +2,12 @@
 from __future__ import annotations
 
 import argparse
-import os
 import signal
 import sys
+
+from edge_runtime.cli import command
+
+from .pipeline import ExportError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -67,48 +70,38 @@ def _interrupt(signum, frame):
     raise Interrupted(signum)
 
 
+# Ctrl-C before the export's own handlers are in place (its imports): nothing written yet
+@command("python -m export", bad_input=(ExportError, ValueError), tf_log="3",
+         interrupted="interrupted; nothing was written")
 def main(argv=None) -> int:
-    try:
-        return _main(argv)
-    except KeyboardInterrupt:  # before the export's own handlers are in place (its imports): nothing written yet
-        print("export interrupted; nothing was written", file=sys.stderr)
-        return 130
-
-
-def _main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     from edge_runtime.config import check_threads
 
-    from .pipeline import ExportConfig, ExportError, Interrupted, run_export
+    from .pipeline import ExportConfig, Interrupted, run_export
+    if not 1 <= args.calibration <= 100_000:
+        raise ValueError("--calibration must be in [1, 100000]")
+    if not 0.0 <= args.max_drop <= 100.0:  # also refuses NaN
+        raise ValueError("--max-drop must be percentage points in [0, 100]")
+    if not 0.0 < args.fraction <= 1.0:
+        raise ValueError("--fraction must be in (0, 1]")
+    check_threads(args.threads, "--threads")
+    cfg = ExportConfig(model=args.model, data=args.data, out=args.out, int8=args.int8,
+                       max_drop=args.max_drop, calibration=args.calibration,
+                       formats=[s.strip() for s in args.formats.split(",")] if args.formats else None,
+                       extras=args.extras, allow_partial=args.allow_partial, fraction=args.fraction,
+                       packaged=args.packaged,
+                       threads=args.threads, progress=not args.quiet)
+    old = {s: signal.signal(s, _interrupt) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
-        if not 1 <= args.calibration <= 100_000:
-            raise ValueError("--calibration must be in [1, 100000]")
-        if not 0.0 <= args.max_drop <= 100.0:  # also refuses NaN
-            raise ValueError("--max-drop must be percentage points in [0, 100]")
-        if not 0.0 < args.fraction <= 1.0:
-            raise ValueError("--fraction must be in (0, 1]")
-        check_threads(args.threads, "--threads")
-        cfg = ExportConfig(model=args.model, data=args.data, out=args.out, int8=args.int8,
-                           max_drop=args.max_drop, calibration=args.calibration,
-                           formats=[s.strip() for s in args.formats.split(",")] if args.formats else None,
-                           extras=args.extras, allow_partial=args.allow_partial, fraction=args.fraction,
-                           packaged=args.packaged,
-                           threads=args.threads, progress=not args.quiet)
-        old = {s: signal.signal(s, _interrupt) for s in (signal.SIGTERM, signal.SIGINT)}
-        try:
-            _, code = run_export(cfg)
-        finally:
-            for s, h in old.items():
-                signal.signal(s, h)
-        return code
-    except (ExportError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        _, code = run_export(cfg)
     except Interrupted as e:
-        print(f"export {e}; nothing half-written: {getattr(e, 'live', 'nothing was written yet')}",
+        print(f"python -m export: {e}; nothing half-written: {getattr(e, 'live', 'nothing was written yet')}",
               file=sys.stderr)
         return 128 + e.signum
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+    return code
 
 
 if __name__ == "__main__":

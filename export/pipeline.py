@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edge_runtime.cli import results
 from edge_runtime.labels import LABELS
 from edge_runtime.manifest import (SCHEMA_VERSION, Artifact, Manifest, ManifestError, atomic_write_json,
                                    atomic_write_text, read_manifest, sha256_file, write_manifest)
@@ -226,9 +227,7 @@ class Worker:
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen([sys.executable, "-m", "export.worker", str(self.staging), *names],
                                          stdout=subprocess.PIPE, stderr=log, cwd=SOURCE_ROOT, env=env, text=True)
-        for line in self.proc.stdout:
-            if line.startswith("{"):
-                yield json.loads(line)
+        yield from results(line.rstrip("\n") for line in self.proc.stdout)
         self.proc.wait()
         yield {"event": "exit", "returncode": self.proc.returncode}
 

@@ -20,6 +20,7 @@ import numpy as np
 from edge_runtime.backends import quantize
 from edge_runtime.manifest import atomic_write_text
 from edge_runtime.outputs import OutputError, add_overwrite_flag, claim_file, model_files, record_file
+from edge_runtime.cli import command
 
 
 def _time(fn, x, runs):
@@ -183,6 +184,7 @@ def _onnx_rows(ctx, x, y, ref, runs: int) -> list[dict]:
     return rows
 
 
+@command("python -m export.study", bad_input=(OutputError,), tf_log="3")
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m export.study", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", required=True, help="run folder")
@@ -193,15 +195,10 @@ def main(argv=None) -> int:
     p.add_argument("--json", help="write the table here as JSON")
     add_overwrite_flag(p)
     args = p.parse_args(argv)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     if args.json:
         from train.data import data_root_or_none
-        try:
-            claim_file(args.json, writer="python -m export.study", inputs=model_files(args.model),
-                       data=[data_root_or_none(args.data)], flag="--json", overwrite=args.overwrite)
-        except OutputError as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 2
+        claim_file(args.json, writer="python -m export.study", inputs=model_files(args.model),
+                   data=[data_root_or_none(args.data)], flag="--json", overwrite=args.overwrite)
     from train.threads import tf_threads
     tf_threads(1)
     run, ctx, x, y, ref = _inputs(args)

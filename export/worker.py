@@ -16,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
+from edge_runtime.cli import command, emit_result
+
 
 def one_line(e: BaseException, limit: int = 240) -> str:
     text = " ".join(str(e).split()) or type(e).__name__
@@ -61,8 +63,7 @@ class Context:
 
 
 def emit(**event) -> None:
-    sys.stdout.write(json.dumps(event) + "\n")
-    sys.stdout.flush()
+    emit_result(event)
 
 
 def reference(ctx: Context) -> None:
@@ -74,10 +75,10 @@ def reference(ctx: Context) -> None:
          parameters=int(model.count_params()), input_shape=list(model.input_shape[1:]))
 
 
+@command("python -m export.worker", bad_input=(), tf_log="3")  # each format's failure is an event
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     staging, names = Path(argv[0]), argv[1:]
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     job = json.loads((staging / "job.json").read_text())
     from train.threads import tf_threads
     tf_threads(job.get("threads"))

@@ -10,9 +10,9 @@ Prints the sha256 to pin in ``edge_runtime.detectors.PACKAGED``.
 from __future__ import annotations
 
 import argparse
-import sys
 
 from edge_runtime.manifest import atomic_write_bytes, sha256_file
+from edge_runtime.cli import command
 
 
 def dynamic_size(src: str, dst: str) -> str:
@@ -38,16 +38,13 @@ def dynamic_size(src: str, dst: str) -> str:
     return sha256_file(dst)
 
 
+@command("python -m export.yunet", bad_input=(OSError, ValueError))
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m export.yunet", description=__doc__.split("\n")[0])
     p.add_argument("src", help="YuNet .onnx with a fixed input shape")
     p.add_argument("dst", help="output .onnx")
     a = p.parse_args(argv)
-    try:
-        sha = dynamic_size(a.src, a.dst)
-    except (OSError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    sha = dynamic_size(a.src, a.dst)
     print(f"wrote {a.dst}: source sha256 {sha256_file(a.src)}, output sha256 {sha}")
     return 0
 

@@ -124,7 +124,7 @@ def test_test_dir_scores_a_users_own_split(tiny_artifacts, tiny_tree, tmp_path):
 
 def test_bad_input_one_line_exit_2(tmp_path):
     r = _bench("--artifacts", tmp_path / "nothing")
-    assert r.returncode == 2 and r.stderr.strip().startswith("error: no manifest")
+    assert r.returncode == 2 and r.stderr.strip().startswith("python -m benchmarks: error: no manifest")
     r = _bench("--artifacts", tmp_path, "--threads", "0")
     assert r.returncode == 2 and "--threads" in r.stderr
     r = _bench("--artifacts", tmp_path, "--pipeline", "--detectors", "yunet,blazeface")

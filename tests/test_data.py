@@ -124,7 +124,7 @@ def test_cli_bad_input_is_one_line_and_exit_2(tmp_path):
     r = subprocess.run([sys.executable, "-m", "train", "--data", str(tmp_path / "missing"), "--out",
                         str(tmp_path / "run")], capture_output=True, text=True, cwd=REPO, timeout=120)
     assert r.returncode == 2
-    lines = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
+    lines = [ln for ln in r.stderr.splitlines() if ln.startswith("python -m train: error:")]
     assert len(lines) == 1 and "does not exist" in lines[0] and "FER2013" in lines[0]
     r = subprocess.run([sys.executable, "-m", "train", "--model", "thesis", "--param", "depth=3"],
                        capture_output=True, text=True, cwd=REPO, timeout=120)

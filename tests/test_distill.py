@@ -61,7 +61,7 @@ def test_teacher_settings_are_checked_before_training(tmp_path):
     assert r.returncode == 2 and r.stderr.strip().endswith("(make it with python -m train.distill)")
     r = subprocess.run([sys.executable, "-m", "train.distill", str(tmp_path), "--out", str(tmp_path / "t.npz")],
                        capture_output=True, text=True, cwd=REPO, timeout=60)
-    assert r.returncode == 2 and r.stderr.startswith("error: no manifest at") and len(r.stderr.splitlines()) == 1
+    assert r.returncode == 2 and r.stderr.startswith("python -m train.distill: error: no manifest at") and len(r.stderr.splitlines()) == 1
     assert not (tmp_path / "t.npz").exists()
 
 

@@ -34,3 +34,13 @@ def test_the_readme_is_a_front_page_and_no_page_points_at_history():
     assert len((REPO / "README.md").read_bytes()) < 14_000  # the research record lives in docs/
     for md in DOCS:  # issue numbers, commit hashes and scratch logs mean nothing to a reader of the repo
         assert not re.search(r"\bissue \d+|\blogs/|commit [0-9a-f]{7}", md.read_text()), md
+
+
+def test_the_design_of_record_names_every_module():
+    """docs/architecture.md is the design of record: each module of the packages is named there with
+    what it owns, so a new module comes with its line (and a removed one loses it)."""
+    text = (REPO / "docs" / "architecture.md").read_text()
+    missing = [str(p.relative_to(REPO)) for pkg in ("edge_runtime", "train", "export", "benchmarks", "devices")
+               for p in sorted((REPO / pkg).glob("*.py")) if p.name not in ("__init__.py", "__main__.py")
+               and p.name not in text]
+    assert missing == []

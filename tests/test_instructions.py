@@ -35,4 +35,4 @@ def test_a_kernel_beyond_avx2_is_refused():
 def test_bad_arguments_exit_2_with_one_line(tmp_path):
     r = subprocess.run([sys.executable, "-m", "benchmarks.instructions", str(tmp_path)], cwd=REPO,
                        capture_output=True, text=True, timeout=120)
-    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and r.stderr.startswith("error:")
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and r.stderr.startswith("python -m benchmarks.instructions: error:")

@@ -126,7 +126,7 @@ def test_precision_and_ema_settings_are_checked_before_training():
         TrainConfig(model="cbilstm", recipe={"mixup": -0.2}).resolved()
     r = subprocess.run([sys.executable, "-m", "train", "--set", "precision=half", "--out", "unused"],
                        cwd=REPO, capture_output=True, text=True, timeout=300)
-    assert r.returncode == 2 and r.stderr.strip().splitlines()[-1].startswith("error: precision must be one of")
+    assert r.returncode == 2 and r.stderr.strip().splitlines()[-1].startswith("python -m train: error: precision must be one of")
 
 
 def test_weight_ema_warms_up_and_top_class_share_counts_predictions():
@@ -257,7 +257,7 @@ def test_cbilstm_stem_spec_gives_the_documented_shapes():
     assert wide.get_layer("rows").output.shape[1:] == (12, 1536)
     r = subprocess.run([sys.executable, "-m", "train", "--param", "stem=16-x-32", "--out", "unused"],
                        cwd=REPO, capture_output=True, text=True, timeout=300)
-    assert r.returncode == 2 and r.stderr.strip().splitlines()[-1].startswith("error: bad stem token 'x'")
+    assert r.returncode == 2 and r.stderr.strip().splitlines()[-1].startswith("python -m train: error: bad stem token 'x'")
     x = np.random.default_rng(0).random((2, 48, 48, 1), np.float32)
     u = build("cbilstm", unroll=True)
     u.set_weights(m.get_weights())

@@ -3,13 +3,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
 from edge_runtime.config import check_threads
 
 from .data import DataError
+from edge_runtime.cli import command
 
 
 def key_value(text: str) -> tuple[str, object]:
@@ -129,30 +129,26 @@ def resumed_config(args, parser):
     return cfg, state["settings"]["data"], state
 
 
+@command("python -m train", bad_input=(DataError, ValueError, TypeError), tf_log="2")
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    try:
-        state = None
-        if args.resume:
-            cfg, args.data, state = resumed_config(args, parser)
-            args.out = args.resume
-        else:
-            cfg = config_from_args(args)
-        cfg.resolved()  # validate overrides before TensorFlow starts
-        if args.threads is not None:
-            check_threads(args.threads, "--threads")
-        from .fit import train_run
-        from .threads import tf_threads
-        tf_threads(args.threads)
-        if args.out is not None and not args.out.strip():  # an unset $OUT must not mean the default folder
-            raise ValueError("--out is empty: name the run folder to write")
-        out = Path(args.out or f"runs/{cfg.model}")
-        m = train_run(cfg, args.data, out, resume=state)
-    except (DataError, ValueError, TypeError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    state = None
+    if args.resume:
+        cfg, args.data, state = resumed_config(args, parser)
+        args.out = args.resume
+    else:
+        cfg = config_from_args(args)
+    cfg.resolved()  # validate overrides before TensorFlow starts
+    if args.threads is not None:
+        check_threads(args.threads, "--threads")
+    from .fit import train_run
+    from .threads import tf_threads
+    tf_threads(args.threads)
+    if args.out is not None and not args.out.strip():  # an unset $OUT must not mean the default folder
+        raise ValueError("--out is empty: name the run folder to write")
+    out = Path(args.out or f"runs/{cfg.model}")
+    m = train_run(cfg, args.data, out, resume=state)
     t, val = m.metrics["test"], m.metrics["val_accuracy"]
     val = (f"best val accuracy {val:.2%} (epoch {m.metrics['best_epoch']})" if val is not None
            else f"refit, no validation ({m.metrics['epochs_run']} epochs)")

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -28,6 +27,7 @@ from edge_runtime.outputs import add_overwrite_flag, claim_file, model_files, re
 from edge_runtime.preprocess import scale_pixels
 
 from .data import DataError, Split, load_dataset, resolve_root, skipped_note
+from edge_runtime.cli import command
 
 FORMAT = "fer-soft-labels/1"
 
@@ -136,18 +136,14 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+@command("python -m train.distill", bad_input=(DataError, ManifestError, OSError, ValueError), tf_log="2")
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    try:
-        claim_file(args.out, writer="python -m train.distill", inputs=[f for t in args.teachers for f in model_files(t)],
-                   data=[resolve_root(args.data)], flag="--out",
-                   overwrite=args.overwrite)
-        meta = make_soft_labels(args.teachers, args.out, args.data, args.fraction, progress=not args.quiet)
-        record_file(args.out, "python -m train.distill")
-    except (DataError, ManifestError, OSError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    claim_file(args.out, writer="python -m train.distill", inputs=[f for t in args.teachers for f in model_files(t)],
+               data=[resolve_root(args.data)], flag="--out",
+               overwrite=args.overwrite)
+    meta = make_soft_labels(args.teachers, args.out, args.data, args.fraction, progress=not args.quiet)
+    record_file(args.out, "python -m train.distill")
     print(f"soft labels of {len(meta['teachers'])} teacher(s) for {meta['faces']:,} faces -> {args.out} "
           f"(ensemble accuracy on train/ {meta['ensemble_train_accuracy']:.2%})")
     return 0

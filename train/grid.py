@@ -31,6 +31,7 @@ from edge_runtime.manifest import atomic_write_json, atomic_write_text
 from edge_runtime.preprocess import PreprocessSpec
 
 from .data import DataError
+from edge_runtime.cli import command
 
 THESIS_GRID = {"row_hidden": [32, 64, 128], "col_hidden": [16, 32, 64]}
 THESIS_BEST = "thesis (2023): best 0.264 at col_hidden=64, row_hidden=32 (3-fold CV, full train split)"
@@ -428,14 +429,10 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+@command("python -m train.grid", bad_input=(DataError, ValueError, TypeError, OSError), tf_log="2")
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    try:
-        return _main(args)
-    except (DataError, ValueError, TypeError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    return _main(args)
 
 
 def _search_cells(args) -> tuple[list[dict], list[dict], PreprocessSpec, dict]:

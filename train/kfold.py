@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -36,6 +35,7 @@ from edge_runtime.paths import work_root
 
 from .data import FOLD_SEED, DataError, Split, fold_of, load_dataset, resolve_root
 from .distill import FORMAT, write_labels
+from edge_runtime.cli import command
 
 WRITER = "python -m train.kfold"
 
@@ -146,6 +146,7 @@ def _check_folds(k: int, folder: Path, metas: list[dict]) -> None:
             raise DataError(f"fold {i} in {folder} was cut from another training split than fold 0")
 
 
+@command("python -m train.kfold", bad_input=(DataError, ManifestError, OSError, ValueError), tf_log="2")
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m train.kfold", description=__doc__.split("\n\n")[0],
                                 epilog="examples:\n  python -m train.kfold teach --k 4 --fold 0 --epochs 40\n"
@@ -173,34 +174,29 @@ def main(argv=None) -> int:
         s.add_argument("--quiet", action="store_true", help="no progress bars")
         add_overwrite_flag(s)
     args = p.parse_args(argv)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    try:
-        if not 2 <= args.k <= 20:
-            raise ValueError("--k must be in [2, 20]")
-        if args.cmd == "teach":
-            from edge_runtime.config import check_threads
+    if not 2 <= args.k <= 20:
+        raise ValueError("--k must be in [2, 20]")
+    if args.cmd == "teach":
+        from edge_runtime.config import check_threads
 
-            from .threads import tf_threads
-            if args.threads is not None:
-                check_threads(args.threads, "--threads")
-            tf_threads(args.threads)
-            claim_file(fold_file(args.k, args.fold, args.dir), writer=WRITER, data=[resolve_root(args.data)], flag="--dir",
-                       overwrite=args.overwrite)
-            args.dir.mkdir(parents=True, exist_ok=True)
-            m = teach(args.k, args.fold, args.data, args.epochs, args.runs, args.dir, not args.quiet, args.fraction)
-            print(f"fold {m['fold']} of {m['k']}: teacher validation accuracy {m['teacher']['val_accuracy']:.2%}, "
-                  f"held-out fold accuracy {m['held_accuracy']:.2%} on {m['faces']:,} faces -> "
-                  f"{fold_file(args.k, args.fold, args.dir)}")
-        else:
-            folders = args.dir or [FOLDS_DIR]
-            claim_file(args.out, writer=WRITER, inputs=folders, data=[resolve_root(args.data)], flag="--out",
-                       overwrite=args.overwrite)
-            m = assemble(args.k, args.out, folders, args.data)
-            print(f"{m['faces']:,} out-of-fold soft labels from {len(m['teachers'])} teachers "
-                  f"(accuracy {m['ensemble_train_accuracy']:.2%}) -> {args.out}")
-    except (DataError, ManifestError, OSError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        from .threads import tf_threads
+        if args.threads is not None:
+            check_threads(args.threads, "--threads")
+        tf_threads(args.threads)
+        claim_file(fold_file(args.k, args.fold, args.dir), writer=WRITER, data=[resolve_root(args.data)], flag="--dir",
+                   overwrite=args.overwrite)
+        args.dir.mkdir(parents=True, exist_ok=True)
+        m = teach(args.k, args.fold, args.data, args.epochs, args.runs, args.dir, not args.quiet, args.fraction)
+        print(f"fold {m['fold']} of {m['k']}: teacher validation accuracy {m['teacher']['val_accuracy']:.2%}, "
+              f"held-out fold accuracy {m['held_accuracy']:.2%} on {m['faces']:,} faces -> "
+              f"{fold_file(args.k, args.fold, args.dir)}")
+    else:
+        folders = args.dir or [FOLDS_DIR]
+        claim_file(args.out, writer=WRITER, inputs=folders, data=[resolve_root(args.data)], flag="--out",
+                   overwrite=args.overwrite)
+        m = assemble(args.k, args.out, folders, args.data)
+        print(f"{m['faces']:,} out-of-fold soft labels from {len(m['teachers'])} teachers "
+              f"(accuracy {m['ensemble_train_accuracy']:.2%}) -> {args.out}")
     return 0
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import os
 import shutil
 import sys
 from dataclasses import asdict, replace
@@ -20,6 +19,7 @@ from pathlib import Path
 from edge_runtime.manifest import Manifest, ManifestError, atomic_write_json, read_manifest, verify_file
 
 from .data import DataError, load_dataset, skipped_note
+from edge_runtime.cli import command
 
 COPIED = ("history.csv", "class_distribution.png", "samples.png")  # unchanged by the re-estimation
 
@@ -81,6 +81,7 @@ def _recalibrate_into(m: Manifest, run_dir: Path, out_dir: Path, data_root, prog
                       extra={"recalibrated_from": source})
 
 
+@command("python -m train.recalibrate", bad_input=(DataError, ManifestError, OSError, ValueError, KeyError), tf_log="2")
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(
         prog="python -m train.recalibrate",
@@ -95,13 +96,8 @@ def main(argv=None) -> int:
                    help="data root the run was trained on (default: $FER_DATA, else ../shared/data/fer2013)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     args = p.parse_args(argv)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     out = args.out or args.run.with_name(args.run.name + "-bn")
-    try:
-        m = recalibrate_run(args.run, out, args.data, progress=not args.quiet)
-    except (DataError, ManifestError, OSError, ValueError, KeyError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    m = recalibrate_run(args.run, out, args.data, progress=not args.quiet)
     bn, t, before = m.bn_recalibration, m.metrics["test"], m.recalibrated_from["test"]
     val = (f"; validation {bn['val_accuracy_before']:.2%} -> {bn['val_accuracy_after']:.2%}"
            if bn["val_accuracy_before"] is not None else "")
