@@ -162,11 +162,19 @@ def quantize(x: np.ndarray, scale: float, zero_point: int, dtype) -> np.ndarray:
 class TFLiteBackend(Backend):
     format = "tflite"
 
-    def __init__(self, path: Path, name: str, entry: Artifact, labels: tuple[str, ...], threads: int = 1):
+    def __init__(self, path: Path, name: str, entry: Artifact, labels: tuple[str, ...], threads: int = 1,
+                 reference_kernels: bool = False):
+        """``reference_kernels``: TFLite's reference kernels instead of the optimized ones (XNNPACK and the
+        built-in optimized ops): slow, but the same integer arithmetic on every CPU, so a yardstick for
+        the optimized kernels, whose rounding differs between x86 and Arm (devices/aarch64_check.py)."""
         super().__init__(name, entry, labels)
         Interpreter, self.runtime = tflite_interpreter_class()
+        kw = {}
+        if reference_kernels:
+            kw["experimental_op_resolver_type"] = sys.modules[Interpreter.__module__].OpResolverType.BUILTIN_REF
+            self.runtime += " (reference kernels)"
         with without_litert_banner():
-            self.interp = Interpreter(model_path=str(path), num_threads=max(1, threads))
+            self.interp = Interpreter(model_path=str(path), num_threads=max(1, threads), **kw)
             self.interp.allocate_tensors()
         self.inp = self.interp.get_input_details()[0]
         self.out = self.interp.get_output_details()[0]

@@ -99,3 +99,57 @@ def test_the_arm_check_gives_an_int8_tflite_the_tolerance_of_its_own_quantizatio
     tols = ac.probe_tolerances(c, names, {"tflite-int8": {"probs": int8.tolist()}, "onnx-fp32": {"probs": fp32.tolist()}})
     assert tols["tflite-int8"] == pytest.approx(0.05) and tols["onnx-fp32"] == ac.FP32_TOL
     assert c.report["probe"]["int8_error_vs_fp32_x86_64"]["tflite-int8"]["vs"] == "onnx-fp32"
+
+
+def test_the_arm_check_judges_int8_tflite_against_tflites_reference_kernels():
+    """Optimized int8 kernels round differently on Arm and x86; TFLite's reference kernels compute the
+    same integers everywhere. The check passes when both arches' optimized outputs stay within the
+    tolerance of those (identical) reference outputs, whatever the two differ by, and fails when the
+    references differ or one arch strays from its reference."""
+    import sys
+    from pathlib import Path
+
+    import cv2
+    import numpy as np
+    sys.path.insert(0, str(REPO / "devices"))
+    try:
+        import aarch64_check as ac
+    finally:
+        sys.path.pop(0)
+    from edge_runtime.backends import TFLiteBackend, load_backend
+    from edge_runtime.manifest import artifact_path, read_manifest
+    from edge_runtime.preprocess import preprocess_batch
+    from edge_runtime.synthetic import pick_faces
+    man = read_manifest(REPO / "edge_runtime" / "models" / "cbilstm-lite")
+    faces = np.stack([cv2.imread(str(p), cv2.IMREAD_GRAYSCALE) for p, _ in pick_faces(SHARED, 32, seed=1)])
+    batch = preprocess_batch(faces, man.preprocessing)
+    fast = load_backend(man, "tflite-int8").predict(batch)
+    ref_be = TFLiteBackend(artifact_path(man, "tflite-int8"), "tflite-int8", man.artifacts["tflite-int8"], man.labels,
+                           reference_kernels=True)
+    ref = ref_be.predict(batch)
+    fp32 = load_backend(man, "onnx-fp32").predict(batch)
+    # on this x86 the optimized kernels move a few output steps from the reference, within the int8 error
+    assert "reference kernels" in ref_be.runtime and (fast.argmax(1) == ref.argmax(1)).all()
+    assert 0 < np.abs(fast - ref).max() <= np.abs(fast - fp32).max() + 2 / 256
+
+    c = ac.Check(args=None, work=Path("."), emu=[], art=Path(man.dir), manifest=man, report={"probe": {}})
+    base = np.tile(np.linspace(0.05, 0.25, 7), (4, 1))
+
+    def side(p, r):
+        return {"probs": p.tolist(), "reference_kernel_probs": r.tolist(), "ms_per_face_median": 1.0, "runtime": "x"}
+
+    def verdict(x86, arm):
+        c.report["probe"] = {}
+        ok = ac.compare_probes(c, ["tflite-int8"], {"x86_64": {"artifacts": {"tflite-int8": x86}},
+                                                    "aarch64": {"artifacts": {"tflite-int8": arm}}},
+                               {"tflite-int8": 0.035})
+        return ok, c.report["probe"]["tflite-int8"]
+    up, down = base.copy(), base.copy()
+    up[:, 0] += 0.02
+    down[:, 0] -= 0.02  # the arches differ by 0.04, more than the tolerance; each is 0.02 from the reference
+    ok, row = verdict(side(up, base), side(down, base))
+    assert ok and row["max_abs_diff"] == pytest.approx(0.04) and row["reference_kernels"]["identical_across_arches"]
+    assert not verdict(side(up, base), side(down, base + 1e-3))[0]  # the references themselves differ
+    far = base.copy()
+    far[:, 0] += 0.05
+    assert not verdict(side(up, base), side(far, base))[0]  # Arm strays from its reference
