@@ -17,13 +17,16 @@ from dataclasses import dataclass
 import numpy as np
 
 from .backends import BackendError, load_backend, select_artifact
-from .config import ConfigError, DetectorConfig, check_threads
+from .config import DETECTOR_SIZES, ConfigError, DetectorConfig, check_threads
 from .detectors import DEFAULT_SIZE, calibrated_crop, make_detector
 from .geometry import CropSpec, Detections, crop_faces, landmark_list
 from .labels import LABELS
 from .manifest import read_manifest
 from .packaged import AUTO, PackagedModelError, choose_model, packaged_dir
 from .preprocess import preprocess_batch, to_gray
+
+
+BOX_CONVENTIONS = tuple(DETECTOR_SIZES)  # the detectors whose box framing has a calibrated crop
 
 
 @dataclass
@@ -89,8 +92,8 @@ class EmotionRecognizer:
         self.artifact = select_artifact(self.manifest, backend, precision)
         self.backend = load_backend(self.manifest, self.artifact, threads, providers)
         self.spec = self.manifest.preprocessing
-
-    # --- faces (already cropped) ---------------------------------------------------------------
+        self._crops = {detector.type: self.crop}  # per box convention (caller's boxes); a given crop: for all
+        self._crop_given = crop is not None
 
     @classmethod
     def from_config(cls, cfg) -> "EmotionRecognizer":
@@ -100,6 +103,8 @@ class EmotionRecognizer:
         return cls(m.artifacts or None, m.backend, m.precision or None, m.threads, list(m.providers) or None,
                    detector=cfg.detector, model=AUTO if m.artifacts else m.name,
                    crop=None if c.mode == "calibrated" else CropSpec(c.scale, c.dx, c.dy, c.level))
+
+    # --- faces (already cropped) ---------------------------------------------------------------
     def predict_proba(self, faces) -> np.ndarray:
         """Face crops (a list of images of any size and channels, or an (N, H, W[, C]) array) ->
         (N, 7) probabilities in ``classes_`` order. A single face goes in a list: ``[face]``."""
@@ -113,15 +118,28 @@ class EmotionRecognizer:
         return [LABELS[i] for i in self.predict_proba(faces).argmax(axis=1)]
 
     # --- frames ----------------------------------------------------------------------------------
-    def analyze(self, image: np.ndarray, regions=None) -> FrameResult:
+    def analyze(self, image: np.ndarray, regions=None, boxes=None, box_convention: str | None = None) -> FrameResult:
         """One frame (gray, BGR, BGRA; uint8 or 16-bit) -> detections, crops, probabilities, timings.
         ``regions`` (x, y, w, h rows): look for faces only there (the daemon passes the regions around
-        its tracks between full-frame detections); None: the whole frame."""
+        its tracks between full-frame detections); None: the whole frame.
+        ``boxes`` (x, y, w, h rows): faces your own detector found, classified without detecting;
+        ``box_convention`` names the detector whose box framing they follow (one of
+        ``BOX_CONVENTIONS``: "haar" for OpenCV's cascade, as the ``fer`` package uses; "yunet"), so the
+        crop calibrated for that framing applies."""
         t0 = time.perf_counter()
         image = _frame(image)
-        dets = self.detector.detect(image) if regions is None else self.detector.detect_regions(image, regions)
+        crop = self.crop
+        if boxes is not None:
+            if regions is not None:
+                raise ValueError("give regions (where to detect) or boxes (faces already found), not both")
+            crop = self._crop_for(box_convention)
+            dets = Detections.from_boxes(_boxes(boxes))
+        elif box_convention is not None:
+            raise ValueError("box_convention describes boxes you pass: give boxes too")
+        else:
+            dets = self.detector.detect(image) if regions is None else self.detector.detect_regions(image, regions)
         t1 = time.perf_counter()
-        patches, regions = crop_faces(image, dets, self.crop)  # grey per patch: cheaper than per frame
+        patches, regions = crop_faces(image, dets, crop)  # grey per patch: cheaper than per frame
         batch = preprocess_batch(patches, self.spec)
         t2 = time.perf_counter()
         probs = self.backend.predict(batch) if len(batch) else np.zeros((0, len(LABELS)), np.float32)
@@ -129,10 +147,15 @@ class EmotionRecognizer:
         return FrameResult(dets, regions, batch, probs,
                            {"detect": (t1 - t0) * 1e3, "preprocess": (t2 - t1) * 1e3, "classify": (t3 - t2) * 1e3})
 
-    def detect_emotions(self, image: np.ndarray) -> list[dict]:
+    def detect_emotions(self, image: np.ndarray, face_rectangles=None, box_convention: str | None = None) -> list[dict]:
         """One frame -> a list of faces with the `fer` package's keys: ``box`` [x, y, w, h] (ints),
-        ``emotions`` {label: probability}, plus ``landmarks`` (5 [x, y] or None) and ``score``."""
-        r = self.analyze(image)
+        ``emotions`` {label: probability}, plus ``landmarks`` (5 [x, y] or None) and ``score``.
+        ``face_rectangles``: your own detector's boxes (as in `fer`), with ``box_convention`` naming
+        its framing (see ``analyze``); the score of such a face is 1."""
+        if face_rectangles is not None:
+            r = self.analyze(image, boxes=face_rectangles, box_convention=box_convention)
+        else:
+            r = self.analyze(image, box_convention=box_convention)
         out = []
         for box, score, lm, p in zip(r.detections.boxes, r.detections.scores, r.detections.landmarks, r.probs):
             out.append({"box": [int(round(float(v))) for v in box],
@@ -153,6 +176,19 @@ class EmotionRecognizer:
     @property
     def runtime(self) -> str:
         return self.backend.runtime
+
+    def _crop_for(self, convention: str | None) -> CropSpec:
+        """The crop for boxes in ``convention``'s framing: the one given to the constructor, else the
+        one calibrated for (that detector, this model)."""
+        if convention not in BOX_CONVENTIONS:
+            raise ValueError(f"box_convention must name the detector your boxes follow, one of "
+                             f"{', '.join(BOX_CONVENTIONS)} (haar: OpenCV's cascade, as the fer package), "
+                             f"not {convention!r}")
+        if self._crop_given:
+            return self.crop
+        if convention not in self._crops:
+            self._crops[convention] = calibrated_crop(convention, self.manifest.model)
+        return self._crops[convention]
 
 
 # The API's argument names for the [detector] keys, so that its errors name what the caller wrote.
@@ -178,6 +214,21 @@ def _detector_config(kind, size, score, min_face, max_faces, model, runtime) -> 
         raise ConfigError(message) from None
 
 
+def _boxes(boxes) -> np.ndarray:
+    """Caller's boxes as an (N, 4) float array of x, y, w, h with finite values and positive sides."""
+    try:
+        b = np.asarray(boxes, np.float64)
+    except (TypeError, ValueError):
+        raise ValueError("boxes must be (x, y, w, h) rows of numbers") from None
+    if b.size == 0:
+        return np.zeros((0, 4), np.float32)
+    if b.ndim != 2 or b.shape[1] != 4:
+        raise ValueError(f"boxes must be (x, y, w, h) rows, got shape {b.shape}")
+    if not np.isfinite(b).all() or (b[:, 2:] <= 0).any():
+        raise ValueError("boxes must be finite, with a positive width and height")
+    return b.astype(np.float32)
+
+
 def _face_list(faces):
     """A list of images or an (N, H, W[, C]) array; a lone 2-D image is refused (ambiguous)."""
     if faces is None or not hasattr(faces, "__len__"):
@@ -200,4 +251,4 @@ def _frame(image) -> np.ndarray:
     return image if image.dtype == np.uint8 else to_gray(image)
 
 
-__all__ = ["EmotionRecognizer", "FrameResult", "BackendError", "PackagedModelError"]
+__all__ = ["EmotionRecognizer", "FrameResult", "BOX_CONVENTIONS", "BackendError", "PackagedModelError"]

@@ -118,6 +118,35 @@ def test_detect_emotions_has_fers_keys_and_finds_the_faces(er):
     assert er.top_emotion(np.full((240, 320, 3), 90, np.uint8)) == (None, None)
 
 
+def test_faces_from_the_callers_own_detector_get_that_detectors_calibrated_crop(er):
+    """fer's face_rectangles: boxes from the caller's detector are classified without detecting, framed
+    by the crop calibrated for the detector they name. Haar's boxes through the default (YuNet)
+    recognizer give exactly what a Haar recognizer gives."""
+    frame, _ = compose((640, 480), pick_faces(SHARED, 4, seed=3), 120, seed=3)
+    haar = EmotionRecognizer(detector="haar")
+    own = haar.analyze(frame)
+    assert len(own.detections) >= 3
+    given = er.analyze(frame, boxes=own.detections.boxes, box_convention="haar")
+    assert np.array_equal(given.regions, own.regions) and np.array_equal(given.probs, own.probs)
+    assert given.ms["detect"] < own.ms["detect"]
+    # the framing matters: the same boxes read as YuNet's get YuNet's crop, so other regions
+    assert not np.array_equal(er.analyze(frame, boxes=own.detections.boxes, box_convention="yunet").regions,
+                              own.regions)
+    faces = er.detect_emotions(frame, face_rectangles=[list(b) for b in own.detections.boxes.astype(int)],
+                               box_convention="haar")
+    assert [f["box"] for f in faces] == [[int(v) for v in b] for b in own.detections.boxes.astype(int)]
+    assert all(f["score"] == 1.0 and f["landmarks"] is None for f in faces)
+    assert er.detect_emotions(frame, face_rectangles=[], box_convention="haar") == []
+    for bad, words in ((dict(boxes=[[1, 2, 3]], box_convention="haar"), "rows"),
+                       (dict(boxes=[[1, 2, 0, 5]], box_convention="haar"), "positive"),
+                       (dict(boxes=[[1, 2, 30, 30]]), "box_convention must name"),
+                       (dict(boxes=[[1, 2, 30, 30]], box_convention="mtcnn"), "one of yunet, haar"),
+                       (dict(box_convention="haar"), "give boxes too"),
+                       (dict(boxes=[[1, 2, 30, 30]], regions=[[0, 0, 9, 9]], box_convention="haar"), "not both")):
+        with pytest.raises(ValueError, match=words):
+            er.analyze(frame, **bad)
+
+
 def test_threads_are_bounded_by_the_cpus():
     for bad in (0, -1, max_threads() + 1, 99999):
         with pytest.raises(ValueError, match="threads"):
