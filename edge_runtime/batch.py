@@ -17,14 +17,15 @@ import shutil
 import stat
 import sys
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import fields
 from pathlib import Path
 
 from .backends import BackendError
+from .batch_tables import FRAME_COLUMNS, PERSON_COLUMNS, frame_rows, person_rows, write_table
+from .batch_worker import Job, Settings, analyze_video, worker_init
 from .cli import command
-from .config import DEFAULTS, DETECTOR_SIZES, ConfigError, SourceConfig, build
+from .config import DEFAULTS, DETECTOR_SIZES, ConfigError, SourceConfig
 from .detectors import DetectorError
-from .labels import LABELS
 from .manifest import ManifestError, atomic_write_bytes, atomic_write_json
 from .outputs import OutputError, OwnedDir, check_target, exclusive, model_files
 from .packaged import MODEL_CHOICES
@@ -37,35 +38,6 @@ DONE = "done.json"  # last file of a video's folder: what it was made from (the 
 INDEX = "index"     # index.parquet (+ index.csv with --csv): one row per video
 STATUSES = ("ok", "partial", "failed")  # partial: some frames did not decode (counted); failed: see `error`
 log = logging.getLogger("edge_runtime.batch")
-
-
-@dataclass(frozen=True)
-class Settings:
-    """What the outputs depend on besides the video and the model: part of the resume key."""
-    every: int = 1
-    fps: float = 0.0
-    detector: str = "yunet"
-    backend: str = "auto"
-    annotate: bool = False
-    tables: tuple[str, ...] = ("parquet",)
-
-    def key(self) -> str:
-        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:16]
-
-
-@dataclass
-class Job:
-    path: str        # as the workers see it
-    rel: str         # output folder name under --out, from the path relative to its argument
-    model: str       # packaged model name, or "" with artifacts
-    artifacts: str   # exported folder, or ""
-    settings: Settings
-    model_sha256: str = ""  # the client's: every worker must load the same file
-    identity: dict = field(default_factory=dict)
-    display: str = ""        # the name shown and indexed
-    # decode in a second thread only where a core would otherwise idle (fewer workers than CPUs);
-    # the events are the same either way
-    decode_thread: bool = False
 
 
 # --------------------------------------------------------------------------------------- finding
@@ -138,164 +110,6 @@ def identity(path: Path) -> dict:
             f.seek(-(1 << 20), os.SEEK_END)
             h.update(f.read())
     return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256_ends": h.hexdigest()}
-
-
-# ------------------------------------------------------------------------------------ the worker
-class _Collect:
-    """A daemon sink that keeps the events."""
-
-    def __init__(self):
-        self.events: list[dict] = []
-
-    def emit(self, event: dict) -> None:
-        self.events.append(event)
-
-    def close(self) -> None:
-        pass
-
-
-def _worker_init(client_pid: int | None = None) -> None:
-    """A pool worker dies with the client (Linux): a killed client leaves no orphan behind, also when
-    it died before this ran (the death signal is only armed from here on)."""
-    try:
-        import ctypes
-        import signal
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
-    if client_pid is not None and os.getppid() != client_pid:
-        os._exit(1)
-
-
-def _ends_early(last_s: float | None, declared: float, fps: float) -> bool:
-    """Fewer frames than the container declares, and they stop short in time as well: a truncated file.
-    (A count alone misleads: OpenCV estimates it from duration x average fps, wrong for variable rates.)"""
-    return last_s is None or fps <= 0 or last_s + 1.5 / fps < declared / fps
-
-
-def analyze_video(job: Job) -> dict:
-    """Run one video through the daemon (in a worker process); -> its events and facts. Never raises:
-    a video that cannot be analysed comes back with status 'failed' and the reason."""
-    import cv2
-    logging.getLogger("edge_runtime").setLevel(logging.WARNING)
-    t0 = time.monotonic()
-    out = {"path": job.path, "rel": job.rel, "status": "failed", "error": "", "events": [], "frames": 0,
-           "frames_undecodable": 0, "fps": 0.0, "duration_s": 0.0, "model_sha256": "", "worker": os.uname().nodename}
-    try:
-        cap = cv2.VideoCapture(job.path)
-        fps, n = cap.get(cv2.CAP_PROP_FPS) or 0.0, cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0
-        cap.release()
-        fps = fps if math.isfinite(fps) and 0 < fps < 1000 else 0.0
-        n = n if math.isfinite(n) and 0 < n < 1e9 else 0  # a raw MJPEG stream reports -1.9e14: unknown
-        every = job.settings.every
-        if job.settings.fps and fps > 0:
-            every = max(1, int(round(fps / job.settings.fps)))
-        layer = {"source": {"uri": job.path, "every": every, "decode_thread": job.decode_thread},
-                 "model": {"threads": 1, "backend": job.settings.backend},
-                 "detector": {"type": job.settings.detector}, "run": {"log_level": "warning"}}
-        layer["model"].update({"artifacts": job.artifacts} if job.artifacts else {"name": job.model})
-        tmp = None
-        if job.settings.annotate:  # written in the worker's own temp folder, sent back with the events
-            import tempfile
-
-            from .outputs import dead_staging, remove_staging, staging_dir
-            scratch = Path(tempfile.gettempdir())
-            for old in dead_staging(scratch, "fer-edge-batch-*"):  # of workers killed mid-video: ours, marked
-                remove_staging(old)
-            tmp = str(staging_dir(scratch, f"fer-edge-batch-{os.urandom(4).hex()}-{os.getpid()}"))
-            layer["run"]["annotate"] = os.path.join(tmp, "annotated.webm")
-        from .daemon import Daemon
-        sink = _Collect()
-        d = Daemon(build(flags=layer), sinks=[sink])
-        sha = d.recognizer.backend.sha256
-        out["model_sha256"] = sha
-        if job.model_sha256 and sha != job.model_sha256:
-            raise RuntimeError(f"this worker loaded model {sha[:12]}…, the run uses {job.model_sha256[:12]}…")
-        try:
-            rc = d.run()
-            if tmp is not None and os.path.exists(os.path.join(tmp, "annotated.webm")):
-                with open(os.path.join(tmp, "annotated.webm"), "rb") as f:
-                    out["annotated"] = f.read()
-        finally:
-            if tmp is not None:
-                remove_staging(Path(tmp))
-        snap = d.stats.snapshot()
-        decoded = d.capture._decoded
-        out.update(events=sink.events, frames=snap["frames_processed"], frames_undecodable=snap["frames_undecodable"],
-                   fps=fps, duration_s=(n / fps if fps > 0 else 0.0), every=every)
-        if rc != 0:
-            out["error"] = d.capture.error or d.exit_reason or f"the daemon exited with {rc}"
-        elif snap["frames_undecodable"]:
-            out["status"], out["error"] = "partial", f"{snap['frames_undecodable']} frame(s) did not decode"
-        elif n > 0 and decoded < n and _ends_early(d.capture._media_last, n, fps):  # truncated
-            out["status"], out["error"] = "partial", f"{decoded} of the {int(n)} frames the file declares were read"
-        else:
-            out["status"] = "ok"
-    except Exception as e:  # one bad video must not end the run: it is recorded, the others go on
-        out["error"] = f"{type(e).__name__}: {e}"
-    out["seconds"] = round(time.monotonic() - t0, 3)
-    return out
-
-
-# ---------------------------------------------------------------------------------------- tables
-def frame_rows(events: list[dict]) -> list[dict]:
-    """One row per face per analysed frame (the new and update events)."""
-    rows = []
-    for e in events:
-        if e["type"] == "end":
-            continue
-        x, y, w, h = e["box"]
-        rows.append({"frame": e["frame"], "media_s": e["media_s"], "track": e["track"], "x": x, "y": y, "w": w,
-                     "h": h, "det_score": e["det_score"], "label": e["label"], "score": e["score"],
-                     "raw_label": e["raw_label"], **{f"p_{lab}": e["probs"][lab] for lab in LABELS}})
-    return rows
-
-
-def person_rows(events: list[dict]) -> list[dict]:
-    """One row per track (the end events)."""
-    rows = []
-    for e in events:
-        if e["type"] != "end":
-            continue
-        s = e["summary"]
-        rows.append({"track": e["track"], "first_frame": e["first_frame"], "last_frame": e["last_frame"],
-                     "first_media_s": s["first_media_s"], "last_media_s": s["last_media_s"],
-                     "duration_s": s["duration_s"], "frames_seen": s["frames_seen"],
-                     "frames_spanned": s["frames_spanned"], "dominant": s["dominant"],
-                     "dominant_pct": s["dominant_pct"], **{f"share_pct_{lab}": s["shares_pct"][lab] for lab in LABELS}})
-    return rows
-
-
-FRAME_COLUMNS = ["frame", "media_s", "track", "x", "y", "w", "h", "det_score", "label", "score", "raw_label",
-                 *(f"p_{lab}" for lab in LABELS)]
-PERSON_COLUMNS = ["track", "first_frame", "last_frame", "first_media_s", "last_media_s", "duration_s",
-                  "frames_seen", "frames_spanned", "dominant", "dominant_pct", *(f"share_pct_{lab}" for lab in LABELS)]
-
-
-def _schema(columns: list[str]):
-    """Every table's column types, so tables of different videos (a video without faces too) concatenate."""
-    import pyarrow as pa
-    text = {"label", "raw_label", "dominant", "video", "path", "status", "error", "model_sha256", "model", "detector",
-            "backend", "worker", "analysed_at"}
-    ints = {"frame", "track", "x", "y", "w", "h", "first_frame", "last_frame", "frames_seen", "frames_spanned",
-            "frames", "frames_undecodable", "every", "faces", "tracks"}
-    return pa.schema([(c, pa.string() if c in text else pa.int64() if c in ints else pa.float64()) for c in columns])
-
-
-def write_table(rows: list[dict], columns: list[str], base: Path, formats) -> list[str]:
-    """rows -> base.parquet (and base.csv): the files written."""
-    import pyarrow as pa
-    import pyarrow.csv as pacsv
-    import pyarrow.parquet as pq
-    table = pa.Table.from_pylist([{c: r.get(c) for c in columns} for r in rows], schema=_schema(columns))
-    written = []
-    for fmt, write in (("parquet", pq.write_table), ("csv", pacsv.write_csv)):
-        if fmt in formats:  # whole or not at all: a kill mid-write leaves the previous file
-            buf = pa.BufferOutputStream()
-            write(table, buf)
-            atomic_write_bytes(base.with_suffix(f".{fmt}"), buf.getvalue().to_pybytes())
-            written.append(base.with_suffix(f".{fmt}").name)
-    return written
 
 
 # ---------------------------------------------------------------------------------------- client
@@ -605,7 +419,7 @@ def _run(jobs: list[Job], workers: int | None, dask: str | None, quiet: bool = T
     todo, tries = list(jobs), {id(j): 0 for j in jobs}
     while todo:
         pool = ProcessPoolExecutor(max_workers=min(workers or os.cpu_count() or 1, len(todo)),
-                                   mp_context=mp.get_context("spawn"), initializer=_worker_init,
+                                   mp_context=mp.get_context("spawn"), initializer=worker_init,
                                    initargs=(os.getpid(),))
         futures = {pool.submit(analyze_video, job): job for job in todo}
         todo = []
