@@ -469,3 +469,40 @@ def test_each_component_is_built_from_its_own_config_section(tmp_path):
         HttpConfig(bind="0.0.0.0:8080").check()
     with pytest.raises(ConfigError, match="mqtt.cert_file and mqtt.key_file"):
         MqttConfig(tls=True, cert_file="c.pem").check()
+
+
+def test_every_setting_is_reachable_from_the_command_line_by_its_config_name():
+    """The short flags and --set SECTION.KEY=VALUE build one config layer; the config's own types and
+    bounds judge it, and a key given twice or not in the schema is a one-line error."""
+    import subprocess
+    import sys
+
+    from edge_runtime.__main__ import FLAGS, flags_to_layer, parse_args
+
+    def cfg_of(*argv):
+        return build(flags=flags_to_layer(parse_args(list(argv))))
+    c = cfg_of("--source", "a.avi", "--set", "detector.full_every=3", "--set", "tracker.max_missed=9",
+               "--set", "detector.yunet.score=0.5", "--set", "events.every=2", "--set", "mqtt.tls=false",
+               "--mqtt", "[::1]:1884")
+    assert (c.source.uri, c.detector.full_every, c.tracker.max_missed, c.detector.yunet.score, c.events.every) == \
+        ("a.avi", 3, 9, 0.5, 2)
+    assert (c.mqtt.host, c.mqtt.port, c.mqtt.tls) == ("::1", 1884, False)
+    assert cfg_of("--set", "source.uri=rtsp://cam.local/stream1").source.uri == "rtsp://cam.local/stream1"
+    assert cfg_of("--set", "source.uri=0").source.uri == "0"  # a camera index, as in a TOML file
+    for argv, words in ((["--set", "nosuch.key=1"], "nosuch"), (["--set", "detector.full_every=0"], "full_every"),
+                        (["--set", "detector.bogus=1"], "bogus"), (["--set", "detector=3"], "SECTION.KEY"),
+                        (["--source", "a.avi", "--set", "source.uri=b.avi"], "given twice")):
+        with pytest.raises(ConfigError, match=words):
+            cfg_of(*argv)
+    # each short flag names a key the schema has
+    for flag, (dotted, _) in FLAGS.items():
+        section, *rest = dotted.split(".")
+        assert rest[-1] in load_toml_defaults_section(section), flag
+    r = subprocess.run([sys.executable, "-m", "edge_runtime", "--set", "tracker.iou=2"], capture_output=True,
+                       text=True, timeout=120, cwd=REPO)
+    assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and "tracker.iou" in r.stderr
+
+
+def load_toml_defaults_section(section: str) -> dict:
+    from edge_runtime.config import DEFAULTS
+    return DEFAULTS[section]
