@@ -63,15 +63,20 @@ def test_init_must_be_a_run_of_the_same_model_and_params(tiny_run, tmp_path):
         TrainConfig(model="cbilstm", recipe={"reframe": 1.5}).resolved()
 
 
-def test_a_run_written_before_a_parameter_was_added_can_be_fine_tuned():
-    """models/cbilstm-lite was written before `pool_dropout` existed; its manifest lacks the key, and
-    the registry's default (0.1, what that run trained with) stands in for it."""
-    from train.models import get_entry
-    from train.recipe import TrainConfig
-    lite = REPO / "models" / "cbilstm-lite"
-    assert "pool_dropout" not in json.loads((lite / "manifest.json").read_text())["params"]
-    assert get_entry("cbilstm-lite").params["pool_dropout"] == 0.1
-    params, _, _ = TrainConfig(model="cbilstm-lite", init=str(lite)).resolved()
+def test_a_run_written_before_a_parameter_was_added_can_be_fine_tuned(tmp_path):
+    """A run folder written before `pool_dropout` existed lacks the key in its manifest: it trained with
+    the builder's default (0.1), which stands in for it, so it can be fine-tuned with those parameters."""
+    import shutil
+
+    from train.recipe import TrainConfig, builder_defaults
+    old = tmp_path / "old-run"
+    shutil.copytree(REPO / "models" / "cbilstm-lite", old)
+    manifest = json.loads((old / "manifest.json").read_text())
+    manifest["params"].pop("pool_dropout", None)
+    (old / "manifest.json").write_text(json.dumps(manifest))
+    assert builder_defaults("cbilstm-lite")["pool_dropout"] == 0.1
+    ran = {**manifest["params"], "pool_dropout": 0.1}
+    params, _, _ = TrainConfig(model="cbilstm-lite", params=ran, init=str(old)).resolved()
     assert params["pool_dropout"] == 0.1
     with pytest.raises(ValueError, match="--init"):
-        TrainConfig(model="cbilstm-lite", params={"pool_dropout": 0.0}, init=str(lite)).resolved()
+        TrainConfig(model="cbilstm-lite", params={**ran, "pool_dropout": 0.0}, init=str(old)).resolved()

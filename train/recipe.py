@@ -128,13 +128,22 @@ def dtype_policy(precision: str):
         keras.mixed_precision.set_global_policy("float32")
 
 
+def builder_defaults(model: str) -> dict:
+    """The keyword defaults of a registered model's builder: what a parameter that a run's manifest
+    lacks (added later, with the old behaviour as its default) was when that run trained."""
+    import inspect
+    sig = inspect.signature(get_entry(model).build)
+    return {k: v.default for k, v in sig.parameters.items() if v.default is not inspect.Parameter.empty
+            and k != "unroll"}
+
+
 def init_run(run_dir, model: str, params: dict) -> Path:
     """The model file of a run to start from, checked: same model and params, sha256 as recorded."""
     from edge_runtime.manifest import ManifestError, read_manifest, verify_file
     try:
         m = read_manifest(run_dir)
-        # a parameter added since that run was written has its default there (the registry's)
-        ran = {**get_entry(model).params, **(m.params or {})} if m.model == model else None
+        # a parameter added to the builder since that run was written: the run had the builder's default
+        ran = {**builder_defaults(model), **(m.params or {})} if m.model == model else None
         if m.kind != "run" or m.model != model or ran != params:
             raise ValueError(f"--init {run_dir} is not a {model} run with these parameters")
         path = Path(run_dir) / m.model_file
