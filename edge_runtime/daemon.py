@@ -173,11 +173,12 @@ class Daemon:
 
     def _regions(self, index: int):
         """Where to look for faces in frame ``index``: None (the whole frame) every ``full_every``
-        frames, when nothing is tracked or when a region search missed a track; else around each
-        track's predicted box (a missed one's too, so a face the detector lost for a frame comes back
-        under its id). Kept here, not in the shared recognizer: it is this stream's history."""
+        frames, when no face was seen in the last frame, or when a region search missed a track; else
+        around each track's predicted box (a missed one's too, so a face the detector lost for a frame
+        comes back under its id). Kept here, not in the shared recognizer: it is this stream's history."""
         d = self.cfg.detector
-        if d.full_every <= 1 or self._need_full or not self.tracker.tracks or self._since_full >= d.full_every:
+        if (d.full_every <= 1 or self._need_full or self._since_full >= d.full_every
+                or not any(not t.missed for t in self.tracker.tracks.values())):  # no face seen last frame
             return None
         m = d.roi_margin
         boxes = np.array([t.predicted(index) for t in self.tracker.tracks.values()], np.float64).reshape(-1, 4)
