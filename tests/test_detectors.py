@@ -227,24 +227,33 @@ def test_detection_in_regions_finds_the_tracked_faces_as_the_full_frame_does():
     assert merge_regions(np.array([[-50, -50, 60, 60], [630, 470, 100, 100]]), 640, 480) == [(0, 0, 10, 10), (630, 470, 640, 480)]
 
 
+def _daemon_events(video, tmp_path, full_every: int) -> tuple[list[dict], int]:
+    """The daemon on ``video`` with ``[detector] full_every``: its events and its region-search frames."""
+    from edge_runtime.config import build
+    from edge_runtime.daemon import Daemon
+    path = tmp_path / f"ev{full_every}.jsonl"
+    d = Daemon(build(flags={"source": {"uri": str(video)}, "events": {"path": str(path)},
+                            "detector": {"full_every": full_every}}))
+    assert d.run() == 0
+    return [json.loads(x) for x in path.read_text().splitlines()], d.stats.counters["frames_region_detect"]
+
+
+def _seen_frames(events: list[dict]) -> set[int]:
+    """The frames in which a face was found (not carried over from a miss)."""
+    return {e["frame"] for e in events if e["type"] != "end" and e["last_frame"] == e["frame"]}
+
+
 def test_the_daemon_detects_around_its_tracks_between_full_frames(tmp_path):
     """[detector] full_every = 3: two of three frames are searched only around the tracks, with the
     same tracks in every frame as every-frame detection on a still scene; boxes move by a few pixels
     (the network sees less context), so a label may change only on a near tie."""
-    from edge_runtime.config import build
-    from edge_runtime.daemon import Daemon
     from edge_runtime.synthetic import make_video
     video = tmp_path / "still.avi"
     make_video(video, SHARED, n_faces=3, frames=30, face=120, seed=5, truth_json=False)
     runs = {}
     for n in (1, 3):
-        cfg = build(flags={"source": {"uri": str(video)}, "events": {"path": str(tmp_path / f"ev{n}.jsonl")},
-                           "detector": {"full_every": n}})
-        d = Daemon(cfg)
-        assert d.run() == 0
-        events = [json.loads(x) for x in (tmp_path / f"ev{n}.jsonl").read_text().splitlines()]
-        runs[n] = ({(e["frame"], e["track"]): e for e in events if e["type"] != "end"},
-                   d.stats.counters["frames_region_detect"])
+        events, regions = _daemon_events(video, tmp_path, n)
+        runs[n] = ({(e["frame"], e["track"]): e for e in events if e["type"] != "end"}, regions)
     # frames 1, 2, 4, 5, ... of 30 (20), less any frame after a track was missed (full again)
     assert runs[1][1] == 0 and 18 <= runs[3][1] <= 20
     full, part = runs[1][0], runs[3][0]
@@ -283,20 +292,13 @@ def test_a_face_replaced_elsewhere_costs_one_full_frame_not_one_per_missed_frame
     benchmark's small-faces scene): the region search misses the new face once, the same frame is
     searched whole, and the old face's track is then sought in its region while it runs out, not in
     whole frames. Every face is found in the same frames as with every-frame detection."""
-    from edge_runtime.config import build
-    from edge_runtime.daemon import Daemon
     from edge_runtime.synthetic import small_scene, write_scene
     video = tmp_path / "small.avi"
     write_scene(video, small_scene(pick_faces(SHARED, 4, seed=11), 60, sides=(90, 160), seed=2))
     runs = {}
     for n in (1, 8):
-        cfg = build(flags={"source": {"uri": str(video)}, "events": {"path": str(tmp_path / f"ev{n}.jsonl")},
-                           "detector": {"full_every": n}})
-        d = Daemon(cfg)
-        assert d.run() == 0
-        events = [json.loads(x) for x in (tmp_path / f"ev{n}.jsonl").read_text().splitlines()]
-        runs[n] = ({e["frame"] for e in events if e["type"] != "end" and e["frame"] >= 0 and
-                    e["last_frame"] == e["frame"]}, d.stats.counters["frames_region_detect"])
+        events, regions = _daemon_events(video, tmp_path, n)
+        runs[n] = (_seen_frames(events), regions)
     assert runs[1][1] == 0
     assert runs[8][0] == runs[1][0] and len(runs[1][0]) >= 57  # the frames a face was seen in
     # per 15-frame face: frame 0 whole (the region missed it), frame 8 whole (full_every), 13 regions;
@@ -308,17 +310,9 @@ def test_with_no_face_seen_last_frame_the_whole_frame_is_searched(tmp_path):
     """A new face in every frame, somewhere else (the benchmark's one-face scene): after a frame where the
     detector found nothing, only a whole-frame search can find the next face, so the same faces are
     found as with every-frame detection."""
-    from edge_runtime.config import build
-    from edge_runtime.daemon import Daemon
     from edge_runtime.synthetic import shuffled_scene, write_scene
     video = tmp_path / "shuffled.avi"
     write_scene(video, itertools.islice(shuffled_scene(pick_faces(SHARED, 80, seed=5), sides=(28, 64), seed=5), 80))
-    found = {}
-    for n in (1, 8):
-        cfg = build(flags={"source": {"uri": str(video)}, "events": {"path": str(tmp_path / f"ev{n}.jsonl")},
-                           "detector": {"full_every": n}})
-        assert Daemon(cfg).run() == 0
-        events = [json.loads(x) for x in (tmp_path / f"ev{n}.jsonl").read_text().splitlines()]
-        found[n] = {e["frame"] for e in events if e["type"] != "end" and e["last_frame"] == e["frame"]}
+    found = {n: _seen_frames(_daemon_events(video, tmp_path, n)[0]) for n in (1, 8)}
     assert len(found[1]) < 80  # the detector misses some faces: the case this is about
     assert found[8] == found[1]
