@@ -143,8 +143,10 @@ def init_run(run_dir, model: str, params: dict) -> Path:
     try:
         m = read_manifest(run_dir)
         # a parameter added to the builder since that run was written: the run had the builder's default
-        ran = {**builder_defaults(model), **(m.params or {})} if m.model == model else None
-        if m.kind != "run" or m.model != model or ran != params:
+        defaults, ran = builder_defaults(model), dict(m.params or {})
+        same = m.model == model and all(ran.get(k, defaults.get(k)) == v for k, v in params.items()) and \
+            all(v == defaults.get(k) for k, v in ran.items() if k not in params)
+        if m.kind != "run" or not same:
             raise ValueError(f"--init {run_dir} is not a {model} run with these parameters")
         path = Path(run_dir) / m.model_file
         verify_file(path, m.model_sha256)
