@@ -171,14 +171,13 @@ class Daemon:
             return self.exit_code
         return code
 
-    def _regions(self, index: int):
-        """Where to look for faces in frame ``index``: None (the whole frame) every ``full_every``
+    def _regions(self, index: int, seen: int):
+        """Where to look for faces in frame ``index`` (``seen``: the faces found in the last frame): None (the whole frame) every ``full_every``
         frames, when no face was seen in the last frame, or when a region search missed a track; else
         around each track's predicted box (a missed one's too, so a face the detector lost for a frame
         comes back under its id). Kept here, not in the shared recognizer: it is this stream's history."""
         d = self.cfg.detector
-        if (d.full_every <= 1 or self._need_full or self._since_full >= d.full_every
-                or not any(not t.missed for t in self.tracker.tracks.values())):  # no face seen last frame
+        if d.full_every <= 1 or self._need_full or self._since_full >= d.full_every or not seen:
             return None
         m = d.roi_margin
         boxes = np.array([t.predicted(index) for t in self.tracker.tracks.values()], np.float64).reshape(-1, 4)
@@ -186,8 +185,8 @@ class Daemon:
 
     def process(self, frame) -> list[dict]:
         t0 = time.monotonic()
-        regions = self._regions(frame.index)
         seen = sum(1 for t in self.tracker.tracks.values() if not t.missed)  # faces found last frame
+        regions = self._regions(frame.index, seen)
         r = self.recognizer.analyze(frame.image, regions)
         if regions is not None and len(r.detections) < seen:
             # a face seen last frame is not where it was expected (it left, or moved fast): look at the

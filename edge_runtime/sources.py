@@ -20,7 +20,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from .config import ascii_digits
+from .config import ConfigError, ascii_digits
 from .credentials import SOURCE_ENV as CREDENTIALS_ENV, CredentialsError, read_credentials
 
 log = logging.getLogger(__name__)
@@ -231,7 +231,6 @@ def backoff_delay(attempt: int, cap_s: float) -> float:
 def source_uri(src) -> str:
     """The URI to open for the config's ``[source]`` section (``config.SourceConfig``), checked before
     anything starts, with its credentials applied; a source that cannot be is a ConfigError."""
-    from .config import ConfigError
     if src.uri.startswith("picamera2") and not is_picamera(src.uri):
         raise ConfigError(f"source {redact(src.uri)}: use picamera2 or picamera2:N with a camera number, "
                           "e.g. picamera2:1")

@@ -478,6 +478,7 @@ def test_every_setting_is_reachable_from_the_command_line_by_its_config_name():
     import sys
 
     from edge_runtime.__main__ import FLAGS, flags_to_layer, parse_args
+    from edge_runtime.config import DEFAULTS
 
     def cfg_of(*argv):
         return build(flags=flags_to_layer(parse_args(list(argv))))
@@ -497,12 +498,7 @@ def test_every_setting_is_reachable_from_the_command_line_by_its_config_name():
     # each short flag names a key the schema has
     for flag, (dotted, _) in FLAGS.items():
         section, *rest = dotted.split(".")
-        assert rest[-1] in load_toml_defaults_section(section), flag
+        assert rest[-1] in DEFAULTS[section], flag
     r = subprocess.run([sys.executable, "-m", "edge_runtime", "--set", "tracker.iou=2"], capture_output=True,
                        text=True, timeout=120, cwd=REPO)
     assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and "tracker.iou" in r.stderr
-
-
-def load_toml_defaults_section(section: str) -> dict:
-    from edge_runtime.config import DEFAULTS
-    return DEFAULTS[section]
