@@ -276,7 +276,9 @@ def test_events_during_a_broker_outage_are_queued_or_counted(video, no_tf_path, 
     got: list[dict] = []
     sub = _subscriber(bport, got)
     cfg = tmp_path / "q.toml"
-    cfg.write_text(f"[mqtt]\nqueue = {queue}\n[events]\nevery = 1\n")
+    # paced like a camera (the file's 15 fps): how many events are in flight when the broker dies then
+    # does not depend on how fast this machine runs the pipeline
+    cfg.write_text(f"[mqtt]\nqueue = {queue}\n[events]\nevery = 1\n[source]\nrealtime = \"true\"\n")
     events = tmp_path / "ev.jsonl"
     proc = subprocess.Popen(daemon_cmd("--source", video, "--loop", "--events", events, "--mqtt", f"127.0.0.1:{bport}",
                                        "--http", f"127.0.0.1:{hport}", "--config", cfg),
