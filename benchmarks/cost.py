@@ -14,10 +14,13 @@ import json
 import os
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 from edge_runtime.cli import command
 from train.data import DataError
+
+from .instructions import InstructionError
 
 
 def _variant(text: str) -> dict:
@@ -29,8 +32,8 @@ def _variant(text: str) -> dict:
 class _Ctx:
     """The two things export's TFLite converters ask of their context."""
 
-    def __init__(self, model, calibration):
-        self._m, self._c = model, calibration
+    def __init__(self, model, calibration, model_name: str):
+        self._m, self._c, self.model_name = model, calibration, model_name
 
     def unrolled_model(self):
         return self._m
@@ -40,7 +43,8 @@ class _Ctx:
 
 
 def measure(model_name: str, params: dict, faces: np.ndarray, labels: np.ndarray, batch_size: int,
-            train_images: int, steps: int = 10, precision: str = "float32", train_step: bool = True) -> dict:
+            train_images: int, steps: int = 10, precision: str = "float32", train_step: bool = True,
+            instructions: bool = False) -> dict:
     from export.study import tflite_runner
     from export.tflite import convert_int8
     from train.recipe import dtype_policy
@@ -49,11 +53,13 @@ def measure(model_name: str, params: dict, faces: np.ndarray, labels: np.ndarray
     from .latency import per_face_latency
     from .macs import count_tflite
     unrolled = build(model_name, params, unroll=True)
-    blob = convert_int8(_Ctx(unrolled, faces[:200]))
+    blob = convert_int8(_Ctx(unrolled, faces[:200], model_name))
     run, _ = tflite_runner(blob, xnnpack=True)
     lat = per_face_latency(run, faces[:64])
     row = {"parameters": int(unrolled.count_params()), "macs": count_tflite(blob)["macs"], "precision": precision,
            "int8_kb": len(blob) / 1024, "int8_ms_p50": lat["p50_ms"]}
+    if instructions:  # MACs miss the LSTM's batch-1 products and element-wise work; this counts them
+        row["avx2_instructions"] = _avx2_instructions(blob)
     if not train_step:
         return row
     with dtype_policy(precision):  # time the step as python -m train runs it
@@ -70,7 +76,18 @@ def measure(model_name: str, params: dict, faces: np.ndarray, labels: np.ndarray
     return {**row, "train_step_s": step, "epoch_s_est": step * train_images / batch_size}
 
 
-@command("python -m benchmarks.cost", bad_input=(DataError, ValueError), tf_log="3")
+def _avx2_instructions(blob: bytes) -> float:
+    """Instructions per face on an AVX2-only x86's code path (benchmarks.instructions), any host."""
+    import tempfile
+
+    from .instructions import count
+    with tempfile.TemporaryDirectory(prefix="fer-cost-") as tmp:
+        path = Path(tmp) / "variant.tflite"
+        path.write_bytes(blob)
+        return count(path, invokes=50)["instructions"]  # an InstructionError if valgrind is missing
+
+
+@command("python -m benchmarks.cost", bad_input=(DataError, InstructionError, ValueError), tf_log="3")
 def main(argv=None) -> int:
     from train.models import DEFAULT_MODEL, REGISTRY
     p = argparse.ArgumentParser(
@@ -85,6 +102,9 @@ def main(argv=None) -> int:
     p.add_argument("--data", help="FER2013 root (default: $FER_DATA, else ../shared/data/fer2013)")
     p.add_argument("--no-train-step", dest="train_step", action="store_false",
                    help="skip timing a training step (a quick sweep of MACs, size and int8 latency)")
+    p.add_argument("--instructions", action="store_true",
+                   help="also count instructions per face on an AVX2-only x86's code path with valgrind "
+                        "(about a minute per variant; the cost on a CPU without int8 dot products, any host)")
     p.add_argument("--json", help="also write the rows here")
     from edge_runtime.outputs import add_overwrite_flag
     add_overwrite_flag(p)
@@ -110,11 +130,14 @@ def main(argv=None) -> int:
         row = {"variant": variant or "registered", **measure(args.model, params, faces, labels,
                                                             recipe.batch_size, len(data.train),
                                                             precision=resolve_precision(recipe.precision),
-                                                            train_step=args.train_step)}
+                                                            train_step=args.train_step,
+                                                            instructions=args.instructions)}
         rows.append(row)
         train = (f", train step {row['train_step_s']:.3f} s -> ~{row['epoch_s_est']:.0f} s/epoch"
                  if "train_step_s" in row else "")
-        print(f"{json.dumps(row['variant'])}: {row['macs'] / 1e6:.2f} M MACs/face, {row['parameters']:,} params, "
+        instr = (f", {row['avx2_instructions'] / 1e6:.2f} M instructions/face on the AVX2 path"
+                 if "avx2_instructions" in row else "")
+        print(f"{json.dumps(row['variant'])}: {row['macs'] / 1e6:.2f} M MACs/face{instr}, {row['parameters']:,} params, "
               f"int8 {row['int8_kb']:.0f} KB, {row['int8_ms_p50']:.3f} ms/face (1 thread){train}", flush=True)
     from edge_runtime.cpu import cpu_class
     print(f"timings on {cpu_class()}; load average {os.getloadavg()[0]:.1f} (timings are only comparable on an "

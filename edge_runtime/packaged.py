@@ -22,6 +22,11 @@ PACKAGED_MODELS = {  # name -> the CPUs it is for (shown in --help)
 MODEL_CHOICES = (AUTO, *PACKAGED_MODELS)
 
 
+def for_cpus_without_int8_dot(name: str) -> bool:
+    """Whether ``auto`` runs this model where int8 dot products are missing (export shapes its graph for them)."""
+    return name == LIGHT
+
+
 class PackagedModelError(ValueError):
     pass
 

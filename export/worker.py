@@ -34,6 +34,10 @@ class Context:
         self._model = self._unrolled = None
         self._cache: dict = {}
 
+    @property
+    def model_name(self) -> str:
+        return self.job["model_name"]
+
     def model(self):
         if self._model is None:
             import keras

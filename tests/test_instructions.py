@@ -36,3 +36,10 @@ def test_bad_arguments_exit_2_with_one_line(tmp_path):
     r = subprocess.run([sys.executable, "-m", "benchmarks.instructions", str(tmp_path)], cwd=REPO,
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and r.stderr.startswith("python -m benchmarks.instructions: error:")
+
+
+def test_the_count_repeats_to_within_a_thousandth():
+    from benchmarks.instructions import count, tflite_file
+    _, path = tflite_file(str(REPO / "edge_runtime/models/cbilstm-lite"))
+    first, second = count(path, invokes=3)["instructions"], count(path, invokes=3)["instructions"]
+    assert abs(first - second) / first < 1e-3, (first, second)  # start-up noise once swamped this

@@ -101,3 +101,50 @@ def test_unknown_file_is_refused(tmp_path):
     p.write_bytes(np.zeros(4, np.uint8).tobytes())
     with pytest.raises(MacError, match="tflite or .onnx"):
         count(p)
+
+
+class _NamedCtx(_Ctx):
+    def __init__(self, model, model_name, calibration):
+        super().__init__(model)
+        self.model_name, self._calibration = model_name, calibration
+
+    def calibration(self):
+        return self._calibration
+
+
+@pytest.mark.parametrize("stem", ["8-d16s-p-d16", "8s-d16-p-d16"])
+def test_the_first_conv_on_a_grey_image_becomes_copies_and_a_depthwise_conv_with_the_same_output(stem):
+    from export.tflite import first_conv_as_depthwise
+    from train.models import build
+    model = build("cbilstm-lite", {"stem": stem, "lstm_units": 8, "row_features": 16}, unroll=True)
+    rng = np.random.default_rng(0)
+    for layer in model.layers:  # BatchNorm statistics away from identity, so folding errors would show
+        if type(layer).__name__ == "BatchNormalization":
+            layer.set_weights([rng.uniform(0.5, 2, w.shape).astype("float32") for w in layer.get_weights()])
+    x = rng.random((8, 48, 48, 1), dtype=np.float32)
+    rewritten = first_conv_as_depthwise(model)
+    kinds = [type(la).__name__ for la in rewritten.layers[1:3]]
+    assert kinds == ["Conv2D", "DepthwiseConv2D"] and rewritten.layers[1].kernel_size == (1, 1)
+    np.testing.assert_allclose(rewritten.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-5)
+    thesis = build("thesis", unroll=True)
+    assert first_conv_as_depthwise(thesis) is thesis  # no conv on the image: nothing to rewrite
+
+
+def _first_kernels(blob: bytes) -> list[tuple]:
+    """(op, kernel height, kernel width) of the graph's first two ops."""
+    from ai_edge_litert.interpreter import Interpreter
+    it = Interpreter(model_content=blob)
+    shapes = {t["index"]: t["shape"] for t in it.get_tensor_details()}
+    return [(op["op_name"], *map(int, shapes[op["inputs"][1]][1:3])) for op in it._get_ops_details()[:2]]
+
+
+def test_only_the_model_for_cpus_without_int8_dot_products_gets_the_rewrite_in_int8_tflite():
+    from edge_runtime.packaged import DENSE, LIGHT
+    from export.tflite import convert_int8
+    from train.models import build
+    model = build("cbilstm-lite", {"stem": "8-d16s-p-d16", "lstm_units": 8, "row_features": 16}, unroll=True)
+    calib = np.random.default_rng(1).random((16, 48, 48, 1), dtype=np.float32)
+    light, dense = (convert_int8(_NamedCtx(model, name, calib)) for name in (LIGHT, DENSE))
+    assert _first_kernels(light) == [("CONV_2D", 1, 1), ("DEPTHWISE_CONV_2D", 3, 3)]
+    assert _first_kernels(dense)[0] == ("CONV_2D", 3, 3)  # with dot products the conv is faster (VNNI: 5 %)
+    assert count_tflite(light)["macs"] == count_tflite(dense)["macs"] + 48 * 48 * 8  # the copies are counted
