@@ -64,12 +64,9 @@ demo: $(STAMP)
 PACKAGED_MODELS := cbilstm cbilstm-lite
 artifacts: $(STAMP)
 	for m in $(PACKAGED_MODELS); do \
-	  $(BIN)/python -m export --int8 --formats tflite-int8,onnx-int8,onnx-fp32 --model models/$$m --data $(DATA) --packaged && \
-	  rm -f edge_runtime/models/$$m/*.keras edge_runtime/models/$$m/export_worker.log && \
-	  $(BIN)/python -c "import dataclasses as d, sys; from edge_runtime.manifest import read_manifest as r, write_manifest as w; \
-	    m = r(sys.argv[1]); w(m.dir, d.replace(m, artifacts={n: a for n, a in m.artifacts.items() if n != 'keras'}))" \
-	    edge_runtime/models/$$m || exit 1; \
-	done  # the device needs no Keras file, nor its manifest entry (its score stays in 'reference')
+	  $(BIN)/python -m export --int8 --formats tflite-int8,onnx-int8,onnx-fp32 --model models/$$m --data $(DATA) --packaged \
+	  || exit 1; \
+	done  # --packaged leaves out the Keras file and the worker's log: a device needs neither
 
 clean:
 	rm -rf runs artifacts .cache .pytest_cache

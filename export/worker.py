@@ -75,6 +75,11 @@ def reference(ctx: Context) -> None:
     model = ctx.model()
     probs = model.predict(ctx._scaled(ctx.job["test_file"]), batch_size=256, verbose=0)
     np.save(ctx.staging / "keras_probs.npy", probs.astype(np.float32))
+    from edge_runtime.backends import REFERENCE_FACES, REFERENCE_SEED
+    from edge_runtime.preprocess import PreprocessSpec, reference_faces, scale_pixels
+    spec = PreprocessSpec.from_dict(ctx.job["preprocessing"])  # the faces each artifact's load check uses
+    faces = scale_pixels(reference_faces(spec.size, REFERENCE_FACES, REFERENCE_SEED), spec)
+    np.save(ctx.staging / "keras_reference_probs.npy", model.predict(faces, verbose=0).astype(np.float32))
     emit(event="reference", file="keras_probs.npy", seconds=time.perf_counter() - t0,
          parameters=int(model.count_params()), input_shape=list(model.input_shape[1:]))
 

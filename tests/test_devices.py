@@ -97,7 +97,7 @@ def test_the_arm_check_gives_an_int8_tflite_the_tolerance_of_its_own_quantizatio
     int8[:, 0] += 0.05
     names = ["tflite-int8", "onnx-fp32"]
     tols = ac.probe_tolerances(c, names, {"tflite-int8": {"probs": int8.tolist()}, "onnx-fp32": {"probs": fp32.tolist()}})
-    assert tols["tflite-int8"] == pytest.approx(0.05) and tols["onnx-fp32"] == ac.FP32_TOL
+    assert tols["tflite-int8"] == pytest.approx(0.05) and tols["onnx-fp32"] == aarch64_compare.FP32_TOL
     assert c.report["probe"]["int8_error_vs_fp32_x86_64"]["tflite-int8"]["vs"] == "onnx-fp32"
 
 

@@ -174,3 +174,15 @@ def test_every_format_is_named_once_in_edge_runtime_and_export_only_adds_how_to_
     assert [(f.name, f.format, f.precision) for f in FORMATS] == [(k.name, k.format, k.precision) for k in ARTIFACT_KINDS]
     assert AUTO_ORDER is DEVICE_ORDER and set(DEVICE_ORDER) <= {k.name for k in ARTIFACT_KINDS}
     assert ORDER == (REFERENCE, *(k.name for k in ARTIFACT_KINDS))
+
+
+def test_the_load_check_tolerance_of_an_int8_artifact_is_twice_its_own_int8_error():
+    from edge_runtime.backends import REFERENCE_ATOL
+    from export.pipeline import check_tolerance
+    keras = np.full((4, 7), 1 / 7)
+    int8 = keras.copy()
+    int8[0, 0] += 0.054
+    assert check_tolerance("fp32", int8, keras) == REFERENCE_ATOL  # float kernels: summation order only
+    assert check_tolerance("int8", int8, keras) == pytest.approx(0.108)  # the Pi 4's kernels: 0.047 off x86's
+    assert check_tolerance("int8", keras + 0.001, keras) == REFERENCE_ATOL  # never below the float one
+    assert check_tolerance("int8", keras + 0.4, keras) == 0.25  # a wrong preprocessing still shows

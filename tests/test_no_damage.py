@@ -153,3 +153,18 @@ def test_whole_number_floats_become_integers_before_training():
     from train.recipe import TrainConfig
     _, recipe, _ = TrainConfig(model="cbilstm", recipe={"epochs": 10.0, "batch_size": 32.0}).resolved()
     assert (recipe.epochs, recipe.batch_size) == (10, 32) and isinstance(recipe.epochs, int)
+
+
+def test_a_packaged_export_holds_what_a_device_needs_and_no_keras_file(tiny_run, shared_root, tmp_path, monkeypatch):
+    """--packaged (make artifacts) writes the model the package ships: no Keras file, no manifest entry
+    for it (its score stays in "reference"), no worker log; the device's artifacts load and serve."""
+    from export import pipeline as P
+    monkeypatch.setattr(P, "PACKAGED_DIR", tmp_path / "models")
+    man, code = P.run_export(P.ExportConfig(model=str(tiny_run), data=str(shared_root), packaged=True,
+                                            formats=["tflite-int8"], max_drop=100.0,
+                                            fraction=TINY_EXPORT_FRACTION, progress=False, log=lambda *a, **k: None))
+    out = tmp_path / "models" / man.model
+    assert code == 0 and read_manifest(out).artifacts.keys() == {"tflite-int8"}
+    assert not list(out.glob("*.keras")) and not (out / "export_worker.log").exists()
+    assert man.reference["accuracy"] > 0
+    assert load_backend(read_manifest(out), "tflite-int8").predict(np.zeros((2, 48, 48, 1), np.float32)).shape == (2, 7)
