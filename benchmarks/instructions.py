@@ -79,6 +79,8 @@ def _collected(path: Path, invokes: int, work: Path) -> tuple[int, list[str]]:
         raise InstructionError(f"valgrind on {path.name} failed: {r.stderr.strip().splitlines()[-1:]}")
     kernels = sorted({ln.split(")", 1)[-1].strip() for ln in out.read_text(errors="replace").splitlines()
                       if ln.startswith("fn=") and "xnn_" in ln})
+    if not kernels:  # Invoke not found (a renamed symbol) would count nothing and check no kernel
+        raise InstructionError(f"valgrind counted no XNNPACK kernel inside {INVOKE} for {path.name}")
     return int(m.group(1)), kernels
 
 
@@ -90,6 +92,8 @@ def count(path: Path, invokes: int = 100) -> dict:
     with tempfile.TemporaryDirectory(prefix="fer-instr-") as tmp:
         base, _ = _collected(path, 1, Path(tmp))
         total, kernels = _collected(path, 1 + invokes, Path(tmp))
+    if total <= base:
+        raise InstructionError(f"valgrind counted no work per invocation of {path.name}")
     return {"instructions": (total - base) / invokes, "kernels_isa": kernel_isas(kernels),
             "gemm_kernels": [k for k in kernels if "gemm" in k][:4]}
 

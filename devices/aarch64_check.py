@@ -60,6 +60,7 @@ except ImportError:
     sys.path.insert(0, str(REPO))
 from edge_runtime.cli import command  # noqa: E402
 from edge_runtime.manifest import DEVICE_ORDER, Manifest, ManifestError, read_manifest  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # its sibling, as a script and as python -m devices...
 from aarch64_compare import (compare_events, face_events, latency_stats, read_events, tolerance,  # noqa: E402
                              top2_margin)
 

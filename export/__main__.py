@@ -43,7 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                 "never replaced or removed")
     p.add_argument("--packaged", action="store_true",
                    help="replace the model the package ships (edge_runtime/models/<model>/) instead of --out: "
-                        "what make artifacts does")
+                        "what make artifacts does; it leaves out the Keras file and the worker log, which a "
+                        "device does not need")
     p.add_argument("--int8", action="store_true", help="also write the int8 artifacts (tflite-int8, onnx-int8)")
     from .gate import MAX_DROP_PP
     p.add_argument("--max-drop", type=float, default=MAX_DROP_PP, metavar="PP",

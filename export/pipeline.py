@@ -45,7 +45,8 @@ from . import gate as G
 
 MODELS_DIR = work_root() / "models"
 PACKAGED_DIR = Path(__import__("edge_runtime").__file__).resolve().parent / "models"  # what the package ships
-REPORTS = ("manifest.json", "export_report.json", "export_report.md", "export_worker.log")
+WORKER_LOG = "export_worker.log"
+REPORTS = ("manifest.json", "export_report.json", "export_report.md", WORKER_LOG)
 DEFAULT_MODEL = "cbilstm"
 GENERATED = re.compile(r"^.+\.[0-9a-f]{8}\.(tflite|onnx|keras)$")
 
@@ -299,13 +300,13 @@ def run_export(cfg: ExportConfig) -> tuple[Manifest, int]:
             _time_all(conv, cfg)
             manifest = _manifest(run_dir, run, data, calib, cfg, model_sha, conv, fmts,
                                  export_seconds=round(time.perf_counter() - t_start, 1))
-            if cfg.packaged:  # a device needs no Keras file; its score stays in the manifest's "reference"
-                manifest = replace(manifest, artifacts={n: a for n, a in manifest.artifacts.items()
-                                                        if n != F.REFERENCE})
             committed = exit_code(manifest, cfg.allow_partial) == 0
             held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
             try:  # the commit runs whole: a signal now is delivered after it, and the message names the new manifest
-                (_commit if committed else _set_aside)(staging, owned, manifest, worker_log=not cfg.packaged)
+                if committed:
+                    _commit(staging, owned, manifest, packaged=cfg.packaged)
+                else:
+                    _set_aside(staging, owned, manifest)
             finally:
                 signal.pthread_sigmask(signal.SIG_SETMASK, held)
         except Interrupted as e:
@@ -552,10 +553,10 @@ def report(manifest: Manifest) -> dict:
             "created": manifest.created, "export_seconds": manifest.export_seconds}
 
 
-def _set_aside(staging: Path, out: OwnedDir, manifest: Manifest, worker_log: bool = True) -> None:
-    """A failed export's manifest, reports and files -> OUT/rejected/ (replacing an older one we wrote)."""
+def _set_aside(staging: Path, out: OwnedDir, manifest: Manifest) -> None:
+    """A failed export's manifest, reports, files and worker log -> OUT/rejected/ (replacing an older one we wrote)."""
     aside = staging_dir(out.path, f".rejected-{os.getpid()}")
-    _commit(staging, OwnedDir(aside, "staging"), manifest, worker_log)
+    _commit(staging, OwnedDir(aside, "staging"), manifest)
     name = REJECTED_DIR
     if (out.path / name).exists() and not out.remove(name):
         name = f"{REJECTED_DIR}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"  # someone else's 'rejected': kept
@@ -563,21 +564,25 @@ def _set_aside(staging: Path, out: OwnedDir, manifest: Manifest, worker_log: boo
     out.record(name)
 
 
-def _commit(staging: Path, out: OwnedDir, manifest: Manifest, worker_log: bool = True) -> None:
+def _commit(staging: Path, out: OwnedDir, manifest: Manifest, packaged: bool = False) -> None:
     """Move files in (new names never clash with live ones), then swap the manifest, then prune the
-    files of earlier exports no manifest refers to (only files an export wrote). ``worker_log``: also
-    keep the conversion worker's log (not in the package a device installs)."""
-    keep = {a.file for a in manifest.artifacts.values() if a.file}
-    out.record(*keep, *REPORTS)  # listed first: a crash after the moves leaves nothing we cannot prune later
+    files of earlier exports no manifest refers to (only files an export wrote). ``packaged``: the
+    package a device installs, without the Keras file (its score stays in the reports and in the
+    manifest's "reference") and without the worker's log."""
+    device = replace(manifest, artifacts={n: a for n, a in manifest.artifacts.items() if n != F.REFERENCE})
+    written = device if packaged else manifest
+    keep = {a.file for a in written.artifacts.values() if a.file}
+    reports = [r for r in REPORTS if not (packaged and r == WORKER_LOG)]
+    if packaged and out.owns(WORKER_LOG):
+        out.remove(WORKER_LOG)  # an earlier export's
+    out.record(*keep, *reports)  # listed first: a crash after the moves leaves nothing we cannot prune later
     for f in keep:
         os.replace(staging / f, out.path / f)
-    write_manifest(out.path, manifest)  # the commit point
+    write_manifest(out.path, written)  # the commit point
     atomic_write_json(out.path / "export_report.json", report(manifest))
     atomic_write_text(out.path / "export_report.md", G.markdown_report(manifest))
-    if worker_log and (staging / "worker.log").is_file():
-        atomic_write_text(out.path / "export_worker.log", (staging / "worker.log").read_text(errors="replace"))
-    elif not worker_log and (out.path / "export_worker.log").exists():
-        out.remove("export_worker.log")  # an earlier export's (only if an export wrote it)
+    if not packaged and (staging / "worker.log").is_file():
+        atomic_write_text(out.path / WORKER_LOG, (staging / "worker.log").read_text(errors="replace"))
     for name in out.owned():
         if GENERATED.match(name) and name not in keep:
             out.remove(name)

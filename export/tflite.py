@@ -18,7 +18,7 @@ def _fixed_batch(model):
 
 
 def first_conv_as_depthwise(model):
-    """The same function with a first 3x3 conv on a grey image computed as copies + a depthwise conv.
+    """The same function with a first conv on a grey image computed as copies + a depthwise conv.
 
     XNNPACK's int8 conv kernels on AVX2 and on the Pi 4's Cortex-A72 (``c8`` kernels: no int8 dot
     products) pad each tap's input channels to eight, so a conv reading one channel does 8x its
@@ -30,12 +30,17 @@ def first_conv_as_depthwise(model):
     import keras
     import numpy as np
     from keras import layers
+    inputs = getattr(model, "inputs", None) or []
     conv = next((la for la in model.layers if type(la) is layers.Conv2D), None)
-    if (conv is None or conv.input is not model.input or model.input.shape[-1] != 1 or conv.groups != 1
-            or conv.kernel_size == (1, 1) or len(model.input._keras_history.operation._outbound_nodes) != 1):
+    if (len(inputs) != 1 or conv is None or conv.input is not inputs[0] or inputs[0].shape[-1] != 1
+            or conv.groups != 1 or conv.kernel_size == (1, 1) or any(o is inputs[0] for o in model.outputs)):
+        return model
+    try:  # the rest of the graph must hang from the conv's output alone (the image feeds nothing else)
+        rest = keras.Model(conv.output, model.output, name=f"{model.name}_rest")
+    except ValueError:
         return model
     filters = conv.filters
-    inp = keras.Input(model.input.shape[1:], name=model.input.name)
+    inp = keras.Input(inputs[0].shape[1:], dtype=inputs[0].dtype, name=inputs[0].name)
     copies = layers.Conv2D(filters, 1, use_bias=False, name=f"{conv.name}_copies")
     dw = layers.DepthwiseConv2D(conv.kernel_size, strides=conv.strides, padding=conv.padding,
                                 dilation_rate=conv.dilation_rate, use_bias=conv.use_bias,
@@ -44,7 +49,6 @@ def first_conv_as_depthwise(model):
     copies.set_weights([np.ones((1, 1, 1, filters), np.float32)])
     kernel = conv.get_weights()[0]  # (kh, kw, 1, filters) -> depthwise (kh, kw, filters, 1)
     dw.set_weights([kernel.reshape(kernel.shape[0], kernel.shape[1], filters, 1), *conv.get_weights()[1:]])
-    rest = keras.Model(conv.output, model.output, name=f"{model.name}_rest")
     return keras.Model(inp, rest(x), name=model.name)
 
 

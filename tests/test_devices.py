@@ -86,6 +86,7 @@ def test_the_arm_check_gives_an_int8_tflite_the_tolerance_of_its_own_quantizatio
     sys.path.insert(0, str(REPO / "devices"))
     try:
         import aarch64_check as ac
+        import aarch64_compare
     finally:
         sys.path.pop(0)
     from edge_runtime.manifest import read_manifest

@@ -128,6 +128,13 @@ def test_the_first_conv_on_a_grey_image_becomes_copies_and_a_depthwise_conv_with
     np.testing.assert_allclose(rewritten.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-5)
     thesis = build("thesis", unroll=True)
     assert first_conv_as_depthwise(thesis) is thesis  # no conv on the image: nothing to rewrite
+    import keras
+    inp = keras.Input((48, 48, 1))
+    conv = keras.layers.Conv2D(4, 3)(inp)
+    both = keras.Model(inp, [conv, keras.layers.Flatten()(inp)])  # the image feeds more than the conv
+    assert first_conv_as_depthwise(both) is both
+    unbuilt = keras.Sequential([keras.layers.Conv2D(4, 3)])
+    assert first_conv_as_depthwise(unbuilt) is unbuilt
 
 
 def _first_kernels(blob: bytes) -> list[tuple]:

@@ -166,5 +166,6 @@ def test_a_packaged_export_holds_what_a_device_needs_and_no_keras_file(tiny_run,
     out = tmp_path / "models" / man.model
     assert code == 0 and read_manifest(out).artifacts.keys() == {"tflite-int8"}
     assert not list(out.glob("*.keras")) and not (out / "export_worker.log").exists()
-    assert man.reference["accuracy"] > 0
+    assert man.reference["accuracy"] > 0 and "| keras |" in (out / "export_report.md").read_text()
+    assert "export_worker.log" not in (out / ".fer-edge-owner.json").read_text()  # the ledger lists what is there
     assert load_backend(read_manifest(out), "tflite-int8").predict(np.zeros((2, 48, 48, 1), np.float32)).shape == (2, 7)
