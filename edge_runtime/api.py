@@ -31,12 +31,21 @@ BOX_CONVENTIONS = tuple(DETECTOR_SIZES)  # the detectors whose box framing has a
 
 @dataclass
 class FrameResult:
-    """One frame through the pipeline: detections, the crop regions, the model inputs and outputs."""
+    """One frame through the pipeline: the faces (``Detections`` with their crop regions and
+    probabilities), what the model saw, and the time each step took."""
     detections: Detections
-    regions: np.ndarray   # (K, 4) x, y, w, h of each classified crop
     inputs: np.ndarray    # (K, size, size, 1) float32, what the model saw
-    probs: np.ndarray     # (K, 7) in LABELS order
     ms: dict[str, float]  # detect, preprocess, classify
+
+    @property
+    def regions(self) -> np.ndarray:
+        """(K, 4) x, y, w, h of each classified crop."""
+        return self.detections.regions
+
+    @property
+    def probs(self) -> np.ndarray:
+        """(K, 7) in LABELS order."""
+        return self.detections.probs
 
 
 class EmotionRecognizer:
@@ -144,7 +153,7 @@ class EmotionRecognizer:
         t2 = time.perf_counter()
         probs = self.backend.predict(batch) if len(batch) else np.zeros((0, len(LABELS)), np.float32)
         t3 = time.perf_counter()
-        return FrameResult(dets, regions, batch, probs,
+        return FrameResult(dets.with_fields(regions=np.asarray(regions, np.float32).reshape(-1, 4), probs=probs), batch,
                            {"detect": (t1 - t0) * 1e3, "preprocess": (t2 - t1) * 1e3, "classify": (t3 - t2) * 1e3})
 
     def detect_emotions(self, image: np.ndarray, face_rectangles=None, box_convention: str | None = None) -> list[dict]:

@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .config import build
+from .sinks import Sink
 
 
 @dataclass(frozen=True)
@@ -43,7 +44,7 @@ class Job:
     decode_thread: bool = False
 
 
-class _Collect:
+class _Collect(Sink):
     """A daemon sink that keeps the events."""
 
     def __init__(self):
@@ -51,9 +52,6 @@ class _Collect:
 
     def emit(self, event: dict) -> None:
         self.events.append(event)
-
-    def close(self) -> None:
-        pass
 
 
 def worker_init(client_pid: int | None = None) -> None:

@@ -39,8 +39,8 @@ def _probs(p: np.ndarray) -> dict[str, float]:
 class Daemon:
     def __init__(self, cfg: Config, read_files=(), sinks=None):
         """``read_files``: other files the daemon was started from (its --config and --profile): no output
-        may be one of them. ``sinks``: objects with ``emit(event)`` and ``close()`` that take the events
-        instead of the JSON Lines file (the batch analyser collects them this way)."""
+        may be one of them. ``sinks``: ``sinks.Sink`` objects that take the events instead of the JSON
+        Lines file (the batch analyser collects them this way)."""
         self.cfg = check(cfg)  # the cross-field rules too, for a Config built in code
         self.stats = Stats()
         self.stop_event = threading.Event()
@@ -135,8 +135,7 @@ class Daemon:
                 if self._reopen_requested:
                     self._reopen_requested = False
                     for sink in self.sinks:
-                        if isinstance(sink, JsonlSink):
-                            sink.reopen()
+                        sink.reopen()
                 if self._stop_requested:
                     break
                 if not self.capture.is_alive() and not self.capture.ended.is_set():
@@ -199,7 +198,7 @@ class Daemon:
         t3 = time.monotonic()
         looks = thumbnails(r.inputs) if self.tracker.appearance > -1 else None
         latency = {"capture_age": (t0 - frame.t_capture) * 1000, **r.ms}
-        changes = self.tracker.update(frame.index, r.detections, r.regions, r.probs, looks, frame.media_s)
+        changes = self.tracker.update(frame.index, r.detections, looks, frame.media_s)
         # a track first missed by a region search (the count above can hide it): the whole frame next
         # time; one a full-frame search already missed is sought in its region, not in every frame
         self._need_full = regions is not None and any(t.missed == 1 for t in self.tracker.tracks.values())

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 
 import cv2
 import numpy as np
@@ -20,9 +20,27 @@ N_LANDMARKS = 5
 
 @dataclass(frozen=True)
 class Detections:
+    """K faces of one frame, one row each in every array: what the detector found, then (after the crop
+    and the classifier) each face's crop region and probabilities. Shape-checked; ``take`` slices all."""
     boxes: np.ndarray      # (K, 4) float32 x, y, w, h
     scores: np.ndarray     # (K,) float32 in [0, 1]
     landmarks: np.ndarray  # (K, 5, 2) float32, NaN when unknown
+    regions: np.ndarray | None = None  # (K, 4) x, y, w, h of each face's crop, once cropped
+    probs: np.ndarray | None = None    # (K, C) class probabilities in LABELS order, once classified
+
+    def __post_init__(self):
+        k = len(self.boxes)
+        want = {"boxes": (k, 4), "scores": (k,), "landmarks": (k, N_LANDMARKS, 2), "regions": (k, 4)}
+        for name, shape in want.items():
+            a = getattr(self, name)
+            if a is not None and np.shape(a) != shape:
+                raise ValueError(f"Detections.{name} has shape {np.shape(a)}, not {shape} for {k} faces")
+        if self.probs is not None and (np.ndim(self.probs) != 2 or len(self.probs) != k):
+            raise ValueError(f"Detections.probs has shape {np.shape(self.probs)}, not ({k}, classes)")
+
+    def with_fields(self, **values) -> "Detections":
+        """The same faces with more per-face arrays, e.g. ``with_fields(regions=..., probs=...)``."""
+        return replace(self, **values)
 
     @classmethod
     def empty(cls) -> "Detections":
@@ -43,7 +61,7 @@ class Detections:
 
     def take(self, idx) -> "Detections":
         idx = np.asarray(idx, np.int64).reshape(-1)
-        return Detections(self.boxes[idx], self.scores[idx], self.landmarks[idx])
+        return Detections(*(None if a is None else a[idx] for a in (getattr(self, f.name) for f in fields(self))))
 
     def has_landmarks(self) -> np.ndarray:
         return ~np.isnan(self.landmarks).any(axis=(1, 2))

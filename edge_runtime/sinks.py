@@ -14,6 +14,20 @@ import time
 log = logging.getLogger(__name__)
 
 
+class Sink:
+    """Where the daemon sends its events: ``emit`` each one, ``reopen`` on SIGHUP (log rotation),
+    ``close`` at exit. A sink that fails raises; the daemon counts it and goes on with the others."""
+
+    def emit(self, event: dict) -> None:
+        raise NotImplementedError
+
+    def reopen(self) -> None:
+        """Nothing to reopen by default (a network client reconnects by itself)."""
+
+    def close(self) -> None:
+        """Nothing to flush by default."""
+
+
 class _TextOut:
     """A text stream without a file descriptor, written like a pipe (whole lines, flushed)."""
 
@@ -32,7 +46,7 @@ class _TextOut:
         pass
 
 
-class JsonlSink:
+class JsonlSink(Sink):
     """JSON Lines to a file (appended, one write per event), a FIFO, or stdout: whole lines or none.
 
     A failed write (a full disk) drops that event whole, counts it and degrades health until a write
@@ -194,7 +208,7 @@ SESSION_TAKEN_OVER = 0x8E  # MQTT 5 reason code: a newer connection with the sam
 SHORT_SESSION_S = 5.0  # closed sooner than this after the broker accepted us: a client-id clash, if it repeats
 
 
-class MqttSink:
+class MqttSink(Sink):
     """``<prefix>/events`` (each event), ``<prefix>/stats`` and ``<prefix>/state`` (every
     stats_interval_s; state is what Home Assistant shows: faces, dominant emotion, each emotion's
     share over the last minute), ``<prefix>/availability`` = online (retained), with a last will of

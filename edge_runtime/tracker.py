@@ -94,10 +94,13 @@ class Tracker:
     def from_config(cls, cfg) -> "Tracker":
         """From the config's ``[tracker]`` section (``config.TrackerConfig``)."""
         return cls(cfg.iou, cfg.smoothing, cfg.max_missed, cfg.appearance)
-    def update(self, frame: int, dets: Detections, crops: np.ndarray, probs: np.ndarray,
-               looks: np.ndarray | None = None, media_s: float | None = None):
-        """Feed one frame's detections, their crop regions, probabilities and (optionally) appearance
-        thumbnails and the frame's media time; return [(kind, track)] with kind in new/update/end."""
+    def update(self, frame: int, dets: Detections, looks: np.ndarray | None = None, media_s: float | None = None):
+        """Feed one frame's faces (``Detections`` carrying their crop regions and probabilities) and
+        (optionally) appearance thumbnails and the frame's media time; return [(kind, track)] with kind
+        in new/update/end."""
+        if dets.regions is None or dets.probs is None:
+            raise ValueError("the tracker needs classified faces: Detections with regions and probs")
+        crops, probs = dets.regions, dets.probs
         out = []
         ids = list(self.tracks)
         boxes = dets.boxes

@@ -261,9 +261,9 @@ def test_a_broker_that_is_down_degrades_health(video, no_tf_path, tmp_path):
 
 def test_a_failing_sink_does_not_stop_the_others(video, tmp_path, caplog):
     from edge_runtime.daemon import Daemon
-    from edge_runtime.sinks import JsonlSink
+    from edge_runtime.sinks import JsonlSink, Sink
 
-    class Broken:
+    class Broken(Sink):
         def emit(self, event):
             raise RuntimeError("sink down")
 

@@ -132,18 +132,19 @@ def test_a_new_face_where_another_just_left_starts_a_new_track():
     looks = thumbnails(x)
     pa, pb = np.eye(7)[3], np.eye(7)[5]
     dets = Detections.from_boxes([box])
+    face_a, face_b = (dets.with_fields(regions=dets.boxes, probs=p[None]) for p in (pa, pb))
     t = Tracker(smoothing=0.8, max_missed=5)
-    assert t.update(0, dets, dets.boxes, pa[None], looks[:1])[0][0] == "new"
-    assert t.update(1, dets, dets.boxes, pa[None], looks[:1])[0][0] == "update"
-    t.update(2, Detections.empty(), np.zeros((0, 4)), np.zeros((0, 7)), looks[:0])  # A leaves
-    kinds = t.update(3, dets, dets.boxes, pb[None], looks[1:])  # B appears in A's place
+    assert t.update(0, face_a, looks[:1])[0][0] == "new"
+    assert t.update(1, face_a, looks[:1])[0][0] == "update"
+    t.update(2, Detections.empty().with_fields(regions=np.zeros((0, 4)), probs=np.zeros((0, 7))), looks[:0])  # A leaves
+    kinds = t.update(3, face_b, looks[1:])  # B appears in A's place
     new = [tr for k, tr in kinds if k == "new"]
     assert len(new) == 1 and new[0].id == 2
     np.testing.assert_allclose(new[0].smooth, pb)  # nothing inherited from A
     # the same face, slightly moved, keeps its track
     _, x2 = _faces_at([b], [104, 62, 96, 96])
     moved = Detections.from_boxes([[104, 62, 96, 96]])
-    kinds = t.update(4, moved, moved.boxes, pb[None], thumbnails(x2))
+    kinds = t.update(4, moved.with_fields(regions=moved.boxes, probs=pb[None]), thumbnails(x2))
     assert ("update", 2) in [(k, tr.id) for k, tr in kinds]
 
 

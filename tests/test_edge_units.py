@@ -104,16 +104,17 @@ def test_help_names_every_flag(capsys):
 def test_tracker_smooths_and_ends_tracks():
     t = Tracker(iou=0.3, smoothing=0.5, max_missed=1)
     a, b = np.eye(7)[3], np.eye(7)[5]
-    box = Detections.from_boxes([[10, 10, 50, 50]])
-    moved = Detections.from_boxes([[12, 12, 50, 50]])
-    assert [k for k, _ in t.update(0, box, box.boxes, a[None])] == ["new"]
-    ch = t.update(1, moved, moved.boxes, b[None])
+    def faces(box, p):
+        d = Detections.from_boxes([box])
+        return d.with_fields(regions=d.boxes, probs=p[None])
+    box, moved, far = faces([10, 10, 50, 50], a), faces([12, 12, 50, 50], b), faces([200, 200, 50, 50], a)
+    assert [k for k, _ in t.update(0, box)] == ["new"]
+    ch = t.update(1, moved)
     assert [k for k, _ in ch] == ["update"] and ch[0][1].id == 1
     np.testing.assert_allclose(ch[0][1].smooth, 0.5 * a + 0.5 * b)
-    far = Detections.from_boxes([[200, 200, 50, 50]])
-    kinds = [(k, tr.id) for k, tr in t.update(2, far, far.boxes, a[None])]
+    kinds = [(k, tr.id) for k, tr in t.update(2, far)]
     assert kinds == [("new", 2)]  # track 1 missed once: still open
-    kinds = [(k, tr.id) for k, tr in t.update(3, far, far.boxes, a[None])]
+    kinds = [(k, tr.id) for k, tr in t.update(3, far)]
     assert ("end", 1) in kinds and ("update", 2) in kinds
     assert [(k, tr.id) for k, tr in t.end_all()] == [("end", 2)]
 
@@ -367,7 +368,8 @@ def test_a_track_missed_in_a_frame_is_drawn_where_it_is_predicted(tmp_path):
     probs = np.full((1, 7), 1 / 7, np.float32)
     frame = np.zeros((480, 640, 3), np.uint8)
     for i, x in enumerate((100, 110, 120)):  # a face moving 10 px per frame
-        t.update(i, Detections.from_boxes([[x, 50, 80, 80]], [0.9]), np.array([[x, 50, 80, 80]]), probs)
+        face = Detections.from_boxes([[x, 50, 80, 80]], [0.9])
+        t.update(i, face.with_fields(regions=face.boxes, probs=probs))
     class F:  # noqa: E306 - one frame in which the detector finds nothing
         index, image, media_s, t_capture = 3, frame, 0.2, 0.0
     d.recognizer.detector.detect = lambda image: Detections.empty()
@@ -502,3 +504,21 @@ def test_every_setting_is_reachable_from_the_command_line_by_its_config_name():
     r = subprocess.run([sys.executable, "-m", "edge_runtime", "--set", "tracker.iou=2"], capture_output=True,
                        text=True, timeout=120, cwd=REPO)
     assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and "tracker.iou" in r.stderr
+
+
+def test_one_detections_record_carries_regions_and_probs_and_slices_them_together():
+    d = Detections.from_boxes([[0, 0, 10, 10], [20, 20, 10, 10], [40, 40, 10, 10]], scores=[0.9, 0.8, 0.7])
+    regions = d.boxes + 1
+    probs = np.eye(7, dtype=np.float32)[[1, 2, 3]]
+    faces = d.with_fields(regions=regions, probs=probs)
+    two = faces.take([2, 0])
+    np.testing.assert_array_equal(two.boxes, d.boxes[[2, 0]])
+    np.testing.assert_array_equal(two.regions, regions[[2, 0]])
+    np.testing.assert_array_equal(two.probs, probs[[2, 0]])
+    assert d.take([1]).probs is None  # not classified yet: nothing to slice
+    with pytest.raises(ValueError, match="probs has shape"):
+        d.with_fields(probs=probs[:2])  # a row short: caught where it is made, not frames later
+    with pytest.raises(ValueError, match="regions has shape"):
+        d.with_fields(regions=regions[:, :3])
+    with pytest.raises(ValueError, match="the tracker needs classified faces"):
+        Tracker().update(0, d)
