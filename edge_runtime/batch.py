@@ -22,7 +22,7 @@ from pathlib import Path
 
 from .backends import BackendError
 from .batch_tables import FRAME_COLUMNS, PERSON_COLUMNS, frame_rows, person_rows, write_table
-from .batch_worker import Job, Settings, analyze_video, worker_init
+from .batch_worker import FAILED, Job, Settings, analyze_video, worker_init
 from .cli import command
 from .config import DEFAULTS, DETECTOR_SIZES, ConfigError, SourceConfig
 from .detectors import DetectorError
@@ -36,7 +36,6 @@ VIDEO_EXTENSIONS = (".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".mpg", ".m
                     ".3gp", ".ogv", ".mjpeg")
 DONE = "done.json"  # last file of a video's folder: what it was made from (the resume key)
 INDEX = "index"     # index.parquet (+ index.csv with --csv): one row per video
-STATUSES = ("ok", "partial", "failed")  # partial: some frames did not decode (counted); failed: see `error`
 log = logging.getLogger("edge_runtime.batch")
 
 
@@ -305,7 +304,7 @@ def _analyze(out, owned, videos, problems, settings, model, artifacts, model_sha
     jobs, progress = [], _Progress(len(videos) + len(problems), quiet)
     for name, problem in problems:
         rows[name] = {**index_row(Job(name, name, model, artifacts, settings, display=name),
-                                  {"status": "failed", "error": problem}), "path": name}
+                                  {"status": FAILED, "error": problem}), "path": name}
         mine.append(name)
         progress.update(rows[name])
     for path, rel in videos:
@@ -314,7 +313,7 @@ def _analyze(out, owned, videos, problems, settings, model, artifacts, model_sha
         try:
             job.identity = identity(path)
         except OSError as e:
-            rows[rel] = index_row(job, {"status": "failed", "error": f"cannot read the file: {e.strerror or e}"})
+            rows[rel] = index_row(job, {"status": FAILED, "error": f"cannot read the file: {e.strerror or e}"})
             progress.update(rows[rel])
             continue
         if (done := already_done(out, job, model_sha)) is not None:
@@ -322,7 +321,7 @@ def _analyze(out, owned, videos, problems, settings, model, artifacts, model_sha
             progress.update(done["row"], skipped=True)
             continue
         if foreign := foreign_files(out, rel):
-            rows[rel] = index_row(job, {"status": "failed", "error": f"its output folder holds files this command "
+            rows[rel] = index_row(job, {"status": FAILED, "error": f"its output folder holds files this command "
                                         f"did not write ({', '.join(foreign[:3])}): move them, then run again"})
             progress.update(rows[rel])
             continue
@@ -332,15 +331,15 @@ def _analyze(out, owned, videos, problems, settings, model, artifacts, model_sha
         job.decode_thread = not dask and min(workers or cpus, len(jobs)) < cpus
     try:
         for job, res in _run(jobs, workers, dask, quiet):
-            if res["status"] == "failed":
+            if res["status"] == FAILED:
                 row = index_row(job, res)
             else:
                 try:
                     row = write_video(out, owned, job, res, model_sha)
                 except (OutputError, OSError) as e:  # e.g. a name too long to stage beside: this video only
                     reason = str(e) if isinstance(e, OutputError) else f"cannot write its results: {e}"
-                    row = index_row(job, {**res, "status": "failed", "error": reason})
-            if row["status"] == "failed":
+                    row = index_row(job, {**res, "status": FAILED, "error": reason})
+            if row["status"] == FAILED:
                 _drop_stale(out, job)
             rows[job.rel] = row
             write_index(out, owned, list(rows.values()), settings.tables)
@@ -359,12 +358,12 @@ def _agree_with_folders(out: Path, rows: dict[str, dict]) -> None:
     """A kill between a video's folder swap and the index write leaves the index a step behind: each
     row takes what the video's own folder says (its done.json), and a row whose folder is gone says so."""
     for name, row in rows.items():
-        if row.get("status") == "failed":
+        if row.get("status") == FAILED:
             continue
         try:
             done = json.loads((_video_dir(out, name) / DONE).read_text())
         except (OSError, ValueError):
-            rows[name] = {**row, "status": "failed", "error": "its results folder is gone (removed, or a run was "
+            rows[name] = {**row, "status": FAILED, "error": "its results folder is gone (removed, or a run was "
                                                           "killed while replacing it): run it again"}
             continue
         if isinstance(done, dict) and isinstance(done.get("row"), dict) and done["row"] != row:
@@ -406,7 +405,7 @@ def _run(jobs: list[Job], workers: int | None, dask: str | None, quiet: bool = T
                 try:
                     res = fut.result()
                 except Exception as e:  # the worker died under the video
-                    res = {"status": "failed", "error": f"the worker failed: {type(e).__name__}: {e}"}
+                    res = {"status": FAILED, "error": f"the worker failed: {type(e).__name__}: {e}"}
                 yield job, res
         finally:
             client.close()
@@ -433,7 +432,7 @@ def _run(jobs: list[Job], workers: int | None, dask: str | None, quiet: bool = T
                     if tries[id(job)] < 2:  # maybe not this video's fault: once more, in a fresh pool
                         todo.append(job)
                         continue
-                    res = {"status": "failed", "error": "the worker process died while analysing it (killed or "
+                    res = {"status": FAILED, "error": "the worker process died while analysing it (killed or "
                                                         "out of memory), twice"}
                 yield job, res
         except BaseException:
@@ -505,8 +504,8 @@ def main(argv=None) -> int:
     index = analyze(a.inputs, a.out, workers=a.workers, dask=a.dask, model=a.model, artifacts=a.artifacts or "",
                     every=a.every, fps=a.fps, detector=a.detector, backend=a.backend, csv=a.csv,
                     annotate=a.annotate, quiet=a.quiet)  # ConfigError, PackagedModelError: ValueErrors
-    failed = [r for r in index if r["status"] == "failed"]
-    skipped = [r for r in index if r.get("analysed_at", "") < started and r["status"] != "failed"]
+    failed = [r for r in index if r["status"] == FAILED]
+    skipped = [r for r in index if r.get("analysed_at", "") < started and r["status"] != FAILED]
     frames = sum(r["frames"] for r in index if r not in skipped)
     print(f"{len(index)} video(s): {len(index) - len(failed) - len(skipped)} analysed, {len(skipped)} skipped (done "
           f"before), {len(failed)} failed; {frames} frames analysed; index: {Path(a.out) / (INDEX + '.parquet')}")

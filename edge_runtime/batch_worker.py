@@ -44,6 +44,10 @@ class Job:
     decode_thread: bool = False
 
 
+OK, PARTIAL, FAILED = "ok", "partial", "failed"  # a video's status in the index: the one place these words live
+STATUSES = (OK, PARTIAL, FAILED)  # partial: some frames did not decode (counted); failed: see `error`
+
+
 class _Collect(Sink):
     """A daemon sink that keeps the events."""
 
@@ -79,7 +83,7 @@ def analyze_video(job: Job) -> dict:
     import cv2
     logging.getLogger("edge_runtime").setLevel(logging.WARNING)
     t0 = time.monotonic()
-    out = {"path": job.path, "rel": job.rel, "status": "failed", "error": "", "events": [], "frames": 0,
+    out = {"path": job.path, "rel": job.rel, "status": FAILED, "error": "", "events": [], "frames": 0,
            "frames_undecodable": 0, "fps": 0.0, "duration_s": 0.0, "model_sha256": "", "worker": os.uname().nodename}
     try:
         cap = cv2.VideoCapture(job.path)
@@ -126,11 +130,11 @@ def analyze_video(job: Job) -> dict:
         if rc != 0:
             out["error"] = d.capture.error or d.exit_reason or f"the daemon exited with {rc}"
         elif snap["frames_undecodable"]:
-            out["status"], out["error"] = "partial", f"{snap['frames_undecodable']} frame(s) did not decode"
+            out["status"], out["error"] = PARTIAL, f"{snap['frames_undecodable']} frame(s) did not decode"
         elif n > 0 and decoded < n and ends_early(d.capture._media_last, n, fps):  # truncated
-            out["status"], out["error"] = "partial", f"{decoded} of the {int(n)} frames the file declares were read"
+            out["status"], out["error"] = PARTIAL, f"{decoded} of the {int(n)} frames the file declares were read"
         else:
-            out["status"] = "ok"
+            out["status"] = OK
     except Exception as e:  # one bad video must not end the run: it is recorded, the others go on
         out["error"] = f"{type(e).__name__}: {e}"
     out["seconds"] = round(time.monotonic() - t0, 3)
