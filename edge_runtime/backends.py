@@ -307,7 +307,7 @@ def select_artifact(manifest: Manifest, backend: str = "auto", precision: str | 
 
 
 REFERENCE_FACES, REFERENCE_SEED = 4, 0
-REFERENCE_ATOL = 0.03  # probability: float kernels differ less; int8 artifacts get their own (export.pipeline.check_tolerance)
+REFERENCE_ATOL = 0.03  # probability: float kernels differ less; int8 artifacts get their own (export.scoring.check_tolerance)
 
 
 def reference_probs(backend: "Backend", spec) -> np.ndarray:

@@ -178,7 +178,7 @@ def test_every_format_is_named_once_in_edge_runtime_and_export_only_adds_how_to_
 
 def test_the_load_check_tolerance_of_an_int8_artifact_is_twice_its_own_int8_error():
     from edge_runtime.backends import REFERENCE_ATOL
-    from export.pipeline import check_tolerance
+    from export.scoring import check_tolerance
     keras = np.full((4, 7), 1 / 7)
     int8 = keras.copy()
     int8[0, 0] += 0.054
