@@ -58,7 +58,7 @@ def measure(model_name: str, params: dict, faces: np.ndarray, labels: np.ndarray
     lat = per_face_latency(run, faces[:64])
     row = {"parameters": int(unrolled.count_params()), "macs": count_tflite(blob)["macs"], "precision": precision,
            "int8_kb": len(blob) / 1024, "int8_ms_p50": lat["p50_ms"]}
-    if instructions:  # MACs miss the LSTM's batch-1 products and element-wise work; this counts them
+    if instructions:  # MACs miss what the kernels do beside products (a one-channel conv padded to eight)
         row["avx2_instructions"] = _avx2_instructions(blob)
     if not train_step:
         return row

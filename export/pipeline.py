@@ -378,8 +378,8 @@ def _commit(staging: Path, out: OwnedDir, manifest: Manifest, packaged: bool = F
     files of earlier exports no manifest refers to (only files an export wrote). ``packaged``: the
     package a device installs, without the Keras file (its score stays in the reports and in the
     manifest's "reference") and without the worker's log."""
-    device = replace(manifest, artifacts={n: a for n, a in manifest.artifacts.items() if n != F.REFERENCE})
-    written = device if packaged else manifest
+    written = (replace(manifest, artifacts={n: a for n, a in manifest.artifacts.items() if n != F.REFERENCE})
+               if packaged else manifest)
     keep = {a.file for a in written.artifacts.values() if a.file}
     reports = [r for r in REPORTS if not (packaged and r == WORKER_LOG)]
     if packaged and out.owns(WORKER_LOG):

@@ -52,7 +52,11 @@ def first_conv_as_depthwise(model):
     return keras.Model(inp, rest(x), name=model.name)
 
 
-def _converter(ctx, rewrite=lambda m: m):
+def _as_is(model):
+    return model
+
+
+def _converter(ctx, rewrite=_as_is):
     import tensorflow as tf
     return tf.lite.TFLiteConverter.from_keras_model(_fixed_batch(rewrite(ctx.unrolled_model())))
 
@@ -70,7 +74,7 @@ def convert_fp32(ctx) -> bytes:
     return _converter(ctx).convert()
 
 
-def _full_integer(ctx, ops, io_type, rewrite=lambda m: m) -> bytes:
+def _full_integer(ctx, ops, io_type, rewrite=_as_is) -> bytes:
     """Calibrated post-training quantization with integer input/output tensors."""
     import tensorflow as tf
     conv = _converter(ctx, rewrite)
@@ -89,7 +93,7 @@ def convert_int8(ctx) -> bytes:
     import tensorflow as tf
 
     from edge_runtime.packaged import for_cpus_without_int8_dot
-    rewrite = first_conv_as_depthwise if for_cpus_without_int8_dot(ctx.model_name) else (lambda m: m)
+    rewrite = first_conv_as_depthwise if for_cpus_without_int8_dot(ctx.model_name) else _as_is
     return _full_integer(ctx, tf.lite.OpsSet.TFLITE_BUILTINS_INT8, tf.int8, rewrite=rewrite)
 
 
