@@ -23,7 +23,7 @@ from edge_runtime.paths import SOURCE_ROOT, cache_dir, checkout
 
 from train.data import data_root_or_none
 
-from . import report
+from . import cpu_mask, report
 from .peers import PEERS, PeerError, peer_manifest_dir
 
 ORDER = (REFERENCE, *(k.name for k in ARTIFACT_KINDS))  # rows in the export's order
@@ -75,6 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plots", help="write accuracy-vs-latency, latency and size plots to this folder")
     p.add_argument("--results", metavar="NAME", help="shortcut: --json/--md/--plots under benchmarks/results/NAME")
     p.add_argument("--quick", action="store_true", help="fewer timing iterations (smoke runs, tests)")
+    p.add_argument("--mask-cpu", choices=sorted(cpu_mask.MASKS),
+                   help="run everything as on a CPU without AVX-512/VNNI/AMX (avx2: the Raspberry Pi 4's class of "
+                        "int8 speed) by hiding them from CPUID; needs Linux CPUID faulting and a C compiler")
     add_overwrite_flag(p)
     return p
 
@@ -119,6 +122,19 @@ def add_relative_columns(rows: list[dict], keras_acc: float | None) -> None:
 
 class UsageError(Exception):
     """A bad argument or manifest: one line on stderr, exit 2."""
+
+
+def _mask_argv(argv: list[str]) -> list[str]:
+    """argv without --mask-cpu (the masked child must not mask again)."""
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == "--mask-cpu":
+            skip = True
+        elif not a.startswith("--mask-cpu="):
+            out.append(a)
+    return out
 
 
 @dataclass
@@ -250,9 +266,13 @@ def write_results(p: Plan, args, rows: list[dict], pipeline_rows: list[dict]) ->
             print(f"wrote {path}")
 
 
-@command("python -m benchmarks", bad_input=(UsageError,))
+@command("python -m benchmarks", bad_input=(UsageError, cpu_mask.CpuMaskError))
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    if args.mask_cpu and cpu_mask.active() is None:
+        plan(args)  # bad arguments fail here, before the shim is built
+        return cpu_mask.rerun(args.mask_cpu, _mask_argv(sys.argv[1:] if argv is None else list(argv)))
+    cpu_mask.active()  # a child that claims a mask it does not have stops here
     p = plan(args)
     rows = measure_rows(p, args)
     pipeline_rows = []

@@ -24,11 +24,12 @@ from pathlib import Path
 
 from edge_runtime.cli import command, error
 
+from .cpu_mask import MASKS
 from .peers import PeerError
 
 WRITER = "python -m benchmarks.instructions"
 INVOKE = "tflite::interpreter_wrapper::InterpreterWrapper::Invoke*"  # LiteRT's Python-facing invoke
-FORBIDDEN = re.compile(r"avx512|vnni|amx", re.I)  # kernels an AVX2-only CPU does not have
+FORBIDDEN = MASKS["avx2"]  # kernels an AVX2-only CPU does not have
 
 
 class InstructionError(Exception):

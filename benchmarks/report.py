@@ -100,19 +100,29 @@ def pipeline_table(rows: list[dict]) -> str:
 
 
 def machine_info() -> dict:
+    """The CPU as this process's runtimes see it: under --mask-cpu, without the features hidden."""
     from edge_runtime.cpu import SPEED_FLAGS, cpu_class, cpu_flags, cpu_name, int8_dot_flags
+
+    from . import cpu_mask
     versions = {k: v for k, v in package_versions().items() if k not in ("python", "platform")}
+    mask = cpu_mask.active()
+    hidden = cpu_mask.hidden_flags(mask) if mask else []
+    dots = [f for f in int8_dot_flags() if f not in hidden]
+    cls = cpu_class() if not mask else (f"{platform.machine()}, no int8 dot products (CPUID masked to {mask}; "
+                                        f"the host has {', '.join(int8_dot_flags()) or 'none'})")
     return {"cpu": cpu_name(), "cores": os.cpu_count(), "machine": platform.machine(),
-            "cpu_flags": [f for f in SPEED_FLAGS if f in cpu_flags()], "int8_dot_products": int8_dot_flags(),
-            "cpu_class": cpu_class(), "system": platform.platform(),
+            "cpu_flags": [f for f in SPEED_FLAGS if f in cpu_flags() and f not in hidden], "int8_dot_products": dots,
+            "cpu_class": cls, "cpu_mask": mask, "hidden_flags": hidden, "system": platform.platform(),
             "python": platform.python_version(), "versions": versions}
 
 
 def machine_line(mi: dict) -> str:
     """The header every table carries: which CPU class its timings came from."""
+    masked = (f"; CPUID masked to {mi['cpu_mask']} (hidden: {' '.join(mi['hidden_flags'])}): the code an AVX2-only "
+              "CPU runs, on this host's cores" if mi.get("cpu_mask") else "")
     return (f"Machine: {mi['cpu']} ({mi['cores']} cores, {mi['machine']}); "
             f"{'int8 dot products: ' + ', '.join(mi['int8_dot_products']) if mi['int8_dot_products'] else 'no int8 dot products'}"
-            f"; flags: {' '.join(mi['cpu_flags']) or 'none read'}. MMACs: multiply-accumulates per face, "
+            f"{masked}; flags: {' '.join(mi['cpu_flags']) or 'none read'}. MMACs: multiply-accumulates per face, "
             "counted from each file's graph (the cost that does not depend on the CPU).")
 
 
