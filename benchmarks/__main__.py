@@ -75,9 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plots", help="write accuracy-vs-latency, latency and size plots to this folder")
     p.add_argument("--results", metavar="NAME", help="shortcut: --json/--md/--plots under benchmarks/results/NAME")
     p.add_argument("--quick", action="store_true", help="fewer timing iterations (smoke runs, tests)")
-    p.add_argument("--mask-cpu", choices=sorted(cpu_mask.MASKS),
-                   help="run everything as on a CPU without AVX-512/VNNI/AMX (avx2: the Raspberry Pi 4's class of "
-                        "int8 speed) by hiding them from CPUID; needs Linux CPUID faulting and a C compiler")
+    cpu_mask.add_flag(p)
     add_overwrite_flag(p)
     return p
 
@@ -122,19 +120,6 @@ def add_relative_columns(rows: list[dict], keras_acc: float | None) -> None:
 
 class UsageError(Exception):
     """A bad argument or manifest: one line on stderr, exit 2."""
-
-
-def _mask_argv(argv: list[str]) -> list[str]:
-    """argv without --mask-cpu (the masked child must not mask again)."""
-    out, skip = [], False
-    for a in argv:
-        if skip:
-            skip = False
-        elif a == "--mask-cpu":
-            skip = True
-        elif not a.startswith("--mask-cpu="):
-            out.append(a)
-    return out
 
 
 @dataclass
@@ -271,7 +256,7 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     if args.mask_cpu and cpu_mask.active() is None:
         plan(args)  # bad arguments fail here, before the shim is built
-        return cpu_mask.rerun(args.mask_cpu, _mask_argv(sys.argv[1:] if argv is None else list(argv)))
+        return cpu_mask.rerun(args.mask_cpu, "benchmarks", sys.argv[1:] if argv is None else list(argv))
     cpu_mask.active()  # a child that claims a mask it does not have stops here
     p = plan(args)
     rows = measure_rows(p, args)

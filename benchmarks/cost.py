@@ -20,7 +20,9 @@ import numpy as np
 from edge_runtime.cli import command
 from train.data import DataError
 
+from . import cpu_mask
 from .instructions import InstructionError
+from .peers import PEERS, PeerError
 
 
 def _variant(text: str) -> dict:
@@ -87,7 +89,24 @@ def _avx2_instructions(blob: bytes) -> float:
         return count(path, invokes=50)["instructions"]  # an InstructionError if valgrind is missing
 
 
-@command("python -m benchmarks.cost", bad_input=(DataError, InstructionError, ValueError), tf_log="3")
+def peer_latency(name: str) -> dict:
+    """The peer's per-face latency, timed like the variants (LiteRT, batch 1, 1 thread) in the same run."""
+    from export.study import tflite_runner
+
+    from edge_runtime.paths import cache_dir
+
+    from .latency import per_face_latency
+    from .peers import peer_manifest_dir
+    folder = peer_manifest_dir(name, cache_dir("peers"))
+    blob = (folder / PEERS[name]["file"].rsplit("/", 1)[-1]).read_bytes()
+    run, _ = tflite_runner(blob, xnnpack=True)
+    size = PEERS[name]["preprocessing"].size
+    faces = np.random.default_rng(0).uniform(-1, 1, (64, size, size, 1)).astype(np.float32)
+    return per_face_latency(run, faces)
+
+
+@command("python -m benchmarks.cost", bad_input=(DataError, InstructionError, ValueError, PeerError,
+                                                 cpu_mask.CpuMaskError), tf_log="3")
 def main(argv=None) -> int:
     from train.models import DEFAULT_MODEL, REGISTRY
     p = argparse.ArgumentParser(
@@ -105,10 +124,15 @@ def main(argv=None) -> int:
     p.add_argument("--instructions", action="store_true",
                    help="also count instructions per face on an AVX2-only x86's code path with valgrind "
                         "(about a minute per variant; the cost on a CPU without int8 dot products, any host)")
+    p.add_argument("--peer", choices=sorted(PEERS), help="also time this peer model in the same run (× peer column)")
+    cpu_mask.add_flag(p)
     p.add_argument("--json", help="also write the rows here")
     from edge_runtime.outputs import add_overwrite_flag
     add_overwrite_flag(p)
     args = p.parse_args(argv)
+    if args.mask_cpu and cpu_mask.active() is None:
+        return cpu_mask.rerun(args.mask_cpu, "benchmarks.cost", sys.argv[1:] if argv is None else list(argv))
+    mask = cpu_mask.active()
     from edge_runtime.preprocess import scale_pixels
 
     from train.data import load_dataset
@@ -119,6 +143,7 @@ def main(argv=None) -> int:
     if args.json:
         claim_file(args.json, writer="python -m benchmarks.cost", data=[data_root_or_none(args.data)], flag="--json",
                    overwrite=args.overwrite)
+    peer = peer_latency(args.peer) if args.peer else None
     for variant in args.variants or [{}]:
         cfg = TrainConfig(model=args.model, params=variant)
         params, recipe, spec = cfg.resolved()
@@ -137,10 +162,16 @@ def main(argv=None) -> int:
                  if "train_step_s" in row else "")
         instr = (f", {row['avx2_instructions'] / 1e6:.2f} M instructions/face on the AVX2 path"
                  if "avx2_instructions" in row else "")
+        if peer is not None:
+            row["x_peer"] = row["int8_ms_p50"] / peer["p50_ms"]
+        vs = f" ({row['x_peer']:.2f}× {args.peer})" if peer is not None else ""
         print(f"{json.dumps(row['variant'])}: {row['macs'] / 1e6:.2f} M MACs/face{instr}, {row['parameters']:,} params, "
-              f"int8 {row['int8_kb']:.0f} KB, {row['int8_ms_p50']:.3f} ms/face (1 thread){train}", flush=True)
+              f"int8 {row['int8_kb']:.0f} KB, {row['int8_ms_p50']:.3f} ms/face (1 thread){vs}{train}", flush=True)
     from edge_runtime.cpu import cpu_class
-    print(f"timings on {cpu_class()}; load average {os.getloadavg()[0]:.1f} (timings are only comparable on an "
+    where = f"the AVX2 code path (CPUID masked to {mask}) of {cpu_class()}" if mask else cpu_class()
+    if peer is not None:
+        print(f"peer {args.peer}: {peer['p50_ms']:.3f} ms/face (1 thread, same run)")
+    print(f"timings on {where}; load average {os.getloadavg()[0]:.1f} (timings are only comparable on an "
           "idle machine; MACs on any)")
     if args.json:
         from edge_runtime.manifest import atomic_write_json

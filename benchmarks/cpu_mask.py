@@ -91,11 +91,31 @@ def hidden_flags(name: str) -> list[str]:
     return sorted(f for f in cpu_flags() if MASKS[name].search(f))
 
 
-def rerun(name: str, argv: list[str]) -> int:
-    """Run ``python -m benchmarks ARGV`` again with the shim preloaded; -> its exit code."""
+def add_flag(parser) -> None:
+    """--mask-cpu, the same words on every command that times (benchmarks, benchmarks.cost)."""
+    parser.add_argument("--mask-cpu", choices=sorted(MASKS),
+                        help="run as on a CPU without AVX-512/VNNI/AMX (avx2: the Raspberry Pi 4's class of int8 "
+                             "speed) by hiding them from CPUID; needs Linux CPUID faulting and a C compiler")
+
+
+def strip_flag(argv: list[str]) -> list[str]:
+    """argv without --mask-cpu (the masked child must not mask again)."""
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == "--mask-cpu":
+            skip = True
+        elif not a.startswith("--mask-cpu="):
+            out.append(a)
+    return out
+
+
+def rerun(name: str, module: str, argv: list[str]) -> int:
+    """Run ``python -m MODULE ARGV`` (without --mask-cpu) again with the shim preloaded; -> its exit code."""
     if name not in MASKS:
         raise CpuMaskError(f"--mask-cpu must be one of {', '.join(MASKS)} (got {name!r})")
     shim = build()
     env = dict(os.environ, **{ENV: name})
     env["LD_PRELOAD"] = " ".join(p for p in (str(shim), os.environ.get("LD_PRELOAD", "")) if p)
-    return subprocess.run([sys.executable, "-m", "benchmarks", *argv], env=env).returncode
+    return subprocess.run([sys.executable, "-m", module, *strip_flag(argv)], env=env).returncode
