@@ -15,6 +15,7 @@ from dataclasses import MISSING, dataclass, field, fields, replace
 from pathlib import Path
 from typing import ClassVar
 
+from .fields import FieldError, spec, spec_of
 from .packaged import AUTO, MODEL_CHOICES
 
 # the face detectors and the longer side of the frame each sees by default, px: the one list of their
@@ -44,41 +45,6 @@ def check_threads(n, what: str = "threads") -> int:
     return n
 
 
-def setting(default, lo=None, hi=None, *, choices=None, open_lo=False, open_hi=False, zero_ok=False):
-    """A key with its default and bounds: [lo, hi] (an ``open_`` end excludes it; ``zero_ok``
-    also admits 0, meaning "the default"), or one of ``choices``."""
-    return field(default=default, metadata={"bounds": (lo, hi, open_lo, open_hi, zero_ok), "choices": choices})
-
-
-def _bounds_error(where: str, value, meta) -> str | None:
-    if not meta:  # a plain key: its type is its only rule
-        return None
-    lo, hi, open_lo, open_hi, zero_ok = meta["bounds"]
-    if meta["choices"] is not None and value not in meta["choices"]:
-        return f"{where} = {value!r} must be one of {', '.join(meta['choices'])}"
-    if lo is None or (zero_ok and value == 0):
-        return None
-    above = value > lo if open_lo else value >= lo
-    below = value < hi if open_hi else value <= hi
-    if above and below:  # both false for NaN
-        return None
-    span = f"{'(' if open_lo else '['}{lo}, {hi}{')' if open_hi else ']'}"
-    return f"{where} = {value!r} must be {'0 (the default) or ' if zero_ok else ''}in {span}"
-
-
-def _coerce(default, value, where: str):
-    """``value`` as the default's type, or ConfigError."""
-    ok = (isinstance(value, bool) if isinstance(default, bool) else
-          isinstance(value, (int, float)) and not isinstance(value, bool) if isinstance(default, float) else
-          isinstance(value, int) and not isinstance(value, bool) if isinstance(default, int) else
-          isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value) if isinstance(default, tuple)
-          else isinstance(value, str))
-    if not ok:
-        raise ConfigError(f"{where} = {value!r} should be "
-                          f"{'a list of strings' if isinstance(default, tuple) else type(default).__name__}")
-    return float(value) if isinstance(default, float) else tuple(value) if isinstance(default, tuple) else value
-
-
 def ascii_digits(s: str) -> bool:
     """Only 0-9: str.isdigit also accepts '²', which int() refuses."""
     return s.isascii() and s.isdigit()
@@ -105,10 +71,11 @@ class Section:
                 continue
             if f.name == "uri" and isinstance(value, int) and not isinstance(value, bool):
                 value = str(value)  # camera = 0 in TOML
-            value = _coerce(default, value, where)
-            if (problem := _bounds_error(where, value, f.metadata)) is not None:
-                raise ConfigError(problem)
-            object.__setattr__(self, f.name, value)  # the coerced value (int -> float, list -> tuple)
+            try:
+                value = spec_of(f).check(value, where)
+            except FieldError as e:
+                raise ConfigError(str(e)) from None
+            object.__setattr__(self, f.name, value)  # as stored: int -> float, list -> tuple
 
     def check(self) -> None:
         """This section's rules across its own keys (ConfigError); one key's type and bounds are
@@ -152,7 +119,7 @@ class Section:
 class ModelConfig(Section):
     table: ClassVar[str] = "model"
     # which model shipped in the package: auto = by the CPU (edge_runtime/packaged.py)
-    name: str = setting(AUTO, choices=MODEL_CHOICES)
+    name: str = spec(AUTO, choices=MODEL_CHOICES)
     artifacts: str = ""           # instead, a folder holding manifest.json + model files (replaces name)
     backend: str = "auto"         # auto | tflite | onnx | an artifact name (e.g. "onnx-fp32")
     precision: str = ""           # "" = any, else the manifest's precision (int8, fp32, dr, int16x8, ...)
@@ -171,14 +138,14 @@ class SourceConfig(Section):
     table: ClassVar[str] = "source"
     uri: str = "0"                # camera index, /dev/videoN, picamera2[:N], gst:..., file, rtsp://..., image folder
     loop: bool = False            # restart a file/folder at its end instead of exiting
-    realtime: str = setting("auto", choices=("auto", "true", "false"))  # auto: cameras/streams drop stale frames
-    width: int = setting(0, 0, 8192)     # camera capture request; 0 = driver default
-    height: int = setting(0, 0, 8192)
-    fps: float = setting(0.0, 0.0, 1000.0)
-    reconnect_max_s: float = setting(30.0, 0.1, 3600.0)  # backoff cap when the source is lost
+    realtime: str = spec("auto", choices=("auto", "true", "false"))  # auto: cameras/streams drop stale frames
+    width: int = spec(0, 0, 8192)     # camera capture request; 0 = driver default
+    height: int = spec(0, 0, 8192)
+    fps: float = spec(0.0, 0.0, 1000.0)
+    reconnect_max_s: float = spec(30.0, 0.1, 3600.0)  # backoff cap when the source is lost
     # a live source with no new frame for this long is stalled: health degraded, a stream read reconnects
-    stall_s: float = setting(5.0, 0.5, 3600.0)
-    every: int = setting(1, 1, 100_000)  # analyse every Nth frame (frame indexes and media times stay the source's)
+    stall_s: float = spec(5.0, 0.5, 3600.0)
+    every: int = spec(1, 1, 100_000)  # analyse every Nth frame (frame indexes and media times stay the source's)
     # decode in a thread of its own, overlapping inference (a spare core's worth); false: in the main loop,
     # one thread per stream, for python -m edge_runtime.batch's workers, which each have one core
     decode_thread: bool = True
@@ -191,49 +158,49 @@ class SourceConfig(Section):
 class YuNetConfig(Section):
     table: ClassVar[str] = "detector.yunet"
     model: str = ""               # "" = the packaged yunet_n, or a path to a YuNet .onnx
-    score: float = setting(0.4, 0.0, 1.0, open_lo=True, open_hi=True)  # score threshold
-    runtime: str = setting("auto", choices=("auto", "onnxruntime", "opencv"))  # auto: onnxruntime, else OpenCV DNN
+    score: float = spec(0.4, 0.0, 1.0, open_lo=True, open_hi=True)  # score threshold
+    runtime: str = spec("auto", choices=("auto", "onnxruntime", "opencv"))  # auto: onnxruntime, else OpenCV DNN
 
 
 @dataclass(frozen=True)
 class DetectorConfig(Section):
     table: ClassVar[str] = "detector"
-    type: str = setting("yunet", choices=tuple(DETECTOR_SIZES))  # yunet: shipped model, 5 landmarks
-    size: int = setting(0, 64, 4096, zero_ok=True)  # longer side of the frame it sees, px; 0 = yunet 512, haar 320
-    min_size: int = setting(24, 1, 4096)             # smallest face, full-frame pixels
-    max_faces: int = setting(32, 1, 256)
+    type: str = spec("yunet", choices=tuple(DETECTOR_SIZES))  # yunet: shipped model, 5 landmarks
+    size: int = spec(0, 64, 4096, zero_ok=True)  # longer side of the frame it sees, px; 0 = yunet 512, haar 320
+    min_size: int = spec(24, 1, 4096)             # smallest face, full-frame pixels
+    max_faces: int = spec(32, 1, 256)
     # between full-frame detections, detect only around the live tracks' predicted boxes: a full frame
     # every `full_every` frames (1 = always), and whenever no face is tracked or a region search missed a face;
     # 8 and 0.5 chosen on validation videos by python -m benchmarks.regions (docs/pipeline.md)
-    full_every: int = setting(8, 1, 1000)
-    roi_margin: float = setting(0.5, 0.1, 5.0)  # a region: the predicted box grown by this share of its side, each way
+    full_every: int = spec(8, 1, 1000)
+    roi_margin: float = spec(0.5, 0.1, 5.0)  # a region: the predicted box grown by this share of its side, each way
     yunet: YuNetConfig = field(default_factory=YuNetConfig)
 
 
 @dataclass(frozen=True)
 class CropConfig(Section):
     table: ClassVar[str] = "crop"
-    mode: str = setting("calibrated", choices=("calibrated", "manual"))  # calibrated: crops.json for the detector
-    scale: float = setting(1.0, 0.3, 3.0)  # manual: crop side / box side
-    dx: float = setting(0.0, -1.0, 1.0)    # manual: crop centre shift, fraction of the box side
-    dy: float = setting(0.0, -1.0, 1.0)
+    mode: str = spec("calibrated", choices=("calibrated", "manual"))  # calibrated: crops.json for the detector
+    scale: float = spec(1.0, 0.3, 3.0)  # manual: crop side / box side
+    dx: float = spec(0.0, -1.0, 1.0)    # manual: crop centre shift, fraction of the box side
+    dy: float = spec(0.0, -1.0, 1.0)
     level: bool = False                    # manual: rotate so the eyes are level (yunet landmarks)
 
 
 @dataclass(frozen=True)
 class TrackerConfig(Section):
     table: ClassVar[str] = "tracker"
-    iou: float = setting(0.3, 0.01, 1.0)  # a detection continues a track when IoU >= this
-    smoothing: float = setting(0.6, 0.0, 1.0, open_hi=True)  # weight of the past in the probability EMA
-    max_missed: int = setting(5, 0, 10_000)  # frames a track may go unseen before its `end` event
-    appearance: float = setting(0.5, -1.0, 1.0)  # min thumbnail correlation to continue a track (-1 = off)
+    iou: float = spec(0.3, 0.01, 1.0)  # a detection continues a track when IoU >= this
+    smoothing: float = spec(0.6, 0.0, 1.0, open_hi=True)  # weight of the past in the probability EMA
+    max_missed: int = spec(5, 0, 10_000)  # frames a track may go unseen before its `end` event
+    appearance: float = spec(0.5, -1.0, 1.0)  # min thumbnail correlation to continue a track (-1 = off)
 
 
 @dataclass(frozen=True)
 class EventsConfig(Section):
     table: ClassVar[str] = "events"
     path: str = "-"                        # JSON Lines file or "-" (stdout)
-    every: int = setting(1, 1, 1_000_000)  # an `update` event every N frames
+    every: int = spec(1, 1, 1_000_000)  # an `update` event every N frames
 
 
 @dataclass(frozen=True)
@@ -242,13 +209,13 @@ class HttpConfig(Section):
     bind: str = ""                # HOST:PORT; "" = off
     token: str = ""               # bearer token; required beyond loopback
     stream: bool = True           # serve /stream.mjpg
-    timeout_s: float = setting(10.0, 0.5, 3600.0)  # a client with no complete request (or not reading) is dropped
-    max_clients: int = setting(32, 1, 1024)
+    timeout_s: float = spec(10.0, 0.5, 3600.0)  # a client with no complete request (or not reading) is dropped
+    max_clients: int = spec(32, 1, 1024)
     # Host names a browser may use for a server without a token, beside loopback ones (DNS rebinding:
     # another site's page must not reach the camera through a name that resolves here)
     hosts: tuple = ()
-    max_streams_per_client: int = setting(2, 1, 1024)  # /stream.mjpg viewers from one address at once
-    max_per_client: int = setting(8, 1, 1024)  # connections from one address at once (slow ones included)
+    max_streams_per_client: int = spec(2, 1, 1024)  # /stream.mjpg viewers from one address at once
+    max_per_client: int = spec(8, 1, 1024)  # connections from one address at once (slow ones included)
 
     def check(self) -> None:
         if self.token and not re.fullmatch(r"[A-Za-z0-9._~+/-]+=*", self.token):
@@ -265,18 +232,18 @@ class HttpConfig(Section):
 class MqttConfig(Section):
     table: ClassVar[str] = "mqtt"
     host: str = ""                # "" = off
-    port: int = setting(1883, 1, 65535)
+    port: int = spec(1883, 1, 65535)
     prefix: str = "fer-edge"
     # this daemon's id under <prefix>/ and in Home Assistant; "" = the host name and the source
     # (sinks.default_device_id), so several daemons on one host and broker never mix their topics
     device_id: str = ""
     client_id: str = ""           # "" = fer-edge-<device id>
-    stats_interval_s: float = setting(10.0, 0.5, 86_400.0)
+    stats_interval_s: float = spec(10.0, 0.5, 86_400.0)
     discovery: bool = False       # Home Assistant MQTT discovery configs (one device, its sensors)
     discovery_prefix: str = "homeassistant"
     # events kept while the broker is unreachable, published when it is back; beyond this the oldest
     # are dropped and counted (edge_events_dropped_total)
-    queue: int = setting(1000, 0, 1_000_000)
+    queue: int = spec(1000, 0, 1_000_000)
     # broker login: a file whose first line is user:password, else $FER_EDGE_MQTT_CREDENTIALS (never a flag)
     credentials_file: str = ""
     tls: bool = False             # TLS to the broker (usually port 8883)
@@ -310,13 +277,13 @@ class MqttConfig(Section):
 @dataclass(frozen=True)
 class RunConfig(Section):
     table: ClassVar[str] = "run"
-    max_frames: int = setting(0, 0, 10**12)  # 0 = no limit
-    log_level: str = setting("info", choices=("debug", "info", "warning", "error"))
+    max_frames: int = spec(0, 0, 10**12)  # 0 = no limit
+    log_level: str = spec("info", choices=("debug", "info", "warning", "error"))
     annotate: str = ""            # write the processed frames, annotated, to this .mp4/.avi ("" = off)
     overwrite: bool = False       # let --annotate replace a file that no command of this toolkit wrote
     # a thread (main loop, capture) blocked longer than this ends the process (exit 1) and stops
     # systemd's watchdog pings; must exceed source.stall_s, the longest a stream's open or read may take
-    watchdog_s: float = setting(30.0, 2.0, 3600.0)
+    watchdog_s: float = spec(30.0, 2.0, 3600.0)
 
 
 @dataclass(frozen=True)

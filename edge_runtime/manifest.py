@@ -14,6 +14,7 @@ import tempfile
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
+from .fields import FieldError, spec, spec_of
 from .labels import LABELS
 from .preprocess import PreprocessSpec
 
@@ -106,28 +107,23 @@ def _is_num(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
-# field type -> (check, what a wrong value should have been); None is always allowed for optional fields
-_CHECKS = {"str": (lambda v: isinstance(v, str), "a string"), "int": (_is_int, "an integer"),
-           "float": (_is_num, "a number"), "dict": (lambda v: isinstance(v, dict), "an object"),
-           "shape": (lambda v: isinstance(v, list) and all(_is_int(d) for d in v), "a list of integers"),
-           "sha256": (lambda v: isinstance(v, str) and len(v) == 64 and all(c in "0123456789abcdef" for c in v),
-                      "64 hex digits"),
-           "bytes": (lambda v: _is_int(v) and v >= 0, "a byte count")}
-
-
-def _typed(cls, d, where: str, kinds: dict[str, str]) -> dict:
-    """``d``'s keys checked against ``cls``'s fields (unknown key: ManifestError) and ``kinds``."""
+def _typed(cls, d, where: str) -> dict:
+    """``d``'s keys checked against ``cls``'s fields: an unknown key, or a value its field's
+    ``spec`` refuses, is a ManifestError."""
     if not isinstance(d, dict):
         raise ManifestError(f"{where} is not a JSON object")
     known = {f.name for f in fields(cls)} - {"dir"}  # where it was read from is not stored
     unknown = sorted(set(d) - known)
     if unknown:
         raise ManifestError(f"{where}: unknown key {unknown[0]!r} (known: {', '.join(sorted(known))})")
-    for key, kind in kinds.items():
-        v = d.get(key)
-        if v is not None and not _CHECKS[kind][0](v):
-            raise ManifestError(f"{where}: {key} = {v!r:.80} should be {_CHECKS[kind][1]}")
-    return dict(d)
+    out = dict(d)
+    for f in fields(cls):
+        if f.name in d and "spec" in f.metadata:
+            try:
+                out[f.name] = spec_of(f).check(d[f.name], f"{where}: {f.name}")
+            except FieldError as e:
+                raise ManifestError(str(e)) from None
+    return out
 
 
 DTYPES = ("float32", "float16", "int8", "uint8", "int16", "int32", "int64")
@@ -136,18 +132,16 @@ DTYPES = ("float32", "float16", "int8", "uint8", "int16", "int32", "int64")
 @dataclass(frozen=True)
 class Tensor:
     """A model input or output as the manifest states it (checked against the file at load)."""
-    shape: tuple[int, ...]
-    dtype: str
-    scale: float | None = None       # int8 tensors: real = scale * (q - zero_point)
-    zero_point: int | None = None
+    shape: tuple[int, ...] = spec(kind="shape")
+    dtype: str = spec(kind="str", choices=DTYPES)
+    scale: float | None = spec(None, kind="float")  # int8 tensors: real = scale * (q - zero_point)
+    zero_point: int | None = spec(None, kind="int")
 
     @classmethod
     def from_dict(cls, d, where: str) -> "Tensor":
-        d = _typed(cls, d, where, {"shape": "shape", "dtype": "str", "scale": "float", "zero_point": "int"})
+        d = _typed(cls, d, where)
         if "shape" not in d or "dtype" not in d:
             raise ManifestError(f"{where} needs shape and dtype")
-        if d["dtype"] not in DTYPES:
-            raise ManifestError(f"{where}: dtype {d['dtype']!r:.40} is not one of {', '.join(DTYPES)}")
         return cls(**{**d, "shape": tuple(d["shape"])})
 
     def to_dict(self) -> dict:
@@ -158,41 +152,35 @@ class Tensor:
 @dataclass(frozen=True)
 class Artifact:
     """One model file of an export: what it is, its checksum, and what the export measured."""
-    format: str                       # tflite | onnx | keras (the reference)
-    precision: str                    # fp32 | int8 | dr | int16x8 ...
-    status: str                       # a Status: usable | rejected (by the gate) | failed (did not convert or run)
-    file: str | None = None           # a plain file name in the manifest's folder; None when it failed
-    sha256: str | None = None
-    size: int | None = None
+    format: str = spec(kind="str")    # tflite | onnx | keras (the reference)
+    precision: str = spec(kind="str")  # fp32 | int8 | dr | int16x8 ...
+    # usable | rejected (by the gate) | failed (did not convert or run)
+    status: Status = spec(kind="str", choices=tuple(s.value for s in Status))
+    file: str | None = spec(None, kind="str")  # a plain file name in the manifest's folder; None when it failed
+    sha256: str | None = spec(None, kind="sha256")
+    size: int | None = spec(None, kind="bytes")
     input: Tensor | None = None
     output: Tensor | None = None
-    reason: str | None = None         # why rejected or failed
-    notes: str | None = None
-    parameters: int | None = None
-    accuracy: float | None = None     # on the test split, as exported
-    macro_f1: float | None = None
-    agreement: float | None = None    # share of test faces where it agrees with the reference
-    max_abs_prob_diff: float | None = None
-    drop_pp: float | None = None      # reference accuracy - this accuracy, percentage points
-    ms_per_face: float | None = None
-    convert_seconds: float | None = None
+    reason: str | None = spec(None, kind="str")  # why rejected or failed
+    notes: str | None = spec(None, kind="str")
+    parameters: int | None = spec(None, kind="int")
+    accuracy: float | None = spec(None, kind="float")  # on the test split, as exported
+    macro_f1: float | None = spec(None, kind="float")
+    agreement: float | None = spec(None, kind="float")  # share of test faces where it agrees with the reference
+    max_abs_prob_diff: float | None = spec(None, kind="float")
+    drop_pp: float | None = spec(None, kind="float")  # reference accuracy - this accuracy, percentage points
+    ms_per_face: float | None = spec(None, kind="float")
+    convert_seconds: float | None = spec(None, kind="float")
     # the export's outputs on preprocess.reference_faces(size, faces, seed): the device recomputes them
     # at load and refuses a file that differs by more than atol (a tampered weight, a wrong runtime)
     check: dict | None = None
 
     @classmethod
     def from_dict(cls, d, where: str) -> "Artifact":
-        measured = ("accuracy", "macro_f1", "agreement", "max_abs_prob_diff", "drop_pp", "ms_per_face",
-                    "convert_seconds")
-        kinds = {"file": "str", "sha256": "sha256", "size": "bytes", "reason": "str", "notes": "str",
-                 "parameters": "int", **{k: "float" for k in measured}}
-        d = _typed(cls, d, where, kinds)
+        d = _typed(cls, d, where)
         for key in ("format", "precision", "status"):
-            if not isinstance(d.get(key), str):
-                raise ManifestError(f"{where}: {key} {d.get(key)!r:.60} should be a string")
-        if d["status"] not in {s.value for s in Status}:
-            raise ManifestError(f"{where}: status {d['status']!r:.60} should be one of "
-                                f"{', '.join(s.value for s in Status)}")
+            if key not in d:
+                raise ManifestError(f"{where}: {key} is missing")
         d["status"] = Status(d["status"])
         for key in ("input", "output"):
             if d.get(key) is not None:
@@ -235,72 +223,60 @@ WRITTEN = {"run": ("model_file", "model_sha256", "params", "recipe", "precision"
 class Manifest:
     """A run folder's or an artifacts folder's manifest.json. The device reads only ``labels``,
     ``preprocessing`` and ``artifacts``; the rest is the record of how the folder was made."""
-    kind: str                                   # run (python -m train) | artifacts (python -m export) | peer
-    model: str
-    labels: tuple[str, ...]                     # the model's output order
-    preprocessing: PreprocessSpec
-    schema: int = SCHEMA_VERSION
-    artifacts: dict[str, Artifact] = field(default_factory=dict)  # artifacts and peer kinds
+    kind: str = spec(kind="str", choices=KINDS)  # run (python -m train) | artifacts (python -m export) | peer
+    model: str = spec(kind="str")
+    labels: tuple[str, ...] = spec(kind="strs")  # the model's output order
+    preprocessing: PreprocessSpec = spec(kind="dict")
+    schema: int = spec(SCHEMA_VERSION, 1, SCHEMA_VERSION)
+    artifacts: dict[str, Artifact] = spec(kind="dict", default_factory=dict)  # artifacts and peer kinds
     dir: str = ""                               # the folder it was read from (not stored)
     # run kind
-    model_file: str | None = None
-    model_sha256: str | None = None
-    params: dict | None = None
-    recipe: dict | None = None
-    precision: str | None = None
-    seed: int | None = None
-    init_seed: int | None = None
-    parameters: int | None = None
-    metrics: dict | None = None
-    bn_recalibration: dict | None = None
-    recalibrated_from: dict | None = None
-    teacher: dict | None = None
-    init: dict | None = None
-    reframe: dict | None = None
-    holdout: dict | None = None
-    time_budget: dict | None = None
-    train_seconds: float | None = None
+    model_file: str | None = spec(None, kind="str")
+    model_sha256: str | None = spec(None, kind="sha256")
+    params: dict | None = spec(None, kind="dict")
+    recipe: dict | None = spec(None, kind="dict")
+    precision: str | None = spec(None, kind="str")
+    seed: int | None = spec(None, kind="int")
+    init_seed: int | None = spec(None, kind="int")
+    parameters: int | None = spec(None, kind="int")
+    metrics: dict | None = spec(None, kind="dict")
+    bn_recalibration: dict | None = spec(None, kind="dict")
+    recalibrated_from: dict | None = spec(None, kind="dict")
+    teacher: dict | None = spec(None, kind="dict")
+    init: dict | None = spec(None, kind="dict")
+    reframe: dict | None = spec(None, kind="dict")
+    holdout: dict | None = spec(None, kind="dict")
+    time_budget: dict | None = spec(None, kind="dict")
+    train_seconds: float | None = spec(None, kind="float")
     # artifacts kind
-    source: dict | None = None
-    gate: dict | None = None
-    reference: dict | None = None
-    export_seconds: float | None = None
-    description: str | None = None              # peer kind
+    source: dict | None = spec(None, kind="dict")
+    gate: dict | None = spec(None, kind="dict")
+    reference: dict | None = spec(None, kind="dict")
+    export_seconds: float | None = spec(None, kind="float")
+    description: str | None = spec(None, kind="str")  # peer kind
     # every kind
-    data: dict | None = None
-    versions: dict | None = None
-    created: str | None = None
-    command: str | None = None
+    data: dict | None = spec(None, kind="dict")
+    versions: dict | None = spec(None, kind="dict")
+    created: str | None = spec(None, kind="str")
+    command: str | None = spec(None, kind="str")
 
     @classmethod
     def from_dict(cls, d, where: str = "manifest", folder: str | os.PathLike = "") -> "Manifest":
-        kinds = {"kind": "str", "model": "str", "schema": "int", "model_file": "str", "model_sha256": "sha256",
-                 "precision": "str", "seed": "int", "init_seed": "int", "parameters": "int", "train_seconds": "float",
-                 "export_seconds": "float", "description": "str", "created": "str", "command": "str",
-                 **{k: "dict" for k in ("params", "recipe", "metrics", "bn_recalibration", "recalibrated_from",
-                                        "teacher", "init", "reframe", "holdout", "time_budget", "source", "gate",
-                                        "reference",
-                                        "data", "versions", "artifacts")}}
         schema = d.get("schema") if isinstance(d, dict) else None
         if _is_int(schema) and schema > SCHEMA_VERSION:
             raise ManifestError(f"{where} was written by a newer version (schema {schema}; this one reads "
                                 f"{SCHEMA_VERSION}): upgrade fer-edge")
         if _is_int(schema) and schema < 1:
             raise ManifestError(f"{where}: schema {schema} is not a version (1 .. {SCHEMA_VERSION})")
-        d = _typed(cls, d, where, kinds)
+        d = _typed(cls, d, where)
         for key in ("labels", "preprocessing", "kind", "model"):
             if key not in d:
                 raise ManifestError(f"{where} lacks '{key}'")
-        if d["kind"] not in KINDS:
-            raise ManifestError(f"{where}: kind {d['kind']!r:.40} is not one of {', '.join(KINDS)}")
         labels = d["labels"]
-        if not isinstance(labels, list) or not all(isinstance(x, str) for x in labels) \
-                or sorted(labels) != sorted(LABELS):
+        if sorted(labels) != sorted(LABELS):
             raise ManifestError(f"{where}: labels {labels!r:.200} are not the FER2013 emotions")
-        if not isinstance(d["preprocessing"], dict):
-            raise ManifestError(f"{where}: bad preprocessing spec: it must be a JSON object")
         try:
-            spec = PreprocessSpec.from_dict(d["preprocessing"])
+            prep = PreprocessSpec.from_dict(d["preprocessing"])
         except (TypeError, ValueError) as e:
             raise ManifestError(f"{where}: bad preprocessing spec: {e}") from e
         arts = d.get("artifacts", {} if d["kind"] == "run" else None)
@@ -310,7 +286,7 @@ class Manifest:
         missing = [k for k in REQUIRED[d["kind"]] if d.get(k) is None]
         if missing:
             raise ManifestError(f"{where}: a {d['kind']} manifest needs {', '.join(missing)}")
-        return cls(**{**d, "labels": tuple(labels), "preprocessing": spec, "artifacts": arts, "dir": str(folder)})
+        return cls(**{**d, "labels": tuple(labels), "preprocessing": prep, "artifacts": arts, "dir": str(folder)})
 
     def to_dict(self) -> dict:
         written = {"schema", "kind", "model", "labels", "preprocessing", *WRITTEN.get(self.kind, ())}

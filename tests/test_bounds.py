@@ -50,10 +50,10 @@ def test_every_command_that_reads_images_reports_what_it_skipped(damaged_tree, t
     assert "warning: skipped 2 unreadable or truncated image(s) (2 in train)" in r.stderr
 
 
-@pytest.mark.parametrize("flag,value,message", [("--lr", "nan", "lr (--lr) must be a number"),
-                                                ("--lr", "-1", "lr (--lr) must be a number"),
-                                                ("--epochs", "0", "epochs (--epochs) must be an integer"),
-                                                ("--batch-size", "0", "batch_size (--batch-size) must be an integer"),
+@pytest.mark.parametrize("flag,value,message", [("--lr", "nan", "lr (--lr) = nan must be in [1e-08, 10.0]"),
+                                                ("--lr", "-1", "lr (--lr) = -1.0 must be in"),
+                                                ("--epochs", "0", "epochs (--epochs) = 0 must be in [1, 10000]"),
+                                                ("--batch-size", "0", "batch_size (--batch-size) = 0 must be in"),
                                                 ("--val-fraction", "0.9", "--val-fraction must be in"),
                                                 ("--fraction", "0", "--fraction in"),
                                                 ("--threads", "99999", "--threads must be an integer")])

@@ -118,15 +118,15 @@ def test_precision_and_ema_settings_are_checked_before_training():
     from train.recipe import TrainConfig, cpu_has_native_bf16, resolve_precision
     assert resolve_precision("float32") == "float32"
     assert resolve_precision("auto") == ("mixed_bfloat16" if cpu_has_native_bf16() else "float32")
-    with pytest.raises(ValueError, match="precision must be one of"):
+    with pytest.raises(ValueError, match="precision = 'fp16' must be one of float32, mixed_bfloat16, auto"):
         TrainConfig(model="cbilstm", recipe={"precision": "fp16"}).resolved()
-    with pytest.raises(ValueError, match="ema must be in"):
+    with pytest.raises(ValueError, match=r"ema = 1.0 must be in \[0.0, 1.0\)"):
         TrainConfig(model="cbilstm", recipe={"ema": 1.0}).resolved()
-    with pytest.raises(ValueError, match="mixup must be an alpha"):
+    with pytest.raises(ValueError, match=r"mixup = -0.2 must be in \[0.0, inf\]"):
         TrainConfig(model="cbilstm", recipe={"mixup": -0.2}).resolved()
     r = subprocess.run([sys.executable, "-m", "train", "--set", "precision=half", "--out", "unused"],
                        cwd=REPO, capture_output=True, text=True, timeout=300)
-    assert r.returncode == 2 and r.stderr.strip().splitlines()[-1].startswith("python -m train: error: precision must be one of")
+    assert r.returncode == 2 and r.stderr.strip().splitlines()[-1].startswith("python -m train: error: precision = 'half' must be one of")
 
 
 def test_weight_ema_warms_up_and_top_class_share_counts_predictions():

@@ -23,7 +23,7 @@ from edge_runtime.preprocess import PreprocessSpec, scale_pixels
 from . import reports
 from .data import Dataset, fold_of, load_dataset
 from .evaluate import finish_run, recalibrate
-from .models import Recipe, build
+from .models import CLASS_WEIGHTS, Recipe, build
 from .optimize import COSINE_ALPHA, fit_callbacks, make_optimizer, top_class_share, warmup_steps
 from .recipe import TrainConfig, dtype_policy, init_run, resolve_precision
 
@@ -36,7 +36,7 @@ def class_weights(labels: np.ndarray, mode: str) -> np.ndarray:
     base = counts.sum() / (NUM_CLASSES * np.maximum(counts, 1))
     w = {"balanced": base, "sqrt": np.sqrt(base)}.get(mode)
     if w is None:
-        raise ValueError(f"class_weight must be none, sqrt or balanced, not {mode!r}")
+        raise ValueError(f"class_weight must be one of {', '.join(CLASS_WEIGHTS)}, not {mode!r}")
     return w / (w[labels].mean())
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable
 
+from edge_runtime.fields import spec
 from edge_runtime.labels import NUM_CLASSES
 from edge_runtime.preprocess import PreprocessSpec
 
@@ -16,33 +17,40 @@ if TYPE_CHECKING:  # Keras (and TensorFlow) load only when a model is built: --h
     import keras
 
 
+SCHEDULES = ("plateau", "cosine")  # ReduceLROnPlateau | warm-up + cosine decay
+CLASS_WEIGHTS = ("none", "sqrt", "balanced")
+# float32 | mixed_bfloat16 | auto (bf16 where the CPU computes it natively, e.g. AVX512-BF16/AMX)
+PRECISIONS = ("float32", "mixed_bfloat16", "auto")
+
+
 @dataclass(frozen=True)
 class Recipe:
-    """How a model is trained by default; every field can be overridden from the CLI."""
-    epochs: int = 30
-    batch_size: int = 64
-    lr: float = 1e-3
-    schedule: str = "plateau"  # plateau (ReduceLROnPlateau) | cosine (warm-up + cosine decay)
-    label_smoothing: float = 0.0
-    class_weight: str = "none"  # none | sqrt | balanced
-    weight_decay: float = 0.0  # AdamW's decoupled decay on the kernels (not biases, BatchNorm); 0 = Adam
-    patience: int = 10  # early stopping on validation accuracy
-    # float32 | mixed_bfloat16 | auto (bf16 where the CPU computes it natively, e.g. AVX512-BF16/AMX)
-    precision: str = "float32"
-    ema: float = 0.0  # momentum of an exponential moving average of the weights; 0 = off
-    mixup: float = 0.0  # alpha of mixup's Beta(alpha, alpha) (0.2 is usual); 0 = off
+    """How a model is trained by default; every field can be overridden from the CLI. Each field's
+    bounds are declared here (edge_runtime.fields, as the daemon's config and the manifest declare
+    theirs) and checked by train.recipe.check_recipe before any data is loaded."""
+    epochs: int = spec(30, 1, 10_000, whole_floats=True)
+    batch_size: int = spec(64, 1, 65_536, whole_floats=True)
+    lr: float = spec(1e-3, 1e-8, 10.0)
+    schedule: str = spec("plateau", choices=SCHEDULES)
+    label_smoothing: float = spec(0.0, 0.0, 0.99)
+    class_weight: str = spec("none", choices=CLASS_WEIGHTS)
+    weight_decay: float = spec(0.0, 0.0, 1.0)  # AdamW's decoupled decay on the kernels (not biases, BatchNorm); 0 = Adam
+    patience: int = spec(10, 1, 10_000, whole_floats=True)  # early stopping on validation accuracy
+    precision: str = spec("float32", choices=PRECISIONS)
+    ema: float = spec(0.0, 0.0, 1.0, open_hi=True)  # momentum of an exponential moving average of the weights; 0 = off
+    mixup: float = spec(0.0, 0.0)  # alpha of mixup's Beta(alpha, alpha) (0.2 is usual); 0 = off
     # weight of the teacher's soft labels in the targets (python -m train --teacher); 0 = off, and
     # --teacher without a weight uses DISTILL_WEIGHT
-    distill: float = 0.0
+    distill: float = spec(0.0, 0.0, 1.0)
     # after training, re-estimate BatchNorm statistics on the clean training faces (train/batchnorm.py)
-    bn_recalibration: bool = False
+    bn_recalibration: bool = spec(False)
     # minutes that fitting + re-estimation may take (train/budget.py): the epochs that fit are planned
     # from the first ones, at most `epochs`; 0 = off (train for `epochs`)
-    time_budget_min: float = 0.0
+    time_budget_min: float = spec(0.0, 0.0, 100_000.0)
     # share of training faces shown at each step as the device frames them (detector box + calibrated
     # crop, train/reframe.py) instead of FER2013's framing; 0 = off
-    reframe: float = 0.0
-    augment: dict = field(default_factory=lambda: {"flip": True, "shear_deg": 0.2, "zoom": 0.2})
+    reframe: float = spec(0.0, 0.0, 1.0)
+    augment: dict = spec(kind="dict", default_factory=lambda: {"flip": True, "shear_deg": 0.2, "zoom": 0.2})
 
 
 DISTILL_WEIGHT = 0.7  # teacher-heavy, as in Hinton et al.; runs K (0.7) and K3 (0.3) both lost to D here (README)

@@ -11,7 +11,7 @@ import numpy as np
 from edge_runtime.labels import NUM_CLASSES
 from edge_runtime.manifest import atomic_write_text
 
-from .models import Recipe
+from .models import SCHEDULES, Recipe
 
 
 NO_DECAY = ("bias", "gamma", "beta")  # Keras variable names kept out of weight decay
@@ -35,8 +35,8 @@ def make_optimizer(recipe: Recipe, steps_per_epoch: int, schedule=None):
         total = max(1, recipe.epochs * steps_per_epoch - warm)
         lr = keras.optimizers.schedules.CosineDecay(recipe.lr / 10, total, alpha=COSINE_ALPHA,
                                                    warmup_target=recipe.lr, warmup_steps=warm)
-    if recipe.schedule not in ("plateau", "cosine"):
-        raise ValueError(f"schedule must be plateau or cosine, not {recipe.schedule!r}")
+    if recipe.schedule not in SCHEDULES:
+        raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}, not {recipe.schedule!r}")
     cls, kw = keras.optimizers.Adam, {}
     if recipe.weight_decay:
         cls, kw = keras.optimizers.AdamW, {"weight_decay": recipe.weight_decay}

@@ -6,7 +6,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from .models import DISTILL_WEIGHT, Recipe, get_entry, parse_stem
+from .models import DISTILL_WEIGHT, PRECISIONS, Recipe, get_entry, parse_stem
+from edge_runtime.fields import checked
 from edge_runtime.preprocess import PreprocessSpec
 
 
@@ -41,21 +42,10 @@ class TrainConfig:
         if unknown:
             raise ValueError(f"unknown training settings {sorted(unknown)}")
         recipe = replace(entry.recipe, **self.recipe)
-        recipe = check_recipe_numbers(recipe)
+        recipe = check_recipe(recipe)
         if not 0.0 <= float(self.val_fraction) <= 0.5 or not 0.0 < float(self.fraction) <= 1.0:
             raise ValueError(f"--val-fraction must be in [0, 0.5] and --fraction in (0, 1], "
                              f"not {self.val_fraction!r} / {self.fraction!r}")
-        resolve_precision(recipe.precision)
-        if not 0.0 <= float(recipe.ema) < 1.0:
-            raise ValueError(f"ema must be in [0, 1) (0 = off), not {recipe.ema!r}")
-        if not float(recipe.mixup) >= 0.0:
-            raise ValueError(f"mixup must be an alpha >= 0 (0 = off), not {recipe.mixup!r}")
-        if not float(recipe.time_budget_min) >= 0.0:
-            raise ValueError(f"the time budget must be minutes >= 0 (0 = off), not {recipe.time_budget_min!r}")
-        if not 0.0 <= float(recipe.reframe) <= 1.0:
-            raise ValueError(f"reframe must be a share in [0, 1] (0 = off), not {recipe.reframe!r}")
-        if not 0.0 <= float(recipe.distill) <= 1.0:
-            raise ValueError(f"distill must be a weight in [0, 1], not {recipe.distill!r}")
         if self.teacher and not Path(self.teacher).is_file():
             raise ValueError(f"--teacher {self.teacher} does not exist (make it with python -m train.distill)")
         if self.teacher and not recipe.distill:
@@ -72,32 +62,15 @@ class TrainConfig:
         return params, recipe, spec
 
 
-# Every number of a recipe, bounded (NaN and inf fail too): (type, low, high), inclusive.
-RECIPE_BOUNDS = {"epochs": (int, 1, 10_000), "batch_size": (int, 1, 65_536), "lr": (float, 1e-8, 10.0),
-                 "label_smoothing": (float, 0.0, 0.99), "weight_decay": (float, 0.0, 1.0),
-                 "patience": (int, 1, 10_000), "time_budget_min": (float, 0.0, 100_000.0)}
-
-
 FLAGS = {"epochs": "--epochs", "batch_size": "--batch-size", "lr": "--lr", "patience": "--patience",
          "time_budget_min": "--time, minutes"}
 
 
-def check_recipe_numbers(recipe: Recipe) -> Recipe:
-    """The recipe with every number checked against RECIPE_BOUNDS (integers as int: 10.0 -> 10)."""
-    ints = {}
-    for key, (kind, lo, hi) in RECIPE_BOUNDS.items():
-        v = getattr(recipe, key)
-        ok = isinstance(v, (int, float)) and not isinstance(v, bool) and (kind is float or float(v).is_integer())
-        if not ok or not lo <= float(v) <= hi:  # also refuses NaN and inf
-            name = f"{key} ({FLAGS[key]})" if key in FLAGS else key
-            raise ValueError(f"{name} must be {'an integer' if kind is int else 'a number'} in [{lo:g}, {hi:g}], "
-                             f"not {v!r}")
-        if kind is int:
-            ints[key] = int(v)
-    return replace(recipe, **ints)
-
-
-PRECISIONS = ("float32", "mixed_bfloat16", "auto")
+def check_recipe(recipe: Recipe) -> Recipe:
+    """The recipe with every field checked against its declaration in train.models.Recipe (NaN and
+    inf fail too; a whole 10.0 for an int field becomes 10); a ValueError names the flag."""
+    values = {f: getattr(recipe, f) for f in Recipe.__dataclass_fields__}
+    return replace(recipe, **checked(Recipe, values, where=lambda k: f"{k} ({FLAGS[k]})" if k in FLAGS else k))
 
 
 def cpu_has_native_bf16() -> bool:
