@@ -15,8 +15,8 @@ from tqdm.auto import tqdm
 
 from edge_runtime.cli import command, results
 from edge_runtime.config import check_threads
-from edge_runtime.manifest import (ARTIFACT_KINDS, REFERENCE, Manifest, ManifestError, atomic_write_json,
-                                   atomic_write_text, read_manifest)
+from edge_runtime.manifest import (ARTIFACT_KINDS, REFERENCE, Manifest, ManifestError, Status,
+                                   atomic_write_json, atomic_write_text, read_manifest)
 from edge_runtime.outputs import (OutputError, OwnedDir, add_overwrite_flag, check_target, claim_file, model_files,
                                   read_ledger, record_file)
 from edge_runtime.paths import SOURCE_ROOT, cache_dir, checkout
@@ -97,7 +97,7 @@ def run_row(manifest_dir: Path, artifact: str, threads: int, args, split_from: P
         return row
     tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
     how = f"crashed (signal {-proc.returncode})" if proc.returncode < 0 else f"exit {proc.returncode}"
-    return {"artifact": artifact, "threads": threads, "status": "failed", "reason": f"{how}: {tail}"[:300]}
+    return {"artifact": artifact, "threads": threads, "status": Status.FAILED, "reason": f"{how}: {tail}"[:300]}
 
 
 def add_relative_columns(rows: list[dict], keras_acc: float | None) -> None:
@@ -271,7 +271,7 @@ def main(argv=None) -> int:
     if skipped:
         print(f"warning: {skipped} unreadable or truncated test image(s) were skipped (each row says how many)",
               file=sys.stderr)
-    failed = [r for r in rows + pipeline_rows if r.get("status") == "failed"]  # a failed video row fails too
+    failed = [r for r in rows + pipeline_rows if r.get("status") == Status.FAILED]  # a failed video row fails too
     if failed:
         names = sorted({f"{r['artifact']}" + (f" on {r['scene']}" if r.get("scene") else "") for r in failed})
         print(f"{len(failed)} row(s) failed: {', '.join(names)}", file=sys.stderr)

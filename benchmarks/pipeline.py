@@ -31,7 +31,7 @@ from edge_runtime.backends import select_artifact
 from edge_runtime.daemon import Daemon
 from edge_runtime.geometry import clip_boxes, cut_square, iou_matrix
 from edge_runtime.labels import LABELS
-from edge_runtime.manifest import read_manifest
+from edge_runtime.manifest import Status, read_manifest
 from edge_runtime.paths import SOURCE_ROOT, cache_dir, shared_dir
 from edge_runtime.preprocess import preprocess_batch
 from edge_runtime.synthetic import moving_scene, shuffled_scene, small_scene, write_scene
@@ -234,7 +234,7 @@ def fer_row(video: Path, truth: dict) -> dict:
     out = list(results(proc.stdout))
     if proc.returncode != 0 or not out:
         tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-        return {"detector": "fer (haar)", "artifact": "peer-fer", "status": "failed", "reason": tail[:300]}
+        return {"detector": "fer (haar)", "artifact": "peer-fer", "status": Status.FAILED, "reason": tail[:300]}
     res = out[0]
     ceiling = [[""] * len(t) for t in truth["per_frame"]]  # the peer's own ceiling is not ours to claim
     row = {"detector": "fer (haar)", "artifact": "peer-fer", "threads": 1, "status": "ok",
@@ -288,7 +288,7 @@ def run_pipeline(art_dir, video: str | None, threads: list[int], quick: bool = F
                                 ceilings[name] = exact_crop_labels(iter_frames(path), truth, er.backend, er.spec)
                             row.update(score(truth, per_frame, ceilings[name]))
                     except Exception as e:  # a backend or detector that cannot run is a row, not a crash
-                        row.update({"status": "failed", "reason": f"{type(e).__name__}: {e}"[:300]})
+                        row.update({"status": Status.FAILED, "reason": f"{type(e).__name__}: {e}"[:300]})
                     rows.append(row)
         if truth and truth.get("per_frame") and "fer" in peers:
             rows.append({"scene": scene, **fer_row(path, truth)})

@@ -5,7 +5,7 @@ import io
 import os
 import platform
 
-from edge_runtime.manifest import atomic_write_bytes
+from edge_runtime.manifest import Status, atomic_write_bytes
 from edge_runtime.versions import package_versions
 
 COLUMNS = [  # (key, header, format)
@@ -32,7 +32,7 @@ def flat(row: dict) -> dict:
     rt = row.get("runtime") or ""
     out["runtime_short"] = rt.split(" (")[-1].rstrip(")").replace("ExecutionProvider", "") if "(" in rt \
         else rt.split(" ")[0]
-    if row.get("status") == "failed":
+    if row.get("status") == Status.FAILED:
         out["status"] = "FAILED"
     return out
 
@@ -80,7 +80,7 @@ def pipeline_table(rows: list[dict]) -> str:
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         head = f"| {r.get('scene', '')} | {r.get('detector', '')} | {r.get('artifact')} | {r.get('threads', '')} |"
-        if r.get("status") == "failed":
+        if r.get("status") == Status.FAILED:
             lines.append(f"{head} failed: {r.get('reason')} |||||||||||||||")
             continue
         s = r.get("stages_ms", {})
@@ -132,7 +132,7 @@ def plots(rows: list[dict], out_dir) -> list[str]:
     import matplotlib.pyplot as plt
     from matplotlib.ticker import FuncFormatter
 
-    ok = [flat(r) for r in rows if r.get("status") != "failed" and r.get("latency")]
+    ok = [flat(r) for r in rows if r.get("status") != Status.FAILED and r.get("latency")]
     written = []
 
     def save(fig, name):

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_runtime.manifest import artifact_path, read_manifest, verify_file
+from edge_runtime.manifest import Status, artifact_path, read_manifest, verify_file
 from edge_runtime.cli import command, emit_result
 from edge_runtime.preprocess import scale_pixels
 
@@ -93,7 +93,7 @@ def main(argv=None) -> int:
     try:
         row = measure(a.manifest, a.artifact, a.threads, a.data, a.test_dir, a.quick, a.split_from)
     except Exception as e:  # any failure is a row, not a crash of the whole benchmark
-        row = {"artifact": a.artifact, "threads": a.threads, "status": "failed",
+        row = {"artifact": a.artifact, "threads": a.threads, "status": Status.FAILED,
                "reason": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]}
     emit_result(row)
     return 0

@@ -81,7 +81,6 @@ class Daemon:
         self._last_view = None  # (frame index, image, tracks, media s) for /stream.mjpg, encoded on demand
         self._since_full, self._need_full = 0, True  # frames since the last full-frame detection
         self._jpeg_cache = (None, None)
-        self.http = None
         q = cfg.mqtt  # the device id names this daemon in every event, MQTT topic and HA device
         self.device_id = q.device_id or (node_id(q.client_id) if q.client_id else default_device_id(src.uri))
         self.stats.info["device_id"] = self.device_id
@@ -89,7 +88,7 @@ class Daemon:
             self.sinks.append(MqttSink.from_config(q, self.stats, self.device_id))
         if cfg.http.bind:
             from .http import HttpServer
-            self.http = HttpServer.from_config(cfg.http, self.stats, self.jpeg)
+            self.sinks.append(HttpServer.from_config(cfg.http, self.stats, self.jpeg))
         # the annotated video plays at the source's pace: a file's own frame rate (over --every)
         self.annotate = None
         if cfg.run.annotate:  # a regular file only: opening a FIFO here would block before the watchdog runs
@@ -114,7 +113,7 @@ class Daemon:
     def _output_closed(self, reason: str):
         """stdout's reader went away. With MQTT or HTTP still serving, carry on degraded; with no
         output left, stop (exit 1: a new process under a new reader can work, so systemd may restart)."""
-        if len(self.sinks) > 1 or self.http:
+        if len(self.sinks) > 1:
             self.stats.fault("events", reason)
             log.warning("%s; MQTT/HTTP go on", reason)
             return
@@ -241,13 +240,15 @@ class Daemon:
                 first_frame=t.first_frame, last_frame=t.last_frame,
                 latency_ms={k: round(v, 3) for k, v in latency.items()},
                 summary=t.summary(LABELS) if kind == "end" else None).to_dict()
-            self.stats.record_event(ev)
-            if kind != "update" or index % every == 0:
-                for s in self.sinks:
-                    try:
+            self.stats.inc("events")
+            delivered = kind != "update" or index % every == 0
+            for s in self.sinks:
+                try:
+                    s.observe(ev)
+                    if delivered:
                         s.emit(ev)
-                    except Exception as e:  # one failing sink must not stop the frame or the others
-                        self._sink_failed(s, e)
+                except Exception as e:  # one failing sink must not stop the frame or the others
+                    self._sink_failed(s, e)
             events.append(ev)
         return events
 
@@ -259,7 +260,7 @@ class Daemon:
             log.warning("%s failed: %s", name, e)
 
     def shutdown(self):
-        """Stop capture, close tracks (end events), flush sinks, publish offline, stop HTTP."""
+        """Stop capture, close tracks (end events), flush sinks, publish offline, stop HTTP (the last sink)."""
         self.stats.set_health("stopping", "shutting down")
         sd_notify("STOPPING=1")
         self.watchdog.beat("main loop", doing="shutting down")
@@ -273,8 +274,6 @@ class Daemon:
                 s.close()
             except Exception as e:  # one failing sink must not keep the others from flushing
                 log.warning("closing %s failed: %s", type(s).__name__, e)
-        if self.http:
-            self.http.close()
         if self.annotate is not None:
             self.annotate.close()
             log.info("annotated video: %s (%d frames)", self.annotate.path, self.annotate.frames)

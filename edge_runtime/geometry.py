@@ -21,22 +21,28 @@ N_LANDMARKS = 5
 @dataclass(frozen=True)
 class Detections:
     """K faces of one frame, one row each in every array: what the detector found, then (after the crop
-    and the classifier) each face's crop region and probabilities. Shape-checked; ``take`` slices all."""
+    and the classifier) each face's crop region and probabilities, then (after the tracker) its track id
+    and smoothed probabilities. Shape-checked; ``take`` slices all."""
     boxes: np.ndarray      # (K, 4) float32 x, y, w, h
     scores: np.ndarray     # (K,) float32 in [0, 1]
     landmarks: np.ndarray  # (K, 5, 2) float32, NaN when unknown
     regions: np.ndarray | None = None  # (K, 4) x, y, w, h of each face's crop, once cropped
     probs: np.ndarray | None = None    # (K, C) class probabilities in LABELS order, once classified
+    track_ids: np.ndarray | None = None  # (K,) int64, the track each face continues or starts, once tracked
+    smoothed: np.ndarray | None = None   # (K, C) its track's smoothed probabilities, once tracked
 
     def __post_init__(self):
         k = len(self.boxes)
-        want = {"boxes": (k, 4), "scores": (k,), "landmarks": (k, N_LANDMARKS, 2), "regions": (k, 4)}
+        want = {"boxes": (k, 4), "scores": (k,), "landmarks": (k, N_LANDMARKS, 2), "regions": (k, 4),
+                "track_ids": (k,)}
         for name, shape in want.items():
             a = getattr(self, name)
             if a is not None and np.shape(a) != shape:
                 raise ValueError(f"Detections.{name} has shape {np.shape(a)}, not {shape} for {k} faces")
-        if self.probs is not None and (np.ndim(self.probs) != 2 or len(self.probs) != k):
-            raise ValueError(f"Detections.probs has shape {np.shape(self.probs)}, not ({k}, classes)")
+        for name in ("probs", "smoothed"):
+            a = getattr(self, name)
+            if a is not None and (np.ndim(a) != 2 or len(a) != k):
+                raise ValueError(f"Detections.{name} has shape {np.shape(a)}, not ({k}, classes)")
 
     def with_fields(self, **values) -> "Detections":
         """The same faces with more per-face arrays, e.g. ``with_fields(regions=..., probs=...)``."""

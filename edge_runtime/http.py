@@ -21,6 +21,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import unquote
 
+from .sinks import Sink
+from .stats import RecentEvents
+
 log = logging.getLogger(__name__)
 PAGE = Path(__file__).resolve().parent / "web" / "index.html"  # the live page: MJPEG view + track table
 TOKEN_IN_QUERY = re.compile(r"token=[^&\s]*")
@@ -125,7 +128,7 @@ class _Handler(BaseHTTPRequestHandler):
         if path == "/metrics":
             return self._send(200, app.stats.prometheus().encode(), "text/plain; version=0.0.4")
         if path == "/latest":
-            return self._send(200, json.dumps(app.stats.latest_events()).encode(), "application/json")
+            return self._send(200, json.dumps(app.recent.latest_events()).encode(), "application/json")
         if path == "/stream.mjpg" and app.jpeg is not None:
             client = self.client_address[0]
             if not app.viewer_start(client):
@@ -249,11 +252,14 @@ class _BoundedServer(ThreadingHTTPServer):
             log.exception("HTTP request from %s failed", client_address[0])
 
 
-class HttpServer:
+class HttpServer(Sink):
+    """The daemon's HTTP side as a sink: it observes every event for /latest and stops at close."""
+
     def __init__(self, bind: str, stats, token: str = "", jpeg=None, timeout_s: float = 10.0, max_clients: int = 32,
                  hosts=(), max_streams_per_client: int = 2, max_per_client: int = 8):
         host, _, port = bind.rpartition(":")
         self.stats, self.token, self.jpeg = stats, token, jpeg
+        self.recent = RecentEvents()  # /latest
         self.hosts = {h.lower().strip("[]") for h in hosts} | ({host.strip("[]").lower()} if host else set())
         self.max_streams = max_streams_per_client
         self._viewers: dict[str, int] = {}
@@ -295,6 +301,9 @@ class HttpServer:
             self._viewers[client] -= 1
             if not self._viewers[client]:
                 del self._viewers[client]
+
+    def observe(self, event: dict) -> None:
+        self.recent.record(event)
 
     def close(self):
         self.stopping.set()

@@ -11,7 +11,7 @@ import json
 from enum import Enum
 import os
 import tempfile
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 from .fields import FieldError, spec, spec_of

@@ -11,15 +11,22 @@ import sys
 import threading
 import time
 
+from .stats import RecentEvents
+
 log = logging.getLogger(__name__)
 
 
 class Sink:
-    """Where the daemon sends its events: ``emit`` each one, ``reopen`` on SIGHUP (log rotation),
-    ``close`` at exit. A sink that fails raises; the daemon counts it and goes on with the others."""
+    """Where the daemon sends its events: ``observe`` sees every event (a view of the present: HTTP's
+    /latest, MQTT's state), ``emit`` the ones delivered (updates thinned by ``events.every``),
+    ``reopen`` on SIGHUP (log rotation), ``close`` at exit. A sink that fails raises; the daemon
+    counts it and goes on with the others."""
+
+    def observe(self, event: dict) -> None:
+        """Nothing to keep by default."""
 
     def emit(self, event: dict) -> None:
-        raise NotImplementedError
+        """Nothing to deliver by default."""
 
     def reopen(self) -> None:
         """Nothing to reopen by default (a network client reconnects by itself)."""
@@ -233,6 +240,7 @@ class MqttSink(Sink):
         # every topic of this daemon lives under <prefix>/<device id>: several daemons share a broker
         self.node_id = device_id or node_id(client_id)
         self.prefix, self.stats, self.interval = f"{prefix.rstrip('/')}/{self.node_id}", stats, stats_interval_s
+        self.recent = RecentEvents()  # what <prefix>/state reports: faces now, the last minute's mood
         self.discovery_prefix = discovery_prefix.rstrip("/") if discovery else ""
         self.client_id = client_id or f"fer-edge-{self.node_id}"
         # MQTT 5: the broker says why it drops us (e.g. "session taken over": another client with our id)
@@ -351,7 +359,11 @@ class MqttSink(Sink):
     def publish_stats(self):
         self._last_stats = time.monotonic()
         self.client.publish(f"{self.prefix}/stats", json.dumps(self.stats.snapshot()), qos=0)
-        self.client.publish(f"{self.prefix}/state", json.dumps(self.stats.mood()), qos=0, retain=True)
+        self.client.publish(f"{self.prefix}/state", json.dumps(self.recent.mood(self.stats.tracks_active)), qos=0,
+                            retain=True)
+
+    def observe(self, event: dict) -> None:
+        self.recent.record(event)
 
     def emit(self, event: dict):
         payload = json.dumps(event, separators=(",", ":"))

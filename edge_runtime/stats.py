@@ -1,4 +1,5 @@
-"""The one stats object: counters, latency histograms and health, read by HTTP and MQTT."""
+"""The one stats object (counters, latency histograms and health, read by HTTP and MQTT) and the
+recent-events view that HTTP's /latest and MQTT's state each keep."""
 from __future__ import annotations
 
 import os
@@ -65,9 +66,6 @@ class Stats:
         self.status, self.reason = "starting", ""  # the source's health
         self.faults: dict[str, str] = {}  # other parts' problems (a sink, a stalled source): each degrades health
         self.info: dict[str, str] = {}  # backend, artifact, sha256, runtime, detector, source
-        self.latest: dict[int, dict] = {}  # track id -> its last event
-        self.ended: deque = deque(maxlen=10_000)  # (time, end event) of the tracks ended in the last ENDED_KEEP_S
-        self._seen: deque = deque(maxlen=200_000)  # (time, label) per face per frame, for mood()
         self.tracks_active = 0
         self.progress_timeout_s = 0.0  # set by the daemon: no frame processed for this long degrades health
         self._last_progress = time.monotonic()
@@ -108,25 +106,6 @@ class Stats:
             return "degraded", "; ".join(faults)
         return self.status, "; ".join([self.reason] * bool(self.reason) + faults)
 
-    def record_event(self, event: dict):
-        with self._lock:
-            self.counters["events"] += 1
-            now = time.time()
-            if event["type"] == "end":
-                self.latest.pop(event["track"], None)
-                self.ended.append((now, event))
-            else:
-                self.latest[event["track"]] = event
-                self._seen.append((now, event["label"]))
-            self._prune(now)
-
-    def _prune(self, now: float) -> None:
-        """Memory stays bounded by time, MQTT or not: what mood() and /latest can still show."""
-        while self._seen and self._seen[0][0] < now - MOOD_WINDOW_S:
-            self._seen.popleft()
-        while self.ended and self.ended[0][0] < now - ENDED_KEEP_S:
-            self.ended.popleft()
-
     def snapshot(self) -> dict:
         """A JSON-ready copy (MQTT stats, /healthz)."""
         with self._lock:
@@ -139,27 +118,6 @@ class Stats:
                 "latency_ms_mean": {s: round(h.mean(), 3) for s, h in self.latency.items()},
                 "rss_bytes": rss_bytes(), **self.info,
             }
-
-    def latest_events(self) -> list[dict]:
-        """The live tracks' last events, then the end events (with summaries) of the last minute."""
-        with self._lock:
-            cutoff = time.time() - ENDED_KEEP_S
-            return list(self.latest.values()) + [e for t, e in self.ended if t >= cutoff]
-
-    def mood(self) -> dict:
-        """What a home-automation sensor shows: faces now, and each emotion's share of the faces
-        seen over the last MOOD_WINDOW_S seconds (percent, as the key says), with the most common one."""
-        with self._lock:
-            cutoff = time.time() - MOOD_WINDOW_S
-            while self._seen and self._seen[0][0] < cutoff:
-                self._seen.popleft()
-            counts = dict.fromkeys(LABELS, 0)
-            for _, label in self._seen:
-                counts[label] += 1
-            total = sum(counts.values())
-            dominant = max(counts, key=counts.get) if total else "none"
-            return {"faces": self.tracks_active, "dominant": dominant, "window_s": MOOD_WINDOW_S,
-                    "shares_pct": {k: round(100.0 * v / total, 1) if total else 0.0 for k, v in counts.items()}}
 
     def prometheus(self) -> str:
         lines = []
@@ -187,6 +145,55 @@ class Stats:
         lines += ["# HELP process_resident_memory_bytes Resident memory of the daemon process.",
                   "# TYPE process_resident_memory_bytes gauge", f"process_resident_memory_bytes {rss_bytes()}"]
         return "\n".join(lines) + "\n"
+
+
+class RecentEvents:
+    """The last minute as a viewer sees it: each live track's last event, the end events (with their
+    summaries) of the tracks ended in the last ENDED_KEEP_S, and each emotion's share of the faces seen
+    over MOOD_WINDOW_S. HTTP's /latest and MQTT's state each keep one, fed every event (Sink.observe);
+    memory stays bounded by time."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self.latest: dict[int, dict] = {}  # track id -> its last event
+        self.ended: deque = deque(maxlen=10_000)  # (time, end event)
+        self._seen: deque = deque(maxlen=200_000)  # (time, label) per face per frame
+
+    def record(self, event: dict) -> None:
+        with self._lock:
+            now = time.time()
+            if event["type"] == "end":
+                self.latest.pop(event["track"], None)
+                self.ended.append((now, event))
+            else:
+                self.latest[event["track"]] = event
+                self._seen.append((now, event["label"]))
+            self._prune(now)
+
+    def _prune(self, now: float) -> None:
+        while self._seen and self._seen[0][0] < now - MOOD_WINDOW_S:
+            self._seen.popleft()
+        while self.ended and self.ended[0][0] < now - ENDED_KEEP_S:
+            self.ended.popleft()
+
+    def latest_events(self) -> list[dict]:
+        """The live tracks' last events, then the end events (with summaries) of the last minute."""
+        with self._lock:
+            cutoff = time.time() - ENDED_KEEP_S
+            return list(self.latest.values()) + [e for t, e in self.ended if t >= cutoff]
+
+    def mood(self, faces: int) -> dict:
+        """What a home-automation sensor shows: ``faces`` now, and each emotion's share of the faces
+        seen over the last MOOD_WINDOW_S seconds (percent, as the key says), with the most common one."""
+        with self._lock:
+            self._prune(time.time())
+            counts = dict.fromkeys(LABELS, 0)
+            for _, label in self._seen:
+                counts[label] += 1
+            total = sum(counts.values())
+            dominant = max(counts, key=counts.get) if total else "none"
+            return {"faces": faces, "dominant": dominant, "window_s": MOOD_WINDOW_S,
+                    "shares_pct": {k: round(100.0 * v / total, 1) if total else 0.0 for k, v in counts.items()}}
 
 
 def _esc(v) -> str:

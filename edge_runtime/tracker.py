@@ -88,6 +88,7 @@ class Tracker:
         self.iou, self.alpha, self.max_missed, self.appearance = iou, smoothing, max_missed, appearance
         self.tracks: dict[int, Track] = {}
         self._next_id = 1
+        self.last: Detections | None = None  # the latest frame's faces with their track ids and smoothed probs
 
 
     @classmethod
@@ -97,13 +98,15 @@ class Tracker:
     def update(self, frame: int, dets: Detections, looks: np.ndarray | None = None, media_s: float | None = None):
         """Feed one frame's faces (``Detections`` carrying their crop regions and probabilities) and
         (optionally) appearance thumbnails and the frame's media time; return [(kind, track)] with kind
-        in new/update/end."""
+        in new/update/end. ``self.last`` is then the same faces with their track ids and smoothed
+        probabilities."""
         if dets.regions is None or dets.probs is None:
             raise ValueError("the tracker needs classified faces: Detections with regions and probs")
         crops, probs = dets.regions, dets.probs
         out = []
         ids = list(self.tracks)
         boxes = dets.boxes
+        face_track = np.zeros(len(boxes), np.int64)  # the track each face went to
         m = iou_matrix(np.array([self.tracks[i].predicted(frame) for i in ids]).reshape(-1, 4), boxes)
         if looks is not None and ids and len(boxes):  # the face must also look like the track's face
             same = np.array([np.ones(len(boxes)) if self.tracks[i].look is None else looks @ self.tracks[i].look
@@ -128,6 +131,7 @@ class Tracker:
                 t.look = looks[di]
             t.smooth = self.alpha * t.smooth + (1 - self.alpha) * probs[di]
             t.vote(media_s)
+            face_track[di] = t.id
             out.append(("update", t))
         for di in range(len(boxes)):
             if di not in matched_d:
@@ -136,6 +140,7 @@ class Tracker:
                 t.vote(media_s)
                 self.tracks[t.id] = t
                 self._next_id += 1
+                face_track[di] = t.id
                 out.append(("new", t))
         for ti, tid in enumerate(ids):
             if ti not in matched_t:
@@ -143,6 +148,9 @@ class Tracker:
                 t.missed += 1
                 if t.missed > self.max_missed:
                     out.append(("end", self.tracks.pop(tid)))
+        smoothed = (np.array([self.tracks[i].smooth for i in face_track], np.float32) if len(boxes)
+                    else np.zeros((0, probs.shape[1]), np.float32))
+        self.last = dets.with_fields(track_ids=face_track, smoothed=smoothed)
         return out
 
     def end_all(self):

@@ -30,7 +30,7 @@ import numpy as np
 
 from edge_runtime.cli import results
 from edge_runtime.labels import LABELS
-from edge_runtime.manifest import (SCHEMA_VERSION, Manifest, ManifestError, atomic_write_json,
+from edge_runtime.manifest import (Manifest, ManifestError, atomic_write_json,
                                    atomic_write_text, read_manifest, sha256_file, write_manifest)
 from edge_runtime.outputs import (OutputError, OwnedDir, check_target, dead_staging, exclusive, held_folders,
                                   model_files, remove_staging, staging_dir)
@@ -290,28 +290,24 @@ def _stage_job(staging: Path, run_dir: Path, run: Manifest, spec: PreprocessSpec
 def _manifest(run_dir: Path, run: Manifest, data, calib, cfg: ExportConfig, model_sha: str,
               conv: Conversions, fmts, export_seconds: float) -> Manifest:
     order = [F.REFERENCE] + [f.name for f in fmts]
-    return Manifest.from_dict({
-        "schema": SCHEMA_VERSION,
-        "kind": "artifacts",
-        "model": run.model,
-        "labels": list(run.labels),
-        "preprocessing": run.preprocessing.to_dict(),
-        "source": {"run_dir": str(run_dir), "model_file": "model.keras", "sha256": model_sha,
-                   "params": run.params, "run_test_metrics": (run.metrics or {}).get("test")},
-        "data": {"root": str(data.root), "layout": data.layout, "test_split": data.test_name,
-                 "test_size": len(data.test), "test_files_hash": data.test.files_hash(),
-                 "test_class_counts": data.test.counts(), "fraction": cfg.fraction,
-                 "calibration": {"size": len(calib), "split": "train", "stratified": True,
-                                 "files_hash": calib.files_hash()}},
-        "gate": {"max_drop_pp": cfg.max_drop, "rule": "|reference accuracy - artifact accuracy| <= max_drop_pp",
-                 "timing_note": f"{cfg.threads} thread(s), load average {os.getloadavg()[0]:.1f}"},
-        "reference": {"accuracy": conv.ref["accuracy"], "macro_f1": conv.ref["macro_f1"]},
-        "artifacts": {n: conv.artifacts[n] for n in order if n in conv.artifacts},
-        "versions": package_versions(),
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "command": " ".join(["python -m export", *sys.argv[1:]]),
-        "export_seconds": export_seconds,
-    }, "the export's manifest")
+    m = Manifest(
+        kind="artifacts", model=run.model, labels=tuple(run.labels), preprocessing=run.preprocessing,
+        source={"run_dir": str(run_dir), "model_file": "model.keras", "sha256": model_sha,
+                "params": run.params, "run_test_metrics": (run.metrics or {}).get("test")},
+        data={"root": str(data.root), "layout": data.layout, "test_split": data.test_name,
+              "test_size": len(data.test), "test_files_hash": data.test.files_hash(),
+              "test_class_counts": data.test.counts(), "fraction": cfg.fraction,
+              "calibration": {"size": len(calib), "split": "train", "stratified": True,
+                              "files_hash": calib.files_hash()}},
+        gate={"max_drop_pp": cfg.max_drop, "rule": "|reference accuracy - artifact accuracy| <= max_drop_pp",
+              "timing_note": f"{cfg.threads} thread(s), load average {os.getloadavg()[0]:.1f}"},
+        reference={"accuracy": conv.ref["accuracy"], "macro_f1": conv.ref["macro_f1"]},
+        artifacts={n: conv.artifacts[n] for n in order if n in conv.artifacts},
+        versions=package_versions(),
+        created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        command=" ".join(["python -m export", *sys.argv[1:]]),
+        export_seconds=export_seconds)
+    return Manifest.from_dict(m.to_dict(), "the export's manifest")  # as the device will read it, or an error now
 
 
 REJECTED_DIR = "rejected"  # where a failed export's results are kept, beside the live deployment

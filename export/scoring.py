@@ -15,7 +15,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from edge_runtime.labels import LABELS
-from edge_runtime.manifest import Artifact, Manifest, sha256_file
+from dataclasses import replace
+
+from edge_runtime.manifest import Artifact, Manifest, Tensor, sha256_file
 from edge_runtime.preprocess import PreprocessSpec, scale_pixels
 
 from . import formats as F
@@ -29,7 +31,7 @@ class ExportError(Exception):
     """A user-fixable problem (missing model or data): one line, exit code 2."""
 
 
-def describe_io(path: Path, fmt: str) -> tuple[dict, dict]:
+def describe_io(path: Path, fmt: str) -> tuple[Tensor, Tensor]:
     if fmt == "tflite":
         from edge_runtime.backends import tflite_interpreter_class
         Interpreter, _ = tflite_interpreter_class()
@@ -40,14 +42,14 @@ def describe_io(path: Path, fmt: str) -> tuple[dict, dict]:
             out = {"shape": [int(v) for v in x["shape"]], "dtype": dt.name}
             if dt.kind in "iu":
                 out["scale"], out["zero_point"] = float(x["quantization"][0]), int(x["quantization"][1])
-            return out
+            return Tensor.from_dict(out, str(path))
         return d(it.get_input_details()[0]), d(it.get_output_details()[0])
     import onnxruntime as ort
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
 
     def d(x):
-        return {"shape": [v if isinstance(v, int) else -1 for v in x.shape],
-                "dtype": {"tensor(float)": "float32"}.get(x.type, x.type)}
+        return Tensor.from_dict({"shape": [v if isinstance(v, int) else -1 for v in x.shape],
+                                 "dtype": {"tensor(float)": "float32"}.get(x.type, x.type)}, str(path))
     return d(sess.get_inputs()[0]), d(sess.get_outputs()[0])
 
 
@@ -88,10 +90,10 @@ class Conversions:
         # the Keras reference row: a copy of the source model, scored by Keras itself
         keras_name = f"{self.stem}_keras.{model_sha[:8]}.keras"
         shutil.copyfile(run_dir / "model.keras", staging / keras_name)
-        self.artifacts: dict[str, dict] = {F.REFERENCE: {
-            "file": keras_name, "format": "keras", "precision": "fp32", "sha256": model_sha,
-            "size": (staging / keras_name).stat().st_size, "status": G.USABLE,
-            "notes": "the source model; the reference every drop is measured against (no edge backend)"}}
+        self.artifacts: dict[str, Artifact] = {F.REFERENCE: Artifact(
+            file=keras_name, format="keras", precision="fp32", sha256=model_sha,
+            size=(staging / keras_name).stat().st_size, status=G.USABLE,
+            notes="the source model; the reference every drop is measured against (no edge backend)")}
 
     def run(self, worker: Worker, names: list[str]) -> None:
         self.pending, self.current = [F.REFERENCE] + names, None
@@ -99,7 +101,7 @@ class Conversions:
             for ev in worker.events(self.pending):
                 self.on(ev, worker)
 
-    def _finished(self, name: str, entry: dict | None = None) -> None:
+    def _finished(self, name: str, entry: Artifact | None = None) -> None:
         if entry is not None:
             self.artifacts[name] = entry
             self.log(_line(name, entry))
@@ -130,79 +132,75 @@ class Conversions:
         elif kind == "exit" and self.pending:
             raise ExportError(f"conversion worker stopped early ({_exit_reason(ev['returncode'])})")
 
-    def staged(self, name: str, entry: dict) -> Manifest:
+    def staged(self, name: str, entry: Artifact) -> Manifest:
         """A manifest of one staged artifact, to load it the way the device will."""
         return Manifest(kind="artifacts", model=self.stem, labels=self.source.labels,
-                        preprocessing=self.source.preprocessing, dir=str(self.staging),
-                        artifacts={name: Artifact.from_dict(entry, f"staged artifact {name}")})
+                        preprocessing=self.source.preprocessing, dir=str(self.staging), artifacts={name: entry})
 
     def _reference(self, ev: dict) -> None:
         self.ref["probs"] = np.load(self.staging / ev["file"])
         self.ref["reference_faces_probs"] = np.load(self.staging / "keras_reference_probs.npy")
         s = G.score(self.ref["probs"], self.y_test)
         self.ref.update(s)
-        self.artifacts[F.REFERENCE].update(
-            {"input": {"shape": [-1, *ev["input_shape"]], "dtype": "float32"},
-             "output": {"shape": [-1, len(LABELS)], "dtype": "float32"},
-             "accuracy": s["accuracy"], "macro_f1": s["macro_f1"], "agreement": 1.0,
-             "drop_pp": 0.0, "parameters": ev["parameters"]})
-        self.log(f"{'keras':15s} reference  {_size(self.artifacts[F.REFERENCE]['size'])}  "
+        self.artifacts[F.REFERENCE] = replace(
+            self.artifacts[F.REFERENCE], input=Tensor((-1, *ev["input_shape"]), "float32"),
+            output=Tensor((-1, len(LABELS)), "float32"), accuracy=s["accuracy"], macro_f1=s["macro_f1"],
+            agreement=1.0, drop_pp=0.0, parameters=ev["parameters"])
+        self.log(f"{'keras':15s} reference  {_size(self.artifacts[F.REFERENCE].size)}  "
                  f"{ev['seconds']:5.1f} s  acc {100 * s['accuracy']:.2f} %  F1 {s['macro_f1']:.3f}")
 
 
 def evaluate(fmt: F.Format, staged: Path, seconds: float, conv: Conversions,
-              x_test: np.ndarray, y_test: np.ndarray, ref: dict, cfg: ExportConfig) -> dict:
+              x_test: np.ndarray, y_test: np.ndarray, ref: dict, cfg: ExportConfig) -> Artifact:
     from edge_runtime.backends import REFERENCE_FACES, REFERENCE_SEED, SCORING_BATCH, load_backend, reference_probs
     sha = sha256_file(staged)
     final = staged.with_name(f"{conv.stem}_{fmt.tag}.{sha[:8]}{fmt.suffix}")
     os.replace(staged, final)
     inp, outp = describe_io(final, fmt.format)
-    entry = {"file": final.name, "format": fmt.format, "precision": fmt.precision, "sha256": sha,
-             "size": final.stat().st_size, "status": None, "input": inp, "output": outp,
-             "convert_seconds": round(seconds, 2), "notes": fmt.notes}
+    entry = Artifact(file=final.name, format=fmt.format, precision=fmt.precision, sha256=sha,
+                     size=final.stat().st_size, status=G.USABLE, input=inp, output=outp,
+                     convert_seconds=round(seconds, 2), notes=fmt.notes)
     try:
-        staged_manifest = conv.staged(fmt.name, {**entry, "status": G.USABLE})
+        staged_manifest = conv.staged(fmt.name, entry)
         backend = load_backend(staged_manifest, fmt.name, threads=cfg.threads, probe=False)  # just written here
         check = reference_probs(backend, staged_manifest.preprocessing)
-        entry["check"] = {"seed": REFERENCE_SEED, "faces": REFERENCE_FACES, "probs": np.round(check, 6).tolist(),
-                          "atol": check_tolerance(fmt.precision, check, ref["reference_faces_probs"])}
         probs = np.concatenate([backend.predict(x_test[i:i + SCORING_BATCH])
                                 for i in range(0, len(x_test), SCORING_BATCH)])
-        entry.update(G.score(probs, y_test, ref["probs"], ref["accuracy"]))
-        entry["ms_per_face"] = None  # timed once the converter has finished (see time_all)
-        entry["status"], entry["reason"] = G.gate(entry["drop_pp"], cfg.max_drop)
+        scores = G.score(probs, y_test, ref["probs"], ref["accuracy"])
+        status, reason = G.gate(scores["drop_pp"], cfg.max_drop)
+        # ms_per_face: timed once the converter has finished (see time_all)
+        return replace(entry, **scores, status=status, reason=reason or None, check={
+            "seed": REFERENCE_SEED, "faces": REFERENCE_FACES, "probs": np.round(check, 6).tolist(),
+            "atol": check_tolerance(fmt.precision, check, ref["reference_faces_probs"])})
     except Exception as e:  # converted but does not run: keep the file for inspection
-        entry["status"], entry["reason"] = G.FAILED, f"does not run: {type(e).__name__}: {e}"[:240]
-    if not entry["reason"]:
-        entry.pop("reason")
-    return entry
+        return replace(entry, status=G.FAILED, reason=f"does not run: {type(e).__name__}: {e}"[:240])
 
 
 def time_all(conv: Conversions, cfg: ExportConfig) -> None:
     """ms/face (batch 1, cfg.threads) per runnable artifact, with no conversion competing for the CPU."""
     from edge_runtime.backends import load_backend
-    for name, a in conv.artifacts.items():
-        if a["format"] != "keras" and a.get("accuracy") is not None:
-            a["ms_per_face"] = ms_per_face(load_backend(conv.staged(name, a), name, threads=cfg.threads, probe=False),
-                                           conv.x_test, cfg.timing_runs)
+    for name, a in list(conv.artifacts.items()):
+        if a.format != "keras" and a.accuracy is not None:
+            conv.artifacts[name] = replace(a, ms_per_face=ms_per_face(
+                load_backend(conv.staged(name, a), name, threads=cfg.threads, probe=False), conv.x_test,
+                cfg.timing_runs))
 
 
-def failed_entry(fmt: F.Format, reason: str, seconds) -> dict:
-    return {"file": None, "format": fmt.format, "precision": fmt.precision, "status": G.FAILED,
-            "reason": reason, "convert_seconds": None if seconds is None else round(seconds, 2),
-            "notes": fmt.notes}
+def failed_entry(fmt: F.Format, reason: str, seconds) -> Artifact:
+    return Artifact(format=fmt.format, precision=fmt.precision, status=G.FAILED, reason=reason,
+                    convert_seconds=None if seconds is None else round(seconds, 2), notes=fmt.notes)
 
 
 def _size(n) -> str:
     return f"{n / 1e6:6.2f} MB" if n >= 1e6 else f"{n / 1e3:6.0f} KB"
 
 
-def _line(name: str, a: dict) -> str:
-    if a["status"] == G.FAILED and a.get("accuracy") is None:
-        return f"{name:15s} FAILED     {a['reason']}"
-    return (f"{name:15s} {a['precision']:9s}  {_size(a['size'])}  {a['convert_seconds']:5.1f} s  "
-            f"acc {100 * a['accuracy']:.2f} %  drop {a['drop_pp']:+.2f} pp  agree {100 * a['agreement']:.1f} %  "
-            f"{a['status']}" + (f" ({a['reason']})" if a.get("reason") else ""))
+def _line(name: str, a: Artifact) -> str:
+    if a.status == G.FAILED and a.accuracy is None:
+        return f"{name:15s} FAILED     {a.reason}"
+    return (f"{name:15s} {a.precision:9s}  {_size(a.size)}  {a.convert_seconds:5.1f} s  "
+            f"acc {100 * a.accuracy:.2f} %  drop {a.drop_pp:+.2f} pp  agree {100 * a.agreement:.1f} %  "
+            f"{a.status}" + (f" ({a.reason})" if a.reason else ""))
 
 
 def _exit_reason(code: int) -> str:

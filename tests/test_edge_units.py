@@ -116,7 +116,15 @@ def test_tracker_smooths_and_ends_tracks():
     assert kinds == [("new", 2)]  # track 1 missed once: still open
     kinds = [(k, tr.id) for k, tr in t.update(3, far)]
     assert ("end", 1) in kinds and ("update", 2) in kinds
-    assert [(k, tr.id) for k, tr in t.end_all()] == [("end", 2)]
+    # the frame's record now carries each face's track id and its track's smoothed probabilities
+    assert t.last.track_ids.tolist() == [2] and t.last.smoothed.shape == (1, 7)
+    np.testing.assert_allclose(t.last.smoothed[0], t.tracks[2].smooth)
+    two = Detections.from_boxes([[10, 10, 50, 50], [200, 200, 50, 50]])
+    t.update(4, two.with_fields(regions=two.boxes, probs=np.stack([b, a])))
+    assert t.last.track_ids.tolist() == [3, 2] and t.last.take([1]).track_ids.tolist() == [2]
+    t.update(5, Detections.empty().with_fields(regions=np.zeros((0, 4)), probs=np.zeros((0, 7))))
+    assert len(t.last) == 0 and t.last.smoothed.shape == (0, 7)
+    assert [(k, tr.id) for k, tr in t.end_all()] == [("end", 2), ("end", 3)]
 
 
 class FlakyCamera:
@@ -325,7 +333,8 @@ def test_a_track_end_carries_its_summary_in_jsonl_and_latest(tmp_path):
     from edge_runtime.synthetic import make_video
     video = tmp_path / "v.avi"
     make_video(video, SHARED, n_faces=2, frames=9, face=140, seed=2)
-    cfg = build(flags={"source": {"uri": str(video)}, "events": {"path": str(tmp_path / "ev.jsonl")}})
+    cfg = build(flags={"source": {"uri": str(video)}, "events": {"path": str(tmp_path / "ev.jsonl")},
+                       "http": {"bind": "127.0.0.1:0"}})
     d = Daemon(cfg)
     assert d.run() == 0
     events = read_events(tmp_path / "ev.jsonl")
@@ -348,9 +357,11 @@ def test_a_track_end_carries_its_summary_in_jsonl_and_latest(tmp_path):
         assert s["first_media_s"] == 0.0 and s["last_media_s"] == pytest.approx(8 / fps, abs=1e-3)
         assert s["duration_s"] == pytest.approx(8 / fps, abs=1e-3) and s["wall_s"] >= 0
         assert [e["media_s"] for e in own] == pytest.approx([k / fps for k in range(9)], abs=1e-3)
-    latest = d.stats.latest_events()
+    from edge_runtime.http import HttpServer
+    http = next(s for s in d.sinks if isinstance(s, HttpServer))  # closed now; its view of the last minute stays
+    latest = http.recent.latest_events()
     assert sorted(e["track"] for e in latest if e["type"] == "end") == sorted(e["track"] for e in ends)
-    mood = d.stats.mood()
+    mood = http.recent.mood(d.stats.tracks_active)
     assert mood["faces"] == 0 and abs(sum(mood["shares_pct"].values()) - 100) < 0.5
 
 

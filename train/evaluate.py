@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from edge_runtime.labels import LABELS, NUM_CLASSES
-from edge_runtime.manifest import SCHEMA_VERSION, Manifest, sha256_file, write_manifest
+from edge_runtime.manifest import Manifest, sha256_file, write_manifest
 from edge_runtime.preprocess import PreprocessSpec, scale_pixels
 from edge_runtime.versions import package_versions
 
@@ -95,35 +95,26 @@ def finish_run(model, run: dict, data: Dataset, spec: PreprocessSpec, summary: d
     val_acc = history.get("val_accuracy")  # None in a refit
     epochs_run = len(history["loss"])
     best_epoch = int(np.argmax(val_acc)) + 1 if val_acc else epochs_run
-    manifest = {
-        "schema": SCHEMA_VERSION,
-        "kind": "run",
-        "model": run["model"],
-        "params": run["params"],
-        "recipe": run["recipe"],
-        "precision": run["precision"],  # what recipe.precision resolved to on the training machine
-        "seed": run["seed"],
-        "init_seed": run["init_seed"],
-        "labels": list(LABELS),
-        "preprocessing": spec.to_dict(),
-        "model_file": "model.keras",
-        "model_sha256": sha256_file(out_dir / "model.keras"),
-        "parameters": int(model.count_params()),
-        "data": {k: summary[k] for k in ("root", "layout", "test_split", "val_fraction", "sizes", "files_hash")}
+    manifest = Manifest(
+        kind="run", model=run["model"], params=run["params"], recipe=run["recipe"],
+        precision=run["precision"],  # what recipe.precision resolved to on the training machine
+        seed=run["seed"], init_seed=run["init_seed"], labels=tuple(LABELS), preprocessing=spec,
+        model_file="model.keras", model_sha256=sha256_file(out_dir / "model.keras"),
+        parameters=int(model.count_params()),
+        data={k: summary[k] for k in ("root", "layout", "test_split", "val_fraction", "sizes", "files_hash")}
         | {"fraction": run["fraction"], "skipped": sum(len(v) for v in summary["skipped"].values())},
         # val_accuracy: the best epoch's, which chose the checkpoint (before BatchNorm re-estimation)
-        "metrics": {"val_accuracy": float(max(val_acc)) if val_acc else None, "best_epoch": best_epoch,
-                    "epochs_run": epochs_run, "test": test_metrics,
-                    "test_weighted_f1": float(report["weighted avg"]["f1-score"])},
-        "bn_recalibration": bn,  # None when off or the model has no BatchNorm
-        "teacher": run["teacher"],  # None unless distilled: the soft-label file and the runs it came from
-        "init": run.get("init"),  # None unless fine-tuned: the run whose weights training started from
-        "reframe": run.get("reframe"),  # None unless trained on faces in the device's framing
-        "holdout": run.get("holdout"),  # None unless an out-of-fold teacher: the fold it never saw
-        "train_seconds": round(train_seconds, 1),  # fit + BatchNorm re-estimation
-        "versions": package_versions(),
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "command": " ".join(sys.argv),
-        **(extra or {}),
-    }
+        metrics={"val_accuracy": float(max(val_acc)) if val_acc else None, "best_epoch": best_epoch,
+                 "epochs_run": epochs_run, "test": test_metrics,
+                 "test_weighted_f1": float(report["weighted avg"]["f1-score"])},
+        bn_recalibration=bn,  # None when off or the model has no BatchNorm
+        teacher=run["teacher"],  # None unless distilled: the soft-label file and the runs it came from
+        init=run.get("init"),  # None unless fine-tuned: the run whose weights training started from
+        reframe=run.get("reframe"),  # None unless trained on faces in the device's framing
+        holdout=run.get("holdout"),  # None unless an out-of-fold teacher: the fold it never saw
+        train_seconds=round(train_seconds, 1),  # fit + BatchNorm re-estimation
+        versions=package_versions(),
+        created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        command=" ".join(sys.argv),
+        **(extra or {}))
     return write_manifest(out_dir, manifest)

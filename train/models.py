@@ -6,7 +6,7 @@ graph with ``unroll=True`` because unrolled LSTMs convert to TFLite exactly and 
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
 
 from edge_runtime.fields import spec
