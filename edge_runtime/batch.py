@@ -22,10 +22,11 @@ from pathlib import Path
 
 from .backends import BackendError
 from .batch_tables import FRAME_COLUMNS, PERSON_COLUMNS, frame_rows, person_rows, write_table
-from .batch_worker import FAILED, Job, Settings, analyze_video, worker_init
+from .batch_worker import FAILED, Job, Settings, run_jobs
 from .cli import command
 from .config import DEFAULTS, DETECTOR_SIZES, ConfigError, SourceConfig
 from .detectors import DetectorError
+from .fields import spec_of
 from .manifest import ManifestError, atomic_write_bytes, atomic_write_json
 from .outputs import OutputError, OwnedDir, check_target, exclusive, model_files
 from .packaged import MODEL_CHOICES
@@ -248,9 +249,9 @@ def analyze(paths, out, *, workers: int | None = None, dask: str | None = None, 
     DataFrame with ``as_frame``); ``out/index.parquet`` holds every video the folder has seen.
     ``workers``: local processes (default: the CPUs); ``dask``: a scheduler address or "local" instead."""
     args = [str(p) for p in ([paths] if isinstance(paths, (str, os.PathLike)) else list(paths))]
-    lo, hi = next(f for f in fields(SourceConfig) if f.name == "every").metadata["bounds"][:2]  # the config's own
-    if isinstance(every, bool) or not isinstance(every, int) or not lo <= every <= hi:
-        raise ConfigError(f"--every must be a whole number in {lo}..{hi}, not {every!r}")
+    rule = spec_of(next(f for f in fields(SourceConfig) if f.name == "every"))  # the config's own
+    if isinstance(every, bool) or not isinstance(every, int) or not rule.lo <= every <= rule.hi:
+        raise ConfigError(f"--every must be a whole number in {rule.lo}..{rule.hi}, not {every!r}")
     if isinstance(fps, bool) or not isinstance(fps, (int, float)) or not math.isfinite(fps) or fps < 0:
         raise ConfigError(f"--fps must be a number of frames per second > 0, not {fps!r}")
     if every > 1 and fps:
@@ -330,7 +331,7 @@ def _analyze(out, owned, videos, problems, settings, model, artifacts, model_sha
     for job in jobs:  # a Dask worker is one process per core (dask worker --nthreads 1)
         job.decode_thread = not dask and min(workers or cpus, len(jobs)) < cpus
     try:
-        for job, res in _run(jobs, workers, dask, quiet):
+        for job, res in run_jobs(jobs, workers, dask, quiet):
             if res["status"] == FAILED:
                 row = index_row(job, res)
             else:
@@ -383,66 +384,6 @@ def _remove_dead_staging(out: Path) -> None:
         for d in dead_staging(Path(root), ".*.dropped-*"):  # a stale folder a killed run was removing
             remove_staging(d)
         dirs[:] = [d for d in dirs if not any(f".{tag}-" in d for tag in ("staging", "replaced", "dropped"))]
-
-
-def _run(jobs: list[Job], workers: int | None, dask: str | None, quiet: bool = True):
-    """(job, result) as videos finish, on local processes or a Dask cluster. A worker that dies (killed,
-    out of memory) fails its video, not the run: the others go on in a fresh pool."""
-    if not jobs:
-        return
-    if dask:
-        if quiet:  # distributed logs its start-up at INFO
-            logging.getLogger("distributed").setLevel(logging.WARNING)
-        from dask.distributed import Client, LocalCluster, as_completed
-        cluster = LocalCluster(n_workers=workers or 2, threads_per_worker=1, processes=True, host="127.0.0.1",
-                               dashboard_address=None, silence_logs=logging.WARNING if quiet else logging.INFO) \
-            if dask == "local" else None
-        client = Client(cluster if cluster is not None else dask)
-        try:
-            futures = {client.submit(analyze_video, job, pure=False): job for job in jobs}
-            for fut in as_completed(futures):
-                job = futures[fut]
-                try:
-                    res = fut.result()
-                except Exception as e:  # the worker died under the video
-                    res = {"status": FAILED, "error": f"the worker failed: {type(e).__name__}: {e}"}
-                yield job, res
-        finally:
-            client.close()
-            if cluster is not None:
-                cluster.close()
-        return
-    import multiprocessing as mp
-    from concurrent.futures import ProcessPoolExecutor, as_completed as done_first
-    from concurrent.futures.process import BrokenProcessPool
-    todo, tries = list(jobs), {id(j): 0 for j in jobs}
-    while todo:
-        pool = ProcessPoolExecutor(max_workers=min(workers or os.cpu_count() or 1, len(todo)),
-                                   mp_context=mp.get_context("spawn"), initializer=worker_init,
-                                   initargs=(os.getpid(),))
-        futures = {pool.submit(analyze_video, job): job for job in todo}
-        todo = []
-        try:
-            for fut in done_first(futures):
-                job = futures[fut]
-                try:
-                    res = fut.result()
-                except BrokenProcessPool:
-                    tries[id(job)] += 1
-                    if tries[id(job)] < 2:  # maybe not this video's fault: once more, in a fresh pool
-                        todo.append(job)
-                        continue
-                    res = {"status": FAILED, "error": "the worker process died while analysing it (killed or "
-                                                        "out of memory), twice"}
-                yield job, res
-        except BaseException:
-            # Ctrl-C, SIGTERM or an error: stop at once, queued videos are not started, workers end now
-            procs = list((getattr(pool, "_processes", None) or {}).values())
-            pool.shutdown(wait=False, cancel_futures=True)
-            for proc in procs:
-                proc.terminate()
-            raise
-        pool.shutdown(wait=True)
 
 
 # ----------------------------------------------------------------------------------------- CLI

@@ -1,5 +1,7 @@
 """The batch analyser's worker side: one video through the camera daemon's own code path, in a worker
-process (a local pool or a Dask worker); its events and facts go back to the client, which alone writes."""
+process (a local pool or a Dask worker); its events and facts go back to the client, which alone writes.
+``run_jobs`` runs the workers: a local process pool (a dead worker fails its video, not the run) or a
+Dask cluster."""
 from __future__ import annotations
 
 import hashlib
@@ -139,3 +141,63 @@ def analyze_video(job: Job) -> dict:
         out["error"] = f"{type(e).__name__}: {e}"
     out["seconds"] = round(time.monotonic() - t0, 3)
     return out
+
+
+def run_jobs(jobs: list[Job], workers: int | None, dask: str | None, quiet: bool = True):
+    """(job, result) as videos finish, on local processes or a Dask cluster. A worker that dies (killed,
+    out of memory) fails its video, not the run: the others go on in a fresh pool."""
+    if not jobs:
+        return
+    if dask:
+        if quiet:  # distributed logs its start-up at INFO
+            logging.getLogger("distributed").setLevel(logging.WARNING)
+        from dask.distributed import Client, LocalCluster, as_completed
+        cluster = LocalCluster(n_workers=workers or 2, threads_per_worker=1, processes=True, host="127.0.0.1",
+                               dashboard_address=None, silence_logs=logging.WARNING if quiet else logging.INFO) \
+            if dask == "local" else None
+        client = Client(cluster if cluster is not None else dask)
+        try:
+            futures = {client.submit(analyze_video, job, pure=False): job for job in jobs}
+            for fut in as_completed(futures):
+                job = futures[fut]
+                try:
+                    res = fut.result()
+                except Exception as e:  # the worker died under the video
+                    res = {"status": FAILED, "error": f"the worker failed: {type(e).__name__}: {e}"}
+                yield job, res
+        finally:
+            client.close()
+            if cluster is not None:
+                cluster.close()
+        return
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor, as_completed as done_first
+    from concurrent.futures.process import BrokenProcessPool
+    todo, tries = list(jobs), {id(j): 0 for j in jobs}
+    while todo:
+        pool = ProcessPoolExecutor(max_workers=min(workers or os.cpu_count() or 1, len(todo)),
+                                   mp_context=mp.get_context("spawn"), initializer=worker_init,
+                                   initargs=(os.getpid(),))
+        futures = {pool.submit(analyze_video, job): job for job in todo}
+        todo = []
+        try:
+            for fut in done_first(futures):
+                job = futures[fut]
+                try:
+                    res = fut.result()
+                except BrokenProcessPool:
+                    tries[id(job)] += 1
+                    if tries[id(job)] < 2:  # maybe not this video's fault: once more, in a fresh pool
+                        todo.append(job)
+                        continue
+                    res = {"status": FAILED, "error": "the worker process died while analysing it (killed or "
+                                                        "out of memory), twice"}
+                yield job, res
+        except BaseException:
+            # Ctrl-C, SIGTERM or an error: stop at once, queued videos are not started, workers end now
+            procs = list((getattr(pool, "_processes", None) or {}).values())
+            pool.shutdown(wait=False, cancel_futures=True)
+            for proc in procs:
+                proc.terminate()
+            raise
+        pool.shutdown(wait=True)

@@ -22,8 +22,10 @@ from .annotate import VideoOut, draw
 from .geometry import landmark_list
 from .labels import LABELS
 from .outputs import OutputError, check_target, model_files
-from .sinks import JsonlSink, MqttSink, default_device_id, node_id
-from .sources import Capture, local_path, redact, source_kind, source_uri
+from .mqtt import MqttSink
+from .sinks import JsonlSink, default_device_id, node_id
+from .capture import Capture
+from .sources import local_path, redact, source_kind, source_uri
 from .stats import Stats
 from .tracker import Tracker, thumbnails
 from .watchdog import Watchdog, sd_notify

@@ -17,7 +17,7 @@ import time
 from .cli import command, error
 from .config import DEFAULTS, DEVICE_ID, ConfigError, ascii_digits, build
 from .credentials import MQTT_ENV, CredentialsError, read_credentials
-from .sinks import TOPICS
+from .mqtt import TOPICS
 
 EXAMPLES = """examples:
   python -m edge_runtime.mqtt_clean --mqtt broker.local:1883                    # list devices and topics

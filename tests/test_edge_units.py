@@ -9,12 +9,12 @@ import cv2
 import numpy as np
 import pytest
 
-from edge_runtime import sources
+from edge_runtime import capture
 from edge_runtime.__main__ import main
 from edge_runtime.config import ConfigError, build, load_toml
 from edge_runtime.daemon import Daemon
 from edge_runtime.geometry import Detections
-from edge_runtime.sources import Capture, Frame
+from edge_runtime.capture import Capture, Frame
 from edge_runtime.stats import Stats
 from edge_runtime.synthetic import compose, iou, pick_faces
 from edge_runtime.tracker import Tracker
@@ -159,7 +159,7 @@ class FlakyCamera:
 
 
 def test_capture_backs_off_exponentially_capped_then_recovers(monkeypatch):
-    monkeypatch.setattr(sources, "BACKOFF_START_S", 0.01)
+    monkeypatch.setattr(capture, "BACKOFF_START_S", 0.01)
     stats = Stats()
     cam = FlakyCamera(fails=4, frames=3)
     cap = Capture("0", stats, reconnect_max_s=0.04, opener=cam)
@@ -171,7 +171,7 @@ def test_capture_backs_off_exponentially_capped_then_recovers(monkeypatch):
         if f is not None:
             got.append(f)
     assert cam.opened == 5 and cap.delays[:4] == [0.01, 0.02, 0.04, 0.04]  # doubled, then capped
-    assert sources.backoff_delay(5000, 30.0) == 30.0  # a camera lost for days: no float overflow
+    assert capture.backoff_delay(5000, 30.0) == 30.0  # a camera lost for days: no float overflow
     # after its 3 frames the camera stops delivering: degraded again, with the reason
     wait_for(lambda: stats.counters["reconnects"] >= 5, 5)
     assert stats.status == "degraded" and stats.reason.startswith("source lost")
@@ -449,8 +449,9 @@ def test_each_component_is_built_from_its_own_config_section(tmp_path):
     from edge_runtime.api import EmotionRecognizer
     from edge_runtime.config import build
     from edge_runtime.http import HttpServer
-    from edge_runtime.sinks import MqttSink
-    from edge_runtime.sources import Capture, source_uri
+    from edge_runtime.mqtt import MqttSink
+    from edge_runtime.capture import Capture
+    from edge_runtime.sources import source_uri
     from edge_runtime.stats import Stats
     from edge_runtime.tracker import Tracker
     video = tmp_path / "v.avi"

@@ -184,7 +184,7 @@ def test_a_removed_devices_retained_topics_are_cleared_with_one_command(mosquitt
     one that is online, and leaves other integrations' discovery configs alone."""
     import paho.mqtt.client as mqtt
 
-    from edge_runtime.sinks import discovery_configs
+    from edge_runtime.mqtt import discovery_configs
     host, port = mosquitto
     run = uuid.uuid4().hex[:8]
     prefix, disc = f"fer-{run}", f"ha-{run}"

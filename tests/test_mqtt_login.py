@@ -16,7 +16,7 @@ import pytest
 from edge_runtime.config import ConfigError, build
 from edge_runtime.daemon import Daemon
 from edge_runtime.stats import Stats
-from edge_runtime.sinks import MqttSink
+from edge_runtime.mqtt import MqttSink
 from edge_runtime.synthetic import make_video
 
 from .conftest import SHARED
