@@ -79,8 +79,9 @@ class EmotionRecognizer:
         if isinstance(providers, str):
             providers = [providers]
         if not isinstance(detector, DetectorConfig):
-            detector = _detector_config(detector, detector_size, score, min_face, max_faces, detector_model,
-                                        detector_runtime)
+            detector = _detector_config(detector=detector, detector_size=detector_size, score=score,
+                                        min_face=min_face, max_faces=max_faces, detector_model=detector_model,
+                                        detector_runtime=detector_runtime)
         self.detector_size = detector.size or DEFAULT_SIZE[detector.type]
         # the detector first: its errors then come before the inference runtime's own start-up log
         self.detector = make_detector(detector, threads)
@@ -200,26 +201,31 @@ class EmotionRecognizer:
         return self._crops[convention]
 
 
-# The API's argument names for the [detector] keys, so that its errors name what the caller wrote.
-_ARGUMENTS = {"detector.yunet.model": "detector_model", "detector.yunet.runtime": "detector_runtime",
-              "detector.yunet.score": "score", "detector.size": "detector_size", "detector.min_size": "min_face",
-              "detector.max_faces": "max_faces", "detector.type": "detector"}
+# The API's detector arguments and the [detector] keys they set: the table the layer is built from,
+# read backwards when an error must name what the caller wrote.
+_DETECTOR_ARGS = {"detector": "type", "detector_size": "size", "min_face": "min_size", "max_faces": "max_faces",
+                  "detector_model": "yunet.model", "score": "yunet.score", "detector_runtime": "yunet.runtime"}
 
 
-def _detector_config(kind, size, score, min_face, max_faces, model, runtime) -> DetectorConfig:
+def _detector_config(**arguments) -> DetectorConfig:
     """The arguments as the daemon's [detector] table, under the same types and bounds."""
-    def plain(v):  # numpy scalars as Python numbers, as a TOML file would give them
+    def plain(v):  # numpy scalars as Python numbers, paths as strings, as a TOML file would give them
         return int(v) if isinstance(v, numbers.Integral) and not isinstance(v, bool) else \
-            float(v) if isinstance(v, numbers.Real) and not isinstance(v, bool) else v
-    layer = {"type": kind, "size": plain(size), "min_size": plain(min_face), "max_faces": plain(max_faces),
-             "yunet": {"model": str(model) if isinstance(model, os.PathLike) else model, "score": plain(score),
-                       "runtime": runtime}}
+            float(v) if isinstance(v, numbers.Real) and not isinstance(v, bool) else \
+            str(v) if isinstance(v, os.PathLike) else v
+    layer: dict = {}
+    for argument, key in _DETECTOR_ARGS.items():
+        *tables, name = key.split(".")
+        table = layer
+        for t in tables:
+            table = table.setdefault(t, {})
+        table[name] = plain(arguments[argument])
     try:
         return DetectorConfig.from_dict(layer, "EmotionRecognizer")
     except ConfigError as e:
         message = str(e)
-        for key, argument in _ARGUMENTS.items():
-            message = message.replace(key, argument)
+        for argument, key in _DETECTOR_ARGS.items():
+            message = message.replace(f"detector.{key}", argument)
         raise ConfigError(message) from None
 
 

@@ -279,7 +279,8 @@ def test_detector_names_live_in_one_place():
     from edge_runtime.detectors import REGISTRY, make_detector
     names = list(DETECTOR_SIZES)
     assert list(REGISTRY) == names
-    assert list(next(f for f in dataclasses.fields(DetectorConfig) if f.name == "type").metadata["choices"]) == names
+    from edge_runtime.fields import spec_of
+    assert list(spec_of(next(f for f in dataclasses.fields(DetectorConfig) if f.name == "type")).choices) == names
     for cmd in ("edge_runtime", "edge_runtime.batch"):
         r = subprocess.run([sys.executable, "-m", cmd, "--help"], capture_output=True, text=True, timeout=120)
         assert "--detector {" + ",".join(names) + "}" in r.stdout, cmd
