@@ -11,7 +11,7 @@ import importlib.util
 import shutil
 from pathlib import Path
 
-from edge_runtime.manifest import SCHEMA_VERSION, Status, sha256_file, write_manifest
+from edge_runtime.manifest import Artifact, Manifest, Status, Tensor, sha256_file, write_manifest
 from edge_runtime.preprocess import PreprocessSpec
 
 FER_LABELS = ["angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"]
@@ -52,13 +52,12 @@ def peer_manifest_dir(name: str, cache: Path) -> Path:
     dst = out / src.name
     if not dst.is_file() or sha256_file(dst) != sha256_file(src):
         shutil.copyfile(src, dst)
-    write_manifest(out, {
-        "schema": SCHEMA_VERSION, "kind": "peer", "model": name, "description": peer["description"],
-        "labels": peer["labels"], "preprocessing": peer["preprocessing"].to_dict(),
-        "artifacts": {peer["artifact"]: {
-            "file": dst.name, "format": "tflite", "precision": peer["precision"], "status": Status.USABLE,
-            "sha256": sha256_file(dst), "size": dst.stat().st_size,
-            "input": {"shape": [1, 64, 64, 1], "dtype": "float32"},
-            "output": {"shape": [1, 7], "dtype": "float32"}}},
-    })
+    size = peer["preprocessing"].size
+    write_manifest(out, Manifest(
+        kind="peer", model=name, description=peer["description"], labels=tuple(peer["labels"]),
+        preprocessing=peer["preprocessing"],
+        artifacts={peer["artifact"]: Artifact(
+            file=dst.name, format="tflite", precision=peer["precision"], status=Status.USABLE,
+            sha256=sha256_file(dst), size=dst.stat().st_size, input=Tensor((1, size, size, 1), "float32"),
+            output=Tensor((1, len(peer["labels"])), "float32"))}))
     return out
