@@ -30,9 +30,10 @@ static const uint32_t L7_EBX = BIT(16) | BIT(17) | BIT(21) | BIT(26) | BIT(27) |
 static const uint32_t L7_ECX = BIT(1) | BIT(6) | BIT(11) | BIT(12) | BIT(14);
 /* leaf 7.0 EDX: avx512 4vnniw 4fmaps vp2intersect, amx-bf16, avx512-fp16, amx-tile, amx-int8 */
 static const uint32_t L7_EDX = BIT(2) | BIT(3) | BIT(8) | BIT(22) | BIT(23) | BIT(24) | BIT(25);
-/* leaf 7.1 EAX: avx-vnni, avx512-bf16, amx-fp16, avx-ifma; EDX: avx-vnni-int8, avx-ne-convert, amx-complex, avx10 */
+/* leaf 7.1 EAX: avx-vnni, avx512-bf16, amx-fp16, avx-ifma */
 static const uint32_t L71_EAX = BIT(4) | BIT(5) | BIT(21) | BIT(23);
-static const uint32_t L71_EDX = BIT(4) | BIT(5) | BIT(8) | BIT(19);
+/* leaf 7.1 EDX: avx-vnni-int8, avx-ne-convert, amx-complex, avx-vnni-int16, avx10 */
+static const uint32_t L71_EDX = BIT(4) | BIT(5) | BIT(8) | BIT(10) | BIT(19);
 
 /* Called by benchmarks/cpu_mask.py through ctypes: executes CPUID, so it goes through the handler. */
 void fer_cpuid(uint32_t leaf, uint32_t sub, uint32_t r[4]) { real_cpuid(leaf, sub, r); }
@@ -41,8 +42,11 @@ static void on_segv(int sig, siginfo_t *info, void *vctx) {
     ucontext_t *uc = (ucontext_t *)vctx;
     greg_t *g = uc->uc_mcontext.gregs;
     const unsigned char *ip = (const unsigned char *)g[REG_RIP];
-    if (ip[0] != 0x0f || ip[1] != 0xa2) {  /* a real fault: die of it as if no handler were here */
+    /* CPUID faulting is a general-protection fault (SI_KERNEL) at a CPUID instruction; anything else
+     * (a real fault, a SIGSEGV sent with kill) kills the process as if no handler were here */
+    if (info->si_code != SI_KERNEL || ip[0] != 0x0f || ip[1] != 0xa2) {
         signal(SIGSEGV, SIG_DFL);
+        raise(SIGSEGV);
         return;
     }
     uint32_t leaf = (uint32_t)g[REG_RAX], sub = (uint32_t)g[REG_RCX], r[4];
@@ -58,7 +62,7 @@ static void on_segv(int sig, siginfo_t *info, void *vctx) {
     }
     g[REG_RAX] = r[0]; g[REG_RBX] = r[1]; g[REG_RCX] = r[2]; g[REG_RDX] = r[3];
     g[REG_RIP] += 2;
-    (void)sig; (void)info;
+    (void)sig;
 }
 
 __attribute__((constructor)) static void fer_cpu_mask_init(void) {

@@ -6,6 +6,9 @@ not every machine has one. Linux can make CPUID fault (`arch_prctl(ARCH_SET_CPUI
 features minus AVX-512, VNNI and AMX, so XNNPACK, ONNX Runtime and OpenCV pick the kernels an
 AVX2-only CPU runs. The cores stay the host's (their caches, clocks and issue width), so a masked
 timing is the AVX2 code path on this core, not a Pi: compare ours with the peer within one run.
+The kernel's /proc/cpuinfo is not masked, so ``--model auto`` still reads the host's features: name
+the artifacts to measure. A process that installs its own SIGSEGV handler (Python's faulthandler)
+would take CPUID's faults from the shim, so the child runs without PYTHONFAULTHANDLER.
 
     python -m benchmarks --artifacts edge_runtime/models/cbilstm-lite --threads 1 --peer fer --mask-cpu avx2
 """
@@ -118,4 +121,6 @@ def rerun(name: str, module: str, argv: list[str]) -> int:
     shim = build()
     env = dict(os.environ, **{ENV: name})
     env["LD_PRELOAD"] = " ".join(p for p in (str(shim), os.environ.get("LD_PRELOAD", "")) if p)
-    return subprocess.run([sys.executable, "-m", module, *strip_flag(argv)], env=env).returncode
+    env.pop("PYTHONFAULTHANDLER", None)  # its SIGSEGV handler would replace the shim's and kill the first CPUID
+    rc = subprocess.run([sys.executable, "-m", module, *strip_flag(argv)], env=env).returncode
+    return 128 - rc if rc < 0 else rc  # killed by signal N: the shell's 128 + N

@@ -26,7 +26,7 @@ from .batch_worker import FAILED, Job, Settings, run_jobs
 from .cli import command
 from .config import DEFAULTS, DETECTOR_SIZES, ConfigError, SourceConfig
 from .detectors import DetectorError
-from .fields import spec_of
+from .fields import FieldError, spec_of
 from .manifest import ManifestError, atomic_write_bytes, atomic_write_json
 from .outputs import OutputError, OwnedDir, check_target, exclusive, model_files
 from .packaged import MODEL_CHOICES
@@ -249,9 +249,10 @@ def analyze(paths, out, *, workers: int | None = None, dask: str | None = None, 
     DataFrame with ``as_frame``); ``out/index.parquet`` holds every video the folder has seen.
     ``workers``: local processes (default: the CPUs); ``dask``: a scheduler address or "local" instead."""
     args = [str(p) for p in ([paths] if isinstance(paths, (str, os.PathLike)) else list(paths))]
-    rule = spec_of(next(f for f in fields(SourceConfig) if f.name == "every"))  # the config's own
-    if isinstance(every, bool) or not isinstance(every, int) or not rule.lo <= every <= rule.hi:
-        raise ConfigError(f"--every must be a whole number in {rule.lo}..{rule.hi}, not {every!r}")
+    try:  # the config's own rule for source.every
+        spec_of(next(f for f in fields(SourceConfig) if f.name == "every")).check(every, "--every")
+    except FieldError as e:
+        raise ConfigError(str(e)) from None
     if isinstance(fps, bool) or not isinstance(fps, (int, float)) or not math.isfinite(fps) or fps < 0:
         raise ConfigError(f"--fps must be a number of frames per second > 0, not {fps!r}")
     if every > 1 and fps:

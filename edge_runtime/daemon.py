@@ -244,13 +244,14 @@ class Daemon:
                 summary=t.summary(LABELS) if kind == "end" else None).to_dict()
             self.stats.inc("events")
             delivered = kind != "update" or index % every == 0
-            for s in self.sinks:
-                try:
-                    s.observe(ev)
-                    if delivered:
-                        s.emit(ev)
-                except Exception as e:  # one failing sink must not stop the frame or the others
-                    self._sink_failed(s, e)
+            for s in self.sinks:  # one failing sink, or step, must not stop the frame, the others or the other step
+                for step in (getattr(s, "observe", None), s.emit if delivered else None):
+                    if step is None:
+                        continue
+                    try:
+                        step(ev)
+                    except Exception as e:
+                        self._sink_failed(s, e)
             events.append(ev)
         return events
 

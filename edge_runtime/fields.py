@@ -66,19 +66,28 @@ class Spec:
             value = int(value)
         if not accepts(value):
             raise FieldError(f"{where} = {value!r:.80} should be {what}")
-        value = store(value)
+        try:
+            value = store(value)
+        except OverflowError:  # an integer beyond any float, from JSON or a command line
+            raise FieldError(f"{where} = {value!r:.80} is out of range") from None
         if self.choices is not None and value not in self.choices:
             raise FieldError(f"{where} = {value!r} must be one of {', '.join(map(str, self.choices))}")
         if self.lo is None and self.hi is None or (self.zero_ok and value == 0):
-            return value
+            return self._finite(value, where)
         lo = -math.inf if self.lo is None else self.lo
         hi = math.inf if self.hi is None else self.hi
         above = value > lo if self.open_lo else value >= lo
         below = value < hi if self.open_hi else value <= hi
         if above and below:  # both false for NaN
-            return value
+            return self._finite(value, where)
         span = f"{'(' if self.open_lo else '['}{lo}, {hi}{')' if self.open_hi else ']'}"
         raise FieldError(f"{where} = {value!r} must be {'0 (the default) or ' if self.zero_ok else ''}in {span}")
+
+    def _finite(self, value, where: str):
+        """A float field holds a number: NaN and infinity are refused even where no bound is declared."""
+        if self.kind == "float" and not math.isfinite(value):
+            raise FieldError(f"{where} = {value!r} must be a finite number")
+        return value
 
 
 def _kind_of(default) -> str:

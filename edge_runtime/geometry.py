@@ -43,6 +43,10 @@ class Detections:
             a = getattr(self, name)
             if a is not None and (np.ndim(a) != 2 or len(a) != k):
                 raise ValueError(f"Detections.{name} has shape {np.shape(a)}, not ({k}, classes)")
+        if self.probs is not None and self.smoothed is not None and np.shape(self.smoothed) != np.shape(self.probs):
+            raise ValueError(f"Detections.smoothed has shape {np.shape(self.smoothed)}, probs {np.shape(self.probs)}")
+        if self.track_ids is not None and np.asarray(self.track_ids).dtype.kind not in "iu":
+            raise ValueError(f"Detections.track_ids must be integers, not {np.asarray(self.track_ids).dtype}")
 
     def with_fields(self, **values) -> "Detections":
         """The same faces with more per-face arrays, e.g. ``with_fields(regions=..., probs=...)``."""

@@ -157,6 +157,7 @@ class Tracker:
         """Close every open track (shutdown, end of file)."""
         out = [("end", t) for t in self.tracks.values()]
         self.tracks.clear()
+        self.last = None
         return out
 
 

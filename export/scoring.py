@@ -156,11 +156,11 @@ def evaluate(fmt: F.Format, staged: Path, seconds: float, conv: Conversions,
     sha = sha256_file(staged)
     final = staged.with_name(f"{conv.stem}_{fmt.tag}.{sha[:8]}{fmt.suffix}")
     os.replace(staged, final)
-    inp, outp = describe_io(final, fmt.format)
     entry = Artifact(file=final.name, format=fmt.format, precision=fmt.precision, sha256=sha,
-                     size=final.stat().st_size, status=G.USABLE, input=inp, output=outp,
-                     convert_seconds=round(seconds, 2), notes=fmt.notes)
+                     size=final.stat().st_size, status=G.USABLE, convert_seconds=round(seconds, 2), notes=fmt.notes)
     try:
+        inp, outp = describe_io(final, fmt.format)  # an input or output the manifest cannot state fails this file only
+        entry = replace(entry, input=inp, output=outp)
         staged_manifest = conv.staged(fmt.name, entry)
         backend = load_backend(staged_manifest, fmt.name, threads=cfg.threads, probe=False)  # just written here
         check = reference_probs(backend, staged_manifest.preprocessing)

@@ -259,7 +259,7 @@ def test_what_a_hostile_probe_broke_stays_fixed(archive, tmp_path):
     assert r.returncode == 1 and not target.exists()
     assert pd.read_parquet(out / "index.parquet").set_index("video").loc[rows.loc["good.avi", "video"], "status"] == "failed"
     # bad numbers say which flag is wrong; a file is not a folder
-    for args, words in ((["--every", "0"], "--every must be"), (["--fps", "-1"], "--fps must be"),
+    for args, words in ((["--every", "0"], "--every = 0 must be in [1, 100000]"), (["--fps", "-1"], "--fps must be"),
                         (["--workers", "0"], "--workers must be")):
         r = subprocess.run([sys.executable, "-m", "edge_runtime.batch", str(other), "--out", str(tmp_path / "o3"),
                             *args], capture_output=True, text=True, cwd=REPO, timeout=120)

@@ -46,6 +46,15 @@ def test_the_masked_process_sees_avx2_but_no_avx512_vnni_or_amx_in_every_thread(
 
 
 @pytest.mark.skipif(not CAN_FAULT, reason="covered by test_a_host_without_cpuid_faulting_is_told_so")
+def test_the_shim_takes_only_cpuid_s_faults():
+    """A SIGSEGV that is not CPUID's (sent with kill, or a real fault) still kills the process."""
+    r = _masked("import os, signal; os.kill(os.getpid(), signal.SIGSEGV); print('survived')")
+    assert r.returncode == -11 and "survived" not in r.stdout
+    r = _masked("import ctypes; ctypes.string_at(0); print('survived')")
+    assert r.returncode == -11 and "survived" not in r.stdout
+
+
+@pytest.mark.skipif(not CAN_FAULT, reason="covered by test_a_host_without_cpuid_faulting_is_told_so")
 def test_a_claimed_mask_without_the_shim_is_an_error_not_an_unmasked_timing():
     env = dict(os.environ, **{cpu_mask.ENV: "avx2"})
     env.pop("LD_PRELOAD", None)

@@ -281,6 +281,40 @@ def test_a_failing_sink_does_not_stop_the_others(video, tmp_path, caplog):
     assert isinstance(d.sinks[1], JsonlSink)
 
 
+def test_a_sink_s_failing_view_does_not_cost_it_its_events_and_a_plain_emit_object_is_a_sink(video, tmp_path):
+    """observe (the view of the present) and emit (delivery) are separate steps: one failing does not
+    skip the other; an object with only emit/close (the interface before observe) still gets every event."""
+    from edge_runtime.daemon import Daemon
+    from edge_runtime.sinks import Sink
+
+    class BlindView(Sink):
+        def __init__(self):
+            self.got = []
+
+        def observe(self, event):
+            raise RuntimeError("view down")
+
+        def emit(self, event):
+            self.got.append(event)
+
+    class Plain:  # duck-typed, no observe
+        def __init__(self):
+            self.got = []
+
+        def emit(self, event):
+            self.got.append(event)
+
+        def close(self):
+            pass
+
+    blind, plain = BlindView(), Plain()
+    cfg = config.build(flags={"source": {"uri": str(video)}, "run": {"max_frames": 4}})
+    d = Daemon(cfg, sinks=[blind, plain])
+    assert d.run() == 0
+    assert plain.got and blind.got == plain.got and plain.got[-1]["type"] == "end"
+    assert d.stats.counters["sink_errors"] == len(plain.got)  # every failed observe counted, no emit lost
+
+
 @pytest.mark.parametrize("layer,message", [
     ({"source": {"stall_s": 0.0}}, "source.stall_s"),
     ({"http": {"timeout_s": float("nan")}}, "http.timeout_s"),

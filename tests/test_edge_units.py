@@ -125,6 +125,11 @@ def test_tracker_smooths_and_ends_tracks():
     t.update(5, Detections.empty().with_fields(regions=np.zeros((0, 4)), probs=np.zeros((0, 7))))
     assert len(t.last) == 0 and t.last.smoothed.shape == (0, 7)
     assert [(k, tr.id) for k, tr in t.end_all()] == [("end", 2), ("end", 3)]
+    assert t.last is None  # no frame's record outlives the tracks it names
+    with pytest.raises(ValueError, match="smoothed has shape"):
+        two.with_fields(probs=np.stack([a, b]), smoothed=np.zeros((2, 3)))
+    with pytest.raises(ValueError, match="track_ids must be integers"):
+        two.with_fields(track_ids=np.array([1.0, 2.0]))
 
 
 class FlakyCamera:

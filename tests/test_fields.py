@@ -39,3 +39,17 @@ def test_a_whole_number_from_a_command_line_is_an_int_only_where_declared():
     with pytest.raises(C.ConfigError, match="should be int"):  # a TOML 10.0 for an int key stays an error
         C.TrackerConfig(max_missed=10.0)
     assert isinstance(FieldError("x"), ValueError)  # every caller that catches ValueError still does
+
+
+def test_numbers_no_float_can_hold_and_unbounded_infinities_are_errors_not_crashes(tmp_path):
+    import json
+
+    from edge_runtime.manifest import read_manifest
+    from edge_runtime.packaged import packaged_dir
+    m = json.loads((packaged_dir("cbilstm") / "manifest.json").read_text())
+    m["artifacts"]["tflite-int8"]["ms_per_face"] = 10 ** 400  # valid JSON, beyond any float
+    (tmp_path / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(ManifestError, match="ms_per_face = .* is out of range"):
+        read_manifest(tmp_path)
+    with pytest.raises(ValueError, match=r"^mixup = inf must be a finite number$"):
+        TrainConfig(model="cbilstm", recipe={"mixup": float("inf")}).resolved()
