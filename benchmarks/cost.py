@@ -105,9 +105,7 @@ def peer_latency(name: str) -> dict:
     return per_face_latency(run, faces)
 
 
-@command("python -m benchmarks.cost", bad_input=(DataError, InstructionError, ValueError, PeerError,
-                                                 cpu_mask.CpuMaskError), tf_log="3")
-def main(argv=None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     from train.models import DEFAULT_MODEL, REGISTRY
     p = argparse.ArgumentParser(
         prog="python -m benchmarks.cost", description=__doc__.split("\n\n")[1].replace("\n", " "),
@@ -129,7 +127,24 @@ def main(argv=None) -> int:
     p.add_argument("--json", help="also write the rows here")
     from edge_runtime.outputs import add_overwrite_flag
     add_overwrite_flag(p)
-    args = p.parse_args(argv)
+    return p
+
+
+def _line(row: dict, peer_name: str | None) -> str:
+    """One variant's row as printed."""
+    train = (f", train step {row['train_step_s']:.3f} s -> ~{row['epoch_s_est']:.0f} s/epoch"
+             if "train_step_s" in row else "")
+    instr = (f", {row['avx2_instructions'] / 1e6:.2f} M instructions/face on the AVX2 path"
+             if "avx2_instructions" in row else "")
+    vs = f" ({row['x_peer']:.2f}× {peer_name})" if "x_peer" in row else ""
+    return (f"{json.dumps(row['variant'])}: {row['macs'] / 1e6:.2f} M MACs/face{instr}, {row['parameters']:,} params, "
+            f"int8 {row['int8_kb']:.0f} KB, {row['int8_ms_p50']:.3f} ms/face (1 thread){vs}{train}")
+
+
+@command("python -m benchmarks.cost", bad_input=(DataError, InstructionError, ValueError, PeerError,
+                                                 cpu_mask.CpuMaskError), tf_log="3")
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
     if args.mask_cpu and cpu_mask.active() is None:
         return cpu_mask.rerun(args.mask_cpu, "benchmarks.cost", sys.argv[1:] if argv is None else list(argv))
     mask = cpu_mask.active()
@@ -157,16 +172,10 @@ def main(argv=None) -> int:
                                                             precision=resolve_precision(recipe.precision),
                                                             train_step=args.train_step,
                                                             instructions=args.instructions)}
-        rows.append(row)
-        train = (f", train step {row['train_step_s']:.3f} s -> ~{row['epoch_s_est']:.0f} s/epoch"
-                 if "train_step_s" in row else "")
-        instr = (f", {row['avx2_instructions'] / 1e6:.2f} M instructions/face on the AVX2 path"
-                 if "avx2_instructions" in row else "")
         if peer is not None:
             row["x_peer"] = row["int8_ms_p50"] / peer["p50_ms"]
-        vs = f" ({row['x_peer']:.2f}× {args.peer})" if peer is not None else ""
-        print(f"{json.dumps(row['variant'])}: {row['macs'] / 1e6:.2f} M MACs/face{instr}, {row['parameters']:,} params, "
-              f"int8 {row['int8_kb']:.0f} KB, {row['int8_ms_p50']:.3f} ms/face (1 thread){vs}{train}", flush=True)
+        rows.append(row)
+        print(_line(row, args.peer), flush=True)
     from edge_runtime.cpu import cpu_class
     where = f"the AVX2 code path (CPUID masked to {mask}) of {cpu_class()}" if mask else cpu_class()
     if peer is not None:
