@@ -115,9 +115,8 @@ def _ours(payload: bytes, node: str) -> bool:
 PROG = "python -m edge_runtime.mqtt_clean"
 
 
-@command(PROG, bad_input=(ConfigError, CredentialsError))
-def main(argv=None) -> int:
-    a = parse_args(argv)
+def _broker(a):
+    """The [mqtt] section the flags and --config give, checked (ConfigError)."""
     layer: dict = {"mqtt": {}}
     if a.mqtt:
         host, _, port = a.mqtt.rpartition(":")
@@ -136,6 +135,13 @@ def main(argv=None) -> int:
     bad = [d for d in a.device if not DEVICE_ID.fullmatch(d)]
     if bad:
         raise ConfigError(f"--device {bad[0]!r} is not a device id (1-64 letters, digits, _ or -)")
+    return q
+
+
+@command(PROG, bad_input=(ConfigError, CredentialsError))
+def main(argv=None) -> int:
+    a = parse_args(argv)
+    q = _broker(a)
     login = read_credentials(q.credentials_file, MQTT_ENV, "mqtt.credentials_file")
     import paho.mqtt.client as mqtt
     client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"fer-edge-clean-{int(time.time())}")
@@ -166,39 +172,44 @@ def main(argv=None) -> int:
         error(PROG, f"broker {q.host}:{q.port}: {e}")
         return 1
     try:
-        devices, legacy = by_device(retained, prefix, disc)
-        # the availability topics the configs name (a device may publish under another prefix)
-        named = {str(json.loads(retained[t]).get("availability_topic", "")) for ts in devices.values() for t in ts
-                 if t.startswith(disc + "/")} - set(retained) - {""}
-        if named:
-            retained.update(collect(client, sorted(named), min(a.wait, 1.0)))
-        if not a.device and not a.legacy:
-            for dev, topics in devices.items():
-                state = retained.get(f"{prefix}/{dev}/availability", b"?").decode(errors="replace")
-                print(f"{dev}: {state}, {len(topics)} retained topic(s)")
-            if legacy:
-                print(f"un-scoped topics of versions before device ids (--legacy clears them): {', '.join(legacy)}")
-            if not devices and not legacy:
-                print(f"no retained topics under {prefix}/ or {disc}/sensor/")
-            return 0
-        clear = list(legacy) if a.legacy else []
-        for dev in a.device:
-            live = online(retained, devices.get(dev, []), prefix, dev)
-            if live and not a.force:
-                raise ConfigError(f"device {dev} is online ({live}): its daemon would publish everything "
-                                  "again; stop it first (or --force)")
-            if dev not in devices:
-                print(f"device {dev}: no retained topics (known: {', '.join(devices) or 'none'})")
-            clear += devices.get(dev, [])
-        for topic in clear:
-            print(("would clear " if a.dry_run else "clearing ") + topic)
-            if not a.dry_run:
-                client.publish(topic, b"", qos=1, retain=True).wait_for_publish(5)
-        print(f"{len(clear)} retained topic(s) {'would be ' if a.dry_run else ''}cleared")
-        return 0
+        return _list_or_clear(a, client, retained, prefix, disc)
     finally:
         client.disconnect()
         client.loop_stop()
+
+
+def _list_or_clear(a, client, retained: dict, prefix: str, disc: str) -> int:
+    """Without --device/--legacy: list each device's retained topics; with them: clear those topics."""
+    devices, legacy = by_device(retained, prefix, disc)
+    # the availability topics the configs name (a device may publish under another prefix)
+    named = {str(json.loads(retained[t]).get("availability_topic", "")) for ts in devices.values() for t in ts
+             if t.startswith(disc + "/")} - set(retained) - {""}
+    if named:
+        retained.update(collect(client, sorted(named), min(a.wait, 1.0)))
+    if not a.device and not a.legacy:
+        for dev, topics in devices.items():
+            state = retained.get(f"{prefix}/{dev}/availability", b"?").decode(errors="replace")
+            print(f"{dev}: {state}, {len(topics)} retained topic(s)")
+        if legacy:
+            print(f"un-scoped topics of versions before device ids (--legacy clears them): {', '.join(legacy)}")
+        if not devices and not legacy:
+            print(f"no retained topics under {prefix}/ or {disc}/sensor/")
+        return 0
+    clear = list(legacy) if a.legacy else []
+    for dev in a.device:
+        live = online(retained, devices.get(dev, []), prefix, dev)
+        if live and not a.force:
+            raise ConfigError(f"device {dev} is online ({live}): its daemon would publish everything "
+                              "again; stop it first (or --force)")
+        if dev not in devices:
+            print(f"device {dev}: no retained topics (known: {', '.join(devices) or 'none'})")
+        clear += devices.get(dev, [])
+    for topic in clear:
+        print(("would clear " if a.dry_run else "clearing ") + topic)
+        if not a.dry_run:
+            client.publish(topic, b"", qos=1, retain=True).wait_for_publish(5)
+    print(f"{len(clear)} retained topic(s) {'would be ' if a.dry_run else ''}cleared")
+    return 0
 
 
 if __name__ == "__main__":
