@@ -100,4 +100,4 @@ def test_negative_budget_is_a_one_line_error(tmp_path):
     r = subprocess.run([sys.executable, "-m", "train", "--time", "-5", "--out", str(tmp_path / "x")],
                        capture_output=True, text=True, cwd=REPO, timeout=120)
     assert r.returncode == 2 and r.stderr.strip().splitlines() == [
-        "python -m train: error: time_budget_min (--time, minutes) must be a number in [0, 100000], not -5.0"]
+        "python -m train: error: time_budget_min (--time, minutes) = -5.0 must be in [0.0, 100000.0]"]

@@ -54,7 +54,7 @@ def test_teacher_settings_are_checked_before_training(tmp_path):
         load_soft_labels(bad)
     ok = TrainConfig(model="cbilstm", teacher=str(bad))
     assert ok.resolved()[1].distill == 0.7  # --teacher alone: the default weight
-    with pytest.raises(ValueError, match="weight in"):
+    with pytest.raises(ValueError, match=r"distill = 1.5 must be in \[0.0, 1.0\]"):
         TrainConfig(model="cbilstm", teacher=str(bad), recipe={"distill": 1.5}).resolved()
     r = subprocess.run([sys.executable, "-m", "train", "--teacher", str(tmp_path / "nope.npz")],
                        capture_output=True, text=True, cwd=REPO, timeout=60)

@@ -59,7 +59,7 @@ def test_init_must_be_a_run_of_the_same_model_and_params(tiny_run, tmp_path):
         TrainConfig(model="cbilstm", params={"lstm_units": 32}, init=str(tiny_run)).resolved()
     with pytest.raises(ValueError, match="--init"):
         TrainConfig(model="cbilstm", init=str(tmp_path)).resolved()
-    with pytest.raises(ValueError, match="reframe must be a share"):
+    with pytest.raises(ValueError, match=r"reframe = 1.5 must be in \[0.0, 1.0\]"):
         TrainConfig(model="cbilstm", recipe={"reframe": 1.5}).resolved()
 
 
