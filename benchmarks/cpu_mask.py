@@ -97,8 +97,9 @@ def hidden_flags(name: str) -> list[str]:
 def add_flag(parser) -> None:
     """--mask-cpu, the same words on every command that times (benchmarks, benchmarks.cost)."""
     parser.add_argument("--mask-cpu", choices=sorted(MASKS),
-                        help="run as on a CPU without AVX-512/VNNI/AMX (avx2: the Raspberry Pi 4's class of int8 "
-                             "speed) by hiding them from CPUID; needs Linux CPUID faulting and a C compiler")
+                        help="re-run this command in a child that sees no AVX-512/VNNI/AMX through CPUID (avx2: the "
+                             "kernels an AVX2-only x86 without int8 dot products runs, on this host's cores; not a Pi "
+                             "timing); x86_64 Linux with CPUID faulting and a C compiler")
 
 
 def strip_flag(argv: list[str]) -> list[str]:

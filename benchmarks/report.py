@@ -118,8 +118,8 @@ def machine_info() -> dict:
 
 def machine_line(mi: dict) -> str:
     """The header every table carries: which CPU class its timings came from."""
-    masked = (f"; CPUID masked to {mi['cpu_mask']} (hidden: {' '.join(mi['hidden_flags'])}): the code an AVX2-only "
-              "CPU runs, on this host's cores" if mi.get("cpu_mask") else "")
+    masked = (f" as this process sees it; CPUID masked to {mi['cpu_mask']} (hidden: {' '.join(mi['hidden_flags'])}): "
+              "the code an AVX2-only CPU runs, on the cores of a host that has them" if mi.get("cpu_mask") else "")
     return (f"Machine: {mi['cpu']} ({mi['cores']} cores, {mi['machine']}); "
             f"{'int8 dot products: ' + ', '.join(mi['int8_dot_products']) if mi['int8_dot_products'] else 'no int8 dot products'}"
             f"{masked}; flags: {' '.join(mi['cpu_flags']) or 'none read'}. MMACs: multiply-accumulates per face, "

@@ -114,6 +114,9 @@ def _toml_value(text: str):
 def flags_to_layer(ns: argparse.Namespace) -> dict:
     """Only the flags actually given, shaped like a config file (build() checks keys, types and bounds)."""
     layer: dict[str, dict] = {}
+    if ns.model is not None and ns.artifacts is not None:
+        raise ConfigError("--model and --artifacts both name a model: give one (--artifacts replaces the packaged "
+                          "model)")
     for flag, (dotted, _) in FLAGS.items():
         v = getattr(ns, flag.lstrip("-").replace("-", "_"))
         if v is not None:

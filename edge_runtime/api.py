@@ -110,9 +110,12 @@ class EmotionRecognizer:
         """From a daemon ``Config``'s ``[model]``, ``[detector]`` and ``[crop]`` sections: an artifacts
         folder replaces the packaged model; ``crop.mode = "calibrated"`` takes the fitted crop."""
         m, c = cfg.model, cfg.crop
-        return cls(m.artifacts or None, m.backend, m.precision or None, m.threads, list(m.providers) or None,
-                   detector=cfg.detector, model=AUTO if m.artifacts else m.name,
-                   crop=None if c.mode == "calibrated" else CropSpec(c.scale, c.dx, c.dy, c.level))
+        er = cls(m.artifacts or None, m.backend, m.precision or None, m.threads, list(m.providers) or None,
+                 detector=cfg.detector, model=AUTO if m.artifacts else m.name,
+                 crop=None if c.mode == "calibrated" else CropSpec(c.scale, c.dx, c.dy, c.level))
+        if m.artifacts and m.name != AUTO:  # a profile names a packaged model, the site config its own folder
+            er.model_choice = f"artifacts folder (replaces model.name = {m.name})"
+        return er
 
     # --- faces (already cropped) ---------------------------------------------------------------
     def predict_proba(self, faces) -> np.ndarray:

@@ -64,6 +64,12 @@ def test_the_model_is_chosen_by_the_cpu_and_can_be_named(tmp_path):
     assert Path(er.manifest.dir) == packaged_dir("cbilstm-lite")
     with pytest.raises(PackagedModelError, match="both name a model"):
         EmotionRecognizer(packaged_dir("cbilstm"), model="cbilstm-lite")
+    # no /proc/cpuinfo to read (macOS, a sandbox): the light model, and the reason says the CPU is unknown
+    assert choose_model("auto", str(tmp_path / "absent")) == (
+        "cbilstm-lite", f"auto: this CPU's features are unknown (nothing read from {tmp_path / 'absent'})")
+    # the daemon's command line: both flags name a model, one clear line, exit 2
+    from edge_runtime.__main__ import main
+    assert main(["--model", "cbilstm-lite", "--artifacts", str(packaged_dir("cbilstm")), "--source", "x.avi"]) == 2
 
 
 def test_the_light_model_fits_the_budget_of_a_cpu_without_int8_dot_products():
