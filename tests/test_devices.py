@@ -154,3 +154,10 @@ def test_the_arm_check_judges_int8_tflite_against_tflites_reference_kernels():
     far = base.copy()
     far[:, 0] += 0.05
     assert not verdict(side(up, base), side(far, base))[0]  # Arm strays from its reference
+    # x86's own kernels stray 0.05 (beyond the int8 error): Arm as far is no less right, further is
+    near = base.copy()
+    near[:, 1] += 0.045
+    assert verdict(side(far, base), side(near, base))[0]
+    further = base.copy()
+    further[:, 1] += 0.06
+    assert not verdict(side(far, base), side(further, base))[0]
