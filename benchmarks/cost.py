@@ -54,6 +54,8 @@ def measure(model_name: str, params: dict, faces: np.ndarray, labels: np.ndarray
 
     from .latency import per_face_latency
     from .macs import count_tflite
+    import keras
+    keras.utils.set_random_seed(0)  # the same untrained weights every run: a conversion that works once works always
     unrolled = build(model_name, params, unroll=True)
     blob = convert_int8(_Ctx(unrolled, faces[:200], model_name))
     run, _ = tflite_runner(blob, xnnpack=True)

@@ -69,7 +69,7 @@ def check_tolerance(precision: str, probs: np.ndarray, keras_probs: np.ndarray) 
     """How far a device's outputs on the reference faces may be from the export's. Float kernels differ
     only in summation order (REFERENCE_ATOL). Optimized int8 kernels round differently per CPU, and each
     CPU's answer sits within about the model's own int8 error of the exact integer one, so two CPUs may
-    be twice that apart (cbilstm-lite: the Pi 4's kernels 0.047 from x86's, its int8 error 0.054). A
+    be twice that apart (cbilstm-lite L5: the Pi 4's kernels 0.047 from x86's, its int8 error 0.054). A
     wrong preprocessing or runtime moves the outputs far more."""
     from edge_runtime.backends import REFERENCE_ATOL
     if precision == "fp32":
