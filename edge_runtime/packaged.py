@@ -43,7 +43,7 @@ def choose_model(model: str = AUTO, cpuinfo: str = "/proc/cpuinfo") -> tuple[str
         return LIGHT, "auto: this CPU has no int8 dot products"
     if model not in PACKAGED_MODELS:
         raise PackagedModelError(f"model {model!r} is not shipped in this package (choose from "
-                                 f"{', '.join(MODEL_CHOICES)}; an exported folder goes to --artifacts)")
+                                 f"{', '.join(MODEL_CHOICES)}; an exported folder goes to --artifacts, or artifacts= in Python)")
     return model, "named"
 
 
