@@ -28,13 +28,15 @@ $(WHEELS)/.done: pyproject.toml | $(BIN)/python
 	touch $@
 
 # System packages the tests use: Mosquitto (a real MQTT broker), Chromium (a real browser for the page)
-# Prometheus' promtool (checks /metrics) and valgrind (counts an AVX2-only CPU's instructions).
+# Prometheus' promtool (checks /metrics), valgrind (counts an AVX2-only CPU's instructions) and a C compiler
+# (builds the CPUID shim of benchmarks --mask-cpu).
 system-packages:
 	@missing=""; \
 	command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ] || missing="$$missing mosquitto"; \
 	command -v chromium >/dev/null || missing="$$missing chromium"; \
 	command -v promtool >/dev/null || missing="$$missing prometheus"; \
 	command -v valgrind >/dev/null || missing="$$missing valgrind"; \
+	command -v cc >/dev/null || missing="$$missing gcc"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
