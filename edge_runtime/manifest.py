@@ -14,7 +14,7 @@ import tempfile
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
-from .fields import FieldError, spec, spec_of
+from .fields import FieldError, checked, spec
 from .labels import LABELS
 from .preprocess import PreprocessSpec
 
@@ -116,14 +116,10 @@ def _typed(cls, d, where: str) -> dict:
     unknown = sorted(set(d) - known)
     if unknown:
         raise ManifestError(f"{where}: unknown key {unknown[0]!r} (known: {', '.join(sorted(known))})")
-    out = dict(d)
-    for f in fields(cls):
-        if f.name in d and "spec" in f.metadata:
-            try:
-                out[f.name] = spec_of(f).check(d[f.name], f"{where}: {f.name}")
-            except FieldError as e:
-                raise ManifestError(str(e)) from None
-    return out
+    try:
+        return checked(cls, d, where=lambda key: f"{where}: {key}")
+    except FieldError as e:
+        raise ManifestError(str(e)) from None
 
 
 DTYPES = ("float32", "float16", "int8", "uint8", "int16", "int32", "int64")
